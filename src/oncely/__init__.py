@@ -1,0 +1,59 @@
+"""oncely: scheduled background jobs that run once per slot, never overlap, and recover by
+themselves — on an embedded SQLite file or a shared PostgreSQL."""
+
+from oncely.app import App
+from oncely.clock import Clock, FrozenClock, SystemClock, WarpClock
+from oncely.config import Settings
+from oncely.errors import (
+    ArgsNotJSON,
+    Cancel,
+    ConfigError,
+    FenceRejected,
+    InvalidSchedule,
+    InvalidURL,
+    NotFound,
+    OncelyError,
+    SchemaMismatch,
+    StoreError,
+    StoreUnavailable,
+    UnknownTask,
+)
+from oncely.retry import Retry
+from oncely.schedules import ScheduleSpec
+from oncely.store.base import Job, JobState, Overlap, SlotOutcome
+from oncely.tasks import JobHandle, Task
+from oncely.worker import JobContext, Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "ArgsNotJSON",
+    "Cancel",
+    "Clock",
+    "ConfigError",
+    "FenceRejected",
+    "FrozenClock",
+    "InvalidSchedule",
+    "InvalidURL",
+    "Job",
+    "JobContext",
+    "JobHandle",
+    "JobState",
+    "NotFound",
+    "OncelyError",
+    "Overlap",
+    "Retry",
+    "ScheduleSpec",
+    "SchemaMismatch",
+    "Settings",
+    "SlotOutcome",
+    "StoreError",
+    "StoreUnavailable",
+    "SystemClock",
+    "Task",
+    "UnknownTask",
+    "WarpClock",
+    "Worker",
+    "__version__",
+]

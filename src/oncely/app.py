@@ -1,0 +1,243 @@
+"""The App: settings, the task and schedule registries, the store, and enqueue.
+
+An App is cheap to create and opens its store on first use. With ``auto_migrate`` (the default) a
+fresh or older database is migrated then, so the embedded default needs no set-up; a database
+migrated by a newer oncely is refused (:class:`~oncely.errors.SchemaMismatch`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, overload
+
+from oncely.clock import Clock, SystemClock
+from oncely.config import Settings
+from oncely.errors import ConfigError, UnknownTask
+from oncely.observe.events import EventBus
+from oncely.retry import NO_RETRY, Retry
+from oncely.schedules import ScheduleSpec
+from oncely.store import open_store
+from oncely.store.base import Overlap, Store
+from oncely.tasks import JobHandle, Task, TaskOptions, check_name
+
+if TYPE_CHECKING:
+    from oncely.worker import Worker
+
+log = logging.getLogger("oncely")
+
+
+class App:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        clock: Clock | None = None,
+        settings: Settings | None = None,
+        auto_migrate: bool = True,
+    ) -> None:
+        base = settings or Settings.from_env()
+        self.settings = base.with_(database_url=url)
+        self.clock: Clock = clock or SystemClock()
+        self.events = EventBus()
+        self.tasks: dict[str, Task] = {}
+        self.schedules: dict[str, ScheduleSpec] = {}
+        self.auto_migrate = auto_migrate
+        self._store: Store | None = None
+        self._store_lock = threading.Lock()
+
+    # store -------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self.settings.database_url
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    store = open_store(self.url)
+                    if self.auto_migrate:
+                        self._ensure_schema(store)
+                    self._store = store
+        return self._store
+
+    def _ensure_schema(self, store: Store) -> None:
+        from oncely.store.migrations import latest_version
+
+        current = store.schema_version()
+        if current < latest_version(store.dialect):
+            result = store.migrate()
+            if result.applied:
+                self.events.emit(
+                    "schema.migrated", from_version=result.from_version, to_version=result.to_version
+                )
+        store.check_schema()
+
+    def migrate(self) -> Any:
+        return self.store.migrate()
+
+    def close(self) -> None:
+        with self._store_lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    # tasks -------------------------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[..., Any], /) -> Task: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        singleton: bool | str | None = None,
+        priority: int = 0,
+    ) -> Callable[[Callable[..., Any]], Task]: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        singleton: bool | str | None = None,
+        priority: int = 0,
+    ) -> Task | Callable[[Callable[..., Any]], Task]:
+        """Register a handler as a task (usable bare, ``@app.task``, or with options)."""
+        check_name("queue", queue)
+        options = TaskOptions(queue, retry or NO_RETRY, timeout, singleton, priority)
+
+        def register(func: Callable[..., Any]) -> Task:
+            task_name = name or f"{func.__module__}.{func.__qualname__}".removeprefix("__main__.")
+            if task_name in self.tasks and self.tasks[task_name].fn is not func:
+                raise ConfigError(f"task {task_name!r} is registered twice")
+            task = Task(self, task_name, func, options)
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def get_task(self, name: str) -> Task:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            raise UnknownTask(f"unknown task {name!r}; registered tasks: {known}") from None
+
+    # enqueue -----------------------------------------------------------------------------
+    def enqueue(self, task: str | Task, /, **args: Any) -> JobHandle:
+        """Enqueue ``task`` (a Task or its name) with keyword args; see :meth:`Task.enqueue`."""
+        resolved = task if isinstance(task, Task) else self.get_task(task)
+        return resolved.enqueue(**args)
+
+    def enqueue_job(
+        self,
+        task: str | Task,
+        args: dict[str, Any] | None = None,
+        *,
+        run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        priority: int | None = None,
+        unique_key: str | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        connection: Any = None,
+    ) -> JobHandle:
+        """Enqueue with args as a dict. ``connection`` (from ``app.store.transaction()``) puts the
+        job in the caller's transaction: it commits, or rolls back, with the caller's writes."""
+        resolved = task if isinstance(task, Task) else self.get_task(task)
+        now = self.clock.now()
+        params = resolved.build_insert(
+            dict(args or {}),
+            now,
+            run_at=run_at,
+            delay=delay,
+            priority=priority,
+            unique_key=unique_key,
+            queue=queue,
+            max_attempts=max_attempts,
+        )
+        result = self.store.job_insert(params, now, conn=connection)
+        if result.created:
+            self.events.emit("job.enqueued", job_id=result.job.id, task=resolved.name)
+        return JobHandle(self, result.job, result.created)
+
+    def enqueue_many(
+        self, task: str | Task, args_list: Iterable[dict[str, Any]], **options: Any
+    ) -> list[JobHandle]:
+        """Enqueue one job per args dict in one transaction per batch."""
+        resolved = task if isinstance(task, Task) else self.get_task(task)
+        now = self.clock.now()
+        params = [resolved.build_insert(dict(args), now, **options) for args in args_list]
+        results = self.store.job_insert_many(params, now)
+        return [JobHandle(self, result.job, result.created) for result in results]
+
+    # schedules ---------------------------------------------------------------------------
+    def schedule(
+        self,
+        name: str,
+        task: str | Task,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        args: dict[str, Any] | None = None,
+        tz: str = "UTC",
+        overlap: str | Overlap = Overlap.SKIP,
+        catch_up: str = "latest",
+        catch_up_limit: int = 100,
+        jitter: float = 0.0,
+        dst: str = "shift",
+        enabled: bool = True,
+        queue: str | None = None,
+        priority: int | None = None,
+        misfire_grace: float | None = None,
+    ) -> ScheduleSpec:
+        """Declare a recurring trigger. Nothing is written or enqueued here: workers upsert the
+        declared schedules by name when they start, and enqueue each slot once."""
+        resolved = task if isinstance(task, Task) else self.get_task(task)
+        seconds = every.total_seconds() if isinstance(every, timedelta) else every
+        spec = ScheduleSpec(
+            name=check_name("schedule", name),
+            task=resolved.name,
+            cron=cron,
+            every=seconds,
+            tz=tz,
+            args=dict(args or {}),
+            queue=queue,
+            priority=priority,
+            overlap=Overlap(overlap),
+            catch_up=catch_up,
+            catch_up_limit=catch_up_limit,
+            jitter=jitter,
+            dst=dst,
+            enabled=enabled,
+            misfire_grace=misfire_grace,
+        )
+        resolved.build_insert(spec.args, self.clock.now(), scheduled=True)  # validates args now
+        existing = self.schedules.get(name)
+        if existing is not None and existing != spec:
+            raise ConfigError(f"schedule {name!r} is declared twice with different definitions")
+        self.schedules[name] = spec
+        return spec
+
+    # worker ------------------------------------------------------------------------------
+    def worker(
+        self,
+        *,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        worker_id: str | None = None,
+    ) -> Worker:
+        from oncely.worker import Worker
+
+        return Worker(self, concurrency=concurrency, queues=queues, worker_id=worker_id)

@@ -1,0 +1,304 @@
+"""The ``oncely`` command.
+
+Exit codes (also in ``oncely --help`` and the README):
+
+====  ==========================================================================
+0     success
+1     a check found a problem (``doctor``), or an unexpected internal error
+2     a usage or configuration mistake: bad option, --app path, task name, JSON, URL
+3     the store failed: database unreachable, not a database, contention outlasted
+4     the schema does not match this oncely (run ``oncely migrate`` or upgrade)
+5     a job or schedule does not exist
+130   interrupted
+====  ==========================================================================
+
+User mistakes print one line, ``oncely: error: <what to fix>``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from oncely import readmodel
+from oncely.app import App
+from oncely.config import DEFAULT_DATABASE_URL, Settings
+from oncely.errors import ArgsNotJSON, ConfigError, NotFound, OncelyError
+from oncely.observe.events import log_subscriber
+from oncely.store.base import JobFilter, JobState
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES = """Exit codes: 0 ok; 1 problem found or internal error; 2 usage or configuration
+mistake; 3 store failure (unreachable, not a database); 4 schema mismatch; 5 not found;
+130 interrupted."""
+
+
+class Env:
+    """What every command gets: how to reach the app and the store."""
+
+    def __init__(self, app_path: str | None, database_url: str | None, as_json: bool) -> None:
+        self.app_path = app_path
+        self.database_url = database_url
+        self.as_json = as_json
+        self._app: App | None = None
+
+    def app(self, required: bool = False) -> App:
+        if self._app is None:
+            if self.app_path:
+                self._app = load_app(self.app_path)
+                if self.database_url:
+                    self._app.settings = self._app.settings.with_(database_url=self.database_url)
+            elif required:
+                raise ConfigError("this command needs your app: pass --app module:attr "
+                                  "or set ONCELY_APP")
+            else:
+                self._app = App(self.database_url or Settings.from_env().database_url)
+        return self._app
+
+
+def load_app(path: str) -> App:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"--app {path!r} must look like 'package.module:app'")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--app {path!r}: cannot import {module_name!r} ({exc})") from None
+    found = getattr(module, attr, None)
+    if callable(found) and not isinstance(found, App):
+        found = found()
+    if not isinstance(found, App):
+        raise ConfigError(f"--app {path!r}: {attr!r} in {module_name!r} is not an oncely.App")
+    return found
+
+
+def emit(env: Env, rows: Any, columns: Sequence[str] | None = None, title: str | None = None) -> None:
+    """Print rows as JSON (--json) or as a table (or key/value pairs for one dict)."""
+    if env.as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=True)
+    if isinstance(rows, dict):
+        table = Table(show_header=False, title=title)
+        for key, value in rows.items():
+            shown = json.dumps(value, default=str) if isinstance(value, dict | list) else value
+            table.add_row(key, "" if shown is None else str(shown))
+        console.print(table)
+        return
+    table = Table(title=title)
+    cols = list(columns or (rows[0].keys() if rows else []))
+    for col in cols:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*("" if row.get(col) is None else str(row.get(col)) for col in cols))
+    console.print(table)
+    if not rows:
+        click.echo("(none)")
+
+
+@click.group(epilog=EXIT_CODES)
+@click.option("--app", "app_path", envvar="ONCELY_APP", show_envvar=True,
+              help="Your app, as module:attribute.")
+@click.option("--database-url", envvar="ONCELY_DATABASE_URL", show_envvar=True,
+              help=f"Store URL (default {DEFAULT_DATABASE_URL}; overrides the app's).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--log-level", default="INFO", envvar="ONCELY_LOG_LEVEL", show_envvar=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", default="text", envvar="ONCELY_LOG_FORMAT", show_envvar=True,
+              type=click.Choice(["text", "json"]))
+@click.version_option(package_name="oncely")
+@click.pass_context
+def cli(ctx: click.Context, app_path: str | None, database_url: str | None, as_json: bool,
+        log_level: str, log_format: str) -> None:
+    """oncely: scheduled background jobs that run exactly once per slot."""
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    ctx.obj = Env(app_path, database_url, as_json)
+    ctx.obj.log_format = log_format
+
+
+@cli.command()
+@click.pass_obj
+def migrate(env: Env) -> None:
+    """Create or upgrade the schema (refuses a schema newer than this oncely)."""
+    app = env.app()
+    app.auto_migrate = False
+    result = app.store.migrate()
+    if env.as_json:
+        emit(env, {"from": result.from_version, "to": result.to_version,
+                   "applied": list(result.applied)})
+    elif result.applied:
+        click.echo(f"migrated {app.store.dialect} schema from version {result.from_version} "
+                   f"to {result.to_version}: {', '.join(result.applied)}")
+    else:
+        click.echo(f"schema is current (version {result.to_version})")
+
+
+@cli.command()
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), envvar="ONCELY_CONCURRENCY",
+              show_envvar=True, help="Handler threads (default 4).")
+@click.option("--queues", "-q", envvar="ONCELY_QUEUES", show_envvar=True,
+              help="Comma-separated queues to work (default: all).")
+@click.pass_obj
+def worker(env: Env, concurrency: int | None, queues: str | None) -> None:
+    """Run a worker until SIGTERM/SIGINT (a second signal releases running jobs at once)."""
+    app = env.app(required=True)
+    app.events.subscribe(log_subscriber(json_format=getattr(env, "log_format", "") == "json"))
+    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    code = app.worker(concurrency=concurrency, queues=names).run()
+    raise SystemExit(code)
+
+
+@cli.command()
+@click.argument("task")
+@click.option("--args", "args_json", default="{}", help="Job arguments as a JSON object.")
+@click.option("--delay", type=float, help="Seconds from now before it may run.")
+@click.option("--priority", type=int)
+@click.option("--unique-key", help="Dedup key: no second job while one with it is unfinished.")
+@click.option("--queue", help="Override the task's queue.")
+@click.pass_obj
+def enqueue(env: Env, task: str, args_json: str, delay: float | None, priority: int | None,
+            unique_key: str | None, queue: str | None) -> None:
+    """Enqueue one job of TASK."""
+    try:
+        args = json.loads(args_json)
+    except json.JSONDecodeError as exc:
+        raise ArgsNotJSON(f"--args is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(args, dict):
+        raise ArgsNotJSON("--args must be a JSON object such as '{\"org_id\": 42}'")
+    app = env.app(required=True)
+    handle = app.enqueue_job(task, args, delay=delay, priority=priority, unique_key=unique_key,
+                             queue=queue)
+    row = readmodel.job_summary(handle.job) | {"created": handle.created}
+    if env.as_json:
+        emit(env, row)
+    else:
+        verb = "enqueued" if handle.created else "already enqueued (unique key)"
+        click.echo(f"{verb} job {handle.id} ({handle.job.task}, {handle.job.state})")
+
+
+@cli.group()
+def jobs() -> None:
+    """List, inspect, retry and cancel jobs."""
+
+
+@jobs.command("list")
+@click.option("--state", type=click.Choice([s.value for s in JobState]))
+@click.option("--queue")
+@click.option("--task")
+@click.option("--schedule")
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@click.pass_obj
+def jobs_list(env: Env, state: str | None, queue: str | None, task: str | None,
+              schedule: str | None, limit: int) -> None:
+    """Newest jobs first."""
+    flt = JobFilter(state=JobState(state) if state else None, queue=queue, task=task,
+                    schedule=schedule, limit=limit)
+    emit(env, readmodel.list_jobs(env.app().store, flt),
+         ["id", "queue", "task", "state", "attempt", "max_attempts", "run_at", "last_error"])
+
+
+@jobs.command("show")
+@click.argument("job_id", type=int)
+@click.pass_obj
+def jobs_show(env: Env, job_id: int) -> None:
+    """Everything about one job, with its error history."""
+    emit(env, readmodel.job_detail(env.app().store, job_id), title=f"job {job_id}")
+
+
+@jobs.command("retry")
+@click.argument("job_id", type=int)
+@click.pass_obj
+def jobs_retry(env: Env, job_id: int) -> None:
+    """Run a failed, cancelled, retryable or scheduled job again now."""
+    app = env.app()
+    job = app.store.job_retry(job_id, app.clock.now())
+    app.store.notify_work(job.queue)
+    click.echo(f"job {job.id} is {job.state} (attempt {job.attempt} of {job.max_attempts})")
+
+
+@jobs.command("cancel")
+@click.argument("job_id", type=int)
+@click.option("--reason", default="cancelled from the command line", show_default=True)
+@click.pass_obj
+def jobs_cancel(env: Env, job_id: int, reason: str) -> None:
+    """Cancel a waiting job, or ask a running one to stop."""
+    app = env.app()
+    job = app.store.job_cancel(job_id, app.clock.now(), reason)
+    if job.state == JobState.RUNNING:
+        click.echo(f"job {job.id} is running: cancellation requested")
+    else:
+        click.echo(f"job {job.id} is {job.state}")
+
+
+@cli.command()
+@click.pass_obj
+def queues(env: Env) -> None:
+    """Jobs per queue and state."""
+    emit(env, readmodel.queue_overview(env.app().store))
+
+
+@cli.command()
+@click.pass_obj
+def schedules(env: Env) -> None:
+    """Each schedule with its last slot, outcome and next slot."""
+    app = env.app()
+    emit(env, readmodel.schedules_overview(app.store, app.clock.now()),
+         ["name", "task", "trigger", "enabled", "last_slot", "last_outcome", "next_slot"])
+
+
+@cli.command()
+@click.argument("schedule")
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@click.pass_obj
+def ledger(env: Env, schedule: str, limit: int) -> None:
+    """The slots of SCHEDULE, newest first, with their outcomes."""
+    emit(env, readmodel.ledger(env.app().store, schedule, limit),
+         ["slot", "outcome", "job_id", "recorded_at", "note"])
+
+
+@cli.command()
+@click.pass_obj
+def leases(env: Env) -> None:
+    """Singleton and leader leases with their fences."""
+    emit(env, readmodel.leases(env.app().store))
+
+
+@cli.command()
+@click.pass_obj
+def workers(env: Env) -> None:
+    """Registered workers and when they were last seen."""
+    emit(env, readmodel.workers(env.app().store))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="oncely",
+                 standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("oncely: interrupted", err=True)
+        raise SystemExit(130) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except OncelyError as exc:
+        click.echo(f"oncely: error: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Time, injected: every component asks a :class:`Clock` and SQL takes ``now`` as a parameter.
+
+Three clocks:
+
+* :class:`SystemClock` — wall time (UTC) and the process's monotonic clock.
+* :class:`FrozenClock` — stands still until a test calls ``advance()`` or ``set()``; its
+  ``sleep()`` advances it instead of waiting, so loops under test run instantly.
+* :class:`WarpClock` — a simulated wall clock running ``speed`` times faster than real time from a
+  shared ``origin`` (epoch seconds of real and simulated time), so several processes that share the
+  same origin and speed agree on the simulated time without talking to each other.
+
+Monotonic time is separate from wall time on purpose: lease deadlines kept by a worker use
+``monotonic()``, which never jumps when the wall clock is corrected.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Current wall time, timezone-aware UTC."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards."""
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` of this clock's time."""
+
+
+class SystemClock:
+    """Real time."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+class FrozenClock:
+    """A clock that moves only when told to. Thread-safe."""
+
+    def __init__(self, start: datetime | str | None = None) -> None:
+        if start is None:
+            start = datetime(2026, 1, 1, tzinfo=UTC)
+        elif isinstance(start, str):
+            start = datetime.fromisoformat(start)
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=UTC)
+        self._now = start.astimezone(UTC)
+        self._mono = 1000.0
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._mono
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+    def advance(self, seconds: float | timedelta) -> datetime:
+        delta = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
+        if delta < 0:
+            raise ValueError("a frozen clock only moves forwards")
+        with self._lock:
+            self._now += timedelta(seconds=delta)
+            self._mono += delta
+            return self._now
+
+    def set(self, when: datetime | str) -> datetime:
+        if isinstance(when, str):
+            when = datetime.fromisoformat(when)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        with self._lock:
+            delta = (when - self._now).total_seconds()
+            if delta < 0:
+                raise ValueError("a frozen clock only moves forwards")
+            self._now = when.astimezone(UTC)
+            self._mono += delta
+            return self._now
+
+
+class WarpClock:
+    """Simulated time running ``speed`` times faster than real time.
+
+    ``sim_origin`` is the simulated instant that corresponds to the real instant ``real_origin``
+    (epoch seconds). Processes built with the same three numbers agree on ``now()``.
+    """
+
+    def __init__(self, sim_origin: datetime, speed: float, real_origin: float | None = None) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        if sim_origin.tzinfo is None:
+            sim_origin = sim_origin.replace(tzinfo=UTC)
+        self.sim_origin = sim_origin.astimezone(UTC)
+        self.speed = float(speed)
+        self.real_origin = time.time() if real_origin is None else real_origin
+
+    def now(self) -> datetime:
+        elapsed = (time.time() - self.real_origin) * self.speed
+        return self.sim_origin + timedelta(seconds=elapsed)
+
+    def monotonic(self) -> float:
+        return time.monotonic() * self.speed
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds / self.speed)
+
+    def to_spec(self) -> str:
+        """A string another process can pass to :func:`clock_from_spec`."""
+        return f"warp:{self.sim_origin.isoformat()}:{self.speed}:{self.real_origin}"
+
+
+def clock_from_spec(spec: str | None) -> Clock:
+    """Build a clock from ``system`` or a ``warp:ORIGIN:SPEED:REAL_ORIGIN`` string."""
+    if not spec or spec == "system":
+        return SystemClock()
+    if spec.startswith("warp:"):
+        body = spec[len("warp:") :]
+        origin_text, speed_text, real_text = body.rsplit(":", 2)
+        return WarpClock(datetime.fromisoformat(origin_text), float(speed_text), float(real_text))
+    raise ValueError(f"unknown clock spec {spec!r}; use 'system' or 'warp:ORIGIN:SPEED:REAL'")

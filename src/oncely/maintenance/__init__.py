@@ -1,0 +1,11 @@
+"""Maintenance services: small classes, each with ``run_once()`` returning a result object.
+
+* :class:`~oncely.maintenance.enqueuer.SlotEnqueuer` — turns due schedule slots into jobs (runs on
+  every worker: the ledger's uniqueness makes duplicates impossible, and slots keep flowing while
+  leadership changes hands);
+* :class:`~oncely.maintenance.leader.LeaderElector` — holds or seeks the leader lease;
+* :class:`~oncely.maintenance.rescuer.Rescuer` — expired leases → retry or failure (leader);
+* :class:`~oncely.maintenance.pruner.Pruner` — retention of finished jobs (leader).
+
+:class:`~oncely.maintenance.supervisor.Supervisor` runs them in one thread per worker.
+"""

@@ -1,0 +1,101 @@
+"""The slot enqueuer: every due slot of every declared schedule becomes one job, or one ledger
+outcome, exactly once.
+
+Registration (at worker start) upserts each declared schedule by name: ten workers registering
+the same definition leave one row; a changed definition updates it and says so; a schedule that
+is in the store but no longer declared by this app is reported (``schedule.undeclared``) and
+simply stops firing once no running worker declares it. Registration enqueues nothing.
+
+``run_once`` for each enabled declared schedule reads its cursor (the newest slot already dealt
+with), asks :func:`oncely.schedules.plan_slots` what to do with the slots after it up to now,
+records each slot through ``slot_enqueue`` — the ledger's ``UNIQUE(schedule, slot)`` makes a slot
+a job at most once whoever records it first — and moves the cursor with a compare-and-set. Every
+worker runs this: two enqueuers racing for a slot produce one job and one ledger row, and slots
+keep flowing while leadership changes hands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from oncely.app import App
+from oncely.schedules import ScheduleSpec, jitter_for, plan_slots
+from oncely.store.base import ScheduleUpsert, SlotEnqueue, SlotOutcome, UpsertOutcome
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    enqueued: list[tuple[str, datetime]] = field(default_factory=list)
+    recorded: list[tuple[str, datetime, SlotOutcome]] = field(default_factory=list)
+
+
+def register_schedules(app: App) -> dict[str, UpsertOutcome]:
+    """Upsert every schedule the app declares; report the ones it no longer declares."""
+    now = app.clock.now()
+    outcomes: dict[str, UpsertOutcome] = {}
+    for spec in app.schedules.values():
+        outcome = app.store.schedule_upsert(
+            ScheduleUpsert(spec.name, spec.task, spec.to_spec_dict(), spec.spec_hash(), now)
+        )
+        outcomes[spec.name] = outcome
+        if outcome == UpsertOutcome.CREATED:
+            app.events.emit("schedule.registered", schedule=spec.name, task=spec.task)
+        elif outcome == UpsertOutcome.UPDATED:
+            app.events.emit("schedule.updated", schedule=spec.name, task=spec.task)
+    for row in app.store.schedule_list():
+        if row.name not in app.schedules:
+            app.events.emit("schedule.undeclared", schedule=row.name, task=row.task,
+                            declared_at=row.declared_at.isoformat())
+    return outcomes
+
+
+class SlotEnqueuer:
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def run_once(self) -> EnqueueResult:
+        result = EnqueueResult()
+        rows = {row.name: row for row in self.app.store.schedule_list()}
+        for spec in self.app.schedules.values():
+            row = rows.get(spec.name)
+            if row is None or not spec.enabled:
+                continue
+            self._schedule_once(spec, row.cursor, row.created_at, result)
+        return result
+
+    def _schedule_once(
+        self, spec: ScheduleSpec, cursor: datetime | None, created_at: datetime,
+        result: EnqueueResult,
+    ) -> None:
+        app = self.app
+        now = app.clock.now()
+        plan = plan_slots(spec, cursor, now, created_at)
+        if plan.new_cursor is None or plan.new_cursor == cursor:
+            return
+        task = app.tasks.get(spec.task)
+        decisions = [(slot, SlotOutcome.ENQUEUED) for slot in plan.run]
+        decisions += [(slot, SlotOutcome.MISSED) for slot in plan.missed]
+        decisions += [(slot, SlotOutcome.COALESCED) for slot in plan.coalesced]
+        for slot, outcome in sorted(decisions):
+            job = None
+            if outcome == SlotOutcome.ENQUEUED and task is not None:
+                run_at = slot + timedelta(seconds=jitter_for(spec, slot))
+                job = task.build_insert(spec.args, now, run_at=max(run_at, slot), queue=spec.queue,
+                                        priority=spec.priority, scheduled=True,
+                                        overlap=spec.overlap)
+            elif outcome == SlotOutcome.ENQUEUED:
+                outcome = SlotOutcome.MISSED  # a task this process cannot build a job for
+            recorded = app.store.slot_enqueue(
+                SlotEnqueue(spec.name, slot, now, job=job, outcome=outcome)
+            )
+            if not recorded.created:
+                continue
+            if job is not None:
+                result.enqueued.append((spec.name, slot))
+                app.events.emit("slot.enqueued", schedule=spec.name, slot=slot.isoformat(),
+                                job_id=recorded.job_id)
+            else:
+                result.recorded.append((spec.name, slot, outcome))
+                app.events.emit(f"slot.{outcome}", schedule=spec.name, slot=slot.isoformat())
+        app.store.schedule_advance(spec.name, cursor, plan.new_cursor)

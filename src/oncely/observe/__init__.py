@@ -1,0 +1,1 @@
+"""Observability: the engine's event stream and what subscribes to it."""

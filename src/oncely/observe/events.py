@@ -1,0 +1,102 @@
+"""One event stream inside the engine.
+
+Components call :meth:`EventBus.emit` with a stable event name (``job.succeeded``,
+``lease.lost``, ``slot.enqueued`` …) and keyword fields. Subscribers — structured logs,
+Prometheus metrics, tests — receive :class:`Event` objects; a subscriber that raises is logged and
+never breaks the engine. Every event is listed in ``docs/events.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+log = logging.getLogger("oncely")
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    at: datetime
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.name, "at": self.at.isoformat(), **self.fields}
+
+
+Subscriber = Callable[[Event], None]
+
+# Events a human wants to see at INFO; the rest of the stream logs at DEBUG.
+_INFO_EVENTS = frozenset(
+    {
+        "worker.started",
+        "worker.stopping",
+        "worker.stopped",
+        "leader.elected",
+        "leader.lost",
+        "lease.lost",
+        "lease.self_fenced",
+        "job.rescued",
+        "job.failed",
+        "job.released",
+        "fence.rejected",
+        "schedule.registered",
+        "schedule.updated",
+        "schedule.undeclared",
+        "slot.skipped_overlap",
+        "slot.missed",
+        "slot.coalesced",
+        "store.unavailable",
+        "store.recovered",
+        "schema.migrated",
+    }
+)
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        with self._lock:
+            self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if subscriber in self._subscribers:
+                    self._subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    def emit(self, name: str, at: datetime | None = None, **fields: Any) -> Event:
+        event = Event(name, at or datetime.now(UTC), fields)
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            try:
+                subscriber(event)
+            except Exception:  # a broken subscriber must never break a job
+                log.exception("event subscriber %r failed on %s", subscriber, name)
+        return event
+
+
+def log_subscriber(json_format: bool = False) -> Subscriber:
+    """A subscriber that writes each event to the ``oncely`` logger with a stable ``event`` key."""
+
+    def write(event: Event) -> None:
+        level = logging.INFO if event.name in _INFO_EVENTS else logging.DEBUG
+        if not log.isEnabledFor(level):
+            return
+        if json_format:
+            log.log(level, json.dumps(event.to_dict(), default=str))
+        else:
+            detail = " ".join(f"{key}={value}" for key, value in event.fields.items())
+            log.log(level, "%s %s", event.name, detail, extra={"event": event.name})
+
+    return write

@@ -1,0 +1,488 @@
+"""Schedule specs and slot arithmetic: when a schedule fires, and what the enqueuer does with the
+slots it finds. Pure functions: no I/O and no clock; ``now`` is always an argument.
+
+Slots
+=====
+
+A slot is one nominal fire time of a schedule, an aware UTC datetime that every process computes
+identically from the spec, so ``UNIQUE(schedule, slot)`` alone makes a slot a job at most once.
+
+* Intervals (``every``, at least 1 s) fire at ``anchor + k * every`` for every integer ``k``; the
+  anchor defaults to the Unix epoch, so ``every=60`` fires on each whole UTC minute. Intervals run
+  on real time: ``tz`` and ``dst`` do not apply to them.
+* Crons use cronsim's syntax, 5 fields (minute hour day-of-month month day-of-week) or 6 (seconds
+  first), matched against the wall clock in ``tz``, to the second.
+
+Daylight saving time
+====================
+
+A cron whose hour field covers every hour (``35 * * * *``, ``*/10 * * * * *``) keeps a real-time
+cadence: it fires at each real instant whose local time matches. Wall times skipped by a spring
+forward never happen (no real hour is lost); the hour repeated by a fall back fires twice, at two
+UTC instants (01:35 EDT and 01:35 EST in America/New_York). ``dst`` does not apply.
+
+A cron pinned to particular hours (``30 2 * * *``, ``0 9-17 * * 1-5``) names wall-clock times:
+
+* a local time that does not exist (02:30 on the spring-forward day in Europe/Berlin) follows
+  ``dst``: ``"shift"`` (default) fires once at the first instant after the gap (03:00 local),
+  however many of the cron's times fall into the gap, merged with a slot the cron has at that
+  instant anyway; ``"skip"`` fires nothing for those times that day.
+* a local time that happens twice (01:30 on the fall-back day in America/New_York) fires once, at
+  its first occurrence (01:30 EDT, the earlier UTC instant).
+
+Misfire grace and catch-up
+==========================
+
+:func:`plan_slots` decides the fate of each slot in ``(cursor, now]``, or ``(created_at, now]``
+without a cursor: registering a schedule never enqueues its past. A slot's lateness is
+``now - due_at(slot)``; a slot at most ``misfire_grace`` late (default: ``min(period, 60 s)``, see
+:func:`period_hint`) runs as an ordinary on-time slot. Later slots are *missed*, and ``catch_up``
+decides: ``"none"`` records each ``missed``; ``"latest"`` (default) runs the newest missed slot and
+records the older ones ``coalesced`` into it; ``"all"`` runs the newest ``catch_up_limit`` missed
+slots, oldest first, and coalesces the older excess: after a long outage the recent backlog is
+the useful part (``latest`` is ``all`` with a limit of one).
+
+One call records at most ``limit`` slots (1,000), the oldest of the window, and reports
+``more=True`` with ``new_cursor`` on the last of them; the caller plans again at once. A schedule
+firing every second that was down for a week is worked off in bounded batches, each slot getting
+exactly one outcome across the calls; the planner looks ``catch_up_limit`` slots past a batch to
+classify it. A disabled schedule has no due slots: nothing is recorded, and its cursor moves to
+``now``, so enabling it again does not catch up the pause.
+
+Jitter
+======
+
+``jitter`` (below the period) spreads runs over ``[slot, slot + jitter)``. :func:`jitter_for`
+derives each slot's delay from a hash of the schedule name and the slot, so every worker agrees;
+the slot itself, the job's identity, never moves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from itertools import islice, pairwise, takewhile
+from typing import Any, Literal, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
+
+from oncely.errors import ArgsNotJSON, InvalidSchedule
+from oncely.store.base import Overlap
+
+CatchUp = Literal["none", "latest", "all"]
+DstPolicy = Literal["skip", "shift"]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_SLOTS_PER_PLAN = 1000
+MAX_CATCH_UP_LIMIT = 10_000
+DEFAULT_MISFIRE_GRACE = 60.0
+_FIELD_RULES = {  # cronsim's field names, in order
+    "second": "0-59",
+    "minute": "0-59",
+    "hour": "0-23",
+    "day-of-month": "1-31, L or LW",
+    "month": "1-12 or JAN-DEC",
+    "day-of-week": "0-7 or SUN-SAT, optionally with L or #1-#5",
+}
+# Naive on purpose: the period of a cron is measured on a plain calendar, free of DST.
+_PERIOD_REFERENCE = datetime(2000, 1, 1)
+_PERIOD_SAMPLE = 32
+_US = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A schedule's full definition, validated on construction (:class:`InvalidSchedule`)."""
+
+    name: str
+    task: str
+    cron: str | None = None
+    every: float | None = None
+    tz: str = "UTC"
+    args: dict[str, Any] = field(default_factory=dict, hash=False)
+    queue: str | None = None
+    priority: int = 0
+    overlap: Overlap = Overlap.SKIP
+    catch_up: CatchUp = "latest"
+    catch_up_limit: int = 100
+    jitter: float = 0.0
+    dst: DstPolicy = "shift"
+    enabled: bool = True
+    misfire_grace: float | None = None
+    anchor: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _validate_fields(self)
+        _validate_trigger(self)
+        _validate_timing(self)
+
+    # fmt: off
+    @classmethod
+    def create(
+        cls, name: str, task: str, *, cron: str | None = None,
+        every: float | timedelta | None = None, tz: str = "UTC",
+        args: Mapping[str, Any] | None = None, queue: str | None = None, priority: int = 0,
+        overlap: Overlap | str = Overlap.SKIP, catch_up: str = "latest", catch_up_limit: int = 100,
+        jitter: float | timedelta = 0.0, dst: str = "shift", enabled: bool = True,
+        misfire_grace: float | timedelta | None = None, anchor: datetime | str | None = None,
+    ) -> ScheduleSpec:
+        """Build a spec from friendlier inputs: timedeltas, policy names, an ISO 8601 anchor."""
+        return cls(
+            name=name, task=task, cron=cron, every=_seconds(every), tz=tz,
+            args=dict(args) if isinstance(args, Mapping) else cast(dict[str, Any], args or {}),
+            queue=queue, priority=priority, overlap=cast(Overlap, overlap),
+            catch_up=cast(CatchUp, catch_up), catch_up_limit=catch_up_limit,
+            jitter=cast(float, _seconds(jitter)), dst=cast(DstPolicy, dst), enabled=enabled,
+            misfire_grace=_seconds(misfire_grace), anchor=cast(datetime | None, anchor),
+        )
+    # fmt: on
+
+    @property
+    def effective_misfire_grace(self) -> float:
+        if self.misfire_grace is not None:
+            return self.misfire_grace
+        return min(period_hint(self), DEFAULT_MISFIRE_GRACE)
+
+    def to_spec_dict(self) -> dict[str, Any]:
+        """The spec as a JSON-safe dict; :meth:`from_spec_dict` reads it back."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["args"] = json.loads(json.dumps(self.args))
+        data["overlap"] = self.overlap.value
+        data["anchor"] = self.anchor.isoformat() if self.anchor is not None else None
+        return data
+
+    @classmethod
+    def from_spec_dict(cls, data: Mapping[str, Any]) -> ScheduleSpec:
+        name = data.get("name", "?")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise _invalid(name, f"unknown spec keys: {', '.join(unknown)}")
+        if "name" not in data or "task" not in data:
+            raise _invalid(name, "a spec needs both name and task")
+        return cls.create(**data)
+
+    def spec_hash(self) -> str:
+        """sha256 of the canonical JSON of :meth:`to_spec_dict`: equal specs, equal hashes."""
+        canonical = json.dumps(self.to_spec_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """What the enqueuer records for one window; every list is oldest first."""
+
+    run: list[datetime]
+    missed: list[datetime]
+    coalesced: list[datetime]
+    new_cursor: datetime | None
+    more: bool = False  # the window held more than one call's limit: plan again from new_cursor
+
+
+def _invalid(name: object, problem: str) -> InvalidSchedule:
+    return InvalidSchedule(f"schedule {name!r}: {problem}")
+
+
+def _seconds(value: float | timedelta | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(spec: ScheduleSpec, attr: str, minimum: float) -> float:
+    value = getattr(spec, attr)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _invalid(spec.name, f"{attr} must be a number of seconds, got {value!r}")
+    if value < minimum:
+        raise _invalid(spec.name, f"{attr} must be at least {minimum:g} s, got {value:g}")
+    object.__setattr__(spec, attr, float(value))
+    return float(value)
+
+
+def _expect(spec: ScheduleSpec, ok: object, problem: str) -> None:
+    if not ok:
+        raise _invalid(spec.name, problem)
+
+
+def _one_of(spec: ScheduleSpec, attr: str, options: tuple[str, ...]) -> None:
+    value = getattr(spec, attr)
+    _expect(spec, value in options, f"{attr} must be one of {', '.join(options)}, got {value!r}")
+
+
+def _validate_fields(spec: ScheduleSpec) -> None:
+    if not isinstance(spec.name, str) or not spec.name.strip():
+        raise InvalidSchedule(f"schedule name must be a non-empty string, got {spec.name!r}")
+    task, queue, limit = spec.task, spec.queue, spec.catch_up_limit
+    _expect(spec, isinstance(task, str) and task.strip(), f"task must be named, got {task!r}")
+    queue_ok = queue is None or (isinstance(queue, str) and queue.strip())
+    _expect(spec, queue_ok, f"queue must be a non-empty name or None, got {queue!r}")
+    _expect(spec, _is_int(spec.priority), f"priority must be an integer, got {spec.priority!r}")
+    _expect(spec, isinstance(spec.enabled, bool), f"enabled must be a bool, got {spec.enabled!r}")
+    _one_of(spec, "overlap", tuple(option.value for option in Overlap))
+    _one_of(spec, "catch_up", ("none", "latest", "all"))
+    _one_of(spec, "dst", ("skip", "shift"))
+    limit_ok = _is_int(limit) and 1 <= limit <= MAX_CATCH_UP_LIMIT
+    _expect(spec, limit_ok, f"catch_up_limit must be 1-{MAX_CATCH_UP_LIMIT}, got {limit!r}")
+    object.__setattr__(spec, "overlap", Overlap(spec.overlap))
+    if not isinstance(spec.args, Mapping) or not all(isinstance(k, str) for k in spec.args):
+        raise ArgsNotJSON(f"schedule {spec.name!r}: args must be a dict with string keys")
+    try:
+        # A private, canonical copy: later changes to the caller's dict cannot reach the spec.
+        object.__setattr__(spec, "args", json.loads(json.dumps(spec.args, allow_nan=False)))
+    except (TypeError, ValueError) as exc:
+        raise ArgsNotJSON(f"schedule {spec.name!r}: args are not JSON-safe: {exc}") from None
+
+
+def _validate_trigger(spec: ScheduleSpec) -> None:
+    if (spec.cron is None) == (spec.every is None):
+        raise _invalid(spec.name, "give exactly one of cron= or every=")
+    if spec.cron is not None:
+        _check_cron(spec.name, spec.cron)
+    else:
+        _number(spec, "every", 1.0)
+    try:
+        ZoneInfo(spec.tz)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise _invalid(spec.name, f"unknown time zone {spec.tz!r} (use an IANA name)") from None
+    anchor: object = spec.anchor
+    if isinstance(anchor, str):
+        try:
+            anchor = datetime.fromisoformat(anchor)
+        except ValueError:
+            raise _invalid(spec.name, f"anchor {anchor!r} is not an ISO 8601 datetime") from None
+    if anchor is not None:
+        if not isinstance(anchor, datetime) or anchor.utcoffset() is None:
+            raise _invalid(spec.name, f"anchor must be a timezone-aware datetime, got {anchor!r}")
+        object.__setattr__(spec, "anchor", anchor.astimezone(UTC))
+
+
+def _validate_timing(spec: ScheduleSpec) -> None:
+    if spec.misfire_grace is not None:
+        _number(spec, "misfire_grace", 0.0)
+    jitter, period = _number(spec, "jitter", 0.0), period_hint(spec)
+    if jitter >= period:
+        raise _invalid(spec.name, f"jitter ({jitter:g} s) must be below the period ({period:g} s)")
+
+
+def _check_cron(name: str, expr: object) -> None:
+    parts = expr.split() if isinstance(expr, str) else []
+    if len(parts) not in (5, 6):
+        raise _invalid(
+            name,
+            f"invalid cron {expr!r}: expected 5 fields (minute hour day-of-month month "
+            f"day-of-week) or 6 with seconds first, got {len(parts)}",
+        )
+    try:
+        CronSim(cast(str, expr), _PERIOD_REFERENCE)
+        _cron_period(cast(str, expr))
+    except (CronSimError, ValueError) as exc:
+        raise _invalid(name, f"invalid cron {expr!r}: {_explain(parts, str(exc))}") from None
+
+
+def _explain(parts: list[str], message: str) -> str:
+    field_name, names = message.removeprefix("Bad "), list(_FIELD_RULES)
+    index = names.index(field_name) - (6 - len(parts)) if field_name in names else -1
+    if index < 0:
+        return message
+    text = parts[index]
+    if field_name == "day-of-month":
+        any_month = [*parts]
+        any_month[index + 1] = "*"
+        try:
+            CronSim(" ".join(any_month), _PERIOD_REFERENCE)
+            return f"day-of-month {text!r} never occurs in month {parts[index + 1]!r}"
+        except (CronSimError, ValueError):
+            pass
+    return f"{field_name} must be {_FIELD_RULES[field_name]} (got {text!r})"
+
+
+def _aware(value: datetime, label: str) -> datetime:
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        raise ValueError(f"{label} must be a timezone-aware datetime, got {value!r}")
+    return value.astimezone(UTC)
+
+
+def _cronsim(expr: str, start: datetime) -> Iterator[datetime]:
+    # cronsim gives up (StopIteration) after 50 years without a match; that ends our iteration.
+    it = CronSim(expr, start)
+    while (value := next(it, None)) is not None:
+        yield value
+
+
+@lru_cache(maxsize=512)
+def _cron_period(expr: str) -> float:
+    sample = list(islice(_cronsim(expr, _PERIOD_REFERENCE), _PERIOD_SAMPLE))
+    if len(sample) < 2:
+        raise ValueError("it never fires")
+    return min((later - earlier).total_seconds() for earlier, later in pairwise(sample))
+
+
+@lru_cache(maxsize=512)
+def _real_time_cadence(expr: str) -> bool:
+    """True for crons that fire in every hour: they follow real time through DST changes."""
+    return bool(CronSim(expr, _PERIOD_REFERENCE).hours == set(range(24)))
+
+
+def _gap_end(wall: datetime, tz: ZoneInfo) -> datetime:
+    """The first real instant after the DST gap that contains the nonexistent ``wall``."""
+    # Each fold reading of a nonexistent time applies the offset from one side of the transition,
+    # so the two readings bracket the transition instant; bisect to the second.
+    readings = [wall.replace(tzinfo=tz, fold=fold).timestamp() for fold in (0, 1)]
+    low, high = int(min(readings)), int(max(readings))
+    after_offset = datetime.fromtimestamp(high, tz).utcoffset()
+    while high - low > 1:
+        middle = (low + high) // 2
+        if datetime.fromtimestamp(middle, tz).utcoffset() == after_offset:
+            high = middle
+        else:
+            low = middle
+    return datetime.fromtimestamp(high, UTC)
+
+
+def _real_instants(wall: datetime, tz: ZoneInfo) -> list[datetime]:
+    """The instants whose local time in ``tz`` is the naive ``wall``: none in a DST gap, two in a
+    fold (oldest first), otherwise one."""
+    readings = {wall.replace(tzinfo=tz, fold=fold).astimezone(UTC) for fold in (0, 1)}
+    return sorted(t for t in readings if t.astimezone(tz).replace(tzinfo=None) == wall)
+
+
+def _cron_candidates(spec: ScheduleSpec, after: datetime) -> Iterator[datetime]:
+    expr, tz = cast(str, spec.cron), ZoneInfo(spec.tz)
+    real_time = _real_time_cadence(expr)
+    start = after.astimezone(tz).replace(tzinfo=None)
+    readings = _real_instants(start, tz)
+    # In a fold, wall times before ``after``'s own can still recur after it: start at the fold.
+    start -= readings[-1] - readings[0]
+    repeats: list[datetime] = []  # second occurrences, due once the fold's first pass is over
+    for wall in _cronsim(expr, start):
+        readings = _real_instants(wall, tz)
+        if real_time and len(readings) == 2:
+            yield readings[0]
+            repeats.append(readings[1])
+            continue
+        yield from repeats
+        repeats.clear()
+        if readings:
+            yield readings[0]
+        elif not real_time and spec.dst == "shift":
+            yield _gap_end(wall, tz)
+    yield from repeats
+
+
+def _interval_index(spec: ScheduleSpec, moment: datetime) -> tuple[int, int]:
+    """(k of the newest slot at or before ``moment``, the step in microseconds)."""
+    step = round(cast(float, spec.every) * 1_000_000)
+    return (moment - (spec.anchor or EPOCH)) // _US // step, step
+
+
+def _interval_slots(spec: ScheduleSpec, after: datetime) -> Iterator[datetime]:
+    k, step = _interval_index(spec, after)
+    while True:
+        k += 1
+        yield (spec.anchor or EPOCH) + timedelta(microseconds=k * step)
+
+
+def _iter_slots(spec: ScheduleSpec, after: datetime) -> Iterator[datetime]:
+    """Every slot strictly after ``after`` (aware UTC), in increasing order."""
+    if spec.every is not None:
+        yield from _interval_slots(spec, after)
+        return
+    last = after
+    # Wall times read on the fall-back day can map before ``after``, and a DST gap maps several
+    # wall times to one instant: keep only instants that move forward.
+    for instant in _cron_candidates(spec, after):
+        if instant > last:
+            last = instant
+            yield instant
+
+
+def next_slot(spec: ScheduleSpec, after: datetime) -> datetime:
+    """The first slot strictly after ``after``."""
+    for slot in _iter_slots(spec, _aware(after, "after")):
+        return slot
+    raise _invalid(spec.name, f"cron {spec.cron!r} has no slot within 50 years after {after}")
+
+
+def slots_between(
+    spec: ScheduleSpec, after: datetime | None, until: datetime
+) -> Iterator[datetime]:
+    """Slots in ``(after, until]``, oldest first; ``after=None`` starts at the Unix epoch."""
+    start = EPOCH if after is None else _aware(after, "after")
+    end = _aware(until, "until")
+    return takewhile(lambda slot: slot <= end, _iter_slots(spec, start))
+
+
+def expected_count(spec: ScheduleSpec, start: datetime, end: datetime) -> int:
+    """How many slots fall in ``(start, end]``; O(1) for intervals, O(slots) for crons."""
+    start, end = _aware(start, "start"), _aware(end, "end")
+    if end <= start:
+        return 0
+    if spec.every is not None:
+        return _interval_index(spec, end)[0] - _interval_index(spec, start)[0]
+    return sum(1 for _ in slots_between(spec, start, end))
+
+
+def period_hint(spec: ScheduleSpec) -> float:
+    """Seconds between consecutive slots; for a cron, the smallest gap among its first slots
+    on a DST-free calendar (so a weekday job at 09:00 has a one-day period)."""
+    if spec.every is not None:
+        return spec.every
+    return _cron_period(cast(str, spec.cron))
+
+
+def _jitter_us(spec: ScheduleSpec, slot: datetime) -> int:
+    span = int(spec.jitter * 1_000_000)
+    if span <= 0:
+        return 0
+    key = f"{spec.name}\x1f{_aware(slot, 'slot').isoformat()}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % span
+
+
+def jitter_for(spec: ScheduleSpec, slot: datetime) -> float:
+    """Seconds in ``[0, jitter)`` this slot's run is delayed by; the same in every process."""
+    return _jitter_us(spec, slot) / 1_000_000
+
+
+def due_at(spec: ScheduleSpec, slot: datetime) -> datetime:
+    """When the job of ``slot`` becomes runnable: the slot plus its jitter."""
+    return _aware(slot, "slot") + timedelta(microseconds=_jitter_us(spec, slot))
+
+
+def plan_slots(
+    spec: ScheduleSpec,
+    cursor: datetime | None,
+    now: datetime,
+    created_at: datetime,
+    *,
+    limit: int = MAX_SLOTS_PER_PLAN,
+) -> SlotPlan:
+    """Decide the outcome of the slots in ``(cursor, now]``; see the module docstring."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    now = _aware(now, "now")
+    start = _aware(created_at, "created_at") if cursor is None else _aware(cursor, "cursor")
+    if not spec.enabled:
+        return SlotPlan([], [], [], new_cursor=max(start, now))
+    keep = {"none": 0, "latest": 1, "all": spec.catch_up_limit}[spec.catch_up]
+    window = list(islice(slots_between(spec, start, now), limit + max(keep, 1)))
+    grace = timedelta(seconds=spec.effective_misfire_grace)
+    late = [now - due_at(spec, slot) > grace for slot in window]
+    # missed_after[i]: missed slots after window[i], counting the look-ahead past the batch.
+    missed_after, count = [0] * len(window), 0
+    for index in range(len(window) - 1, -1, -1):
+        missed_after[index] = count
+        count += late[index]
+    plan = SlotPlan([], [], [], new_cursor=window[:limit][-1] if window else cursor)
+    for index, slot in enumerate(window[:limit]):
+        if not late[index] or missed_after[index] < keep:
+            plan.run.append(slot)
+        else:
+            (plan.coalesced if keep else plan.missed).append(slot)
+    return replace(plan, more=len(window) > limit)

@@ -1,0 +1,281 @@
+"""The run cycle of the PostgreSQL store: claim (lease grant, fence, overlap policy), fenced
+finish, lease renewal and leader election. The state machine is in :mod:`oncely.store.base`.
+
+A claim is one transaction of at most four statements, none of which waits for another claimer:
+
+1. lock the due singleton candidates (``FOR UPDATE SKIP LOCKED``) and read their keys' leases;
+   decide which keys to grant and which first runs of slots the overlap policy skips;
+2. the hot path: lock and start the due jobs without a key in one ``UPDATE … FROM (SELECT … FOR
+   UPDATE SKIP LOCKED)``, admitting only as many as fit in the limit next to the singleton jobs
+   that rank ahead of them, so the claim as a whole follows priority order and a backlog of plain
+   jobs cannot starve scheduled (singleton) ones;
+3. grant the admitted keys (``INSERT … ON CONFLICT (key) DO UPDATE … WHERE free``, fence + 1) and
+   start their jobs with the new fences, in one statement;
+4. skip: cancel the skipped jobs and mark their slots ``skipped_overlap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from oncely.store._pg_jobs import Row, errors_json, execute, fetch, fetch_one, to_job
+from oncely.store.base import (
+    LEADER_LEASE_KEY,
+    ClaimResult,
+    ErrorKind,
+    Job,
+    JobClaimParams,
+    JobError,
+    JobFinish,
+    JobState,
+    LeaderState,
+    LeaseRenewal,
+    LeaseRow,
+    RenewResult,
+    SlotOutcome,
+)
+from oncely.store.rows import dump_json, lease_from_row, utc
+
+_FINISH_TARGETS = (JobState.SUCCEEDED, JobState.RETRYABLE, JobState.FAILED, JobState.CANCELLED)
+_SLOT_OUTCOME = {
+    JobState.SUCCEEDED: SlotOutcome.RAN,
+    JobState.FAILED: SlotOutcome.FAILED,
+    JobState.CANCELLED: SlotOutcome.FAILED,
+}
+_MIN_SCAN = 32  # singleton candidates looked at per claim, at least
+
+
+@dataclass
+class _Plan:
+    """What the singleton candidates of one claim turned out to be."""
+
+    grants: list[Row] = field(default_factory=list)  # the first candidate of each free key
+    held_skips: list[Row] = field(default_factory=list)  # skippable, their key held by others
+    # skippable candidates behind a free key's first candidate: skipped if that key is granted
+    behind: dict[str, list[Row]] = field(default_factory=dict)
+
+
+def _rank(item: Row | Job) -> tuple[int, datetime, int]:
+    if isinstance(item, Job):
+        return (-item.priority, item.run_at, item.id)
+    return (-int(item["priority"]), item["run_at"], int(item["id"]))
+
+
+def claim_jobs(conn: psycopg.Connection[Any], params: JobClaimParams) -> ClaimResult:
+    if params.limit <= 0:
+        return ClaimResult(jobs=[])
+    now = utc(params.now)
+    common: dict[str, Any] = {
+        "now": now,
+        "owner": params.worker_id,
+        "lease_expires_at": now + timedelta(seconds=params.lease_ttl),
+        "queues": None if params.queues is None else list(params.queues),
+    }
+    plan = _plan_singletons(conn, common, params.limit)
+    plain = _claim_plain(conn, common, params.limit, plan.grants)
+    started = _start_singletons(conn, common, params.limit, plan.grants, plain)
+    skipped = _skip(conn, now, plan, started)
+    return ClaimResult(jobs=sorted(plain + started, key=_rank), skipped_overlap=skipped)
+
+
+def _plan_singletons(conn: psycopg.Connection[Any], common: dict[str, Any], limit: int) -> _Plan:
+    plan = _Plan()
+    seen: set[str] = set()
+    scan = max(limit * 2, _MIN_SCAN)
+    for row in fetch(conn, "job_claim_singleton_candidates", {**common, "scan": scan}):
+        key: str = row["singleton_key"]
+        if row["key_held"]:
+            if row["skippable"]:
+                plan.held_skips.append(row)
+        elif key not in seen:
+            seen.add(key)
+            plan.grants.append(row)
+        elif row["skippable"]:
+            plan.behind.setdefault(key, []).append(row)
+        # Anything else (buffer_one, retries, plain singleton jobs) waits for its key.
+    del plan.grants[limit:]
+    return plan
+
+
+def _claim_plain(
+    conn: psycopg.Connection[Any], common: dict[str, Any], limit: int, grants: list[Row]
+) -> list[Job]:
+    values = {
+        **common,
+        "limit": limit,
+        "ahead_priority": [int(row["priority"]) for row in grants],
+        "ahead_run_at": [row["run_at"] for row in grants],
+        "ahead_id": [int(row["id"]) for row in grants],
+    }
+    query = "job_claim_plain" if common["queues"] is None else "job_claim_plain_in_queues"
+    return [to_job(row) for row in fetch(conn, query, values)]
+
+
+def _start_singletons(
+    conn: psycopg.Connection[Any],
+    common: dict[str, Any],
+    limit: int,
+    grants: list[Row],
+    plain: list[Job],
+) -> list[Job]:
+    plain_ranks = [_rank(job) for job in plain]
+    admitted = [
+        row
+        for place, row in enumerate(grants, start=1)
+        if place + sum(1 for rank in plain_ranks if rank < _rank(row)) <= limit
+    ]
+    if not admitted:
+        return []
+    values = {
+        **common,
+        "keys": [row["singleton_key"] for row in admitted],
+        "job_ids": [int(row["id"]) for row in admitted],
+    }
+    return [to_job(row) for row in fetch(conn, "job_claim_grant", values)]
+
+
+def _skip(
+    conn: psycopg.Connection[Any], now: datetime, plan: _Plan, started: list[Job]
+) -> list[Job]:
+    holders = {job.singleton_key: job.id for job in started}
+    victims: list[tuple[Row, int | None]] = [(row, row["key_holder"]) for row in plan.held_skips]
+    for key, rows in plan.behind.items():
+        if key in holders:
+            victims.extend((row, holders[key]) for row in rows)
+    if not victims:
+        return []
+    errors = []
+    for row, holder in victims:
+        by = "another job" if holder is None else f"job {holder}"
+        note = f"skipped: {by} still holds singleton key {row['singleton_key']!r} (overlap=skip)"
+        error = JobError(attempt=0, at=now, kind=ErrorKind.CANCELLED, message=note)
+        errors.append(errors_json(error))
+    values = {"now": now, "job_ids": [int(row["id"]) for row, _ in victims], "errors": errors}
+    return sorted((to_job(row) for row in fetch(conn, "job_claim_skip", values)), key=_rank)
+
+
+# finish -----------------------------------------------------------------------------------------
+
+
+def finish_job(conn: psycopg.Connection[Any], params: JobFinish) -> bool:
+    """Apply a fenced transition out of ``running``; False when the fence is not current."""
+    if params.state not in _FINISH_TARGETS:
+        raise ValueError(f"a running job cannot finish as {params.state!r}")
+    now = utc(params.now)
+    target = fetch_one(
+        conn,
+        "job_finish_target",
+        {
+            "job_id": params.job_id,
+            "fence": params.fence,
+            "now": now,
+            "require_expired": params.require_expired_lease,
+        },
+    )
+    if target is None:
+        return False
+    key = target["singleton_key"]
+    # Hold the key's lease row too, so no claim can take it over before we commit.
+    if (
+        key is not None
+        and not params.require_expired_lease
+        and fetch_one(conn, "lease_lock_fence", {"key": key, "fence": params.fence}) is None
+    ):
+        return False
+    retry_at = None
+    if params.state == JobState.RETRYABLE:
+        retry_at = now if params.retry_at is None else utc(params.retry_at)
+    outcome = _SLOT_OUTCOME.get(params.state)
+    values = {
+        "job_id": params.job_id,
+        "fence": params.fence,
+        "now": now,
+        "state": str(params.state),
+        "finished_at": now if params.state.finished else None,
+        "result": None if params.result is None else dump_json(params.result, "job result"),
+        "errors": errors_json(params.error),
+        "run_at": retry_at,
+        "refund": params.refund_attempt,
+        "outcome": None if outcome is None else str(outcome),
+        "note": _ledger_note(params),
+    }
+    return bool(fetch(conn, "job_finish", values))
+
+
+def _ledger_note(params: JobFinish) -> str | None:
+    message = None if params.error is None else params.error.message
+    if params.state == JobState.CANCELLED:
+        return f"cancelled: {message}" if message else "cancelled"
+    if params.state == JobState.FAILED:
+        return message
+    return None
+
+
+# leases -----------------------------------------------------------------------------------------
+
+
+def renew_leases(
+    conn: psycopg.Connection[Any],
+    worker_id: str,
+    now: datetime,
+    ttl: float,
+    leases: Sequence[LeaseRenewal],
+) -> dict[int, RenewResult]:
+    values = {
+        "owner": worker_id,
+        "lease_expires_at": utc(now) + timedelta(seconds=ttl),
+        "job_ids": [lease.job_id for lease in leases],
+        "fences": [lease.fence for lease in leases],
+    }
+    results = {
+        int(row["id"]): RenewResult(
+            renewed=True,
+            cancel_requested=bool(row["cancel_requested"]),
+            lease_expires_at=utc(row["lease_expires_at"]),
+        )
+        for row in fetch(conn, "lease_renew", values)
+    }
+    lost = [lease.job_id for lease in leases if lease.job_id not in results]
+    if lost:
+        flags = {
+            int(row["id"]): bool(row["cancel_requested"])
+            for row in fetch(conn, "job_cancel_requested", {"job_ids": lost})
+        }
+        for job_id in lost:
+            results[job_id] = RenewResult(renewed=False, cancel_requested=flags.get(job_id, False))
+    return results
+
+
+def list_leases(conn: psycopg.Connection[Any]) -> list[LeaseRow]:
+    return [lease_from_row(row) for row in fetch(conn, "lease_list")]
+
+
+def elect_leader(
+    conn: psycopg.Connection[Any], worker_id: str, now: datetime, ttl: float
+) -> LeaderState:
+    """Renew the leader lease if ``worker_id`` holds it, take it if it is free or expired (a new
+    term), otherwise report the holder."""
+    now = utc(now)
+    values = {
+        "key": LEADER_LEASE_KEY,
+        "owner": worker_id,
+        "now": now,
+        "expires_at": now + timedelta(seconds=ttl),
+    }
+    row = fetch_one(conn, "leader_elect", values)
+    if row is not None:
+        return LeaderState(worker_id, int(row["fence"]), utc(row["expires_at"]), True)
+    current = fetch_one(conn, "lease_get", {"key": LEADER_LEASE_KEY})
+    if current is None:
+        return LeaderState(None, 0, None, False)
+    lease = lease_from_row(current)
+    return LeaderState(lease.owner, lease.fence, lease.expires_at, False)
+
+
+def resign_leader(conn: psycopg.Connection[Any], worker_id: str) -> None:
+    execute(conn, "lease_resign", {"key": LEADER_LEASE_KEY, "owner": worker_id})

@@ -1,0 +1,395 @@
+"""PostgreSQL plumbing for :class:`~oncely.store.postgres.PostgresStore`.
+
+Owns URL parsing (oncely's own ``schema`` and ``pool_max`` parameters are stripped before libpq
+sees the URL), the connection pool, transactions, the mapping of psycopg errors to
+:mod:`oncely.errors`, and the LISTEN connection behind ``wait_for_work``.
+
+Failure model: the first use probes the server with one direct connection, so an unreachable
+server is reported in one line instead of a pool retrying in the background. Later, connections
+killed by a server restart or ``pg_terminate_backend`` are noticed when they are checked out
+(their socket turns readable) and replaced; an operation that still loses its connection raises
+:class:`~oncely.errors.StoreUnavailable` and the caller backs off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import select
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from oncely.errors import (
+    InvalidURL,
+    OncelyError,
+    SchemaMismatch,
+    StoreBusy,
+    StoreError,
+    StoreUnavailable,
+)
+from oncely.store.sqlfiles import load_queries
+
+T = TypeVar("T")
+Conn = psycopg.Connection[TupleRow]
+
+Q = load_queries("postgres")
+
+CONNECT_TIMEOUT = 5  # seconds libpq waits for a server before giving up
+POOL_MAX = 10
+POOL_TIMEOUT = 10.0  # seconds an operation waits for a pooled connection
+LISTEN_RETRY = 5.0  # seconds between attempts to re-open a lost LISTEN connection
+BUSY_ATTEMPTS = 4  # a transaction lost to a deadlock or serialization failure is retried
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_OWN_PARAMS = ("schema", "pool_max")
+_BUSY_STATES = ("40001", "40P01", "55P03")  # serialization, deadlock, lock not available
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a PostgreSQL URL points, as oncely uses it."""
+
+    conninfo: str  # for libpq: the URL without oncely's parameters, plus our session options
+    schema: str
+    pool_max: int
+    where: str  # host:port/db, for messages (never the password)
+
+
+def parse_url(url: str) -> Target:
+    try:
+        parts = urlsplit(url.strip())
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError as exc:
+        raise InvalidURL(f"malformed PostgreSQL URL: {exc}") from None
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise InvalidURL(f"not a PostgreSQL URL: {url!r}; use postgresql://user@host:port/db")
+    own = {key: value for key, value in query if key in _OWN_PARAMS}
+    rest = [(key, value) for key, value in query if key not in _OWN_PARAMS]
+    schema = _schema_name(own.get("schema", "public"))
+    pool_max = _pool_max(own.get("pool_max"))
+    libpq_url = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
+    try:
+        given = conninfo_to_dict(libpq_url)
+    except psycopg.ProgrammingError as exc:
+        raise InvalidURL(f"malformed PostgreSQL URL: {_first_line(exc)}") from None
+    options = f"-c search_path={schema} -c TimeZone=UTC"
+    if given.get("options"):
+        options = f"{given['options']} {options}"
+    extra: dict[str, Any] = {"options": options}
+    if "connect_timeout" not in given:
+        extra["connect_timeout"] = CONNECT_TIMEOUT
+    if "application_name" not in given:
+        extra["application_name"] = "oncely"
+    host = given.get("host") or given.get("hostaddr") or "localhost"
+    where = f"{host}:{given.get('port') or 5432}/{given.get('dbname') or given.get('user') or ''}"
+    return Target(make_conninfo(libpq_url, **extra), schema, pool_max, where)
+
+
+def _schema_name(value: str) -> str:
+    if not _SCHEMA_NAME.match(value):
+        raise InvalidURL(
+            f"invalid schema {value!r} in the PostgreSQL URL: use letters, digits and "
+            "underscores, not starting with a digit (at most 63)"
+        )
+    # Unquoted identifiers fold to lower case in PostgreSQL; search_path must name the same schema.
+    return value.lower()
+
+
+def _pool_max(value: str | None) -> int:
+    if value is None:
+        return POOL_MAX
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise InvalidURL(f"invalid pool_max={value!r} in the PostgreSQL URL: use a number >= 1")
+    return number
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line.removeprefix("connection failed: ").strip()
+
+
+# errors -----------------------------------------------------------------------------------------
+
+
+def unreachable(where: str, exc: BaseException) -> StoreUnavailable:
+    reason = _first_line(exc)
+    lowered = reason.lower()
+    if "password" in lowered or "authentication" in lowered:
+        hint = "check the user and password in the database URL"
+    elif "does not exist" in lowered:
+        hint = "create it or fix the database URL"
+    else:
+        hint = "is the server running?"
+    return StoreUnavailable(f"cannot connect to PostgreSQL at {where}: {reason}; {hint}")
+
+
+def is_busy(exc: BaseException) -> bool:
+    return isinstance(exc, psycopg.Error) and exc.sqlstate in _BUSY_STATES
+
+
+def map_error(exc: psycopg.Error, where: str, schema: str) -> OncelyError:
+    """The oncely error a caller can act on for a psycopg failure."""
+    text = _first_line(exc)
+    if isinstance(exc, pg_errors.UndefinedTable | pg_errors.InvalidSchemaName) and (
+        "oncely_" in text or schema in text
+    ):
+        return SchemaMismatch(
+            f"PostgreSQL schema {schema!r} at {where} has no oncely tables ({text}); "
+            "run `oncely migrate`"
+        )
+    if is_busy(exc):
+        return StoreBusy(f"PostgreSQL at {where} reported contention: {text}")
+    if isinstance(exc, pg_errors.QueryCanceled):
+        return StoreError(f"PostgreSQL at {where} cancelled a statement: {text}")
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return StoreUnavailable(f"lost the connection to PostgreSQL at {where}: {text}")
+    if isinstance(exc, psycopg.IntegrityError):
+        return StoreError(f"PostgreSQL at {where} refused a write: {text}")
+    return StoreError(f"PostgreSQL error at {where}: {text}")
+
+
+# the pool ---------------------------------------------------------------------------------------
+
+
+def _check_idle(conn: Conn) -> None:
+    """Pool checkout check, free for a healthy idle connection: a server that terminated the
+    backend has sent an error and closed the socket, which then reads as ready. Only then does a
+    round trip confirm the damage (and the pool replaces the connection)."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        readable = [True]
+    if readable:
+        ConnectionPool.check_connection(conn)
+
+
+class Engine:
+    """The pool, transactions and wake-ups for one PostgreSQL URL."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[Conn] | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        self.listener = Listener(target)
+
+    # connections --------------------------------------------------------------------------------
+
+    def _ensure_pool(self) -> ConnectionPool[Conn]:
+        if os.getpid() != self._pid:
+            # A forked child must not share its parent's sockets.
+            self._pid = os.getpid()
+            self._pool = None
+            self.listener = Listener(self.target)
+        pool = self._pool
+        if pool is not None:
+            return pool
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable(f"the store for PostgreSQL at {self.target.where} is closed")
+            if self._pool is None:
+                self.probe()
+                pool = ConnectionPool(
+                    self.target.conninfo,
+                    min_size=min(2, self.target.pool_max),
+                    max_size=self.target.pool_max,
+                    open=False,
+                    check=_check_idle,
+                    timeout=POOL_TIMEOUT,
+                    name=f"oncely:{self.target.schema}",
+                )
+                pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    def probe(self) -> None:
+        """Connect once, directly, so an unreachable server fails fast with libpq's reason."""
+        try:
+            psycopg.connect(self.target.conninfo).close()
+        except psycopg.Error as exc:
+            raise unreachable(self.target.where, exc) from None
+
+    def _checkout(self) -> tuple[ConnectionPool[Conn], Conn]:
+        pool = self._ensure_pool()
+        try:
+            return pool, pool.getconn()
+        except PoolClosed:
+            raise StoreUnavailable(
+                f"the store for PostgreSQL at {self.target.where} is closed"
+            ) from None
+        except PoolTimeout:
+            self.probe()  # raises with the reason when the server is gone
+            raise StoreBusy(
+                f"all {self.target.pool_max} connections to PostgreSQL at {self.target.where} "
+                f"stayed busy for {POOL_TIMEOUT:.0f} s; raise pool_max= in the database URL"
+            ) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        self.listener.close()
+        if pool is not None:
+            pool.close(timeout=5.0)
+
+    def mapped(self, exc: psycopg.Error) -> OncelyError:
+        return map_error(exc, self.target.where, self.target.schema)
+
+    # transactions -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self, *, map_body: bool = True) -> Iterator[Conn]:
+        """A pooled connection inside a transaction: committed on exit, rolled back on error.
+        ``map_body=False`` lets psycopg errors raised by the caller's own statements through."""
+        pool, conn = self._checkout()
+        try:
+            try:
+                yield conn
+            except BaseException as exc:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+                if map_body and isinstance(exc, psycopg.Error):
+                    raise self.mapped(exc) from exc
+                raise
+            try:
+                conn.commit()
+            except psycopg.Error as exc:
+                raise self.mapped(exc) from exc
+        finally:
+            pool.putconn(conn)
+
+    def run(self, work: Callable[[Conn], T]) -> T:
+        """Run ``work`` in its own transaction. A transaction lost to a deadlock or a
+        serialization failure is retried whole; so is one whose connection died before COMMIT
+        was sent (nothing of it was applied)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            pool, conn = self._checkout()
+            try:
+                try:
+                    result = work(conn)
+                except psycopg.Error as exc:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.rollback()
+                    retry = attempt < BUSY_ATTEMPTS and is_busy(exc)
+                    retry = retry or (attempt == 1 and conn.broken)
+                    if not retry:
+                        raise self.mapped(exc) from exc
+                    time.sleep(random.uniform(0.001, 0.01 * attempt))
+                    continue
+                except BaseException:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.rollback()
+                    raise
+                try:
+                    conn.commit()
+                except psycopg.Error as exc:
+                    # The outcome of a COMMIT that lost its connection is unknown: never retried.
+                    raise self.mapped(exc) from exc
+                return result
+            finally:
+                pool.putconn(conn)
+
+    def joined(self, conn: Any, work: Callable[[Any], T]) -> T:
+        """Run ``work`` on a caller's connection, inside the caller's transaction."""
+        try:
+            return work(conn)
+        except psycopg.Error as exc:
+            raise self.mapped(exc) from exc
+
+
+class Listener:
+    """One LISTEN connection per store, opened on first wait and re-opened after a failure."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.prefix = f"{target.schema}:"
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[TupleRow] | None = None
+        self._retry_at = 0.0
+        self._closed = False
+
+    def _connection(self) -> psycopg.Connection[TupleRow] | None:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        if self._closed or time.monotonic() < self._retry_at:
+            return None
+        try:
+            conn = psycopg.connect(self.target.conninfo, autocommit=True)
+            conn.execute(Q["listen"])
+        except psycopg.Error:
+            self._retry_at = time.monotonic() + LISTEN_RETRY
+            return None
+        self._conn = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        self._retry_at = time.monotonic() + LISTEN_RETRY
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def wait(self, timeout: float) -> bool:
+        """True as soon as a job is announced for this schema; False after ``timeout``."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        if not self._lock.acquire(timeout=max(0.0, timeout)):
+            return False
+        try:
+            conn = self._connection()
+            if conn is not None:
+                try:
+                    return self._wait_on(conn, deadline)
+                except psycopg.Error:
+                    self._drop()
+                finally:
+                    if self._closed:
+                        self._drop()
+        finally:
+            self._lock.release()
+        # Without a LISTEN connection the caller's poll interval still finds the work.
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+        return False
+
+    def _wait_on(self, conn: psycopg.Connection[TupleRow], deadline: float) -> bool:
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            for notify in conn.notifies(timeout=remaining, stop_after=1):
+                # The channel is database-wide; other schemas' jobs are not ours.
+                if notify.payload.startswith(self.prefix):
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+
+    def close(self) -> None:
+        self._closed = True
+        # A thread blocked in wait() holds the lock until its timeout; it drops the connection
+        # itself when it sees the store closed.
+        if self._lock.acquire(timeout=0.1):
+            try:
+                self._drop()
+            finally:
+                self._lock.release()

@@ -1,0 +1,443 @@
+"""The storage seam: every operation oncely performs on its database, typed and entity-first.
+
+Drivers (:mod:`oncely.store.sqlite`, :mod:`oncely.store.postgres`) implement :class:`Store`. Every
+method takes and returns the frozen dataclasses below; SQL lives only in the drivers' named ``.sql``
+files; every time-dependent operation takes ``now`` from the caller's clock, so a frozen clock
+freezes time down into SQL. Driver exceptions are mapped to :mod:`oncely.errors` at the seam.
+
+Job state machine
+=================
+
+::
+
+    insert ──► scheduled (run_at > now) ─┐
+           └─► available ────────────────┤  claim (run_at <= now, lease granted)
+               retryable (run_at) ───────┤
+                                          ▼
+                                       running ──finish──► succeeded | failed | cancelled
+                                          │      └──────► retryable (attempt < max_attempts)
+                                          ├──release (graceful shutdown)──► retryable, attempt refunded
+                                          └──rescue (lease expired)──────► retryable | failed
+
+* ``claim`` moves a job to ``running`` in one transaction that also sets ``attempt += 1``,
+  ``lease_owner``, ``lease_expires_at = now + ttl`` and a new ``fence``.
+* ``cancel`` ends a waiting job at once; on a running job it sets ``cancel_requested``, which the
+  worker learns from its next lease renewal.
+* ``retry`` (a human's) puts a failed, cancelled, retryable or scheduled job back to ``available``
+  now, raising ``max_attempts`` so the job gets one more attempt.
+
+Leases and fences
+=================
+
+Every running job holds a lease: ``lease_owner`` and ``lease_expires_at`` on its row. A job with a
+``singleton_key`` must also hold the key's row in the lease table; that row carries the key's
+**fence**, an integer that only grows::
+
+    lease row:  free (owner NULL, or expires_at <= now) ──grant: fence += 1──► held
+                held ──renew (same owner, same fence): expires_at = now + ttl──► held
+                held ──finish / release / rescue of the job holding that fence──► free
+
+* A singleton job is claimable only while its key's lease is free. Granting it and moving the job
+  to ``running`` happen in the same transaction; the job's ``fence`` is the key's new fence.
+  A job without a key gets ``fence = previous fence + 1`` on its own row.
+* If a key's lease is held and the candidate is a scheduled slot on its first attempt whose
+  ``overlap`` is ``skip``, the claim ends that job ``cancelled`` and its slot ``skipped_overlap``.
+  With ``buffer_one`` it waits. Retries always wait. ``allow`` jobs carry no singleton key.
+* The fence of job J is **current** while J is ``running`` with that fence and, for a singleton
+  job, the key's lease row still has that fence. ``finish`` and ``release`` apply only to a current
+  fence, so a zombie (a worker paused past its lease whose job was taken over or rescued) cannot
+  complete or retry its job. ``fenced_transaction`` additionally requires the lease unexpired.
+* ``lease_renew`` succeeds only for a current fence with the same owner; a worker that cannot renew
+  before its own monotonic deadline stops the job itself (self-fencing).
+* ``job_expired`` lists running jobs whose lease has expired; the rescuer then calls
+  ``job_finish(..., require_expired_lease=True)``, which re-checks expiry inside the transaction so
+  a renewal that won the race keeps the job.
+
+Slots
+=====
+
+``(schedule, slot)`` is unique in the slot ledger. ``slot_enqueue`` inserts the ledger row and its
+job in one transaction, doing nothing if the row exists: a slot becomes a job at most once, whoever
+enqueues it. A job that belongs to a slot updates its ledger row when it finishes: ``ran`` on
+success, ``failed`` on final failure, ``skipped_overlap`` when the claim skipped it; ``cancelled``
+by a human leaves ``failed`` with a note.
+
+Leader
+======
+
+The leader is the holder of the lease row ``leader``; its fence is the leader's **term**.
+``leader_elect`` grants the row if it is free or expired, renews it if the caller holds it, and
+otherwise reports who does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+LEADER_LEASE_KEY = "leader"
+
+
+class JobState(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    AVAILABLE = "available"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    RETRYABLE = "retryable"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+WAITING_STATES = (JobState.SCHEDULED, JobState.AVAILABLE, JobState.RETRYABLE)
+FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class SlotOutcome(enum.StrEnum):
+    ENQUEUED = "enqueued"
+    RAN = "ran"
+    FAILED = "failed"
+    SKIPPED_OVERLAP = "skipped_overlap"
+    MISSED = "missed"
+    COALESCED = "coalesced"
+
+
+class Overlap(enum.StrEnum):
+    SKIP = "skip"
+    BUFFER_ONE = "buffer_one"
+    ALLOW = "allow"
+
+
+class ErrorKind(enum.StrEnum):
+    ERROR = "error"  # the handler raised
+    TIMEOUT = "timeout"  # the handler outlived the task's timeout
+    LEASE_EXPIRED = "lease_expired"  # the rescuer found the lease expired (worker died or paused)
+    LEASE_LOST = "lease_lost"  # the worker could not renew and stopped the job itself
+    SHUTDOWN = "shutdown"  # released by a graceful shutdown
+    RETRY = "retry"  # the handler raised oncely.Retry
+    CANCELLED = "cancelled"  # cancelled by a human or by the handler
+
+
+@dataclass(frozen=True)
+class JobError:
+    attempt: int
+    at: datetime
+    kind: ErrorKind
+    message: str
+    traceback: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    queue: str
+    task: str
+    args: dict[str, Any]
+    state: JobState
+    priority: int
+    attempt: int
+    max_attempts: int
+    run_at: datetime
+    created_at: datetime
+    unique_key: str | None = None
+    schedule: str | None = None
+    slot: datetime | None = None
+    singleton_key: str | None = None
+    overlap: Overlap = Overlap.SKIP
+    timeout: float | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    fence: int = 0
+    cancel_requested: bool = False
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: Any = None
+    errors: tuple[JobError, ...] = ()
+    checkpoint: Any = None
+
+
+@dataclass(frozen=True)
+class JobInsert:
+    """One job to enqueue. ``run_at`` None means now; args must already be JSON-safe."""
+
+    task: str
+    queue: str = "default"
+    args: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    run_at: datetime | None = None
+    max_attempts: int = 1
+    unique_key: str | None = None
+    singleton_key: str | None = None
+    overlap: Overlap = Overlap.SKIP
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class JobInsertResult:
+    job: Job
+    created: bool  # False: an unfinished job with the same unique_key already existed
+
+
+@dataclass(frozen=True)
+class JobClaimParams:
+    worker_id: str
+    now: datetime
+    limit: int
+    lease_ttl: float
+    queues: tuple[str, ...] | None = None  # None: every queue
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    jobs: list[Job]
+    skipped_overlap: list[Job] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JobFinish:
+    """A fenced transition out of ``running``.
+
+    ``state`` is the target: succeeded, retryable (needs ``retry_at``), failed or cancelled.
+    ``refund_attempt`` (graceful release) gives the attempt back. ``require_expired_lease``
+    (the rescuer) applies the transition only if the lease is still expired at ``now``.
+    """
+
+    job_id: int
+    fence: int
+    now: datetime
+    state: JobState
+    result: Any = None
+    error: JobError | None = None
+    retry_at: datetime | None = None
+    refund_attempt: bool = False
+    require_expired_lease: bool = False
+
+
+@dataclass(frozen=True)
+class LeaseRenewal:
+    job_id: int
+    fence: int
+
+
+@dataclass(frozen=True)
+class RenewResult:
+    renewed: bool
+    cancel_requested: bool = False
+    lease_expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    state: JobState | None = None
+    queue: str | None = None
+    task: str | None = None
+    schedule: str | None = None
+    limit: int = 50
+    before_id: int | None = None  # keyset pagination: newest first, ids below this one
+
+
+@dataclass(frozen=True)
+class QueueCount:
+    queue: str
+    state: JobState
+    count: int
+
+
+@dataclass(frozen=True)
+class PruneParams:
+    state: JobState  # a finished state
+    finished_before: datetime | None = None  # delete finished before this instant
+    keep_last: int | None = None  # ...but always keep the newest N of this state
+    queue: str | None = None
+    limit: int = 1000  # rows per call: pruning works in batches
+
+
+@dataclass(frozen=True)
+class ScheduleUpsert:
+    name: str
+    task: str
+    spec: dict[str, Any]  # the schedule's full definition, JSON-safe
+    spec_hash: str
+    now: datetime
+
+
+class UpsertOutcome(enum.StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class ScheduleRow:
+    name: str
+    task: str
+    spec: dict[str, Any]
+    spec_hash: str
+    cursor: datetime | None  # the newest slot the enqueuer has dealt with
+    created_at: datetime
+    updated_at: datetime
+    declared_at: datetime  # last time a worker registered it
+
+
+@dataclass(frozen=True)
+class SlotEnqueue:
+    """Record one slot. With ``job`` set: ledger row ``enqueued`` plus its job; otherwise a ledger
+    row with ``outcome`` (missed, coalesced, skipped_overlap) and no job."""
+
+    schedule: str
+    slot: datetime
+    now: datetime
+    job: JobInsert | None = None
+    outcome: SlotOutcome = SlotOutcome.ENQUEUED
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class SlotResult:
+    created: bool  # False: the slot had been recorded already (by anyone)
+    job_id: int | None
+
+
+@dataclass(frozen=True)
+class SlotRecord:
+    schedule: str
+    slot: datetime
+    outcome: SlotOutcome
+    job_id: int | None
+    recorded_at: datetime
+    updated_at: datetime
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class LeaderState:
+    leader_id: str | None
+    term: int
+    expires_at: datetime | None
+    is_leader: bool
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    key: str
+    fence: int
+    owner: str | None
+    job_id: int | None
+    acquired_at: datetime | None
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    worker_id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...] | None
+    concurrency: int
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    worker_id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...] | None
+    concurrency: int
+    started_at: datetime
+    last_seen_at: datetime
+
+
+@dataclass(frozen=True)
+class MigrateResult:
+    from_version: int
+    to_version: int
+    applied: tuple[str, ...]
+
+
+class Store(Protocol):
+    """What every storage backend implements. See the module docstring for the semantics."""
+
+    url: str
+    dialect: str  # "sqlite" | "postgresql"
+
+    # schema ------------------------------------------------------------------------------
+    def migrate(self) -> MigrateResult: ...
+    def schema_version(self) -> int: ...
+    def check_schema(self) -> None:
+        """Raise SchemaMismatch unless the schema is exactly current."""
+    def close(self) -> None: ...
+
+    # jobs --------------------------------------------------------------------------------
+    def job_insert(self, params: JobInsert, now: datetime, conn: Any = None) -> JobInsertResult:
+        """Insert one job; with ``conn`` (a connection from :meth:`transaction`), inside the
+        caller's transaction, so the job commits or rolls back with the caller's own writes."""
+    def job_insert_many(self, params: Sequence[JobInsert], now: datetime) -> list[JobInsertResult]: ...
+    def job_get(self, job_id: int) -> Job | None: ...
+    def job_list(self, flt: JobFilter) -> list[Job]: ...
+    def job_counts(self) -> list[QueueCount]: ...
+    def job_claim(self, params: JobClaimParams) -> ClaimResult: ...
+    def job_finish(self, params: JobFinish) -> bool:
+        """Apply a fenced transition; False when the fence is no longer current."""
+    def job_cancel(self, job_id: int, now: datetime, reason: str) -> Job:
+        """Cancel a waiting job or request cancellation of a running one. NotFound if absent."""
+    def job_retry(self, job_id: int, now: datetime) -> Job:
+        """Make a failed/cancelled/retryable/scheduled job available now. NotFound if absent."""
+    def job_expired(self, now: datetime, limit: int) -> list[Job]: ...
+    def job_checkpoint(self, job_id: int, fence: int, data: Any, now: datetime) -> bool: ...
+    def job_fence_current(self, job_id: int, fence: int, now: datetime) -> bool: ...
+    def job_prune(self, params: PruneParams) -> int: ...
+
+    # leases ------------------------------------------------------------------------------
+    def lease_renew(
+        self, worker_id: str, now: datetime, ttl: float, leases: Sequence[LeaseRenewal]
+    ) -> dict[int, RenewResult]: ...
+    def lease_list(self) -> list[LeaseRow]: ...
+    def leader_elect(self, worker_id: str, now: datetime, ttl: float) -> LeaderState: ...
+    def leader_resign(self, worker_id: str, now: datetime) -> None: ...
+
+    # schedules and slots -----------------------------------------------------------------
+    def schedule_upsert(self, params: ScheduleUpsert) -> UpsertOutcome: ...
+    def schedule_list(self) -> list[ScheduleRow]: ...
+    def schedule_get(self, name: str) -> ScheduleRow | None: ...
+    def schedule_advance(
+        self, name: str, expected_cursor: datetime | None, new_cursor: datetime
+    ) -> bool:
+        """Compare-and-set the schedule's cursor; False if another enqueuer moved it first."""
+    def schedule_delete(self, name: str) -> bool: ...
+    def slot_enqueue(self, params: SlotEnqueue) -> SlotResult: ...
+    def ledger_list(
+        self, schedule: str, limit: int = 50, before: datetime | None = None
+    ) -> list[SlotRecord]: ...
+
+    # workers -----------------------------------------------------------------------------
+    def worker_register(self, info: WorkerInfo) -> None: ...
+    def worker_heartbeat(self, worker_id: str, now: datetime) -> None: ...
+    def worker_deregister(self, worker_id: str) -> None: ...
+    def worker_list(self) -> list[WorkerRow]: ...
+
+    # transactions and wake-ups -----------------------------------------------------------
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """A DB-API connection inside a transaction that commits on exit (rolls back on error)."""
+    def fenced_transaction(
+        self, job_id: int, fence: int, now: datetime
+    ) -> contextlib.AbstractContextManager[Any]:
+        """Like :meth:`transaction`, but first verifies (and locks) the job's fence: raises
+        FenceRejected unless the fence is current and its lease unexpired at ``now``. The lock
+        keeps the fence current until the transaction ends."""
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; return True early when new work may be available."""
+    def notify_work(self, queue: str) -> None:
+        """Wake idle workers (no-op where wake-ups are implicit)."""
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

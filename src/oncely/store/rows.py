@@ -1,0 +1,201 @@
+"""Conversion between database rows and the store's dataclasses, shared by every driver.
+
+Dialect-neutral on purpose: an instant may arrive as epoch seconds (SQLite ``REAL``) or as a
+datetime (PostgreSQL ``timestamptz``), and a JSON column either as text (``json_text=True``) or
+already decoded by the driver. Job errors are stored as a JSON array of objects whose ``at`` is an
+ISO-8601 string, so both dialects hold the same document.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from oncely.errors import ArgsNotJSON
+from oncely.store.base import (
+    ErrorKind,
+    Job,
+    JobError,
+    JobState,
+    LeaseRow,
+    Overlap,
+    ScheduleRow,
+    SlotOutcome,
+    SlotRecord,
+    WorkerRow,
+)
+
+
+class RowLike(Protocol):
+    """A row addressable by column name (``sqlite3.Row``, a psycopg ``dict_row``, a dict)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+# instants -------------------------------------------------------------------------------------
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime; a naive datetime is taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def to_epoch(value: datetime) -> float:
+    return utc(value).timestamp()
+
+
+def to_epoch_or_none(value: datetime | None) -> float | None:
+    return None if value is None else to_epoch(value)
+
+
+def as_datetime(value: Any) -> datetime | None:
+    """A column value (epoch seconds, datetime or NULL) as an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return utc(value)
+    return datetime.fromtimestamp(float(value), UTC)
+
+
+def as_required_datetime(value: Any) -> datetime:
+    converted = as_datetime(value)
+    if converted is None:
+        raise ValueError("a required timestamp column is NULL")
+    return converted
+
+
+# JSON -----------------------------------------------------------------------------------------
+
+
+def dump_json(value: Any, what: str) -> str:
+    """Compact JSON text for ``value``; ArgsNotJSON names ``what`` when it cannot be encoded."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ArgsNotJSON(f"{what} cannot be stored as JSON: {exc}") from None
+
+
+def load_json(value: Any, *, json_text: bool) -> Any:
+    if value is None or not json_text:
+        return value
+    return json.loads(value)
+
+
+def error_to_dict(error: JobError) -> dict[str, Any]:
+    return {
+        "attempt": error.attempt,
+        "at": utc(error.at).isoformat(),
+        "kind": str(error.kind),
+        "message": error.message,
+        "traceback": error.traceback,
+    }
+
+
+def error_from_dict(data: dict[str, Any]) -> JobError:
+    return JobError(
+        attempt=int(data["attempt"]),
+        at=utc(datetime.fromisoformat(data["at"])),
+        kind=ErrorKind(data["kind"]),
+        message=str(data["message"]),
+        traceback=data.get("traceback"),
+    )
+
+
+def dump_error(error: JobError | None) -> str | None:
+    return None if error is None else dump_json(error_to_dict(error), "job error")
+
+
+def load_errors(value: Any, *, json_text: bool) -> tuple[JobError, ...]:
+    decoded = load_json(value, json_text=json_text)
+    if not decoded:
+        return ()
+    return tuple(error_from_dict(item) for item in decoded)
+
+
+def load_queues(value: Any, *, json_text: bool) -> tuple[str, ...] | None:
+    decoded = load_json(value, json_text=json_text)
+    return None if decoded is None else tuple(str(queue) for queue in decoded)
+
+
+# rows -----------------------------------------------------------------------------------------
+
+
+def job_from_row(row: RowLike, *, json_text: bool) -> Job:
+    return Job(
+        id=int(row["id"]),
+        queue=row["queue"],
+        task=row["task"],
+        args=load_json(row["args"], json_text=json_text) or {},
+        state=JobState(row["state"]),
+        priority=int(row["priority"]),
+        attempt=int(row["attempt"]),
+        max_attempts=int(row["max_attempts"]),
+        run_at=as_required_datetime(row["run_at"]),
+        created_at=as_required_datetime(row["created_at"]),
+        unique_key=row["unique_key"],
+        schedule=row["schedule"],
+        slot=as_datetime(row["slot"]),
+        singleton_key=row["singleton_key"],
+        overlap=Overlap(row["overlap"]),
+        timeout=None if row["timeout"] is None else float(row["timeout"]),
+        lease_owner=row["lease_owner"],
+        lease_expires_at=as_datetime(row["lease_expires_at"]),
+        fence=int(row["fence"]),
+        cancel_requested=bool(row["cancel_requested"]),
+        started_at=as_datetime(row["started_at"]),
+        finished_at=as_datetime(row["finished_at"]),
+        result=load_json(row["result"], json_text=json_text),
+        errors=load_errors(row["errors"], json_text=json_text),
+        checkpoint=load_json(row["checkpoint"], json_text=json_text),
+    )
+
+
+def schedule_from_row(row: RowLike, *, json_text: bool) -> ScheduleRow:
+    return ScheduleRow(
+        name=row["name"],
+        task=row["task"],
+        spec=load_json(row["spec"], json_text=json_text),
+        spec_hash=row["spec_hash"],
+        cursor=as_datetime(row["cursor"]),
+        created_at=as_required_datetime(row["created_at"]),
+        updated_at=as_required_datetime(row["updated_at"]),
+        declared_at=as_required_datetime(row["declared_at"]),
+    )
+
+
+def slot_from_row(row: RowLike) -> SlotRecord:
+    return SlotRecord(
+        schedule=row["schedule"],
+        slot=as_required_datetime(row["slot"]),
+        outcome=SlotOutcome(row["outcome"]),
+        job_id=None if row["job_id"] is None else int(row["job_id"]),
+        recorded_at=as_required_datetime(row["recorded_at"]),
+        updated_at=as_required_datetime(row["updated_at"]),
+        note=row["note"],
+    )
+
+
+def lease_from_row(row: RowLike) -> LeaseRow:
+    return LeaseRow(
+        key=row["key"],
+        fence=int(row["fence"]),
+        owner=row["owner"],
+        job_id=None if row["job_id"] is None else int(row["job_id"]),
+        acquired_at=as_datetime(row["acquired_at"]),
+        expires_at=as_datetime(row["expires_at"]),
+    )
+
+
+def worker_from_row(row: RowLike, *, json_text: bool) -> WorkerRow:
+    return WorkerRow(
+        worker_id=row["worker_id"],
+        hostname=row["hostname"],
+        pid=int(row["pid"]),
+        queues=load_queues(row["queues"], json_text=json_text),
+        concurrency=int(row["concurrency"]),
+        started_at=as_required_datetime(row["started_at"]),
+        last_seen_at=as_required_datetime(row["last_seen_at"]),
+    )

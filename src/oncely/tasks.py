@@ -1,0 +1,176 @@
+"""Tasks: a named handler plus the options its jobs get, and the handle ``enqueue`` returns.
+
+A handler is a plain function ``def handler(ctx, **args)`` (``async def`` works too). Options:
+
+* ``queue`` — the queue its jobs go to (default ``"default"``);
+* ``retry`` — a :class:`~oncely.retry.Retry` policy (default: one attempt, no retry);
+* ``timeout`` — seconds an attempt may run before it is stopped and counted as failed;
+* ``singleton`` — ``True`` (one running job per task), a key template such as ``"org:{org_id}"``
+  (one per distinct value, formatted from the job's args), or ``None`` (the default: singleton
+  when run by a schedule, otherwise not). ``False`` disables it even for schedules;
+* ``priority`` — higher runs first.
+
+Enqueue rules: ``unique_key`` makes a second enqueue a no-op that returns the existing job while
+that job is unfinished (scheduled, available, running or retryable); once it has finished, the
+same key enqueues a new job.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from oncely.errors import ArgsNotJSON, ConfigError
+from oncely.retry import NO_RETRY, Retry
+from oncely.store.base import Job, JobInsert, JobState, Overlap
+
+if TYPE_CHECKING:
+    from oncely.app import App
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+ENQUEUE_OPTIONS = frozenset(
+    {"run_at", "delay", "priority", "unique_key", "queue", "connection", "max_attempts"}
+)
+
+
+def check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(
+            f"{kind} name {name!r} is invalid: use 1-200 letters, digits, '_', '.', ':' or '-'"
+        )
+    return name
+
+
+def dump_args(task_name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Return ``args`` as stored (a JSON round trip), or raise ArgsNotJSON saying which one."""
+    try:
+        return dict(json.loads(json.dumps(args, allow_nan=False)))
+    except (TypeError, ValueError) as exc:
+        raise ArgsNotJSON(f"arguments of {task_name!r} must be JSON-serialisable: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    queue: str = "default"
+    retry: Retry = NO_RETRY
+    timeout: float | None = None
+    singleton: bool | str | None = None
+    priority: int = 0
+
+
+class Task:
+    """A registered handler. Call ``enqueue(**args)`` to request a run."""
+
+    def __init__(
+        self, app: App, name: str, fn: Callable[..., Any], options: TaskOptions
+    ) -> None:
+        self.app = app
+        self.name = check_name("task", name)
+        self.fn = fn
+        self.options = options
+        self.is_async = inspect.iscoroutinefunction(fn)
+        if options.timeout is not None and options.timeout <= 0:
+            raise ConfigError(f"task {name!r}: timeout must be positive")
+        if isinstance(options.singleton, str):
+            _template_fields(name, options.singleton)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.options.queue}>"
+
+    def singleton_key(self, args: dict[str, Any], scheduled: bool = False) -> str | None:
+        singleton = self.options.singleton
+        if singleton is None:
+            return self.name if scheduled else None
+        if singleton is False:
+            return None
+        if singleton is True:
+            return self.name
+        try:
+            return f"{self.name}:" + singleton.format(**args)
+        except (KeyError, IndexError) as exc:
+            raise ConfigError(
+                f"task {self.name!r}: singleton key {singleton!r} names argument {exc}, "
+                "which this job does not have"
+            ) from None
+
+    def build_insert(
+        self,
+        args: dict[str, Any],
+        now: datetime,
+        *,
+        run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        priority: int | None = None,
+        unique_key: str | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        scheduled: bool = False,
+        overlap: Overlap = Overlap.SKIP,
+    ) -> JobInsert:
+        if run_at is not None and delay is not None:
+            raise ConfigError("give either run_at or delay, not both")
+        if delay is not None:
+            seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+            run_at = now + timedelta(seconds=seconds)
+        if run_at is not None and run_at.tzinfo is None:
+            raise ConfigError("run_at must be timezone-aware (e.g. datetime.now(UTC))")
+        stored = dump_args(self.name, args)
+        key = None if overlap == Overlap.ALLOW else self.singleton_key(stored, scheduled)
+        return JobInsert(
+            task=self.name,
+            queue=queue or self.options.queue,
+            args=stored,
+            priority=self.options.priority if priority is None else priority,
+            run_at=run_at,
+            max_attempts=max_attempts or self.options.retry.max_attempts,
+            unique_key=unique_key,
+            singleton_key=key,
+            overlap=overlap,
+            timeout=self.options.timeout,
+        )
+
+    def enqueue(self, **args: Any) -> JobHandle:
+        """Enqueue a run. Keyword options (``run_at``, ``delay``, ``priority``, ``unique_key``,
+        ``queue``, ``max_attempts``, ``connection``) are taken out; the rest are the job's args."""
+        options = {key: args.pop(key) for key in list(args) if key in ENQUEUE_OPTIONS}
+        return self.app.enqueue_job(self.name, args, **options)
+
+
+def _template_fields(task_name: str, template: str) -> None:
+    import string
+
+    try:
+        list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"task {task_name!r}: singleton key {template!r} is invalid: {exc}")
+
+
+class JobHandle:
+    """What enqueue returns: the job's id, whether it was new, and a way to look it up."""
+
+    def __init__(self, app: App, job: Job, created: bool) -> None:
+        self.app = app
+        self.id = job.id
+        self.created = created
+        self.job = job
+
+    @property
+    def state(self) -> JobState:
+        return self.job.state
+
+    def refresh(self) -> Job:
+        found = self.app.store.job_get(self.id)
+        if found is not None:
+            self.job = found
+        return self.job
+
+    def __repr__(self) -> str:
+        return f"<JobHandle id={self.id} task={self.job.task} state={self.job.state}>"

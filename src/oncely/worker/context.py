@@ -1,0 +1,142 @@
+"""The JobContext a handler receives as its first argument.
+
+It carries the job's identity and its **fence**, and the means to act safely while the job runs:
+
+* ``ctx.fenced()`` — a transaction on the job store that commits only while this attempt's fence
+  is current and its lease unexpired; the fence row stays locked until it commits, so a worker
+  that took over cannot interleave. Use it for writes to the same database::
+
+      with ctx.fenced() as conn:
+          conn.execute("UPDATE orgs SET usage = ? WHERE id = ?", (usage, org_id))
+
+* ``ctx.check_fence()`` — raises :class:`~oncely.errors.FenceRejected` if the fence is no longer
+  current. For calls to other systems, check the fence right before the call *and* pass an
+  idempotency key derived from the job (``f"{ctx.job.id}:{item}"`` or the slot), so a call that
+  slips through just before a takeover is deduplicated by the receiver.
+* ``ctx.heartbeat()`` — renew the lease now (the worker also renews it in the background).
+* ``ctx.checkpoint(data)`` / ``ctx.last_checkpoint`` — save progress (fenced); a retried or
+  taken-over attempt starts with the last saved value and can resume.
+* ``ctx.cancelled`` / ``ctx.raise_if_cancelled()`` — cooperative cancellation: set when a human
+  cancels the job, when its timeout passes, when the worker shuts down or when the lease is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from oncely.errors import Cancel, FenceRejected
+from oncely.store.base import ErrorKind, Job
+
+if TYPE_CHECKING:
+    from oncely.app import App
+
+log = logging.getLogger("oncely.job")
+
+
+class JobContext:
+    def __init__(self, app: App, job: Job, worker_id: str) -> None:
+        self.app = app
+        self.job = job
+        self.worker_id = worker_id
+        self.cancel_event = threading.Event()
+        self.cancel_reason: str | None = None
+        self.cancel_kind = ErrorKind.CANCELLED
+        self.lease_lost = threading.Event()
+        self._checkpoint = job.checkpoint
+        self.heartbeat_hook: Any = None  # set by the worker: renews this job's lease now
+        self.log = logging.LoggerAdapter(log, {"job_id": job.id, "task": job.task})
+
+    # identity ----------------------------------------------------------------------------
+    @property
+    def job_id(self) -> int:
+        return self.job.id
+
+    @property
+    def fence(self) -> int:
+        return self.job.fence
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempt
+
+    @property
+    def slot(self) -> datetime | None:
+        return self.job.slot
+
+    @property
+    def schedule(self) -> str | None:
+        return self.job.schedule
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return self.job.args
+
+    def now(self) -> datetime:
+        return self.app.clock.now()
+
+    # fencing -----------------------------------------------------------------------------
+    def check_fence(self) -> None:
+        """Raise FenceRejected unless this attempt still holds the current fence."""
+        if self.lease_lost.is_set() or not self.app.store.job_fence_current(
+            self.job.id, self.job.fence, self.now()
+        ):
+            self._rejected()
+
+    @contextlib.contextmanager
+    def fenced(self) -> Iterator[Any]:
+        """A store transaction that commits only under the current fence (see module doc)."""
+        if self.lease_lost.is_set():
+            self._rejected()
+        try:
+            with self.app.store.fenced_transaction(self.job.id, self.job.fence, self.now()) as conn:
+                yield conn
+        except FenceRejected:
+            self._rejected()
+
+    def _rejected(self) -> None:
+        self.app.events.emit(
+            "fence.rejected", job_id=self.job.id, fence=self.job.fence, task=self.job.task
+        )
+        raise FenceRejected(self.job.id, self.job.fence)
+
+    def heartbeat(self) -> None:
+        """Renew this job's lease now; raises FenceRejected if it was lost."""
+        if self.heartbeat_hook is not None and not self.heartbeat_hook():
+            self._rejected()
+
+    # checkpoints -------------------------------------------------------------------------
+    @property
+    def last_checkpoint(self) -> Any:
+        return self._checkpoint
+
+    def checkpoint(self, data: Any) -> None:
+        """Save progress under the fence; a later attempt reads it as ``last_checkpoint``."""
+        if not self.app.store.job_checkpoint(self.job.id, self.job.fence, data, self.now()):
+            self._rejected()
+        self._checkpoint = data
+
+    # cancellation ------------------------------------------------------------------------
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def request_cancel(self, reason: str, kind: ErrorKind = ErrorKind.CANCELLED) -> None:
+        """Ask the handler to stop; the first request's reason and kind decide the outcome."""
+        if kind == ErrorKind.LEASE_LOST:
+            self.lease_lost.set()
+        if not self.cancel_event.is_set():
+            self.cancel_reason = reason
+            self.cancel_kind = kind
+            self.cancel_event.set()
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancel_event.is_set():
+            raise Cancel(self.cancel_reason or "cancelled")
+
+    def __repr__(self) -> str:
+        return f"<JobContext job={self.job.id} task={self.job.task} fence={self.job.fence}>"

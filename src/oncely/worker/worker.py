@@ -1,0 +1,322 @@
+"""The worker process: a claim loop, handler threads, the lease keeper and maintenance.
+
+Lifecycle::
+
+    start ─► register worker row, upsert declared schedules, start keeper + maintenance
+      │
+      ▼
+    claim loop ── claims up to the free handler slots; an empty claim waits for a wake-up
+      │            (LISTEN/NOTIFY or a data-version poll) up to poll_interval; a full claim
+      │            re-polls as soon as a slot frees; store errors back off (logged once)
+      ▼ stop (SIGTERM/SIGINT, or stop())
+    draining ── no more claims; running jobs get shutdown_grace to finish; then they are asked to
+      │          stop, and what is still running is released back as retryable (attempt refunded)
+      ▼ second signal: skip the wait, release at once
+    stopped ─► resign leadership, deregister, exit 0
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from types import FrameType
+
+from oncely.app import App
+from oncely.errors import StoreError
+from oncely.store.base import ErrorKind, Job, JobClaimParams, JobError, JobState, WorkerInfo
+from oncely.worker.context import JobContext
+from oncely.worker.execute import Outcome, failure, outcome_of
+from oncely.worker.keeper import LeaseKeeper, safety_margin
+from oncely.worker.running import Running
+
+log = logging.getLogger("oncely.worker")
+
+MAX_STORE_BACKOFF = 10.0
+
+
+class Worker:
+    def __init__(
+        self,
+        app: App,
+        *,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        worker_id: str | None = None,
+        maintenance: bool = True,
+    ) -> None:
+        self.app = app
+        self.concurrency = concurrency or app.settings.concurrency
+        self.queues = tuple(queues) if queues else None
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.lease_ttl = app.settings.lease_ttl
+        self.maintenance_enabled = maintenance
+        self._jobs: dict[int, Running] = {}
+        self._lock = threading.Lock()
+        self._inbox: queue.SimpleQueue[Running | None] = queue.SimpleQueue()
+        self._capacity = threading.Event()
+        self._stopping = threading.Event()
+        self._forced = threading.Event()
+        self._stopped = threading.Event()
+        self._store_down_since: float | None = None
+        self._keeper = LeaseKeeper(self)
+        self._threads: list[threading.Thread] = []
+        self._supervisor: object | None = None
+        self._background: threading.Thread | None = None
+
+    # public control ------------------------------------------------------------------------
+    def run(self, install_signals: bool = True) -> int:
+        """Run until stopped; returns the process exit code."""
+        if install_signals and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self._start()
+        try:
+            self._claim_loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def start(self) -> Worker:
+        """Run in a background thread (tests, embedding); stop with :meth:`stop`."""
+        self._background = threading.Thread(
+            target=self.run, kwargs={"install_signals": False}, name="oncely-worker", daemon=True
+        )
+        self._background.start()
+        return self
+
+    def stop(self, force: bool = False, timeout: float | None = None) -> None:
+        self._stopping.set()
+        self._capacity.set()
+        if force:
+            self._forced.set()
+        if self._background is not None:
+            self._background.join(timeout)
+
+    def running_jobs(self) -> list[Running]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._stopping.is_set():
+            log.warning("second signal: releasing running jobs now")
+            self._forced.set()
+        self._stopping.set()
+        self._capacity.set()
+
+    # start and stop ------------------------------------------------------------------------
+    def _start(self) -> None:
+        app, now = self.app, self.app.clock.now()
+        store = app.store  # opens and migrates; errors surface to the caller
+        store.worker_register(
+            WorkerInfo(self.worker_id, socket.gethostname(), os.getpid(), self.queues,
+                       self.concurrency, now)
+        )
+        for _ in range(self.concurrency):
+            self._spawn_handler()
+        self._keeper.start()
+        if self.maintenance_enabled:
+            from oncely.maintenance.supervisor import Supervisor
+
+            supervisor = Supervisor(app, self.worker_id)
+            supervisor.start()
+            self._supervisor = supervisor
+        app.events.emit(
+            "worker.started", worker_id=self.worker_id, concurrency=self.concurrency,
+            queues=",".join(self.queues or ("*",)), store=store.dialect,
+        )
+
+    def _spawn_handler(self) -> None:
+        thread = threading.Thread(target=self._handler_loop, name="oncely-handler", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _shutdown(self) -> None:
+        app = self.app
+        app.events.emit("worker.stopping", worker_id=self.worker_id, running=len(self._jobs))
+        deadline = time.monotonic() + app.settings.shutdown_grace
+        while self._jobs and not self._forced.is_set() and time.monotonic() < deadline:
+            self._capacity.wait(0.05)
+            self._capacity.clear()
+        for running in self.running_jobs():
+            running.ctx.request_cancel("worker shutting down", ErrorKind.SHUTDOWN)
+        settle = time.monotonic() + (0.0 if self._forced.is_set() else 1.0)
+        while self._jobs and time.monotonic() < settle:
+            time.sleep(0.01)
+        for running in self.running_jobs():
+            self._release(running)
+        # Handler threads that won the race to record their own outcome are finishing it now.
+        recorded_by = time.monotonic() + 5.0
+        while self._jobs and time.monotonic() < recorded_by:
+            time.sleep(0.01)
+        for _ in self._threads:
+            self._inbox.put(None)
+        if self._supervisor is not None:
+            self._supervisor.stop()  # type: ignore[attr-defined]
+        self._keeper.stop_event.set()
+        try:
+            app.store.worker_deregister(self.worker_id)
+        except StoreError as exc:
+            log.warning("could not deregister worker: %s", exc)
+        app.events.emit("worker.stopped", worker_id=self.worker_id)
+        self._stopped.set()
+
+    def _release(self, running: Running) -> None:
+        if not running.claim_finish():
+            return
+        now = self.app.clock.now()
+        job = running.job
+        note = "released by graceful shutdown of worker " + self.worker_id
+        error = JobError(job.attempt, now, ErrorKind.SHUTDOWN, note)
+        self._record(running, Outcome(JobState.RETRYABLE, error=error, retry_at=now,
+                                      refund_attempt=True))
+        self.app.events.emit("job.released", job_id=job.id, task=job.task)
+
+    # claiming ------------------------------------------------------------------------------
+    def _claim_loop(self) -> None:
+        app, settings = self.app, self.app.settings
+        backoff = 0.0
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._jobs)
+            if free <= 0:
+                self._capacity.wait(settings.poll_interval)
+                self._capacity.clear()
+                continue
+            started = app.clock.monotonic()
+            params = JobClaimParams(self.worker_id, app.clock.now(), free, self.lease_ttl,
+                                    self.queues)
+            try:
+                result = app.store.job_claim(params)
+            except StoreError as exc:
+                self.note_store_error(exc)
+                backoff = min(MAX_STORE_BACKOFF, max(0.1, backoff * 2))
+                self._stopping.wait(backoff)
+                continue
+            backoff = 0.0
+            self.note_store_ok()
+            for job in result.skipped_overlap:
+                app.events.emit("slot.skipped_overlap", job_id=job.id, schedule=job.schedule,
+                                slot=job.slot)
+            for job in result.jobs:
+                self._dispatch(job, started)
+            if not result.jobs:
+                app.store.wait_for_work(settings.poll_interval)
+
+    def _dispatch(self, job: Job, claim_sent: float) -> None:
+        ctx = JobContext(self.app, job, self.worker_id)
+        deadline = claim_sent + self.lease_ttl - safety_margin(self.lease_ttl)
+        running = Running(job, ctx, lease_deadline=deadline)
+        ctx.heartbeat_hook = lambda: self._keeper.renew(self.app.clock.monotonic(), running)
+        with self._lock:
+            self._jobs[job.id] = running
+        self.app.events.emit("job.claimed", job_id=job.id, task=job.task, fence=job.fence,
+                             attempt=job.attempt, worker_id=self.worker_id)
+        self._inbox.put(running)
+
+    # running -------------------------------------------------------------------------------
+    def _handler_loop(self) -> None:
+        while True:
+            running = self._inbox.get()
+            if running is None:
+                return
+            if not self._execute(running):
+                return  # this thread was replaced after its job was abandoned
+
+    def _execute(self, running: Running) -> bool:
+        """Run one job; False when the thread was replaced meanwhile and should exit."""
+        app, job = self.app, running.job
+        if running.finished:
+            return True  # the lease was lost before the handler started
+        task = app.tasks.get(job.task)
+        if task is None:
+            outcome = failure(None, job, app.clock.now(), ErrorKind.ERROR,
+                              f"task {job.task!r} is not registered in worker {self.worker_id}",
+                              None)
+        else:
+            running.started = app.clock.monotonic()
+            if job.timeout:
+                running.timeout_at = running.started + job.timeout
+            app.events.emit("job.started", job_id=job.id, task=job.task, attempt=job.attempt)
+            outcome = outcome_of(task, running.ctx, app.clock.now)
+        if running.claim_finish():
+            if outcome.abandoned:
+                self._forget(running)
+                app.events.emit("job.abandoned", job_id=job.id, task=job.task,
+                                reason=running.ctx.cancel_reason)
+            else:
+                self._record(running, outcome)
+        return not running.replaced
+
+    def abandon_timed_out(self, running: Running) -> None:
+        """Called by the keeper: the handler ignored its timeout; record it and move on."""
+        if not running.claim_finish():
+            return
+        job, now = running.job, self.app.clock.now()
+        task = self.app.tasks.get(job.task)
+        message = f"timed out after {job.timeout:g}s and did not stop; abandoned"
+        self._record(running, failure(task, job, now, ErrorKind.TIMEOUT, message, None))
+        running.replaced = True
+        self._spawn_handler()  # the stuck thread no longer counts against concurrency
+
+    def give_up(self, running: Running, why: str) -> None:
+        """Called by the keeper when the lease is lost: never record an outcome for this job."""
+        if not running.claim_finish():
+            return
+        self._forget(running)
+        self.app.events.emit("lease.lost", job_id=running.job.id, fence=running.job.fence,
+                             reason=why)
+        if running.started is not None:
+            running.replaced = True
+            self._spawn_handler()
+
+    def _record(self, running: Running, outcome: Outcome) -> None:
+        app, job = self.app, running.job
+        delay = 0.05
+        while True:
+            try:
+                applied = app.store.job_finish(outcome.finish(job, app.clock.now()))
+                break
+            except StoreError as exc:
+                self.note_store_error(exc)
+                if app.clock.monotonic() >= running.lease_deadline:
+                    log.error("job %s: could not record its outcome before the lease deadline; "
+                              "the rescuer will retry it", job.id)
+                    applied = False
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self._forget(running)
+        if not applied:
+            app.events.emit("fence.rejected", job_id=job.id, fence=job.fence, task=job.task,
+                            transition=str(outcome.state))
+            return
+        fields = {"job_id": job.id, "task": job.task, "attempt": job.attempt, "queue": job.queue}
+        if running.started is not None:
+            fields["duration"] = round(app.clock.monotonic() - running.started, 6)
+        if outcome.error is not None:
+            fields["error"] = outcome.error.message
+        app.events.emit(f"job.{outcome.state}", **fields)
+
+    def _forget(self, running: Running) -> None:
+        with self._lock:
+            self._jobs.pop(running.job.id, None)
+        self._capacity.set()
+
+    # store health --------------------------------------------------------------------------
+    def note_store_error(self, exc: StoreError) -> None:
+        if self._store_down_since is None:
+            self._store_down_since = time.monotonic()
+            self.app.events.emit("store.unavailable", worker_id=self.worker_id, error=str(exc))
+
+    def note_store_ok(self) -> None:
+        if self._store_down_since is not None:
+            down = time.monotonic() - self._store_down_since
+            self._store_down_since = None
+            self.app.events.emit("store.recovered", worker_id=self.worker_id,
+                                 down_seconds=round(down, 3))

@@ -1,0 +1,121 @@
+"""Shared fixtures: real worker processes, side-effect databases, PostgreSQL schemas."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EFFECTS_TABLE = """CREATE TABLE IF NOT EXISTS effects (
+    kind TEXT NOT NULL, key TEXT NOT NULL, job_id BIGINT, fence BIGINT, pid INTEGER,
+    started DOUBLE PRECISION, ended DOUBLE PRECISION)"""
+
+
+def postgres_url_or_skip() -> str:
+    url = os.environ.get("ONCELY_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("ONCELY_TEST_POSTGRES_URL not set")
+    return url
+
+
+def with_query(url: str, **params: str) -> str:
+    joiner = "&" if "?" in url else "?"
+    return url + joiner + "&".join(f"{key}={value}" for key, value in params.items())
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[tuple[str, str]]:
+    """A fresh schema in the test PostgreSQL: yields (store URL with ?schema=, plain URL)."""
+    import psycopg
+
+    base = postgres_url_or_skip()
+    schema = f"oncely_t_{uuid.uuid4().hex[:12]}"
+    yield with_query(base, schema=schema), base
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture
+def effects_sqlite(tmp_path: Path) -> str:
+    path = tmp_path / "effects.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(EFFECTS_TABLE)
+    conn.commit()
+    conn.close()
+    return str(path)
+
+
+def read_effects(target: str, kind: str | None = None) -> list[tuple]:
+    sql = "SELECT kind, key, job_id, fence, pid, started, ended FROM effects"
+    if target.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(target) as conn:
+            rows = conn.execute(sql).fetchall()
+    else:
+        conn = sqlite3.connect(target)
+        rows = conn.execute(sql).fetchall()
+        conn.close()
+    return [tuple(row) for row in rows if kind is None or row[0] == kind]
+
+
+class Workers:
+    """Worker subprocesses started by a test, all killed at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, url: str, effects: str, *args: str, app: str = "tests.apps.basic:app",
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        index = len(self.procs)
+        full_env = dict(os.environ)
+        full_env.update({"ONCELY_DATABASE_URL": url, "ONCELY_TEST_EFFECTS": effects,
+                         "PYTHONPATH": str(ROOT)})
+        full_env.update(env or {})
+        log = open(self.tmp_path / f"worker-{index}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "oncely", "--app", app, "worker", *args],
+            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def log(self, index: int) -> str:
+        return (self.tmp_path / f"worker-{index}.log").read_text(errors="replace")
+
+    def stop_all(self, sig: int = signal.SIGTERM, timeout: float = 60) -> list[int | None]:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+        codes = []
+        for proc in self.procs:
+            try:
+                codes.append(proc.wait(timeout))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append(proc.wait())
+        return codes
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(tmp_path)
+    yield pool
+    for proc in pool.procs:
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            proc.kill()
+            proc.wait()

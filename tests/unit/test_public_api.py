@@ -1,0 +1,22 @@
+import oncely
+
+EXPECTED = {
+    "App", "ArgsNotJSON", "Cancel", "Clock", "ConfigError", "FenceRejected", "FrozenClock",
+    "InvalidSchedule", "InvalidURL", "Job", "JobContext", "JobHandle", "JobState", "NotFound",
+    "OncelyError", "Overlap", "Retry", "ScheduleSpec", "SchemaMismatch", "Settings",
+    "SlotOutcome", "StoreError", "StoreUnavailable", "SystemClock", "Task", "UnknownTask",
+    "WarpClock", "Worker", "__version__",
+}
+
+
+def test_public_api_is_exactly_all():
+    assert set(oncely.__all__) == EXPECTED
+    for name in oncely.__all__:
+        assert hasattr(oncely, name), name
+
+
+def test_every_error_derives_from_the_one_root():
+    for name in oncely.__all__:
+        value = getattr(oncely, name)
+        if isinstance(value, type) and issubclass(value, Exception):
+            assert issubclass(value, oncely.OncelyError), name
