@@ -119,3 +119,18 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
                 pass
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh store URL on each store: a SQLite file, or a PostgreSQL schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'oncely.db'}"
+        return
+    import psycopg
+
+    base = postgres_url_or_skip()
+    schema = f"oncely_t_{uuid.uuid4().hex[:12]}"
+    yield with_query(base, schema=schema)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

@@ -205,21 +205,20 @@ class App:
         """Declare a recurring trigger. Nothing is written or enqueued here: workers upsert the
         declared schedules by name when they start, and enqueue each slot once."""
         resolved = task if isinstance(task, Task) else self.get_task(task)
-        seconds = every.total_seconds() if isinstance(every, timedelta) else every
-        spec = ScheduleSpec(
-            name=check_name("schedule", name),
-            task=resolved.name,
+        spec = ScheduleSpec.create(
+            check_name("schedule", name),
+            resolved.name,
             cron=cron,
-            every=seconds,
+            every=every,
             tz=tz,
-            args=dict(args or {}),
+            args=args,
             queue=queue,
-            priority=priority,
-            overlap=Overlap(overlap),
-            catch_up=catch_up,
+            priority=priority or 0,
+            overlap=overlap,
+            catch_up=catch_up,  # type: ignore[arg-type]
             catch_up_limit=catch_up_limit,
             jitter=jitter,
-            dst=dst,
+            dst=dst,  # type: ignore[arg-type]
             enabled=enabled,
             misfire_grace=misfire_grace,
         )

@@ -38,7 +38,8 @@ without a cursor: registering a schedule never enqueues its past. A slot's laten
 ``now - due_at(slot)``; a slot at most ``misfire_grace`` late (default: ``min(period, 60 s)``, see
 :func:`period_hint`) runs as an ordinary on-time slot. Later slots are *missed*, and ``catch_up``
 decides: ``"none"`` records each ``missed``; ``"latest"`` (default) runs the newest missed slot and
-records the older ones ``coalesced`` into it; ``"all"`` runs the newest ``catch_up_limit`` missed
+records the older ones ``coalesced`` into it — unless an on-time slot follows them, which then
+covers them all, so a fleet back from an outage runs once, not twice in a row; ``"all"`` runs the newest ``catch_up_limit`` missed
 slots, oldest first, and coalesces the older excess: after a long outage the recent backlog is
 the useful part (``latest`` is ``all`` with a limit of one).
 
@@ -331,15 +332,13 @@ def _real_time_cadence(expr: str) -> bool:
 
 
 def _gap_end(wall: datetime, tz: ZoneInfo) -> datetime:
-    """The first real instant after the DST gap that contains the nonexistent ``wall``."""
-    # Each fold reading of a nonexistent time applies the offset from one side of the transition,
-    # so the two readings bracket the transition instant; bisect to the second.
-    readings = [wall.replace(tzinfo=tz, fold=fold).timestamp() for fold in (0, 1)]
-    low, high = int(min(readings)), int(max(readings))
-    after_offset = datetime.fromtimestamp(high, tz).utcoffset()
+    """The first real instant after the DST gap that swallowed the nonexistent ``wall``."""
+    # The two fold readings of a nonexistent time bracket the transition; bisect to the second.
+    low, high = sorted(int(wall.replace(tzinfo=tz, fold=fold).timestamp()) for fold in (0, 1))
+    offset_after = datetime.fromtimestamp(high, tz).utcoffset()
     while high - low > 1:
         middle = (low + high) // 2
-        if datetime.fromtimestamp(middle, tz).utcoffset() == after_offset:
+        if datetime.fromtimestamp(middle, tz).utcoffset() == offset_after:
             high = middle
         else:
             low = middle
@@ -382,18 +381,13 @@ def _interval_index(spec: ScheduleSpec, moment: datetime) -> tuple[int, int]:
     return (moment - (spec.anchor or EPOCH)) // _US // step, step
 
 
-def _interval_slots(spec: ScheduleSpec, after: datetime) -> Iterator[datetime]:
-    k, step = _interval_index(spec, after)
-    while True:
-        k += 1
-        yield (spec.anchor or EPOCH) + timedelta(microseconds=k * step)
-
-
 def _iter_slots(spec: ScheduleSpec, after: datetime) -> Iterator[datetime]:
     """Every slot strictly after ``after`` (aware UTC), in increasing order."""
     if spec.every is not None:
-        yield from _interval_slots(spec, after)
-        return
+        k, step = _interval_index(spec, after)
+        while True:
+            k += 1
+            yield (spec.anchor or EPOCH) + timedelta(microseconds=k * step)
     last = after
     # Wall times read on the fall-back day can map before ``after``, and a DST gap maps several
     # wall times to one instant: keep only instants that move forward.
@@ -475,10 +469,11 @@ def plan_slots(
     grace = timedelta(seconds=spec.effective_misfire_grace)
     late = [now - due_at(spec, slot) > grace for slot in window]
     # missed_after[i]: missed slots after window[i], counting the look-ahead past the batch.
+    # With "latest" an on-time slot after a missed one covers it too: count every later slot.
     missed_after, count = [0] * len(window), 0
     for index in range(len(window) - 1, -1, -1):
         missed_after[index] = count
-        count += late[index]
+        count += 1 if spec.catch_up == "latest" else late[index]
     plan = SlotPlan([], [], [], new_cursor=window[:limit][-1] if window else cursor)
     for index, slot in enumerate(window[:limit]):
         if not late[index] or missed_after[index] < keep:

@@ -97,6 +97,7 @@ def test_finish_succeeded_records_result(kit: Kit) -> None:
     assert done.finished_at == kit.now()
     assert done.result == {"rows": 3, "ok": True}
     assert done.attempt == 1 and done.errors == ()
+    assert done.lease_owner is None and done.lease_expires_at is None
 
 
 def test_finish_failed_appends_error(kit: Kit) -> None:
@@ -139,6 +140,7 @@ def test_release_refunds_the_attempt(kit: Kit) -> None:
     released = kit.get(job.id)
     assert released.state == JobState.RETRYABLE
     assert released.attempt == 0
+    assert released.lease_owner is None and released.lease_expires_at is None
     again = kit.claim_one()
     assert again.attempt == 1
 

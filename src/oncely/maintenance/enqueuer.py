@@ -51,28 +51,34 @@ def register_schedules(app: App) -> dict[str, UpsertOutcome]:
 
 
 class SlotEnqueuer:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, max_batches: int = 10) -> None:
         self.app = app
+        self.max_batches = max_batches  # plans per schedule per run; a long outage takes a few
 
     def run_once(self) -> EnqueueResult:
         result = EnqueueResult()
         rows = {row.name: row for row in self.app.store.schedule_list()}
         for spec in self.app.schedules.values():
             row = rows.get(spec.name)
-            if row is None or not spec.enabled:
+            if row is None:
                 continue
-            self._schedule_once(spec, row.cursor, row.created_at, result)
+            cursor = row.cursor
+            for _ in range(self.max_batches):
+                cursor, more = self._schedule_once(spec, cursor, row.created_at, result)
+                if not more:
+                    break
         return result
 
     def _schedule_once(
         self, spec: ScheduleSpec, cursor: datetime | None, created_at: datetime,
         result: EnqueueResult,
-    ) -> None:
+    ) -> tuple[datetime | None, bool]:
+        """Plan and record one batch; returns the new cursor and whether more slots wait."""
         app = self.app
         now = app.clock.now()
         plan = plan_slots(spec, cursor, now, created_at)
         if plan.new_cursor is None or plan.new_cursor == cursor:
-            return
+            return cursor, False
         task = app.tasks.get(spec.task)
         decisions = [(slot, SlotOutcome.ENQUEUED) for slot in plan.run]
         decisions += [(slot, SlotOutcome.MISSED) for slot in plan.missed]
@@ -81,8 +87,8 @@ class SlotEnqueuer:
             job = None
             if outcome == SlotOutcome.ENQUEUED and task is not None:
                 run_at = slot + timedelta(seconds=jitter_for(spec, slot))
-                job = task.build_insert(spec.args, now, run_at=max(run_at, slot), queue=spec.queue,
-                                        priority=spec.priority, scheduled=True,
+                job = task.build_insert(spec.args, now, run_at=run_at, queue=spec.queue,
+                                        priority=spec.priority or None, scheduled=True,
                                         overlap=spec.overlap)
             elif outcome == SlotOutcome.ENQUEUED:
                 outcome = SlotOutcome.MISSED  # a task this process cannot build a job for
@@ -98,4 +104,6 @@ class SlotEnqueuer:
             else:
                 result.recorded.append((spec.name, slot, outcome))
                 app.events.emit(f"slot.{outcome}", schedule=spec.name, slot=slot.isoformat())
-        app.store.schedule_advance(spec.name, cursor, plan.new_cursor)
+        if not app.store.schedule_advance(spec.name, cursor, plan.new_cursor):
+            return cursor, False  # another enqueuer moved it first: re-read next run
+        return plan.new_cursor, plan.more

@@ -1,14 +1,16 @@
 """PostgreSQL plumbing for :class:`~oncely.store.postgres.PostgresStore`.
 
 Owns URL parsing (oncely's own ``schema`` and ``pool_max`` parameters are stripped before libpq
-sees the URL), the connection pool, transactions, the mapping of psycopg errors to
-:mod:`oncely.errors`, and the LISTEN connection behind ``wait_for_work``.
+sees the URL), the connection pool, transactions and the mapping of psycopg errors to
+:mod:`oncely.errors`. The LISTEN connection behind ``wait_for_work`` is in ``_pg_listen``.
 
 Failure model: the first use probes the server with one direct connection, so an unreachable
 server is reported in one line instead of a pool retrying in the background. Later, connections
 killed by a server restart or ``pg_terminate_backend`` are noticed when they are checked out
-(their socket turns readable) and replaced; an operation that still loses its connection raises
-:class:`~oncely.errors.StoreUnavailable` and the caller backs off.
+(their socket turns readable) and replaced. An operation that loses its connection anyway raises
+:class:`~oncely.errors.StoreUnavailable` (the caller backs off) and makes the next checkout probe
+the server first: during an outage every call fails at once, and the first call after it gets a
+fresh pool (see :class:`Engine`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ Q = load_queries("postgres")
 CONNECT_TIMEOUT = 5  # seconds libpq waits for a server before giving up
 POOL_MAX = 10
 POOL_TIMEOUT = 10.0  # seconds an operation waits for a pooled connection
-LISTEN_RETRY = 5.0  # seconds between attempts to re-open a lost LISTEN connection
+RECONNECT_TIMEOUT = 15.0  # the pool stops replacing a lost connection after this long
 BUSY_ATTEMPTS = 4  # a transaction lost to a deadlock or serialization failure is retried
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -168,30 +170,51 @@ def map_error(exc: psycopg.Error, where: str, schema: str) -> OncelyError:
 # the pool ---------------------------------------------------------------------------------------
 
 
-def _check_idle(conn: Conn) -> None:
-    """Pool checkout check, free for a healthy idle connection: a server that terminated the
-    backend has sent an error and closed the socket, which then reads as ready. Only then does a
-    round trip confirm the damage (and the pool replaces the connection)."""
+def _healthy(conn: Conn) -> bool:
+    """Checkout check, free for a healthy idle connection: a server that terminated the backend
+    (shutdown, restart, ``pg_terminate_backend``) has sent an error and closed the socket, which
+    then reads as ready. Only then does a round trip confirm the damage."""
     if conn.closed or conn.broken:
-        raise psycopg.OperationalError("the connection is closed")
+        return False
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        ready = _readable(conn.fileno())
     except (OSError, ValueError):
-        readable = [True]
-    if readable:
-        ConnectionPool.check_connection(conn)
+        ready = True
+    if ready:
+        try:
+            ConnectionPool.check_connection(conn)
+        except psycopg.Error:
+            return False
+    return True
+
+
+def _readable(fd: int) -> bool:
+    if hasattr(select, "poll"):  # no FD_SETSIZE limit, unlike select()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
 
 
 class Engine:
-    """The pool, transactions and wake-ups for one PostgreSQL URL."""
+    """The pool, transactions and wake-ups for one PostgreSQL URL.
+
+    After an operation loses its connection the engine is *suspect*: the next checkout first
+    probes the server. While the server is down the probe fails at once (StoreUnavailable) and
+    the pool is dropped, which also stops its background reconnection attempts; the first probe
+    that succeeds builds a fresh pool, free of the old one's growing reconnection backoff.
+    """
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self._lock = threading.Lock()
+        # Reentrant: a failed probe inside _ensure_pool drops the pool under the same lock.
+        self._lock = threading.RLock()
         self._pool: ConnectionPool[Conn] | None = None
         self._pid = os.getpid()
         self._closed = False
-        self.listener = Listener(target)
+        self._suspect = False
+        self._local = threading.local()  # .conn: the thread's open transaction, if any
 
     # connections --------------------------------------------------------------------------------
 
@@ -200,7 +223,6 @@ class Engine:
             # A forked child must not share its parent's sockets.
             self._pid = os.getpid()
             self._pool = None
-            self.listener = Listener(self.target)
         pool = self._pool
         if pool is not None:
             return pool
@@ -214,8 +236,8 @@ class Engine:
                     min_size=min(2, self.target.pool_max),
                     max_size=self.target.pool_max,
                     open=False,
-                    check=_check_idle,
                     timeout=POOL_TIMEOUT,
+                    reconnect_timeout=RECONNECT_TIMEOUT,
                     name=f"oncely:{self.target.schema}",
                 )
                 pool.open(wait=False)
@@ -227,28 +249,60 @@ class Engine:
         try:
             psycopg.connect(self.target.conninfo).close()
         except psycopg.Error as exc:
+            self._drop_pool()
             raise unreachable(self.target.where, exc) from None
+        self._suspect = False
+
+    def _drop_pool(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            # Closing waits for the pool's workers, which may be inside a connect attempt.
+            threading.Thread(target=pool.close, kwargs={"timeout": 10.0}, daemon=True).start()
 
     def _checkout(self) -> tuple[ConnectionPool[Conn], Conn]:
-        pool = self._ensure_pool()
-        try:
-            return pool, pool.getconn()
-        except PoolClosed:
-            raise StoreUnavailable(
-                f"the store for PostgreSQL at {self.target.where} is closed"
-            ) from None
-        except PoolTimeout:
-            self.probe()  # raises with the reason when the server is gone
-            raise StoreBusy(
-                f"all {self.target.pool_max} connections to PostgreSQL at {self.target.where} "
-                f"stayed busy for {POOL_TIMEOUT:.0f} s; raise pool_max= in the database URL"
-            ) from None
+        """A live pooled connection. A dead one is handed back (the pool replaces it) and the
+        server probed, so a server that went away is reported at once rather than after the
+        pool's timeout; a restarted server gets a fresh pool."""
+        probed = False
+        while True:
+            if self._suspect and not probed:
+                self.probe()
+                probed = True
+            pool = self._ensure_pool()
+            try:
+                conn = pool.getconn()
+            except PoolClosed:
+                if self._closed:
+                    raise StoreUnavailable(
+                        f"the store for PostgreSQL at {self.target.where} is closed"
+                    ) from None
+                continue  # dropped by another thread's failed probe: rebuild it
+            except PoolTimeout:
+                self.probe()  # raises with the reason when the server is gone
+                raise StoreBusy(
+                    f"all {self.target.pool_max} connections to PostgreSQL at "
+                    f"{self.target.where} stayed busy for {POOL_TIMEOUT:.0f} s; "
+                    "raise pool_max= in the database URL"
+                ) from None
+            if _healthy(conn):
+                if probed:
+                    self._suspect = False
+                return pool, conn
+            pool.putconn(conn)
+            self._suspect = True
+
+    def _lost(self, conn: Conn) -> bool:
+        """After an error on ``conn``: True (and the engine suspect) if the connection is gone."""
+        if conn.broken or conn.closed:
+            self._suspect = True
+            return True
+        return False
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None
-        self.listener.close()
         if pool is not None:
             pool.close(timeout=5.0)
 
@@ -260,28 +314,42 @@ class Engine:
     @contextlib.contextmanager
     def transaction(self, *, map_body: bool = True) -> Iterator[Conn]:
         """A pooled connection inside a transaction: committed on exit, rolled back on error.
-        ``map_body=False`` lets psycopg errors raised by the caller's own statements through."""
+        ``map_body=False`` lets psycopg errors raised by the caller's own statements through.
+        Store calls the same thread makes inside the block (and nested transactions) join it,
+        as on SQLite: they commit or roll back with it, and cannot wait on its row locks."""
+        outer: Conn | None = getattr(self._local, "conn", None)
+        if outer is not None:
+            yield outer
+            return
         pool, conn = self._checkout()
+        self._local.conn = conn
         try:
             try:
                 yield conn
             except BaseException as exc:
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
+                self._lost(conn)
                 if map_body and isinstance(exc, psycopg.Error):
                     raise self.mapped(exc) from exc
                 raise
             try:
                 conn.commit()
             except psycopg.Error as exc:
+                self._lost(conn)
                 raise self.mapped(exc) from exc
         finally:
+            self._local.conn = None
             pool.putconn(conn)
 
     def run(self, work: Callable[[Conn], T]) -> T:
         """Run ``work`` in its own transaction. A transaction lost to a deadlock or a
         serialization failure is retried whole; so is one whose connection died before COMMIT
-        was sent (nothing of it was applied)."""
+        was sent (nothing of it was applied). Inside :meth:`transaction` on the same thread,
+        ``work`` joins that transaction instead."""
+        outer: Conn | None = getattr(self._local, "conn", None)
+        if outer is not None:
+            return self.joined(outer, work)
         attempt = 0
         while True:
             attempt += 1
@@ -292,8 +360,8 @@ class Engine:
                 except psycopg.Error as exc:
                     with contextlib.suppress(psycopg.Error):
                         conn.rollback()
-                    retry = attempt < BUSY_ATTEMPTS and is_busy(exc)
-                    retry = retry or (attempt == 1 and conn.broken)
+                    lost = self._lost(conn)
+                    retry = (attempt < BUSY_ATTEMPTS and is_busy(exc)) or (lost and attempt == 1)
                     if not retry:
                         raise self.mapped(exc) from exc
                     time.sleep(random.uniform(0.001, 0.01 * attempt))
@@ -306,6 +374,7 @@ class Engine:
                     conn.commit()
                 except psycopg.Error as exc:
                     # The outcome of a COMMIT that lost its connection is unknown: never retried.
+                    self._lost(conn)
                     raise self.mapped(exc) from exc
                 return result
             finally:
@@ -316,80 +385,6 @@ class Engine:
         try:
             return work(conn)
         except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                self._suspect = True
             raise self.mapped(exc) from exc
-
-
-class Listener:
-    """One LISTEN connection per store, opened on first wait and re-opened after a failure."""
-
-    def __init__(self, target: Target) -> None:
-        self.target = target
-        self.prefix = f"{target.schema}:"
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection[TupleRow] | None = None
-        self._retry_at = 0.0
-        self._closed = False
-
-    def _connection(self) -> psycopg.Connection[TupleRow] | None:
-        if self._conn is not None and not self._conn.closed:
-            return self._conn
-        if self._closed or time.monotonic() < self._retry_at:
-            return None
-        try:
-            conn = psycopg.connect(self.target.conninfo, autocommit=True)
-            conn.execute(Q["listen"])
-        except psycopg.Error:
-            self._retry_at = time.monotonic() + LISTEN_RETRY
-            return None
-        self._conn = conn
-        return conn
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        self._retry_at = time.monotonic() + LISTEN_RETRY
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
-
-    def wait(self, timeout: float) -> bool:
-        """True as soon as a job is announced for this schema; False after ``timeout``."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        if not self._lock.acquire(timeout=max(0.0, timeout)):
-            return False
-        try:
-            conn = self._connection()
-            if conn is not None:
-                try:
-                    return self._wait_on(conn, deadline)
-                except psycopg.Error:
-                    self._drop()
-                finally:
-                    if self._closed:
-                        self._drop()
-        finally:
-            self._lock.release()
-        # Without a LISTEN connection the caller's poll interval still finds the work.
-        remaining = deadline - time.monotonic()
-        if remaining > 0:
-            time.sleep(remaining)
-        return False
-
-    def _wait_on(self, conn: psycopg.Connection[TupleRow], deadline: float) -> bool:
-        while True:
-            remaining = max(0.0, deadline - time.monotonic())
-            for notify in conn.notifies(timeout=remaining, stop_after=1):
-                # The channel is database-wide; other schemas' jobs are not ours.
-                if notify.payload.startswith(self.prefix):
-                    return True
-            if time.monotonic() >= deadline:
-                return False
-
-    def close(self) -> None:
-        self._closed = True
-        # A thread blocked in wait() holds the lock until its timeout; it drops the connection
-        # itself when it sees the store closed.
-        if self._lock.acquire(timeout=0.1):
-            try:
-                self._drop()
-            finally:
-                self._lock.release()

@@ -113,7 +113,9 @@ def insert_job(
                 conn, "job_get_unfinished_by_unique_key", {"unique_key": params.unique_key}
             )
         if existing is None and schedule is not None:
-            existing = fetch_one(conn, "job_get_by_slot", {"schedule": schedule, "slot": slot})
+            existing = fetch_one(
+                conn, "job_get_by_slot", {"schedule": schedule, "slot": values["slot"]}
+            )
         if existing is not None:
             return JobInsertResult(to_job(existing), created=False)
         # The job we conflicted with finished before we could read it: its key is free again.

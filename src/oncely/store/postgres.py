@@ -28,6 +28,7 @@ from oncely.store import _pg_claim as claim
 from oncely.store import _pg_jobs as jobs
 from oncely.store import _pg_schedules as schedules
 from oncely.store._pg_engine import Conn, Engine, Q, parse_url
+from oncely.store._pg_listen import Listener
 from oncely.store.base import (
     ClaimResult,
     Job,
@@ -72,11 +73,13 @@ class PostgresStore:
         self.target = parse_url(url)
         self.schema = self.target.schema
         self._engine = Engine(self.target)
+        self._listener = Listener(self.target)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.target.where!r}, schema={self.schema!r})"
 
     def close(self) -> None:
+        self._listener.close()
         self._engine.close()
 
     # schema -----------------------------------------------------------------------------------
@@ -236,7 +239,7 @@ class PostgresStore:
             yield conn
 
     def wait_for_work(self, timeout: float) -> bool:
-        return self._engine.listener.wait(timeout)
+        return self._listener.wait(timeout)
 
     def notify_work(self, queue: str) -> None:
         self._engine.run(lambda conn: jobs.fetch(conn, "notify_work", {"queue": queue}))

@@ -20,9 +20,12 @@ class Migration:
     sql: str
 
 
+_FOLDERS = {"postgresql": "postgres"}
+
+
 @cache
 def migrations_for(dialect: str) -> tuple[Migration, ...]:
-    folder = resources.files("oncely.store.migrations").joinpath(dialect)
+    folder = resources.files("oncely.store.migrations").joinpath(_FOLDERS.get(dialect, dialect))
     found: list[Migration] = []
     for entry in folder.iterdir():
         if not entry.name.endswith(".sql"):

@@ -158,6 +158,7 @@ WITH job AS (
         errors = errors || %(errors)s::jsonb,
         run_at = COALESCE(%(run_at)s::timestamptz, run_at),
         attempt = CASE WHEN %(refund)s THEN GREATEST(attempt - 1, 0) ELSE attempt END,
+        lease_owner = NULL,
         lease_expires_at = NULL
     WHERE id = %(job_id)s
     RETURNING id, queue, state, singleton_key, schedule, slot

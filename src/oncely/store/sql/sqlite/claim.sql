@@ -73,5 +73,6 @@ SET state = :state,
                   ELSE json_insert(errors, '$[#]', json(:error)) END,
     run_at = COALESCE(:run_at, run_at),
     attempt = CASE WHEN :refund THEN MAX(attempt - 1, 0) ELSE attempt END,
+    lease_owner = NULL,
     lease_expires_at = NULL
 WHERE id = :job_id;

@@ -1,0 +1,1 @@
+"""Benchmarks for oncely: scripts that print measured figures (see bench/README.md)."""

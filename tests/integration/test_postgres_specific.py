@@ -1,0 +1,393 @@
+"""What only the PostgreSQL store has: LISTEN/NOTIFY wake-ups, enqueue inside the caller's own
+transaction, isolation by ``?schema=``, failing fast on an unreachable server, and a pool that
+recovers when its connections are killed or the server goes away and comes back.
+
+Each test works in schemas of its own and skips unless ``ONCELY_TEST_POSTGRES_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import pytest
+
+from oncely.errors import InvalidURL, StoreUnavailable
+from oncely.store.base import JobClaimParams, JobFilter, JobInsert, SlotEnqueue
+from oncely.store.postgres import PostgresStore
+from oncely.testing import wait_until
+
+pytestmark = pytest.mark.postgres
+
+NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def with_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    return urlunsplit(parts._replace(query=urlencode([*query, *params.items()])))
+
+
+@pytest.fixture
+def base_url() -> str:
+    url = os.environ.get("ONCELY_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("ONCELY_TEST_POSTGRES_URL not set")
+    return url
+
+
+@pytest.fixture
+def open_store(base_url: str) -> Iterator[Callable[..., PostgresStore]]:
+    """Opens migrated stores; each call without ``schema`` gets a fresh schema. Every store is
+    closed and every schema dropped afterwards."""
+    import psycopg
+
+    stores: list[PostgresStore] = []
+    schemas: set[str] = set()
+
+    def make(schema: str | None = None, url: str | None = None, **params: str) -> PostgresStore:
+        schema = schema or f"oncely_t_{uuid.uuid4().hex[:12]}"
+        schemas.add(schema)
+        store = PostgresStore(with_query(url or base_url, schema=schema, **params))
+        stores.append(store)
+        store.migrate()
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+    with psycopg.connect(base_url, autocommit=True) as admin:
+        for schema in schemas:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def insert(store: PostgresStore, **fields: Any) -> int:
+    return store.job_insert(JobInsert(task="task", **fields), NOW).job.id
+
+
+def claim(store: PostgresStore, limit: int = 10) -> list[int]:
+    jobs = store.job_claim(JobClaimParams("w1", NOW, limit, 30.0)).jobs
+    return [job.id for job in jobs]
+
+
+# wake-ups ---------------------------------------------------------------------------------------
+
+
+def test_an_insert_wakes_a_waiting_store_within_a_second(open_store) -> None:
+    waiter = open_store()
+    producer = open_store(schema=waiter.schema)
+    assert waiter.wait_for_work(0) is False  # opens the LISTEN connection
+    woke: list[tuple[bool, float]] = []
+    thread = threading.Thread(
+        target=lambda: woke.append((waiter.wait_for_work(10), time.monotonic()))
+    )
+    thread.start()
+    sent = time.monotonic()
+    insert(producer)
+    thread.join(5)
+    assert woke, "wait_for_work did not return"
+    returned, at = woke[0]
+    assert returned is True
+    assert at - sent < 1.0
+
+
+def test_retry_and_bulk_insert_wake_waiters_but_a_future_job_does_not(open_store) -> None:
+    waiter = open_store()
+    producer = open_store(schema=waiter.schema)
+    assert waiter.wait_for_work(0) is False
+    insert(producer, run_at=NOW + timedelta(hours=1))
+    assert waiter.wait_for_work(0.3) is False
+    producer.job_insert_many([JobInsert(task="bulk") for _ in range(3)], NOW)
+    assert waiter.wait_for_work(2) is True
+    failed = insert(producer, queue="q")
+    producer.job_cancel(failed, NOW, "stop")
+    while waiter.wait_for_work(0.1):  # drain
+        pass
+    producer.job_retry(failed, NOW)
+    assert waiter.wait_for_work(2) is True
+
+
+def test_wait_for_work_times_out_without_work(open_store) -> None:
+    store = open_store()
+    started = time.monotonic()
+    assert store.wait_for_work(0.3) is False
+    assert 0.25 <= time.monotonic() - started < 2.0
+
+
+# transactions -----------------------------------------------------------------------------------
+
+
+def test_enqueue_rolls_back_with_the_callers_transaction(open_store) -> None:
+    store = open_store()
+    watcher = open_store(schema=store.schema)
+    assert watcher.wait_for_work(0) is False
+    with store.transaction() as conn:
+        conn.execute("CREATE TABLE orders (id integer PRIMARY KEY)")
+
+    with pytest.raises(RuntimeError), store.transaction() as conn:
+        conn.execute("INSERT INTO orders VALUES (1)")
+        store.job_insert(JobInsert(task="ship", unique_key="order-1"), NOW, conn=conn)
+        raise RuntimeError("payment declined")
+
+    assert store.job_list(JobFilter()) == []
+    with store.transaction() as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (0,)
+    assert watcher.wait_for_work(0.5) is False  # a rolled-back enqueue wakes nobody
+
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO orders VALUES (1)")
+        result = store.job_insert(JobInsert(task="ship", unique_key="order-1"), NOW, conn=conn)
+        assert result.created
+    assert [job.id for job in store.job_list(JobFilter())] == [result.job.id]
+    assert watcher.wait_for_work(2) is True
+
+
+def test_store_calls_inside_a_transaction_join_it(open_store) -> None:
+    store = open_store()
+    with pytest.raises(RuntimeError), store.transaction():
+        insert(store)
+        store.notify_work("default")
+        raise RuntimeError("roll it all back")
+    assert store.job_list(JobFilter()) == []
+
+
+def test_a_checkpoint_inside_a_fenced_transaction_joins_it(open_store) -> None:
+    store = open_store()
+    job_id = insert(store)
+    job = store.job_claim(JobClaimParams("w1", NOW, 1, 30.0)).jobs[0]
+    done = threading.Event()
+
+    def work() -> None:
+        with store.fenced_transaction(job.id, job.fence, NOW):
+            # On a connection of its own this would wait forever for the fenced row lock.
+            assert store.job_checkpoint(job.id, job.fence, {"page": 7}, NOW)
+            assert store.job_fence_current(job.id, job.fence, NOW)
+        done.set()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    assert done.wait(10), "the checkpoint waited on its own fenced transaction"
+    stored = store.job_get(job_id)
+    assert stored is not None and stored.checkpoint == {"page": 7}
+
+
+def test_concurrent_migrations_of_one_new_schema_apply_once(base_url: str, open_store) -> None:
+    schema = f"oncely_t_{uuid.uuid4().hex[:12]}"
+    open_store(schema=schema).close()  # registers the schema for cleanup, then start afresh
+    import psycopg
+
+    with psycopg.connect(base_url, autocommit=True) as admin:
+        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    stores = [PostgresStore(with_query(base_url, schema=schema)) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+    results: list[object] = []
+
+    def migrate(store: PostgresStore) -> None:
+        barrier.wait(10)
+        try:
+            results.append(store.migrate())
+        except Exception as exc:  # reported below
+            results.append(exc)
+
+    threads = [threading.Thread(target=migrate, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    try:
+        applied = [r.applied for r in results if not isinstance(r, Exception)]
+        assert len(applied) == len(stores), results
+        assert sorted(applied) == [(), (), (), ("0001_initial",)]
+        stores[0].check_schema()
+    finally:
+        for store in stores:
+            store.close()
+
+
+# schemas ----------------------------------------------------------------------------------------
+
+
+def test_the_schema_parameter_isolates_two_stores_in_one_database(open_store) -> None:
+    first = open_store()
+    second = open_store()
+    assert first.schema != second.schema
+    assert second.wait_for_work(0) is False
+
+    job_id = insert(first, unique_key="same-key")
+    assert second.job_list(JobFilter()) == []
+    assert second.wait_for_work(0.5) is False  # the channel is shared, the payload is not ours
+    assert insert(second, unique_key="same-key") > 0  # no dedup across schemas
+    assert claim(first) == [job_id]
+
+    for store in (first, second):
+        result = store.slot_enqueue(SlotEnqueue("hourly", NOW, NOW, job=JobInsert(task="h")))
+        assert result.created
+    assert first.schema_version() == second.schema_version() == 1
+
+
+def test_schema_and_pool_parameters_are_validated(base_url: str) -> None:
+    for bad in ("1abc", "a-b", "x;drop", "a" * 64):
+        with pytest.raises(InvalidURL):
+            PostgresStore(with_query(base_url, schema=bad))
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(InvalidURL):
+            PostgresStore(with_query(base_url, pool_max=bad))
+    store = PostgresStore(with_query(base_url, schema="Mixed_Case", pool_max="3"))
+    assert store.schema == "mixed_case"
+
+
+# failures ---------------------------------------------------------------------------------------
+
+
+def test_an_unreachable_server_fails_fast_in_one_line() -> None:
+    store = PostgresStore("postgresql://oncely:secret@127.0.0.1:1/jobs?schema=nowhere")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as info:
+            store.job_get(1)
+        assert time.monotonic() - started < 5.0
+        message = str(info.value)
+        assert "\n" not in message
+        assert message.startswith("cannot connect to PostgreSQL at 127.0.0.1:1/jobs: ")
+        assert message.endswith("; is the server running?")
+        assert "secret" not in message
+        with pytest.raises(StoreUnavailable):
+            store.migrate()
+        assert store.wait_for_work(0.2) is False
+    finally:
+        store.close()
+
+
+def _terminate(base_url: str, application_name: str) -> int:
+    import psycopg
+
+    with psycopg.connect(base_url, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+            "WHERE application_name = %s",
+            (application_name,),
+        ).fetchall()
+    return sum(1 for (done,) in rows if done)
+
+
+def test_the_pool_recovers_after_its_connections_are_terminated(open_store, base_url) -> None:
+    name = f"oncely_t_{uuid.uuid4().hex[:12]}"
+    store = open_store(application_name=name)
+    producer = open_store(schema=store.schema)
+    threads = [threading.Thread(target=lambda: insert(store)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert store.wait_for_work(0) is False  # the LISTEN connection is one of them
+
+    assert _terminate(base_url, name) >= 2
+
+    # Every operation after the kill succeeds: dead connections are noticed at checkout.
+    for _ in range(10):
+        insert(store)
+    assert len(store.job_list(JobFilter(limit=100))) == 16
+    assert len(claim(store, limit=100)) == 16
+
+    def woken() -> bool:
+        insert(producer)
+        return store.wait_for_work(0.5)
+
+    wait_until(woken, timeout=10, message="wake-ups after the LISTEN connection was killed")
+
+
+class _Proxy:
+    """A TCP forwarder to the test server that can drop everything and come back, standing in
+    for a PostgreSQL restart without touching the real server."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.port = 0
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                return
+            with self._lock:
+                self._sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would leave the
+            # port accepting until that call returns.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def test_store_unavailable_during_an_outage_and_back_after_it(open_store, base_url) -> None:
+    parts = urlsplit(base_url)
+    proxy = _Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    proxy.start()
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{proxy.port}"
+    proxied = urlunsplit(parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
+    try:
+        store = open_store(url=proxied)
+        insert(store)
+        assert store.wait_for_work(0) is False
+
+        proxy.stop()
+        for _ in range(3):  # every call fails at once, none hangs for the pool's timeout
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as info:
+                insert(store)
+            assert time.monotonic() - started < 3.0
+            assert "\n" not in str(info.value)
+        started = time.monotonic()
+        assert store.wait_for_work(0.3) is False
+        assert time.monotonic() - started < 3.0
+
+        proxy.start()
+        assert insert(store) > 0
+        assert len(store.job_list(JobFilter())) == 2
+    finally:
+        proxy.stop()
