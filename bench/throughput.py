@@ -38,12 +38,13 @@ for _path in (ROOT / "src", ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
 import oncely  # noqa: E402
 from oncely.errors import InvalidURL  # noqa: E402
 from oncely.store import open_store  # noqa: E402
 from oncely.store.base import Job, JobFilter, JobState  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
 
 APP_PATH = "bench.apps:app"
 TASK = "noop"
@@ -182,19 +183,33 @@ class WorkerPool:
             log.close()
             self.procs.append(proc)
 
-    def profile(self, outdir: Path, label: str, rate: int) -> None:
+    def profile(self, outdir: Path, label: str, rate: int, extra: list[str]) -> None:
         """Attach py-spy to every worker; each writes collapsed stacks when its worker exits."""
         exe = shutil.which("py-spy")
         if exe is None:
             raise BenchError("--profile-dir needs py-spy on PATH (pip install py-spy)")
         outdir.mkdir(parents=True, exist_ok=True)
         for index, proc in enumerate(self.procs):
+            self._wait_exec(proc)
             out = outdir / f"{label}-worker{index}.txt"
             cmd = [exe, "record", "--pid", str(proc.pid), "--rate", str(rate), "--format", "raw",
-                   "--nonblocking", "--output", str(out)]
+                   "--output", str(out), *extra]
             log = open(outdir / f"{label}-worker{index}.py-spy.log", "wb")  # noqa: SIM115
             self.profilers.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
             log.close()
+
+    def _wait_exec(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+        """Wait until the launcher has become the worker (py-spy must attach after exec)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                return  # no /proc: attach now and hope
+            if argv[1:3] == [b"-m", b"oncely"]:
+                time.sleep(0.05)  # let the new interpreter map itself
+                return
+            time.sleep(0.005)
 
     def log_tail(self, index: int, lines: int = 30) -> str:
         path = self.logdir / f"worker-{index}.log"
@@ -345,7 +360,8 @@ def measure_end_to_end(args: argparse.Namespace, workers: int) -> dict[str, Any]
         with worker_pool(store.url, store.dir) as pool:
             pool.start(workers, args.concurrency)
             if args.profile_dir:
-                pool.profile(Path(args.profile_dir), f"{args.store}-w{workers}", args.profile_rate)
+                pool.profile(Path(args.profile_dir), f"{args.store}-w{workers}",
+                             args.profile_rate, args.profile_args.split())
             drained_seen = None
             try:
                 wait_drained(store, args.jobs, pool, args.timeout)
@@ -530,6 +546,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stop-timeout", type=float, default=60.0)
     p.add_argument("--profile-dir", help="attach py-spy to end-to-end workers; stacks go here")
     p.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
+    p.add_argument("--profile-args", default="",
+                   help="extra py-spy record flags, e.g. '--gil' (CPU holding the GIL) or "
+                   "'--idle --threads' (wall clock per thread)")
     p.add_argument("--keep", action="store_true", help="keep stores and logs (for debugging)")
     args = p.parse_args(argv)
     try:

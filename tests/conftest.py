@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -113,10 +114,8 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
     yield pool
     for proc in pool.procs:
         if proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
             proc.kill()
             proc.wait()
 

@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 from oncely.clock import Clock, SystemClock
 from oncely.config import Settings
@@ -41,7 +41,7 @@ class App:
         base = settings or Settings.from_env()
         self.settings = base.with_(database_url=url)
         self.clock: Clock = clock or SystemClock()
-        self.events = EventBus()
+        self.events = EventBus(self.clock.now)
         self.tasks: dict[str, Task] = {}
         self.schedules: dict[str, ScheduleSpec] = {}
         self.auto_migrate = auto_migrate
@@ -72,7 +72,9 @@ class App:
             result = store.migrate()
             if result.applied:
                 self.events.emit(
-                    "schema.migrated", from_version=result.from_version, to_version=result.to_version
+                    "schema.migrated",
+                    from_version=result.from_version,
+                    to_version=result.to_version,
                 )
         store.check_schema()
 
@@ -86,21 +88,6 @@ class App:
                 self._store = None
 
     # tasks -------------------------------------------------------------------------------
-    @overload
-    def task(self, fn: Callable[..., Any], /) -> Task: ...
-
-    @overload
-    def task(
-        self,
-        *,
-        name: str | None = None,
-        queue: str = "default",
-        retry: Retry | None = None,
-        timeout: float | None = None,
-        singleton: bool | str | None = None,
-        priority: int = 0,
-    ) -> Callable[[Callable[..., Any]], Task]: ...
-
     def task(
         self,
         fn: Callable[..., Any] | None = None,
@@ -112,8 +99,9 @@ class App:
         timeout: float | None = None,
         singleton: bool | str | None = None,
         priority: int = 0,
-    ) -> Task | Callable[[Callable[..., Any]], Task]:
-        """Register a handler as a task (usable bare, ``@app.task``, or with options)."""
+    ) -> Any:
+        """Register a handler as a task: bare (``@app.task``) it returns the Task; with options
+        (``@app.task(queue=…)``) it returns the decorator that does."""
         check_name("queue", queue)
         options = TaskOptions(queue, retry or NO_RETRY, timeout, singleton, priority)
 
@@ -215,10 +203,10 @@ class App:
             queue=queue,
             priority=priority or 0,
             overlap=overlap,
-            catch_up=catch_up,  # type: ignore[arg-type]
+            catch_up=catch_up,
             catch_up_limit=catch_up_limit,
             jitter=jitter,
-            dst=dst,  # type: ignore[arg-type]
+            dst=dst,
             enabled=enabled,
             misfire_grace=misfire_grace,
         )
@@ -228,6 +216,38 @@ class App:
             raise ConfigError(f"schedule {name!r} is declared twice with different definitions")
         self.schedules[name] = spec
         return spec
+
+    def trigger(self, schedule: str) -> JobHandle | None:
+        """Run a schedule's current slot now — once for the whole fleet.
+
+        The "run it right away when a worker starts" wish, made safe: the job takes the identity
+        of the schedule's newest slot at or before now, so any number of workers calling this
+        (and the slot enqueuer) produce at most one job for that slot. Returns None when the slot
+        was already recorded, by anyone.
+        """
+        from oncely.schedules import latest_slot
+        from oncely.store.base import SlotEnqueue
+
+        spec = self.schedules.get(schedule)
+        if spec is None:
+            known = ", ".join(sorted(self.schedules)) or "none"
+            raise ConfigError(f"unknown schedule {schedule!r}; declared schedules: {known}")
+        now = self.clock.now()
+        slot = latest_slot(spec, now)
+        if slot is None:
+            return None
+        task = self.get_task(spec.task)
+        job = task.build_insert(spec.args, now, run_at=now, queue=spec.queue,
+                                priority=spec.priority or None, scheduled=True,
+                                overlap=spec.overlap)
+        result = self.store.slot_enqueue(SlotEnqueue(schedule, slot, now, job=job))
+        if not result.created or result.job_id is None:
+            return None
+        found = self.store.job_get(result.job_id)
+        assert found is not None
+        self.events.emit("slot.triggered", schedule=schedule, slot=slot.isoformat(),
+                         job_id=found.id)
+        return JobHandle(self, found, True)
 
     # worker ------------------------------------------------------------------------------
     def worker(

@@ -30,7 +30,7 @@ import click
 from oncely import readmodel
 from oncely.app import App
 from oncely.config import DEFAULT_DATABASE_URL, Settings
-from oncely.errors import ArgsNotJSON, ConfigError, NotFound, OncelyError
+from oncely.errors import ArgsNotJSON, ConfigError, OncelyError
 from oncely.observe.events import log_subscriber
 from oncely.store.base import JobFilter, JobState
 
@@ -81,7 +81,9 @@ def load_app(path: str) -> App:
     return found
 
 
-def emit(env: Env, rows: Any, columns: Sequence[str] | None = None, title: str | None = None) -> None:
+def emit(
+    env: Env, rows: Any, columns: Sequence[str] | None = None, title: str | None = None
+) -> None:
     """Print rows as JSON (--json) or as a table (or key/value pairs for one dict)."""
     if env.as_json:
         click.echo(json.dumps(rows, indent=2, default=str))

@@ -102,7 +102,9 @@ class WarpClock:
     (epoch seconds). Processes built with the same three numbers agree on ``now()``.
     """
 
-    def __init__(self, sim_origin: datetime, speed: float, real_origin: float | None = None) -> None:
+    def __init__(
+        self, sim_origin: datetime, speed: float, real_origin: float | None = None
+    ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
         if sim_origin.tzinfo is None:

@@ -2,22 +2,25 @@
 
 Precedence: an explicit argument, then the environment variable, then the default.
 
-=========================  ==============================  ========  =================================
-option                     environment                     default   meaning
-=========================  ==============================  ========  =================================
-database_url               ONCELY_DATABASE_URL             sqlite:///oncely.db
-lease_ttl                  ONCELY_LEASE_TTL                30        seconds a lease lasts unrenewed
-poll_interval              ONCELY_POLL_INTERVAL            1.0       longest idle wait between claims
-concurrency                ONCELY_CONCURRENCY              4         handler threads per worker
-shutdown_grace             ONCELY_SHUTDOWN_GRACE           30        seconds running jobs get on stop
-leader_ttl                 ONCELY_LEADER_TTL               15        seconds the leader lease lasts
-maintenance_interval       ONCELY_MAINTENANCE_INTERVAL     5         seconds between rescue/prune runs
-enqueue_interval           ONCELY_ENQUEUE_INTERVAL         0.5       seconds between slot checks
-keep_succeeded_seconds     ONCELY_KEEP_SUCCEEDED_SECONDS   86400     retention of succeeded jobs
-keep_failed                ONCELY_KEEP_FAILED              10000     failed jobs kept (newest)
-keep_cancelled_seconds     ONCELY_KEEP_CANCELLED_SECONDS   604800    retention of cancelled jobs
-ledger_keep_seconds        ONCELY_LEDGER_KEEP_SECONDS      2592000   retention of slot ledger rows
-=========================  ==============================  ========  =================================
+=========================  ===============================  ========================
+option (environment)       default                          meaning
+=========================  ===============================  ========================
+database_url               sqlite:///oncely.db              store URL
+lease_ttl                  30                               seconds a lease lasts
+poll_interval              1.0                              longest idle wait
+concurrency                4                                handler threads
+shutdown_grace             30                               seconds to finish on stop
+leader_ttl                 15                               leader lease seconds
+maintenance_interval       5                                rescue/prune period
+enqueue_interval           0.5                              slot check period
+keep_succeeded_seconds     86400                            succeeded retention
+keep_failed                10000                            failed jobs kept
+keep_cancelled_seconds     604800                           cancelled retention
+ledger_keep_seconds        2592000                          ledger retention
+=========================  ===============================  ========================
+
+Each option's environment variable is ``ONCELY_`` plus its name in capitals
+(``ONCELY_LEASE_TTL``).
 """
 
 from __future__ import annotations

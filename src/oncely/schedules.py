@@ -39,9 +39,9 @@ without a cursor: registering a schedule never enqueues its past. A slot's laten
 :func:`period_hint`) runs as an ordinary on-time slot. Later slots are *missed*, and ``catch_up``
 decides: ``"none"`` records each ``missed``; ``"latest"`` (default) runs the newest missed slot and
 records the older ones ``coalesced`` into it — unless an on-time slot follows them, which then
-covers them all, so a fleet back from an outage runs once, not twice in a row; ``"all"`` runs the newest ``catch_up_limit`` missed
-slots, oldest first, and coalesces the older excess: after a long outage the recent backlog is
-the useful part (``latest`` is ``all`` with a limit of one).
+covers them all, so a fleet back from an outage runs once, not twice in a row; ``"all"`` runs the
+newest ``catch_up_limit`` missed slots, oldest first, and coalesces the older excess: after a long
+outage the recent backlog is the useful part.
 
 One call records at most ``limit`` slots (1,000), the oldest of the window, and reports
 ``more=True`` with ``new_cursor`` on the last of them; the caller plans again at once. A schedule
@@ -411,6 +411,22 @@ def slots_between(
     start = EPOCH if after is None else _aware(after, "after")
     end = _aware(until, "until")
     return takewhile(lambda slot: slot <= end, _iter_slots(spec, start))
+
+
+def latest_slot(spec: ScheduleSpec, at: datetime) -> datetime | None:
+    """The newest slot at or before ``at`` (None if there is none within ~400 days)."""
+    at = _aware(at, "at")
+    span = timedelta(seconds=period_hint(spec))
+    for _ in range(20):
+        found = None
+        for found in slots_between(spec, at - span, at):  # noqa: B007 - we want the last
+            pass
+        if found is not None:
+            return found
+        span *= 2
+        if span > timedelta(days=400):
+            return None
+    return None
 
 
 def expected_count(spec: ScheduleSpec, start: datetime, end: datetime) -> int:

@@ -150,7 +150,9 @@ def _template_fields(task_name: str, template: str) -> None:
     try:
         list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ConfigError(f"task {task_name!r}: singleton key {template!r} is invalid: {exc}")
+        raise ConfigError(
+            f"task {task_name!r}: singleton key {template!r} is invalid: {exc}"
+        ) from None
 
 
 class JobHandle:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from tests.conftest import ROOT
 
 
@@ -49,7 +48,8 @@ def test_migrate_then_enqueue_list_show_cancel_retry(db):
     assert [row["id"] for row in listed] == [job["id"]]
     table = oncely("--database-url", db, "jobs", "list", "--state", "scheduled")
     assert "record" in table.stdout
-    shown = json.loads(oncely("--database-url", db, "--json", "jobs", "show", str(job["id"])).stdout)
+    shown = oncely("--database-url", db, "--json", "jobs", "show", str(job["id"]))
+    shown = json.loads(shown.stdout)
     assert shown["args"] == {"n": 7} and shown["errors"] == []
     cancelled = oncely("--database-url", db, "jobs", "cancel", str(job["id"]))
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout

@@ -34,13 +34,16 @@ def effects_connection():
     return conn
 
 
-def record_effect(kind: str, key: str, ctx: oncely.JobContext, started: float, ended: float) -> None:
+def record_effect(
+    kind: str, key: str, ctx: oncely.JobContext, started: float, ended: float
+) -> None:
     conn = effects_connection()
     params = (kind, key, ctx.job_id, ctx.fence, os.getpid(), started, ended)
-    if os.environ["ONCELY_TEST_EFFECTS"].startswith("postgresql://"):
-        sql = "INSERT INTO effects (kind, key, job_id, fence, pid, started, ended) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-    else:
-        sql = "INSERT INTO effects (kind, key, job_id, fence, pid, started, ended) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    mark = "%s" if os.environ["ONCELY_TEST_EFFECTS"].startswith("postgresql://") else "?"
+    sql = (
+        "INSERT INTO effects (kind, key, job_id, fence, pid, started, ended) "
+        f"VALUES ({', '.join([mark] * 7)})"
+    )
     for attempt in range(50):
         try:
             conn.execute(sql, params)

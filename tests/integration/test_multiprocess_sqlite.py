@@ -8,11 +8,11 @@ import signal
 import time
 
 import pytest
+from tests.conftest import read_effects
 
 import oncely
 from oncely.store.base import JobFilter, JobState
 from oncely.testing import wait_until
-from tests.conftest import read_effects
 
 
 @pytest.fixture

@@ -171,9 +171,11 @@ def test_a_zombie_cannot_write_through_its_fence_after_a_takeover(any_url, clock
     SlotEnqueuer(app).run_once()
     taken = claim(app, "successor").jobs
     assert taken and taken[0].fence > first.fence
-    with pytest.raises(oncely.FenceRejected):
-        with app.store.fenced_transaction(first.id, first.fence, clock.now()):
-            pass
+    with (
+        pytest.raises(oncely.FenceRejected),
+        app.store.fenced_transaction(first.id, first.fence, clock.now()),
+    ):
+        pass
     with app.store.fenced_transaction(taken[0].id, taken[0].fence, clock.now()):
         pass
     assert not app.store.job_fence_current(first.id, first.fence, clock.now())
@@ -204,3 +206,17 @@ def test_run_job_gives_the_handler_a_real_fenced_context(any_url, clock):
     result = run_job(save)
     assert result.state == JobState.SUCCEEDED and result.result == {"done": 3}
     assert result.job.checkpoint == {"done": 3}
+
+
+def test_trigger_runs_the_current_slot_once_for_the_whole_fleet(any_url, clock):
+    apps = [make_app(any_url, clock, cron="35 * * * *") for _ in range(6)]
+    register_schedules(apps[0])
+    clock.set("2026-11-30T11:50:00+00:00")  # six workers start mid-hour and each "runs it now"
+    handles = [app.trigger("every-second") for app in apps]
+    assert sum(handle is not None for handle in handles) == 1
+    (job,) = apps[0].store.job_list(JobFilter())
+    assert job.slot == datetime(2026, 11, 30, 11, 35, tzinfo=UTC)
+    SlotEnqueuer(apps[0]).run_once()  # the enqueuer does not add that slot again
+    assert len(apps[0].store.job_list(JobFilter())) == 1
+    with pytest.raises(oncely.ConfigError, match="unknown schedule 'nope'"):
+        apps[0].trigger("nope")

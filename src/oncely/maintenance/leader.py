@@ -10,6 +10,7 @@ leader: the services it runs are safe to run twice (fenced, idempotent transitio
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from oncely.app import App
@@ -64,9 +65,7 @@ class LeaderElector:
 
     def resign(self) -> None:
         if self.is_leader:
-            try:
+            with contextlib.suppress(StoreError):
                 self.app.store.leader_resign(self.worker_id, self.app.clock.now())
-            except StoreError:
-                pass
             self.is_leader = False
             self.app.events.emit("leader.resigned", worker_id=self.worker_id, term=self.term)

@@ -1,4 +1,4 @@
-"""Calls to systems we do not own (the usage store, Stripe): timeouts, retries, a breaker, a throttle.
+"""Calls to systems we do not own (usage store, Stripe): timeouts, retries, a breaker, a throttle.
 
 One mechanism for every outside call, so the billing jobs fail the same understandable way:
 

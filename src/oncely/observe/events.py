@@ -59,7 +59,8 @@ _INFO_EVENTS = frozenset(
 
 
 class EventBus:
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], datetime] | None = None) -> None:
+        self._now = now or (lambda: datetime.now(UTC))
         self._subscribers: list[Subscriber] = []
         self._lock = threading.Lock()
 
@@ -74,8 +75,8 @@ class EventBus:
 
         return unsubscribe
 
-    def emit(self, name: str, at: datetime | None = None, **fields: Any) -> Event:
-        event = Event(name, at or datetime.now(UTC), fields)
+    def emit(self, name: str, /, **fields: Any) -> Event:
+        event = Event(name, self._now(), fields)
         with self._lock:
             subscribers = list(self._subscribers)
         for subscriber in subscribers:

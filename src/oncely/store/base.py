@@ -16,7 +16,7 @@ Job state machine
                                           ▼
                                        running ──finish──► succeeded | failed | cancelled
                                           │      └──────► retryable (attempt < max_attempts)
-                                          ├──release (graceful shutdown)──► retryable, attempt refunded
+                                          ├──release (graceful shutdown)──► retryable, refunded
                                           └──rescue (lease expired)──────► retryable | failed
 
 * ``claim`` moves a job to ``running`` in one transaction that also sets ``attempt += 1``,
@@ -379,7 +379,9 @@ class Store(Protocol):
     def job_insert(self, params: JobInsert, now: datetime, conn: Any = None) -> JobInsertResult:
         """Insert one job; with ``conn`` (a connection from :meth:`transaction`), inside the
         caller's transaction, so the job commits or rolls back with the caller's own writes."""
-    def job_insert_many(self, params: Sequence[JobInsert], now: datetime) -> list[JobInsertResult]: ...
+    def job_insert_many(
+        self, params: Sequence[JobInsert], now: datetime
+    ) -> list[JobInsertResult]: ...
     def job_get(self, job_id: int) -> Job | None: ...
     def job_list(self, flt: JobFilter) -> list[Job]: ...
     def job_counts(self) -> list[QueueCount]: ...

@@ -129,4 +129,5 @@ def stopped(task: Task, ctx: JobContext, now: datetime, message: str, tb: str | 
     if kind == ErrorKind.SHUTDOWN:
         error = JobError(job.attempt, now, ErrorKind.SHUTDOWN, detail, tb)
         return Outcome(JobState.RETRYABLE, error=error, retry_at=now, refund_attempt=True)
-    return Outcome(JobState.CANCELLED, error=JobError(job.attempt, now, ErrorKind.CANCELLED, detail, tb))
+    error = JobError(job.attempt, now, ErrorKind.CANCELLED, detail, tb)
+    return Outcome(JobState.CANCELLED, error=error)

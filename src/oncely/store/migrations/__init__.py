@@ -3,7 +3,8 @@
 Files are named ``NNNN_description.sql``; ``NNNN`` is the version the file brings the schema to.
 Drivers apply the missing ones in order, each in its own transaction, and record them in
 ``oncely_schema_migrations``. A database whose version is newer than the newest file here was
-migrated by a newer oncely: drivers refuse to run against it (:class:`~oncely.errors.SchemaMismatch`).
+migrated by a newer oncely: drivers refuse to run against it
+(:class:`~oncely.errors.SchemaMismatch`).
 """
 
 from __future__ import annotations
