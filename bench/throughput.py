@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -109,18 +110,26 @@ class FreshStore:
         # app nor the workers' (bench/apps.py) depend on auto-migration.
         self.app = oncely.App(self.url, auto_migrate=False)
         self.app.task(name=TASK)(_noop)
-        self.app.store.migrate()  # fails early, in one line, if the server is unreachable
-        self.app.store.check_schema()
+        try:
+            self.app.store.migrate()  # fails early if the server is unreachable
+            self.app.store.check_schema()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.close()
+            raise
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.app.close()
-        if self.schema is not None and not self.keep:
-            import psycopg
+        if self.keep:
+            return
+        try:
+            if self.schema is not None:
+                import psycopg
 
-            with psycopg.connect(self.pg_url, autocommit=True, connect_timeout=10) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
-        if not self.keep:
+                with psycopg.connect(self.pg_url, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+        finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def all_jobs(self) -> list[Job]:
@@ -158,8 +167,11 @@ LIVE_POOLS: list[WorkerPool] = []
 class WorkerPool:
     """Real ``oncely worker`` processes on one store; stopped with SIGTERM, killed if need be."""
 
-    def __init__(self, url: str, logdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, url: str, logdir: Path, env: dict[str, str] | None = None, app_path: str = APP_PATH
+    ) -> None:
         self.url, self.logdir, self.extra_env = url, logdir, dict(env or {})
+        self.app_path = app_path
         self.procs: list[subprocess.Popen[bytes]] = []
         self.profilers: list[subprocess.Popen[bytes]] = []
         self.spawned_at: float | None = None  # wall clock (epoch seconds)
@@ -172,13 +184,17 @@ class WorkerPool:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT / "src"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         )
-        argv = ["-m", "oncely", "--app", APP_PATH, "worker", "--concurrency", str(concurrency)]
+        argv = ["-m", "oncely", "--app", self.app_path, "worker", "--concurrency", str(concurrency)]
         self.spawned_at = time.time()
         for index in range(count):
             log = open(self.logdir / f"worker-{index}.log", "wb")  # noqa: SIM115
             proc = subprocess.Popen(
                 [sys.executable, "-c", LAUNCHER, str(os.getpid()), *argv],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
             log.close()
             self.procs.append(proc)
@@ -192,8 +208,19 @@ class WorkerPool:
         for index, proc in enumerate(self.procs):
             self._wait_exec(proc)
             out = outdir / f"{label}-worker{index}.txt"
-            cmd = [exe, "record", "--pid", str(proc.pid), "--rate", str(rate), "--format", "raw",
-                   "--output", str(out), *extra]
+            cmd = [
+                exe,
+                "record",
+                "--pid",
+                str(proc.pid),
+                "--rate",
+                str(rate),
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                *extra,
+            ]
             log = open(outdir / f"{label}-worker{index}.py-spy.log", "wb")  # noqa: SIM115
             self.profilers.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
             log.close()
@@ -254,8 +281,11 @@ class WorkerPool:
                     profiler.kill()
         if self in LIVE_POOLS:
             LIVE_POOLS.remove(self)
-        return {"exit_codes": codes, "killed": killed,
-                "stop_seconds": round(time.monotonic() - began, 3)}
+        return {
+            "exit_codes": codes,
+            "killed": killed,
+            "stop_seconds": round(time.monotonic() - began, 3),
+        }
 
     def kill(self) -> None:
         for proc in [*self.procs, *self.profilers]:
@@ -269,8 +299,10 @@ class WorkerPool:
 
 
 @contextlib.contextmanager
-def worker_pool(url: str, logdir: Path, env: dict[str, str] | None = None) -> Iterator[WorkerPool]:
-    pool = WorkerPool(url, logdir, env)
+def worker_pool(
+    args: argparse.Namespace, url: str, logdir: Path, env: dict[str, str] | None = None
+) -> Iterator[WorkerPool]:
+    pool = WorkerPool(url, logdir, env, app_path=args.app)
     try:
         yield pool
     finally:
@@ -282,8 +314,12 @@ def kill_all_workers() -> None:
         pool.kill()
 
 
-def wait_drained(store: FreshStore, total: int, pool: WorkerPool, timeout: float) -> None:
-    """Wait until ``total`` jobs have finished (in any final state)."""
+def wait_drained(
+    store: FreshStore, total: int, pool: WorkerPool, timeout: float, poll: float = 0.5
+) -> None:
+    """Wait until ``total`` jobs have finished (in any final state). Polls slowly: a count over
+    20,000 SQLite rows costs ~10 ms of a core the workers would otherwise have, and the figures
+    come from the store's timestamps, not from when this loop noticed."""
     deadline = time.monotonic() + timeout
     while True:
         done, counts = store.finished_count()
@@ -292,7 +328,7 @@ def wait_drained(store: FreshStore, total: int, pool: WorkerPool, timeout: float
         pool.check()
         if time.monotonic() >= deadline:
             raise BenchError(f"only {done}/{total} jobs finished within {timeout:.0f} s: {counts}")
-        time.sleep(0.1)
+        time.sleep(poll)
 
 
 def wait_registered(store: FreshStore, count: int, pool: WorkerPool, timeout: float) -> None:
@@ -331,10 +367,17 @@ def measure_enqueue(args: argparse.Namespace) -> dict[str, Any]:
         single = time.perf_counter() - began
         batch = enqueue_batch(store, args.jobs, args.batch_size)
     return {
-        "single": {"jobs": args.single_jobs, "seconds": round(single, 3),
-                   "jobs_per_s": rate(args.single_jobs, single)},
-        "batch": {"jobs": args.jobs, "batch_size": args.batch_size, "seconds": round(batch, 3),
-                  "jobs_per_s": rate(args.jobs, batch)},
+        "single": {
+            "jobs": args.single_jobs,
+            "seconds": round(single, 3),
+            "jobs_per_s": rate(args.single_jobs, single),
+        },
+        "batch": {
+            "jobs": args.jobs,
+            "batch_size": args.batch_size,
+            "seconds": round(batch, 3),
+            "jobs_per_s": rate(args.jobs, batch),
+        },
     }
 
 
@@ -357,11 +400,15 @@ def verify(jobs: list[Job], expected: int) -> dict[str, Any]:
 def measure_end_to_end(args: argparse.Namespace, workers: int) -> dict[str, Any]:
     with fresh_store(args, f"e2e-w{workers}") as store:
         enqueue_seconds = enqueue_batch(store, args.jobs, args.batch_size)
-        with worker_pool(store.url, store.dir) as pool:
+        with worker_pool(args, store.url, store.dir) as pool:
             pool.start(workers, args.concurrency)
             if args.profile_dir:
-                pool.profile(Path(args.profile_dir), f"{args.store}-w{workers}",
-                             args.profile_rate, args.profile_args.split())
+                pool.profile(
+                    Path(args.profile_dir),
+                    f"{args.store}-w{workers}",
+                    args.profile_rate,
+                    args.profile_args.split(),
+                )
             drained_seen = None
             try:
                 wait_drained(store, args.jobs, pool, args.timeout)
@@ -399,7 +446,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def listen_off_setup(args: argparse.Namespace, base_url: str) -> tuple[str, dict[str, str], str]:
+def listen_off_setup(base_url: str) -> tuple[str, dict[str, str], str]:
     """How to turn LISTEN off: the store's own URL switch if it has one, else the bench's
     override in bench/apps.py. Returns (url, extra worker env, method)."""
     candidate = with_query(base_url, **dict([LISTEN_OFF_PARAM.split("=", 1)]))
@@ -414,14 +461,18 @@ def measure_latency(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     """Enqueue → start delay with one idle worker; ``mode`` is notify (default wake-ups) or
     poll (PostgreSQL LISTEN off: the worker finds work only at its poll interval)."""
     with fresh_store(args, f"latency-{mode}") as store:
-        url, env, method = store.url, {}, "store default"
+        env: dict[str, str] = {}
+        url, method = store.url, "store default"
         if mode == "poll":
-            url, env, method = listen_off_setup(args, store.url)
+            url, env, method = listen_off_setup(store.url)
         if args.poll_interval is not None:
             env["ONCELY_POLL_INTERVAL"] = str(args.poll_interval)
-        poll = float(env.get("ONCELY_POLL_INTERVAL") or os.environ.get("ONCELY_POLL_INTERVAL")
-                     or oncely.App(store.url).settings.poll_interval)
-        with worker_pool(url, store.dir, env) as pool:
+        poll = float(
+            env.get("ONCELY_POLL_INTERVAL")
+            or os.environ.get("ONCELY_POLL_INTERVAL")
+            or oncely.App(store.url).settings.poll_interval
+        )
+        with worker_pool(args, url, store.dir, env) as pool:
             pool.start(1, args.concurrency)
             wait_registered(store, 1, pool, args.start_timeout)
             time.sleep(args.settle)  # past start-up work, into the idle wait
@@ -464,13 +515,31 @@ def measure_latency(args: argparse.Namespace, mode: str) -> dict[str, Any]:
 
 def git_revision() -> str | None:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT,
-                               text=True, capture_output=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty-src" if dirty else "")
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def fmt(value: float, unit: str = "") -> str:
@@ -478,8 +547,11 @@ def fmt(value: float, unit: str = "") -> str:
 
 
 def render(doc: dict[str, Any], console: Console) -> None:
-    title = (f"oncely throughput — store={doc['store']}  cpus={doc['cpu_count']}  "
-             f"python={doc['python']}  rev={doc['git_revision']}")
+    title = (
+        f"oncely throughput — store={doc['store']}  cpus={doc['cpu_count']}  "
+        f"python={doc['python']}  rev={doc['git_revision']}  "
+        f"load {doc['loadavg_before']} → {doc.get('loadavg_after')}"
+    )
     table = Table(title=title, title_justify="left")
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -487,12 +559,18 @@ def render(doc: dict[str, Any], console: Console) -> None:
     enqueue = doc.get("enqueue") or {}
     if "single" in enqueue:
         s = enqueue["single"]
-        table.add_row("enqueue, single", fmt(s["jobs_per_s"], " jobs/s"),
-                      f"{s['jobs']} × app.enqueue in {s['seconds']} s (1 txn each)")
+        table.add_row(
+            "enqueue, single",
+            fmt(s["jobs_per_s"], " jobs/s"),
+            f"{s['jobs']} x app.enqueue in {s['seconds']} s (1 txn each)",
+        )
     if "batch" in enqueue:
         b = enqueue["batch"]
-        table.add_row("enqueue, batch", fmt(b["jobs_per_s"], " jobs/s"),
-                      f"{b['jobs']} via enqueue_many({b['batch_size']}/call) in {b['seconds']} s")
+        table.add_row(
+            "enqueue, batch",
+            fmt(b["jobs_per_s"], " jobs/s"),
+            f"{b['jobs']} via enqueue_many({b['batch_size']}/call) in {b['seconds']} s",
+        )
     for run in doc.get("end_to_end", []):
         ok = "[green]exactly once[/]" if run["exactly_once"] else "[red]NOT exactly once[/]"
         table.add_row(
@@ -521,43 +599,79 @@ def render(doc: dict[str, Any], console: Console) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--store", choices=("sqlite", "postgres"), required=True)
     p.add_argument("--jobs", type=int, default=20000, help="jobs for batch enqueue and end-to-end")
-    p.add_argument("--workers", help="comma-separated worker-process counts for end-to-end "
-                   "(default: sqlite 1,2; postgres 1,4)")
+    p.add_argument(
+        "--workers",
+        help="comma-separated worker-process counts for end-to-end "
+        "(default: sqlite 1,2; postgres 1,4)",
+    )
     p.add_argument("--concurrency", type=int, default=4, help="handler threads per worker")
     p.add_argument("--json-out", help="also write the JSON document to this path")
-    p.add_argument("--postgres-url", default=os.environ.get("ONCELY_TEST_POSTGRES_URL")
-                   or DEFAULT_PG_URL, help="server for --store postgres (a fresh schema per run)")
+    p.add_argument(
+        "--postgres-url",
+        default=os.environ.get("ONCELY_TEST_POSTGRES_URL") or DEFAULT_PG_URL,
+        help="server for --store postgres (a fresh schema per run)",
+    )
     p.add_argument("--single-jobs", type=int, default=2000, help="jobs for the single enqueue")
     p.add_argument("--batch-size", type=int, default=5000, help="jobs per enqueue_many call")
-    p.add_argument("--latency", choices=("auto", "on", "off"), default="auto",
-                   help="start-latency runs (auto: postgres only)")
+    p.add_argument(
+        "--latency",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="start-latency runs (auto: postgres only)",
+    )
     p.add_argument("--latency-jobs", type=int, default=200)
     p.add_argument("--latency-interval", type=float, default=0.02, help="seconds between jobs")
     p.add_argument("--poll-interval", type=float, help="ONCELY_POLL_INTERVAL for latency workers")
-    p.add_argument("--settle", type=float, default=1.0,
-                   help="seconds an idle latency worker gets after registering")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        help="seconds an idle latency worker gets after registering",
+    )
     p.add_argument("--skip", default="", help="comma-separated parts to skip: enqueue,e2e,latency")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for a drain")
     p.add_argument("--start-timeout", type=float, default=60.0)
     p.add_argument("--stop-timeout", type=float, default=60.0)
+    p.add_argument(
+        "--app",
+        default=APP_PATH,
+        help="module:attr of the workers' app; it must register a task named 'noop' "
+        "(lets you benchmark a variant without touching src/)",
+    )
     p.add_argument("--profile-dir", help="attach py-spy to end-to-end workers; stacks go here")
     p.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
-    p.add_argument("--profile-args", default="",
-                   help="extra py-spy record flags, e.g. '--gil' (CPU holding the GIL) or "
-                   "'--idle --threads' (wall clock per thread)")
+    p.add_argument(
+        "--profile-args",
+        default="",
+        help="extra py-spy record flags, e.g. '--gil' (CPU holding the GIL) or "
+        "'--idle --threads' (wall clock per thread)",
+    )
     p.add_argument("--keep", action="store_true", help="keep stores and logs (for debugging)")
     args = p.parse_args(argv)
     try:
-        args.worker_counts = [int(n) for n in (args.workers or DEFAULT_WORKERS[args.store])
-                              .split(",") if n.strip()]
+        args.worker_counts = [
+            int(n) for n in (args.workers or DEFAULT_WORKERS[args.store]).split(",") if n.strip()
+        ]
     except ValueError:
         p.error(f"--workers must be comma-separated integers, got {args.workers!r}")
-    if min([args.jobs, args.single_jobs, args.batch_size, args.concurrency, args.latency_jobs,
-            *args.worker_counts]) < 1:
+    if (
+        min(
+            [
+                args.jobs,
+                args.single_jobs,
+                args.batch_size,
+                args.concurrency,
+                args.latency_jobs,
+                *args.worker_counts,
+            ]
+        )
+        < 1
+    ):
         p.error("counts must be at least 1")
     args.skip = {part.strip() for part in args.skip.split(",") if part.strip()}
     return args
@@ -586,9 +700,14 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "oncely": getattr(oncely, "__version__", None),
         "git_revision": git_revision(),
+        "loadavg_before": load_average(),  # other work on the machine skews every figure
         "params": {
-            "jobs": args.jobs, "single_jobs": args.single_jobs, "batch_size": args.batch_size,
-            "workers": args.worker_counts, "concurrency": args.concurrency,
+            "jobs": args.jobs,
+            "single_jobs": args.single_jobs,
+            "batch_size": args.batch_size,
+            "workers": args.worker_counts,
+            "concurrency": args.concurrency,
+            "app": args.app,
             "postgres_url": plain_pg_url(args.postgres_url) if args.store == "postgres" else None,
         },
         "enqueue": {},
@@ -601,23 +720,34 @@ def main(argv: list[str] | None = None) -> int:
             doc["enqueue"] = run_part(doc, "enqueue", lambda: measure_enqueue(args), console) or {}
         if "e2e" not in args.skip:
             for workers in args.worker_counts:
-                result = run_part(doc, f"end-to-end W={workers}",
-                                  lambda w=workers: measure_end_to_end(args, w), console)
+                result = run_part(
+                    doc,
+                    f"end-to-end W={workers}",
+                    functools.partial(measure_end_to_end, args, workers),
+                    console,
+                )
                 if result is not None:
                     doc["end_to_end"].append(result)
                     if not result["exactly_once"]:
-                        doc["problems"].append(f"end-to-end W={workers}: jobs did not all "
-                                               f"succeed exactly once: {result['states']}")
+                        doc["problems"].append(
+                            f"end-to-end W={workers}: jobs did not all "
+                            f"succeed exactly once: {result['states']}"
+                        )
         latency = args.latency == "on" or (args.latency == "auto" and args.store == "postgres")
         if latency and "latency" not in args.skip:
             modes = ("notify", "poll") if args.store == "postgres" else ("notify",)
             for mode in modes:
-                result = run_part(doc, f"start latency ({mode})",
-                                  lambda m=mode: measure_latency(args, m), console)
+                result = run_part(
+                    doc,
+                    f"start latency ({mode})",
+                    functools.partial(measure_latency, args, mode),
+                    console,
+                )
                 if result is not None:
                     doc["start_latency"].append(result)
     finally:
         kill_all_workers()
+    doc["loadavg_after"] = load_average()
     render(doc, console)
     text = json.dumps(doc, indent=2, default=str)
     print(text)

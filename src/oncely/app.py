@@ -8,15 +8,17 @@ migrated by a newer oncely is refused (:class:`~oncely.errors.SchemaMismatch`).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from oncely.clock import Clock, SystemClock
+from oncely.clock import Clock, clock_from_spec
 from oncely.config import Settings
 from oncely.errors import ConfigError, UnknownTask
 from oncely.observe.events import EventBus
+from oncely.observe.recorder import fleet_recorder
 from oncely.retry import NO_RETRY, Retry
 from oncely.schedules import ScheduleSpec
 from oncely.store import open_store
@@ -40,8 +42,9 @@ class App:
     ) -> None:
         base = settings or Settings.from_env()
         self.settings = base.with_(database_url=url)
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = clock or clock_from_spec(os.environ.get("ONCELY_CLOCK"))
         self.events = EventBus(self.clock.now)
+        self.events.subscribe(fleet_recorder(self))
         self.tasks: dict[str, Task] = {}
         self.schedules: dict[str, ScheduleSpec] = {}
         self.auto_migrate = auto_migrate

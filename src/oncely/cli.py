@@ -30,7 +30,7 @@ import click
 from oncely import readmodel
 from oncely.app import App
 from oncely.config import DEFAULT_DATABASE_URL, Settings
-from oncely.errors import ArgsNotJSON, ConfigError, OncelyError
+from oncely.errors import ArgsNotJSON, ConfigError, NotFound, OncelyError
 from oncely.observe.events import log_subscriber
 from oncely.store.base import JobFilter, JobState
 
@@ -153,11 +153,20 @@ def migrate(env: Env) -> None:
               show_envvar=True, help="Handler threads (default 4).")
 @click.option("--queues", "-q", envvar="ONCELY_QUEUES", show_envvar=True,
               help="Comma-separated queues to work (default: all).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), envvar="ONCELY_METRICS_PORT",
+              show_envvar=True, help="Serve this process's Prometheus metrics on this port.")
+@click.option("--metrics-host", default="127.0.0.1", envvar="ONCELY_METRICS_HOST",
+              show_envvar=True, show_default=True, help="Address for --metrics-port.")
 @click.pass_obj
-def worker(env: Env, concurrency: int | None, queues: str | None) -> None:
+def worker(env: Env, concurrency: int | None, queues: str | None, metrics_port: int | None,
+           metrics_host: str) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal releases running jobs at once)."""
     app = env.app(required=True)
     app.events.subscribe(log_subscriber(json_format=getattr(env, "log_format", "") == "json"))
+    if metrics_port:
+        from oncely.observe.metrics import serve_process_metrics
+
+        serve_process_metrics(app.events, metrics_port, metrics_host)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     code = app.worker(concurrency=concurrency, queues=names).run()
     raise SystemExit(code)
@@ -283,6 +292,71 @@ def leases(env: Env) -> None:
 def workers(env: Env) -> None:
     """Registered workers and when they were last seen."""
     emit(env, readmodel.workers(env.app().store))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def doctor(env: Env, as_json: bool) -> None:
+    """Check the store and the fleet: findings, evidence, what to do. Exit 0 healthy, 1 not."""
+    from oncely.observe.doctor import examine, render_text
+
+    report = examine(env.app())
+    click.echo(report.to_json() if as_json or env.as_json else render_text(report))
+    raise SystemExit(report.exit_code)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="ONCELY_DASHBOARD_HOST",
+              show_envvar=True)
+@click.option("--port", default=8700, show_default=True, type=click.IntRange(1, 65535),
+              envvar="ONCELY_DASHBOARD_PORT", show_envvar=True)
+@click.option("--token", envvar="ONCELY_DASHBOARD_TOKEN", show_envvar=True,
+              help="Allow retry/cancel for whoever signs in with it (prefer the env variable).")
+@click.pass_obj
+def dashboard(env: Env, host: str, port: int, token: str | None) -> None:
+    """Serve the web dashboard, its JSON API and the fleet's /metrics (read-only without a
+    token)."""
+    from oncely.web.server import serve
+
+    serve(env.app(), host, port, token)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--all", "show_all", is_flag=True, help="Resolved ones too.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@click.pass_context
+def anomalies(ctx: click.Context, show_all: bool, limit: int) -> None:
+    """What the watchdog raised (open ones unless --all)."""
+    if ctx.invoked_subcommand is None:
+        env: Env = ctx.obj
+        emit(env, readmodel.anomalies(env.app().store, not show_all, limit),
+             ["id", "kind", "severity", "summary", "first_seen_at", "last_seen_at",
+              "resolved_at", "occurrences"])
+
+
+@anomalies.command("check")
+@click.pass_obj
+def anomalies_check(env: Env) -> None:
+    """Run the watchdog once now: raise, update and resolve anomalies."""
+    from oncely.maintenance.watchdog import Watchdog
+
+    result = Watchdog(env.app()).run_once()
+    rows = [{"change": change, "id": a.id, "kind": str(a.kind), "summary": a.summary}
+            for change, found in (("raised", result.raised), ("open", result.updated),
+                                  ("resolved", result.resolved)) for a in found]
+    emit(env, rows, ["change", "id", "kind", "summary"])
+
+
+@anomalies.command("resolve")
+@click.argument("anomaly_id", type=int)
+@click.pass_obj
+def anomalies_resolve(env: Env, anomaly_id: int) -> None:
+    """Close an open anomaly by hand (the watchdog reopens it if the condition persists)."""
+    app = env.app()
+    if not app.store.anomaly_resolve(anomaly_id, app.clock.now()):
+        raise NotFound(f"no open anomaly {anomaly_id}")
+    click.echo(f"anomaly {anomaly_id} resolved")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

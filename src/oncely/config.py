@@ -7,6 +7,7 @@ option (environment)       default                          meaning
 =========================  ===============================  ========================
 database_url               sqlite:///oncely.db              store URL
 lease_ttl                  30                               seconds a lease lasts
+heartbeat                  true                             renew leases, self-fence
 poll_interval              1.0                              longest idle wait
 concurrency                4                                handler threads
 shutdown_grace             30                               seconds to finish on stop
@@ -17,6 +18,8 @@ keep_succeeded_seconds     86400                            succeeded retention
 keep_failed                10000                            failed jobs kept
 keep_cancelled_seconds     604800                           cancelled retention
 ledger_keep_seconds        2592000                          ledger retention
+watchdog_interval          60                               watchdog period
+watchdog_webhook_url       (none)                           anomalies POSTed here
 =========================  ===============================  ========================
 
 Each option's environment variable is ``ONCELY_`` plus its name in capitals
@@ -38,6 +41,9 @@ DEFAULT_DATABASE_URL = "sqlite:///oncely.db"
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     lease_ttl: float = 30.0
+    # False reproduces a queue without heartbeats: leases are never renewed and a job whose lease
+    # ran out keeps running. Unsafe; it exists so the demo can show what it leads to.
+    heartbeat: bool = True
     poll_interval: float = 1.0
     concurrency: int = 4
     shutdown_grace: float = 30.0
@@ -48,6 +54,8 @@ class Settings:
     keep_failed: int = 10000
     keep_cancelled_seconds: float = 604800.0
     ledger_keep_seconds: float = 2592000.0
+    watchdog_interval: float = 60.0
+    watchdog_webhook_url: str = ""
 
     def __post_init__(self) -> None:
         positive = (
@@ -56,6 +64,7 @@ class Settings:
             "leader_ttl",
             "maintenance_interval",
             "enqueue_interval",
+            "watchdog_interval",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -90,6 +99,12 @@ def _parse(name: str, type_name: str, raw: str) -> Any:
             return float(raw)
         if type_name == "int":
             return int(raw)
+        if type_name == "bool":
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
     except ValueError:
         raise ConfigError(
             f"environment ONCELY_{name.upper()}={raw!r} is not a valid {type_name}"

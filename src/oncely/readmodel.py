@@ -1,15 +1,20 @@
 """One read model for the command line and the dashboard: every view of jobs, queues, schedules,
-slots, leases and workers is computed here once, as plain dicts ready for a table or JSON."""
+slots, leases, workers, executions and anomalies is computed here once, as plain dicts ready for a
+table, a page or JSON (the dashboard's fleet metrics read it too)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from oncely.errors import InvalidSchedule, NotFound
-from oncely.schedules import ScheduleSpec, next_slot
-from oncely.store.base import Job, JobFilter, JobState, Store
+from oncely.observe import diagnose
+from oncely.observe.notify import anomaly_to_dict
+from oncely.schedules import ScheduleSpec, expected_count, next_slot, period_hint
+from oncely.store.base import LEADER_LEASE_KEY, Job, JobFilter, JobState, Store
+from oncely.store.observability import FENCE_REJECTED, LEASE_TAKEN_OVER, ExecutionWindow
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -123,3 +128,160 @@ def workers(store: Store) -> list[dict[str, Any]]:
          "started_at": _iso(r.started_at), "last_seen_at": _iso(r.last_seen_at)}
         for r in store.worker_list()
     ]
+
+
+# observability: fleet, queues, schedules against their expected runs, anomalies -------------
+
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "authorization",
+                 "credential", "private_key", "cookie", "session")
+REDACTED = "***"
+RATE_WINDOW = 900.0  # seconds of executions behind the per-queue rate
+_TICK = timedelta(microseconds=1)
+
+
+def redact(value: Any) -> Any:
+    """``value`` with the values of secret-looking keys (password, token, api_key …) hidden."""
+    if isinstance(value, dict):
+        return {key: REDACTED if any(w in str(key).lower() for w in _SECRET_WORDS)
+                else redact(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact(item) for item in value]
+    return value
+
+
+def redact_job(detail: dict[str, Any]) -> dict[str, Any]:
+    """A job view with the secret-looking values of its args, result and checkpoint hidden."""
+    return detail | {key: redact(detail[key]) for key in ("args", "result", "checkpoint")
+                     if key in detail}
+
+
+def mask_url(url: str) -> str:
+    """A store URL fit to show: any password replaced."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", f":{REDACTED}@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def queue_health(store: Store, now: datetime) -> list[dict[str, Any]]:
+    """Per queue: jobs per state, due jobs waiting and the oldest wait, running, failed (dead
+    letters) and attempts started per minute over the last 15 minutes."""
+    rows = {row["queue"]: row for row in queue_overview(store)}
+    due: dict[str, tuple[int, datetime]] = {}
+    for group in store.job_waiting(now):
+        count, oldest = due.get(group.queue, (0, group.oldest_run_at))
+        due[group.queue] = (count + group.count, min(oldest, group.oldest_run_at))
+    started: dict[str, int] = defaultdict(int)
+    window = ExecutionWindow(now - timedelta(seconds=RATE_WINDOW), now)
+    for started_count in store.execution_counts(window):
+        started[started_count.queue] += started_count.executions
+    result = []
+    for queue in sorted(set(rows) | set(due) | set(started)):
+        row = dict(rows.get(queue) or {"queue": queue, **{s.value: 0 for s in JobState}})
+        waiting, oldest = due.get(queue, (0, now))
+        row.update(
+            due=waiting,
+            oldest_waiting_seconds=(now - oldest).total_seconds(),
+            rate_per_minute=round(started[queue] / (RATE_WINDOW / 60), 3),
+        )
+        result.append(row)
+    return result
+
+
+def fleet(store: Store, now: datetime, stale_after: float = 90.0) -> dict[str, Any]:
+    """The fleet at a glance: queues, workers, the leader, and the last hour's warning signs."""
+    workers_seen = store.worker_list()
+    alive = [w for w in workers_seen if (now - w.last_seen_at).total_seconds() <= stale_after]
+    leader = next((lease for lease in store.lease_list() if lease.key == LEADER_LEASE_KEY), None)
+    leading = leader is not None and leader.expires_at is not None and leader.expires_at > now
+    events = store.event_counts(now - timedelta(hours=1))
+    queues = queue_health(store, now)
+    return {
+        "now": _iso(now),
+        "queues": queues,
+        "workers_alive": len(alive),
+        "workers_stale": len(workers_seen) - len(alive),
+        "leader": leader.owner if leading and leader is not None else None,
+        "leader_term": leader.fence if leader is not None else 0,
+        "lease_takeovers_1h": events.get(LEASE_TAKEN_OVER, 0),
+        "fence_rejections_1h": events.get(FENCE_REJECTED, 0),
+        "running": sum(int(q["running"]) for q in queues),
+        "dead_letters": sum(int(q["failed"]) for q in queues),
+        "anomalies_open": len(store.anomaly_list(open_only=True, limit=1000)),
+    }
+
+
+def schedule_rates(store: Store, now: datetime, window: float = 3600.0) -> list[dict[str, Any]]:
+    """Each schedule's executions in the window against the number its definition expects."""
+    return [{"schedule": spec.name, "task": spec.task,
+             **diagnose.rate(store, row, spec, now, window).to_dict()}
+            for row, spec in diagnose.declared_specs(store)]
+
+
+def schedule_timeline(
+    store: Store, name: str, now: datetime, buckets: int = 24
+) -> dict[str, Any]:
+    """Expected and actual executions per bucket (one period, between 5 min and a day, aligned
+    to the epoch; each ``[start, start + size)``), the actual ones split into first runs of
+    slots, retries and runs not tied to a slot."""
+    row = store.schedule_get(name)
+    if row is None:
+        raise NotFound(f"schedule {name!r} does not exist")
+    spec = ScheduleSpec.from_spec_dict(row.spec)
+    size = min(max(period_hint(spec), 300.0), 86400.0)
+    end = (int(now.timestamp() // size) + 1) * size
+    since = datetime.fromtimestamp(end - buckets * size, UTC)
+    counts = [{"slot": 0, "retry": 0, "non_slot": 0} for _ in range(buckets)]
+    window = ExecutionWindow(since - _TICK, now, spec.task, size)
+    for count in store.execution_counts(window):
+        if count.bucket is None or count.schedule not in (None, spec.name):
+            continue
+        cell = counts[min(max(count.bucket, 0), buckets - 1)]
+        cell["retry"] += count.retries
+        cell["slot" if count.schedule else "non_slot"] += count.executions - count.retries
+    table = []
+    for index, cell in enumerate(counts):
+        # cells are [start, stop): slots in (start - tick, stop - tick]
+        start = since + timedelta(seconds=index * size)
+        counted_from = max(start - _TICK, row.created_at)
+        stop = min(start + timedelta(seconds=size) - _TICK, now)
+        expected = expected_count(spec, counted_from, stop) if stop > counted_from else 0
+        table.append({"start": _iso(start), "expected": expected,
+                      "actual": sum(cell.values()), **cell})
+    return {"schedule": name, "task": spec.task, "bucket_seconds": size, "buckets": table}
+
+
+def schedule_detail(store: Store, name: str, now: datetime) -> dict[str, Any]:
+    overview = next((s for s in schedules_overview(store, now) if s["name"] == name), None)
+    row = store.schedule_get(name)
+    if overview is None or row is None:
+        raise NotFound(f"schedule {name!r} does not exist")
+    return {
+        **overview,
+        "spec": redact(row.spec),
+        "created_at": _iso(row.created_at),
+        "rates": next((r for r in schedule_rates(store, now) if r["schedule"] == name), None),
+        "ledger": ledger(store, name, limit=25),
+        "anomalies": [a for a in anomalies(store, open_only=False, limit=200)
+                      if a["schedule"] == name][:20],
+    }
+
+
+def anomalies(store: Store, open_only: bool = True, limit: int = 100) -> list[dict[str, Any]]:
+    return [anomaly_to_dict(a) for a in store.anomaly_list(open_only=open_only, limit=limit)]
+
+
+def job_attempts(store: Store, job_id: int) -> list[dict[str, Any]]:
+    return [
+        {"attempt": e.attempt, "worker_id": e.worker_id, "fence": e.fence,
+         "started_at": _iso(e.started_at), "ended_at": _iso(e.ended_at), "outcome": e.outcome,
+         "error_kind": e.error_kind,
+         "seconds": (e.ended_at - e.started_at).total_seconds() if e.ended_at else None}
+        for e in store.execution_list(job_id=job_id, limit=100)
+    ]
+
+
+def fleet_events(store: Store, limit: int = 50) -> list[dict[str, Any]]:
+    return [{"name": e.name, "at": _iso(e.at), "job_id": e.job_id, "task": e.task,
+             "subject": e.subject, "detail": e.detail} for e in store.event_list(limit=limit)]

@@ -295,3 +295,15 @@ def test_expired_key_lease_can_be_taken_over(kit: Kit) -> None:
     new = kit.claim_one("w2")
     assert new.fence == old.fence + 1
     assert leases(kit)["k"][1:] == ("w2", new.id)
+
+
+def test_finish_many_checks_each_fence_on_its_own(kit):
+    first, second = kit.insert(), kit.insert()
+    claimed = {job.id: job for job in kit.claim(limit=2).jobs}
+    a, b = claimed[first.id], claimed[second.id]
+    stale = JobFinish(b.id, b.fence - 1, kit.now(), JobState.SUCCEEDED)
+    fresh = JobFinish(a.id, a.fence, kit.now(), JobState.SUCCEEDED, result={"ok": 1})
+    assert kit.store.job_finish_many([fresh, stale]) == [True, False]
+    assert kit.get(a.id).state == JobState.SUCCEEDED and kit.get(a.id).result == {"ok": 1}
+    assert kit.get(b.id).state == JobState.RUNNING
+    assert kit.store.job_finish_many([]) == []

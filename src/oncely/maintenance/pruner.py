@@ -2,7 +2,8 @@
 
 Defaults (see :mod:`oncely.config`): succeeded jobs are kept a day, cancelled jobs a week, and the
 newest 10,000 failed jobs are kept as dead letters whatever their age. Slot ledger rows outlive
-their jobs, so the once-per-slot guarantee does not depend on job retention.
+their jobs, so the once-per-slot guarantee does not depend on job retention. Recorded executions,
+fleet events and resolved anomalies are kept for ``ledger_keep_seconds``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ class Pruner:
                 if count < params.limit:
                     break
             deleted[str(params.state)] = total
+        keep = timedelta(seconds=self.app.settings.ledger_keep_seconds)
+        observations = 0
+        for _ in range(self.max_batches):
+            count = self.app.store.observation_prune(self.app.clock.now() - keep, self.batch)
+            observations += count
+            if count < self.batch:
+                break
+        deleted["observations"] = observations
         if any(deleted.values()):
             self.app.events.emit("maintenance.pruned", **deleted)
         return PruneResult(deleted)

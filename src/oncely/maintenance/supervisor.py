@@ -1,9 +1,14 @@
 """Runs a worker's maintenance services in one thread.
 
-Every worker enqueues slots (every ``enqueue_interval``) and takes part in leader elections
-(every ``leader_ttl / 3``). Only the leader runs the rescuer and the pruner (every
-``maintenance_interval``, jittered so a fleet does not pulse). Losing leadership stops them at
-the next tick; shutting down resigns leadership so a successor is elected at once.
+Every worker enqueues slots (every ``enqueue_interval``, and also the moment a declared
+schedule's next slot falls due, so a slot is not enqueued up to an interval late) and takes part
+in leader elections (every ``leader_ttl / 3``). Only the leader runs the rescuer (on every tick:
+one indexed look-up of expired leases, so a dead worker's job is back in play within its lease
+TTL plus one tick, not plus a whole ``maintenance_interval``), the pruner (every
+``maintenance_interval``, jittered so a fleet does not pulse) and the watchdog (every
+``watchdog_interval``). Each run is reported as a ``maintenance.ran`` event (or
+``maintenance.failed``). Losing leadership stops them at the next tick; shutting down resigns
+leadership so a successor is elected at once.
 """
 
 from __future__ import annotations
@@ -11,15 +16,21 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
+from datetime import datetime
 
 from oncely.app import App
-from oncely.errors import StoreError
+from oncely.errors import OncelyError, StoreError
 from oncely.maintenance.enqueuer import SlotEnqueuer, register_schedules
 from oncely.maintenance.leader import LeaderElector
 from oncely.maintenance.pruner import Pruner
 from oncely.maintenance.rescuer import Rescuer
+from oncely.maintenance.watchdog import Watchdog
+from oncely.schedules import next_slot
 
 log = logging.getLogger("oncely.maintenance")
+
+SLOT_WAKE_LAG = 0.002  # seconds past a slot's instant to wake: after it, never before it
 
 
 class Supervisor:
@@ -30,8 +41,10 @@ class Supervisor:
         self.elector = LeaderElector(app, worker_id)
         self.rescuer = Rescuer(app)
         self.pruner = Pruner(app)
+        self.watchdog = Watchdog(app)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="oncely-maintenance", daemon=True)
+        self._last_now: datetime | None = None
 
     def start(self) -> None:
         register_schedules(self.app)
@@ -45,24 +58,53 @@ class Supervisor:
 
     def _loop(self) -> None:
         settings, clock = self.app.settings, self.app.clock
-        next_election = next_maintenance = 0.0
+        next_election = next_maintenance = next_watchdog = 0.0
         while not self._stop.is_set():
             mono = clock.monotonic()
             self._guard("enqueuer", self.enqueuer.run_once)
             if mono >= next_election:
                 self._guard("leader", self.elector.run_once)
                 next_election = mono + settings.leader_ttl / 3
-            if self.elector.is_leader and mono >= next_maintenance:
+            if self.elector.is_leader:
                 self._guard("rescuer", self.rescuer.run_once)
+            if self.elector.is_leader and mono >= next_maintenance:
                 self._guard("pruner", self.pruner.run_once)
                 jitter = random.uniform(0.9, 1.1)
                 next_maintenance = mono + settings.maintenance_interval * jitter
-            self._stop.wait(settings.enqueue_interval)
+            if self.elector.is_leader and mono >= next_watchdog:
+                self._guard("watchdog", self.watchdog.run_once)
+                next_watchdog = mono + settings.watchdog_interval
+            self._stop.wait(self._pause(settings.enqueue_interval))
+
+    def _pause(self, interval: float) -> float:
+        """Seconds to the next tick: ``interval``, or less when the next slot of a declared
+        schedule falls due sooner. A clock that did not move since the last tick (a frozen test
+        clock) gets the plain interval, so the loop never spins."""
+        now = self.app.clock.now()
+        still, self._last_now = now == self._last_now, now
+        if still:
+            return interval
+        pause = interval
+        for spec in self.app.schedules.values():
+            if not spec.enabled:
+                continue
+            try:
+                due = next_slot(spec, now)
+            except OncelyError:
+                continue  # a cron without a next slot; the enqueuer reports it
+            pause = min(pause, (due - now).total_seconds() + SLOT_WAKE_LAG)
+        return max(pause, 0.001)
 
     def _guard(self, name: str, step: object) -> None:
+        started = time.monotonic()
         try:
             step()  # type: ignore[operator]
         except StoreError as exc:
             log.warning("maintenance %s: store error: %s", name, exc)
-        except Exception:
+            self.app.events.emit("maintenance.failed", service=name, error=str(exc))
+        except Exception as exc:
             log.exception("maintenance %s failed", name)
+            self.app.events.emit("maintenance.failed", service=name, error=str(exc))
+        else:
+            self.app.events.emit("maintenance.ran", service=name,
+                                 seconds=round(time.monotonic() - started, 6))

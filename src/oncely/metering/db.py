@@ -103,12 +103,28 @@ def fetch_one(
     return None if row is None else tuple(row)
 
 
+def fetch_ints(
+    conn: Any, dialect: str, name: str, params: Mapping[str, Any] | None, width: int,
+    batch: int = 100_000,
+) -> Any:
+    """An all-integer result as an ``(n, width)`` int64 numpy array, read in batches so the
+    rows never exist as Python tuples all at once."""
+    import numpy as np
+
+    cursor = run(conn, dialect, name, params)
+    parts = []
+    while rows := cursor.fetchmany(batch):
+        parts.append(np.array([tuple(row) for row in rows], dtype=np.int64).reshape(-1, width))
+    return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.int64)
+
+
 def batch_params(
-    dialect: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    dialect: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], json_name: str = "rows"
 ) -> dict[str, Any]:
-    """One chunk of rows as parameters: ``rows`` (JSON) for SQLite, one list per column else."""
+    """One chunk of rows as parameters: ``json_name`` (a JSON array of arrays) for SQLite, one
+    list per column, named after the column, for PostgreSQL."""
     if dialect == "sqlite":
-        return {"rows": json.dumps([list(row) for row in rows])}
+        return {json_name: json.dumps([list(row) for row in rows])}
     return {column: [row[index] for row in rows] for index, column in enumerate(columns)}
 
 

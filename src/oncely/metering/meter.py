@@ -17,10 +17,12 @@ more are due. Per hour:
    transaction advance the watermark by exactly that hour (compare-and-set) and record the hour.
    A run that lost its fence cannot commit that transaction: a zombie never moves the watermark.
 
-**Time base: ingestion time.** An hour's usage is what the analytics store *received* in
-``[H, H+1)`` (``created_at``), so the count of a closed hour cannot grow afterwards: late-arriving
-events are billed in the hour they arrive instead of being lost after their hour was reported.
-The 65 minutes leave 5 minutes for in-flight writes of the hour to land.
+**Time base: event time** — what the usage sources count by (see
+:mod:`oncely.metering.stripe_usage`, which builds :data:`HourlyUsage` from a ``UsageSource``),
+and what the free-tier job counts, so both billing jobs agree on an org's usage in an hour. The 65
+minutes leave time for the hour's events to be ingested; an event ingested later than that misses
+its hour's report (the price of event time; counting by ingestion time would need an ingestion
+timestamp the usage tables do not have).
 
 Hours whose end is older than Stripe's 35-day limit (less ``lost_margin``, so no event of an hour
 is refused halfway) are never sent: each is recorded ``lost`` in ``oncely_stripe_hours``, logged at
@@ -233,6 +235,8 @@ class _Run:
         with self.metering.app.store.transaction() as conn:
             found = self.queries.watermark(conn)
         self.watermark = None if found is None else from_ms(found)
+        if self.watermark is None:
+            self._start_watermark()
         plan = Plan.make(self.watermark, self.ctx.now(), self.config)
         client = self.metering.client()
         threads = client.settings.concurrency
@@ -330,15 +334,29 @@ class _Run:
         self.metering.app.events.emit("metering.stripe.hour_lost", hours=len(hours),
                                       first=hours[0].isoformat(), last=hours[-1].isoformat())
 
+    def _start_watermark(self) -> None:
+        """First run ever: start just before the ``first_hours`` latest due hours, and keep that
+        start even if this run stops early (a later run must not skip ahead)."""
+        plan = Plan.make(None, self.ctx.now(), self.config)
+        start = (plan.due or plan.lost)[0] - HOUR
+        with self.ctx.fenced() as conn:
+            self.queries.advance_watermark(conn, None, to_ms(start), to_ms(self.ctx.now()),
+                                           self.ctx.job_id, self.ctx.fence)
+            found = self.queries.watermark(conn)
+        self.watermark = None if found is None else from_ms(found)
+
     def _resend_reset_failures(self, client: StripeMeterClient, pool: ThreadPoolExecutor) -> None:
         with self.metering.app.store.transaction() as conn:
             rows = self.queries.retry_due(conn, self.config.retry_batch)
         if not rows:
             return
         oldest_ok = hour_floor(self.ctx.now() - self.config.max_age + self.config.lost_margin)
+        lookup = getattr(self.metering.usage, "customers", None)
+        current: dict[str, str] = lookup() if callable(lookup) else {}  # a fixed customer id
         events, lost = [], []
         for _identifier, hour_ms, org_id, event_name, customer_id, value in rows:
-            event = MeterEvent(str(event_name), str(org_id), str(customer_id), int(value),
+            customer = current.get(str(org_id), str(customer_id))
+            event = MeterEvent(str(event_name), str(org_id), customer, int(value),
                                int(hour_ms), int(hour_ms) // 1000 + 3600)
             if from_ms(int(hour_ms)) < oldest_ok:
                 lost.append(event)

@@ -58,10 +58,17 @@ def claim_jobs(conn: sqlite3.Connection, params: JobClaimParams) -> ClaimResult:
         return ClaimResult(jobs=[])
     now = to_epoch(params.now)
     claim = _Claim(params, now, now + params.lease_ttl)
+    plain: list[int] = []  # jobs without a singleton key: started together in one statement
     for candidate in _candidates(conn, params, now):
-        if len(claim.claimed) >= params.limit:
+        if len(claim.claimed) + len(plain) >= params.limit:
             break
-        _consider(conn, claim, candidate)
+        if candidate["singleton_key"] is None:
+            plain.append(int(candidate["id"]))
+        else:
+            _consider(conn, claim, candidate)
+    if plain:
+        claim.claimed.extend(_start_plain(conn, claim, plain))
+        claim.claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
     return ClaimResult(jobs=claim.claimed, skipped_overlap=claim.skipped)
 
 
@@ -70,7 +77,9 @@ def _candidates(
 ) -> Iterator[sqlite3.Row]:
     """Due waiting jobs in claim order. Pages continue by keyset, so jobs this claim has already
     moved out of the waiting states do not shift the next page."""
-    page = max(params.limit * 2, 32)
+    # A little more than the limit: a few candidates may be skipped for held singleton keys;
+    # more pages follow by keyset if many are.
+    page = params.limit + 8
     query = "job_claim_candidates" if params.queues is None else "job_claim_candidates_in_queues"
     values: dict[str, object] = {
         "now": now,
@@ -143,6 +152,19 @@ def _start(conn: sqlite3.Connection, claim: _Claim, job_id: int, fence: int | No
     if row is None:
         raise StoreError(f"job {job_id} vanished inside its claim transaction")
     return to_job(row)
+
+
+def _start_plain(conn: sqlite3.Connection, claim: _Claim, job_ids: list[int]) -> list[Job]:
+    values = {
+        "ids": json.dumps(job_ids),
+        "owner": claim.params.worker_id,
+        "lease_expires_at": claim.lease_expires_at,
+        "now": claim.now,
+    }
+    rows = conn.execute(Q["job_claim_start_many"], values).fetchall()
+    if len(rows) != len(job_ids):
+        raise StoreError("claimed jobs vanished inside their claim transaction")
+    return [to_job(row) for row in rows]
 
 
 def _skip(conn: sqlite3.Connection, claim: _Claim, job_id: int, key: str) -> Job:

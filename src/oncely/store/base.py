@@ -79,6 +79,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from oncely.store.observability import (
+    Anomaly,
+    AnomalyRaise,
+    AnomalyRaiseResult,
+    Execution,
+    ExecutionCount,
+    ExecutionWindow,
+    FleetEvent,
+    FleetEventInsert,
+    LedgerCount,
+    WaitingGroup,
+)
+
 LEADER_LEASE_KEY = "leader"
 
 
@@ -388,6 +401,8 @@ class Store(Protocol):
     def job_claim(self, params: JobClaimParams) -> ClaimResult: ...
     def job_finish(self, params: JobFinish) -> bool:
         """Apply a fenced transition; False when the fence is no longer current."""
+    def job_finish_many(self, params: Sequence[JobFinish]) -> list[bool]:
+        """Apply several fenced transitions in one transaction, each checked on its own."""
     def job_cancel(self, job_id: int, now: datetime, reason: str) -> Job:
         """Cancel a waiting job or request cancellation of a running one. NotFound if absent."""
     def job_retry(self, job_id: int, now: datetime) -> Job:
@@ -438,6 +453,39 @@ class Store(Protocol):
         """Block up to ``timeout`` seconds; return True early when new work may be available."""
     def notify_work(self, queue: str) -> None:
         """Wake idle workers (no-op where wake-ups are implicit)."""
+
+    # observability (executions, fleet events, anomalies; see oncely.store.observability) -----
+    def execution_counts(self, window: ExecutionWindow) -> list[ExecutionCount]:
+        """Attempts started in ``(since, until]`` per task, queue, schedule (and bucket)."""
+    def execution_overlaps(self, task: str, since: datetime, until: datetime) -> int:
+        """Attempts of ``task`` started in ``(since, until]`` while another attempt of the same
+        task was running (started earlier, not ended by then)."""
+    def execution_list(
+        self, job_id: int | None = None, task: str | None = None, limit: int = 50
+    ) -> list[Execution]:
+        """Recorded attempts, newest first."""
+    def execution_durations(self, task: str, limit: int = 50) -> list[float]:
+        """Seconds taken by the newest ``limit`` attempts of ``task`` that succeeded."""
+    def ledger_counts(
+        self, since: datetime, until: datetime, schedule: str | None = None
+    ) -> list[LedgerCount]:
+        """Slot outcomes per schedule for slots in ``(since, until]``."""
+    def job_waiting(self, now: datetime) -> list[WaitingGroup]:
+        """Due waiting jobs per queue and task, with the oldest ``run_at``."""
+    def event_record(self, params: FleetEventInsert) -> None: ...
+    def event_counts(self, since: datetime) -> dict[str, int]:
+        """Fleet events per name at or after ``since``."""
+    def event_list(self, name: str | None = None, limit: int = 50) -> list[FleetEvent]: ...
+    def anomaly_raise(self, params: AnomalyRaise) -> AnomalyRaiseResult:
+        """Open an anomaly, or update the open one of the same kind and subject."""
+    def anomaly_list(self, open_only: bool = True, limit: int = 100) -> list[Anomaly]:
+        """Newest first (by last_seen_at)."""
+    def anomaly_get(self, anomaly_id: int) -> Anomaly | None: ...
+    def anomaly_resolve(self, anomaly_id: int, now: datetime) -> bool:
+        """Close an open anomaly; False if it is unknown or already resolved."""
+    def observation_prune(self, before: datetime, limit: int = 1000) -> int:
+        """Delete up to ``limit`` executions started, events recorded and anomalies resolved
+        before ``before`` (each); returns how many rows went."""
 
 
 def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

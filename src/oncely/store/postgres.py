@@ -26,6 +26,7 @@ from psycopg import sql
 from oncely.errors import FenceRejected, SchemaMismatch
 from oncely.store import _pg_claim as claim
 from oncely.store import _pg_jobs as jobs
+from oncely.store import _pg_observe as observe
 from oncely.store import _pg_schedules as schedules
 from oncely.store._pg_engine import Conn, Engine, Q, parse_url
 from oncely.store._pg_listen import Listener
@@ -54,6 +55,18 @@ from oncely.store.base import (
     WorkerRow,
 )
 from oncely.store.migrations import Migration, latest_version, migrations_for
+from oncely.store.observability import (
+    Anomaly,
+    AnomalyRaise,
+    AnomalyRaiseResult,
+    Execution,
+    ExecutionCount,
+    ExecutionWindow,
+    FleetEvent,
+    FleetEventInsert,
+    LedgerCount,
+    WaitingGroup,
+)
 
 DIALECT = "postgresql"
 MIGRATIONS = "postgres"  # the folder name under store/migrations
@@ -139,6 +152,9 @@ class PostgresStore:
 
     def job_finish(self, params: JobFinish) -> bool:
         return self._engine.run(lambda conn: claim.finish_job(conn, params))
+
+    def job_finish_many(self, params: Sequence[JobFinish]) -> list[bool]:
+        return self._engine.run(lambda conn: [claim.finish_job(conn, item) for item in params])
 
     def job_cancel(self, job_id: int, now: datetime, reason: str) -> Job:
         return self._engine.run(lambda conn: jobs.cancel_job(conn, job_id, now, reason))
@@ -243,6 +259,54 @@ class PostgresStore:
 
     def notify_work(self, queue: str) -> None:
         self._engine.run(lambda conn: jobs.fetch(conn, "notify_work", {"queue": queue}))
+
+    # observability (oncely.store.observability; SQL in observe.sql) -------------------------
+
+    def execution_counts(self, window: ExecutionWindow) -> list[ExecutionCount]:
+        return self._engine.run(lambda conn: observe.execution_counts(conn, window))
+
+    def execution_overlaps(self, task: str, since: datetime, until: datetime) -> int:
+        return self._engine.run(lambda conn: observe.execution_overlaps(conn, task, since, until))
+
+    def execution_list(
+        self, job_id: int | None = None, task: str | None = None, limit: int = 50
+    ) -> list[Execution]:
+        return self._engine.run(lambda conn: observe.execution_list(conn, job_id, task, limit))
+
+    def execution_durations(self, task: str, limit: int = 50) -> list[float]:
+        return self._engine.run(lambda conn: observe.execution_durations(conn, task, limit))
+
+    def ledger_counts(
+        self, since: datetime, until: datetime, schedule: str | None = None
+    ) -> list[LedgerCount]:
+        return self._engine.run(lambda conn: observe.ledger_counts(conn, since, until, schedule))
+
+    def job_waiting(self, now: datetime) -> list[WaitingGroup]:
+        return self._engine.run(lambda conn: observe.job_waiting(conn, now))
+
+    def event_record(self, params: FleetEventInsert) -> None:
+        self._engine.run(lambda conn: observe.event_record(conn, params))
+
+    def event_counts(self, since: datetime) -> dict[str, int]:
+        return self._engine.run(lambda conn: observe.event_counts(conn, since))
+
+    def event_list(self, name: str | None = None, limit: int = 50) -> list[FleetEvent]:
+        return self._engine.run(lambda conn: observe.event_list(conn, name, limit))
+
+    def anomaly_raise(self, params: AnomalyRaise) -> AnomalyRaiseResult:
+        return self._engine.run(lambda conn: observe.anomaly_raise(conn, params))
+
+    def anomaly_list(self, open_only: bool = True, limit: int = 100) -> list[Anomaly]:
+        return self._engine.run(lambda conn: observe.anomaly_list(conn, open_only, limit))
+
+    def anomaly_get(self, anomaly_id: int) -> Anomaly | None:
+        return self._engine.run(lambda conn: observe.anomaly_get(conn, anomaly_id))
+
+    def anomaly_resolve(self, anomaly_id: int, now: datetime) -> bool:
+        return self._engine.run(lambda conn: observe.anomaly_resolve(conn, anomaly_id, now))
+
+    def observation_prune(self, before: datetime, limit: int = 1000) -> int:
+        return self._engine.run(lambda conn: observe.observation_prune(conn, before, limit))
 
 
 def _schema_version(conn: Conn) -> int:

@@ -56,19 +56,21 @@ class LeaseKeeper(threading.Thread):
         while not self.stop_event.wait(TICK):
             try:
                 mono = clock.monotonic()
-                if mono >= self._next_renew or self.renew_now.is_set():
+                due = mono >= self._next_renew or self.renew_now.is_set()
+                if due:
                     self.renew_now.clear()
-                    self.renew(mono)
+                    self.renew(mono, leases=self.worker.app.settings.heartbeat)
                 self.enforce(clock.monotonic())
             except Exception:  # the keeper must survive anything a tick throws
                 log.exception("lease keeper tick failed")
 
-    def renew(self, mono: float, only: Running | None = None) -> bool:
-        """Renew all leases (or one); returns whether ``only`` (if given) was renewed."""
+    def renew(self, mono: float, only: Running | None = None, leases: bool = True) -> bool:
+        """Renew all leases (or one) and the worker's own row; returns whether ``only`` (if
+        given) was renewed. ``leases=False`` touches only the worker row."""
         worker = self.worker
         with self._renew_lock:
             targets = [only] if only is not None else worker.running_jobs()
-            targets = [r for r in targets if not r.finished]
+            targets = [r for r in targets if not r.finished and leases]
             if only is None:
                 self._next_renew = mono + self.interval
             sent = worker.app.clock.monotonic()
@@ -104,7 +106,7 @@ class LeaseKeeper(threading.Thread):
         for running in self.worker.running_jobs():
             if running.finished:
                 continue
-            if mono >= running.lease_deadline:
+            if mono >= running.lease_deadline and self.worker.app.settings.heartbeat:
                 self.worker.app.events.emit(
                     "lease.self_fenced", job_id=running.job.id, fence=running.job.fence
                 )

@@ -31,6 +31,7 @@ from types import FrameType
 from oncely.app import App
 from oncely.errors import StoreError
 from oncely.store.base import ErrorKind, Job, JobClaimParams, JobError, JobState, WorkerInfo
+from oncely.worker.completer import Completer
 from oncely.worker.context import JobContext
 from oncely.worker.execute import Outcome, failure, outcome_of
 from oncely.worker.keeper import LeaseKeeper, safety_margin
@@ -39,6 +40,7 @@ from oncely.worker.running import Running
 log = logging.getLogger("oncely.worker")
 
 MAX_STORE_BACKOFF = 10.0
+CLAIM_GATHER = 0.003  # seconds a busy worker waits for more free handler slots before claiming
 
 
 class Worker:
@@ -66,6 +68,7 @@ class Worker:
         self._stopped = threading.Event()
         self._store_down_since: float | None = None
         self._keeper = LeaseKeeper(self)
+        self._completer = Completer(self)
         self._threads: list[threading.Thread] = []
         self._supervisor: object | None = None
         self._background: threading.Thread | None = None
@@ -121,6 +124,7 @@ class Worker:
         for _ in range(self.concurrency):
             self._spawn_handler()
         self._keeper.start()
+        self._completer.start()
         if self.maintenance_enabled:
             from oncely.maintenance.supervisor import Supervisor
 
@@ -155,6 +159,7 @@ class Worker:
         recorded_by = time.monotonic() + 5.0
         while self._jobs and time.monotonic() < recorded_by:
             time.sleep(0.01)
+        self._completer.close()
         for _ in self._threads:
             self._inbox.put(None)
         if self._supervisor is not None:
@@ -182,12 +187,18 @@ class Worker:
     def _claim_loop(self) -> None:
         app, settings = self.app, self.app.settings
         backoff = 0.0
+        backlog = False  # the last claim was full: more jobs are probably waiting
+        batch = max(1, self.concurrency // 2)
         while not self._stopping.is_set():
             free = self.concurrency - len(self._jobs)
-            if free <= 0:
-                self._capacity.wait(settings.poll_interval)
+            if free <= 0 or (backlog and free < batch):
+                # Under load, let a few handler slots free up and claim them together: one
+                # claim transaction per job would make the claim itself the bottleneck.
+                self._capacity.wait(settings.poll_interval if free <= 0 else CLAIM_GATHER)
                 self._capacity.clear()
-                continue
+                free = self.concurrency - len(self._jobs)
+                if free <= 0:
+                    continue
             started = app.clock.monotonic()
             params = JobClaimParams(self.worker_id, app.clock.now(), free, self.lease_ttl,
                                     self.queues)
@@ -205,6 +216,7 @@ class Worker:
                                 slot=job.slot)
             for job in result.jobs:
                 self._dispatch(job, started)
+            backlog = len(result.jobs) == free
             if not result.jobs:
                 app.store.wait_for_work(settings.poll_interval)
 
@@ -215,8 +227,10 @@ class Worker:
         ctx.heartbeat_hook = lambda: self._keeper.renew(self.app.clock.monotonic(), running)
         with self._lock:
             self._jobs[job.id] = running
+        wait = max(0.0, (job.started_at - job.run_at).total_seconds()) if job.started_at else 0.0
         self.app.events.emit("job.claimed", job_id=job.id, task=job.task, fence=job.fence,
-                             attempt=job.attempt, worker_id=self.worker_id)
+                             attempt=job.attempt, worker_id=self.worker_id, queue=job.queue,
+                             wait=round(wait, 6))
         self._inbox.put(running)
 
     # running -------------------------------------------------------------------------------
@@ -276,22 +290,17 @@ class Worker:
             self._spawn_handler()
 
     def _record(self, running: Running, outcome: Outcome) -> None:
+        self._completer.submit(running, outcome)
+
+    def recorded(self, running: Running, outcome: Outcome, applied: bool | None) -> None:
+        """Called by the completer once the outcome was written (True), refused by the fence
+        (False) or given up because the store stayed unreachable (None)."""
         app, job = self.app, running.job
-        delay = 0.05
-        while True:
-            try:
-                applied = app.store.job_finish(outcome.finish(job, app.clock.now()))
-                break
-            except StoreError as exc:
-                self.note_store_error(exc)
-                if app.clock.monotonic() >= running.lease_deadline:
-                    log.error("job %s: could not record its outcome before the lease deadline; "
-                              "the rescuer will retry it", job.id)
-                    applied = False
-                    break
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
         self._forget(running)
+        if applied is None:
+            app.events.emit("job.unrecorded", job_id=job.id, task=job.task,
+                            outcome=str(outcome.state))
+            return
         if not applied:
             app.events.emit("fence.rejected", job_id=job.id, fence=job.fence, task=job.task,
                             transition=str(outcome.state))

@@ -15,7 +15,7 @@ CREATE TABLE metering_organizations (
     created_at           REAL    NOT NULL,
     anchor_day           INTEGER GENERATED ALWAYS AS (CAST(strftime('%d',
                              COALESCE(billing_cycle_anchor, created_at), 'unixepoch') AS INTEGER))
-                             VIRTUAL,
+                             STORED,
     cycle_start          TEXT,            -- the cycle cycle_usage belongs to
     cycle_usage          INTEGER NOT NULL DEFAULT 0,
     threshold_state      TEXT    CHECK (threshold_state IN ('WARNING', 'BLOCKED')),

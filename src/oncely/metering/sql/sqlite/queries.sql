@@ -37,7 +37,7 @@ SELECT o.id, o.name, o.plan, o.subscription_status, o.plan_override, o.external_
        o.stripe_customer_id, o.billing_cycle_anchor, o.created_at, o.anchor_day,
        CAST(julianday(o.cycle_start) - 2440587.5 AS INTEGER) AS cycle_start_day,
        o.cycle_usage, o.threshold_state, o.state_changed_at, o.usage_updated_at, o.updated_at,
-       (o.subscription_status IN ('active', 'trialing', 'past_due')
+       (COALESCE(o.subscription_status, '') IN ('active', 'trialing', 'past_due')
         OR o.plan_override IS NOT NULL OR o.external_billing IS NOT NULL) AS paid
 FROM metering_organizations o WHERE o.id = :org_id
 
@@ -116,17 +116,19 @@ DELETE FROM metering_usage_daily WHERE day < date(:before_day * 86400, 'unixepoc
 -- name: evaluate_orgs
 -- Every organization's current-cycle usage from the rollup, in one statement; returns only the
 -- organizations whose recorded usage, cycle or state may have to change (Python decides).
-WITH cycles AS (
+-- The CTEs over JSON are materialized once; usage is summed by a grouped join (a correlated
+-- subquery would be evaluated once per reference to it).
+WITH cycles AS MATERIALIZED (
     SELECT json_extract(value, '$[0]') AS anchor_day,
            date(json_extract(value, '$[1]') * 86400, 'unixepoch') AS cycle_start
     FROM json_each(:cycles)
-), plans AS (
+), plans AS MATERIALIZED (
     SELECT json_extract(value, '$[0]') AS plan, json_extract(value, '$[1]') AS warn_at,
            json_extract(value, '$[2]') AS block_at
     FROM json_each(:plans)
 ), current AS (
     SELECT o.id, c.cycle_start,
-           (o.subscription_status IN ('active', 'trialing', 'past_due')
+           (COALESCE(o.subscription_status, '') IN ('active', 'trialing', 'past_due')
             OR o.plan_override IS NOT NULL OR o.external_billing IS NOT NULL) AS paid,
            COALESCE(p.warn_at, :default_warn_at) AS warn_at,
            COALESCE(p.block_at, :default_block_at) AS block_at
@@ -134,15 +136,16 @@ WITH cycles AS (
     JOIN cycles c ON c.anchor_day = o.anchor_day
     LEFT JOIN plans p ON p.plan = o.plan
 ), measured AS (
-    SELECT cur.*,
-           CASE WHEN cur.paid THEN NULL ELSE (
-               SELECT COALESCE(SUM(r.units), 0) FROM metering_usage_daily r
-               WHERE r.org_id = cur.id AND r.day >= cur.cycle_start) END AS usage
+    SELECT cur.id, cur.cycle_start, cur.paid, cur.warn_at, cur.block_at,
+           CASE WHEN cur.paid THEN NULL ELSE COALESCE(SUM(r.units), 0) END AS usage
     FROM current cur
+    LEFT JOIN metering_usage_daily r
+           ON r.org_id = cur.id AND r.day >= cur.cycle_start AND NOT cur.paid
+    GROUP BY cur.id
 )
 SELECT m.id, m.paid, o.plan,
        CAST(julianday(o.cycle_start) - 2440587.5 AS INTEGER), o.cycle_usage, o.threshold_state,
-       CAST(julianday(m.cycle_start) - 2440587.5 AS INTEGER), m.usage
+       CAST(julianday(m.cycle_start) - 2440587.5 AS INTEGER), m.usage, o.anchor_day
 FROM measured m JOIN metering_organizations o ON o.id = m.id
 WHERE (m.paid AND o.threshold_state IS NOT NULL)
    OR (NOT m.paid AND (
@@ -217,7 +220,7 @@ SELECT id, org_ids FROM metering_chunk_failures WHERE resolved_at IS NULL ORDER 
 
 -- name: chunk_failures_resolve
 UPDATE metering_chunk_failures SET resolved_at = :now, resolved_by = :job_id
-WHERE resolved_at IS NULL AND id <= :max_id
+WHERE resolved_at IS NULL AND id IN (SELECT value FROM json_each(:ids))
 
 -- name: usage_by_project
 -- The "sql" usage source: units per project and bucket (:bucket seconds) in [:start, :end).
@@ -250,3 +253,16 @@ INSERT INTO metering_scores (id, trace_id, project_id, timestamp, name, value)
 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
        json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]')
 FROM json_each(:rows)
+
+-- name: statement_timeout
+-- SQLite has no statement timeout; the usage source sets a progress handler instead.
+SELECT :ms
+
+-- name: org_set_billing
+UPDATE metering_organizations
+SET subscription_status = :subscription_status, plan_override = :plan_override,
+    external_billing = :external_billing, plan = :plan, updated_at = :now
+WHERE id = :org_id
+
+-- name: project_delete
+UPDATE metering_projects SET deleted_at = :now WHERE id = :project_id AND deleted_at IS NULL

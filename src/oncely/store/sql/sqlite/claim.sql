@@ -44,6 +44,14 @@ SET state = 'running', attempt = attempt + 1, lease_owner = :owner,
 WHERE id = :id
 RETURNING *;
 
+-- name: job_claim_start_many
+-- Jobs without a singleton key, started together: each advances its own fence.
+UPDATE oncely_jobs
+SET state = 'running', attempt = attempt + 1, lease_owner = :owner,
+    lease_expires_at = :lease_expires_at, fence = fence + 1, started_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids))
+RETURNING *;
+
 -- name: job_skip_overlap
 UPDATE oncely_jobs
 SET state = 'cancelled', finished_at = :now,

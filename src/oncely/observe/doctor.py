@@ -1,0 +1,174 @@
+"""``oncely doctor``: check the store and the fleet, and say what is wrong and what to do.
+
+Each :class:`DoctorFinding` has a severity (``problem`` and ``warning`` make the report unhealthy,
+exit code 1; ``info`` and ``ok`` do not), one line of summary, the evidence behind it and advice.
+Checks, in order: the schema; live and stale workers; the leader; expired leases nobody rescued;
+every watchdog check (too many or too few executions, stuck runs, pressure) computed now; anomalies
+the watchdog left open; lease takeovers and fence rejections in the last hour; dead letters.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from oncely import readmodel
+from oncely.errors import SchemaMismatch
+from oncely.observe.diagnose import Finding, WatchdogConfig, evaluate
+from oncely.observe.fmt import plural, span
+from oncely.store.base import Store
+
+if TYPE_CHECKING:
+    from oncely.app import App
+
+UNHEALTHY = ("problem", "warning")
+_ORDER = {"problem": 0, "warning": 1, "info": 2, "ok": 3}
+
+
+@dataclass(frozen=True)
+class DoctorFinding:
+    severity: str
+    check: str
+    summary: str
+    evidence: list[str] = field(default_factory=list)
+    advice: str = ""
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    findings: list[DoctorFinding]
+    checked_at: datetime
+
+    @property
+    def healthy(self) -> bool:
+        return not any(f.severity in UNHEALTHY for f in self.findings)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.healthy else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"healthy": self.healthy, "checked_at": self.checked_at.isoformat(),
+                "findings": [asdict(f) for f in self.findings]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+
+def examine(app: App, config: WatchdogConfig | None = None) -> DoctorReport:
+    now = app.clock.now()
+    store = app.store
+    try:
+        store.check_schema()
+    except SchemaMismatch as exc:
+        return DoctorReport([DoctorFinding("problem", "schema", str(exc),
+                                           advice="run `oncely migrate` (or upgrade oncely)")],
+                            now)
+    stale_after = app.settings.lease_ttl * 3
+    findings = _fleet_checks(store, now, stale_after, app.settings.lease_ttl
+                             + app.settings.maintenance_interval * 2)
+    fresh = evaluate(store, now, config, stale_after)
+    findings += [_from_watchdog(f) for f in fresh]
+    findings += _open_anomalies(store, {f.key for f in fresh})
+    findings += _signals(store, now)
+    if not any(f.severity in UNHEALTHY for f in findings):
+        findings.append(DoctorFinding("ok", "fleet", "no problem found"))
+    findings.sort(key=lambda f: _ORDER.get(f.severity, 9))
+    return DoctorReport(findings, now)
+
+
+def _fleet_checks(
+    store: Store, now: datetime, stale_after: float, rescue_grace: float
+) -> list[DoctorFinding]:
+    found: list[DoctorFinding] = []
+    workers = store.worker_list()
+    alive = [w for w in workers if (now - w.last_seen_at).total_seconds() <= stale_after]
+    stale = [w for w in workers if w not in alive]
+    waiting = sum(g.count for g in store.job_waiting(now))
+    if not alive and (waiting or store.schedule_list()):
+        found.append(DoctorFinding(
+            "problem", "workers", "no live worker",
+            [f"{plural(waiting, 'job')} due and waiting",
+             f"{plural(len(store.schedule_list()), 'schedule')} registered"],
+            "start workers: oncely --app module:app worker"))
+    if stale:
+        found.append(DoctorFinding(
+            "info", "workers", f"{plural(len(stale), 'worker')} not seen for over "
+            f"{span(stale_after)} (stopped without deregistering, or frozen)",
+            [f"{w.worker_id} on {w.hostname} last seen "
+             f"{span((now - w.last_seen_at).total_seconds())} ago" for w in stale[:10]],
+            "their expired leases are rescued by the leader; nothing to do if they were killed"))
+    summary = readmodel.fleet(store, now, stale_after)
+    if alive and summary["leader"] is None:
+        found.append(DoctorFinding(
+            "warning", "leader", "no leader: the rescuer, pruner and watchdog are not running",
+            [f"{plural(len(alive), 'live worker')}; leader term {summary['leader_term']}"],
+            "a worker elects itself within leader_ttl; if this persists, check worker logs "
+            "for store errors"))
+    expired = store.job_expired(now - timedelta(seconds=rescue_grace), 100)
+    if expired:
+        found.append(DoctorFinding(
+            "problem", "rescue", f"{plural(len(expired), 'running job')} lost their worker over "
+            f"{span(rescue_grace)} ago and nobody rescued them",
+            [f"job {j.id} ({j.task}) lease of {j.lease_owner} expired at "
+             f"{j.lease_expires_at.isoformat() if j.lease_expires_at else '?'}"
+             for j in expired[:10]],
+            "the leader's rescuer should retry them: is any worker running maintenance?"))
+    return found
+
+
+def _from_watchdog(finding: Finding) -> DoctorFinding:
+    evidence = [f"{key}: {value}" for key, value in finding.evidence.items()
+                if value not in (None, 0, "")]
+    return DoctorFinding("problem", finding.subject, finding.summary, evidence, finding.advice)
+
+
+def _open_anomalies(store: Store, fresh: set[tuple[str, str]]) -> list[DoctorFinding]:
+    stale = [a for a in store.anomaly_list(open_only=True, limit=100)
+             if (str(a.kind), a.subject) not in fresh]
+    if not stale:
+        return []
+    return [DoctorFinding(
+        "info", "anomalies", f"{plural(len(stale), 'anomaly', 'anomalies')} still open that the "
+        "checks no longer see",
+        [f"#{a.id} {a.kind} {a.summary} (last seen {a.last_seen_at.isoformat()})"
+         for a in stale[:10]],
+        "the watchdog resolves them on its next run (leader only)")]
+
+
+def _signals(store: Store, now: datetime) -> list[DoctorFinding]:
+    summary = readmodel.fleet(store, now)
+    found = []
+    if summary["lease_takeovers_1h"]:
+        found.append(DoctorFinding(
+            "warning", "leases", f"{plural(summary['lease_takeovers_1h'], 'lease takeover')} "
+            "in the last hour: a worker stalled or died while holding a job",
+            [f"{e['at']} {e['subject']}: {e['detail'].get('previous_owner')} -> "
+             f"{e['detail'].get('owner')}" for e in readmodel.fleet_events(store, 50)
+             if e["name"] == "lease.taken_over"][:10],
+            "CPU-bound handlers cannot starve the lease keeper, but a paused process can: "
+            "raise lease_ttl if pauses are expected, and write through ctx.fenced()"))
+    if summary["fence_rejections_1h"]:
+        found.append(DoctorFinding(
+            "warning", "fences", f"{plural(summary['fence_rejections_1h'], 'write')} refused by "
+            "fencing in the last hour (a worker kept running after losing its lease)",
+            [], "fencing worked; find why the worker lost its lease (takeovers, store outages)"))
+    if summary["dead_letters"]:
+        found.append(DoctorFinding(
+            "info", "dead letters", f"{plural(summary['dead_letters'], 'failed job')} kept",
+            [], "inspect with `oncely jobs list --state failed`; retry with `oncely jobs retry`"))
+    return found
+
+
+def render_text(report: DoctorReport) -> str:
+    lines = []
+    for finding in report.findings:
+        lines.append(f"{finding.severity.upper():8} {finding.summary}")
+        lines += [f"         - {item}" for item in finding.evidence]
+        if finding.advice:
+            lines.append(f"         do: {finding.advice}")
+    verdict = "healthy" if report.healthy else "problems found"
+    lines.append(f"oncely doctor: {verdict} ({report.checked_at.isoformat()})")
+    return "\n".join(lines)

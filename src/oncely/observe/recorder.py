@@ -1,0 +1,46 @@
+"""Events that must be counted fleet-wide are also written to the store.
+
+A fence rejection happens inside one worker process; its per-process counter dies with the
+process and says nothing about the fleet. The subscriber returned by :func:`fleet_recorder`
+records each ``fence.rejected`` event in ``oncely_events`` so the dashboard's fleet metrics,
+the doctor and the watchdog see every rejection, from every worker. (Lease takeovers are
+recorded by the database itself, see migration 0002.) A store that is down loses the record,
+never the job: the subscriber swallows store errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from oncely.errors import OncelyError
+from oncely.observe.events import Event, Subscriber
+from oncely.store.observability import FENCE_REJECTED, FleetEventInsert
+
+if TYPE_CHECKING:
+    from oncely.app import App
+
+log = logging.getLogger("oncely")
+
+RECORDED = frozenset({FENCE_REJECTED})
+
+
+def fleet_recorder(app: App) -> Subscriber:
+    def record(event: Event) -> None:
+        if event.name not in RECORDED:
+            return
+        fields = dict(event.fields)
+        job_id = fields.pop("job_id", None)
+        task = fields.pop("task", None)
+        try:
+            app.store.event_record(FleetEventInsert(
+                event.name, event.at, job_id=job_id if isinstance(job_id, int) else None,
+                task=task if isinstance(task, str) else None,
+                subject=str(fields.pop("worker_id", "")) or None,
+                detail={key: value for key, value in fields.items()
+                        if isinstance(value, str | int | float | bool) or value is None},
+            ))
+        except OncelyError as exc:
+            log.debug("could not record %s in the store: %s", event.name, exc)
+
+    return record

@@ -1,0 +1,116 @@
+-- Observability: executions (written by triggers, see migration 0002), ledger and queue counts,
+-- fleet events and anomalies.
+
+-- name: execution_counts
+-- Bucket i holds [since + i * bucket, since + (i + 1) * bucket) (a timeline's cells).
+SELECT task, queue, schedule,
+       CASE WHEN %(bucket)s::float8 IS NULL THEN NULL
+            ELSE floor(extract(epoch FROM started_at - %(since)s::timestamptz)::float8
+                       / %(bucket)s::float8)::int
+       END AS bucket,
+       COUNT(*) AS executions,
+       COUNT(*) FILTER (WHERE attempt > 1) AS retries,
+       COUNT(DISTINCT job_id) AS jobs,
+       COUNT(DISTINCT worker_id) AS workers,
+       COUNT(*) FILTER (WHERE outcome IN ('retryable', 'failed')) AS failures,
+       COALESCE(SUM(GREATEST(extract(epoch FROM started_at - run_at)::float8, 0)), 0)
+           AS wait_seconds
+FROM oncely_executions
+WHERE started_at > %(since)s AND started_at <= %(until)s
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+GROUP BY task, queue, schedule, 4
+ORDER BY task, queue, schedule NULLS FIRST, 4;
+
+-- name: execution_overlaps
+-- Attempts that started while an earlier attempt of the same task had not ended. Attempts
+-- running longer than %(lookback)s seconds before the window are not considered.
+SELECT COUNT(*) AS overlaps FROM oncely_executions AS e
+WHERE e.task = %(task)s AND e.started_at > %(since)s AND e.started_at <= %(until)s
+  AND EXISTS (
+      SELECT 1 FROM oncely_executions AS o
+      WHERE o.task = e.task
+        AND o.started_at > %(since)s::timestamptz - make_interval(secs => %(lookback)s)
+        AND (o.started_at < e.started_at OR (o.started_at = e.started_at AND o.id < e.id))
+        AND (o.ended_at IS NULL OR o.ended_at > e.started_at));
+
+-- name: execution_list
+SELECT * FROM oncely_executions
+WHERE (%(job_id)s::bigint IS NULL OR job_id = %(job_id)s::bigint)
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+ORDER BY started_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: execution_durations
+SELECT extract(epoch FROM ended_at - started_at)::float8 AS seconds FROM oncely_executions
+WHERE task = %(task)s AND outcome = 'succeeded' AND ended_at IS NOT NULL
+ORDER BY started_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: ledger_counts
+SELECT schedule, outcome, COUNT(*) AS count, MIN(slot) AS first_slot, MAX(slot) AS last_slot
+FROM oncely_slots
+WHERE slot > %(since)s AND slot <= %(until)s
+  AND (%(schedule)s::text IS NULL OR schedule = %(schedule)s::text)
+GROUP BY schedule, outcome
+ORDER BY schedule, outcome;
+
+-- name: job_waiting
+SELECT queue, task, COUNT(*) AS count, MIN(run_at) AS oldest_run_at FROM oncely_jobs
+WHERE state IN ('scheduled', 'available', 'retryable') AND run_at <= %(now)s
+GROUP BY queue, task
+ORDER BY queue, task;
+
+-- name: event_insert
+INSERT INTO oncely_events (name, at, job_id, task, subject, detail)
+VALUES (%(name)s, %(at)s, %(job_id)s, %(task)s, %(subject)s, %(detail)s::jsonb);
+
+-- name: event_counts
+SELECT name, COUNT(*) AS count FROM oncely_events
+WHERE at >= %(since)s
+GROUP BY name
+ORDER BY name;
+
+-- name: event_list
+SELECT * FROM oncely_events
+WHERE (%(name)s::text IS NULL OR name = %(name)s::text)
+ORDER BY at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: anomaly_raise
+INSERT INTO oncely_anomalies AS a (kind, subject, severity, summary, schedule, ratio, evidence,
+                                   advice, first_seen_at, last_seen_at)
+VALUES (%(kind)s, %(subject)s, %(severity)s, %(summary)s, %(schedule)s, %(ratio)s,
+        %(evidence)s::jsonb, %(advice)s, %(now)s, %(now)s)
+ON CONFLICT (kind, subject) WHERE resolved_at IS NULL DO UPDATE
+SET severity = excluded.severity, summary = excluded.summary, schedule = excluded.schedule,
+    ratio = excluded.ratio, evidence = excluded.evidence, advice = excluded.advice,
+    last_seen_at = excluded.last_seen_at, occurrences = a.occurrences + 1
+RETURNING *;
+
+-- name: anomaly_list
+SELECT * FROM oncely_anomalies
+WHERE (NOT %(open_only)s OR resolved_at IS NULL)
+ORDER BY last_seen_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: anomaly_get
+SELECT * FROM oncely_anomalies WHERE id = %(id)s;
+
+-- name: anomaly_resolve
+UPDATE oncely_anomalies SET resolved_at = %(now)s
+WHERE id = %(id)s AND resolved_at IS NULL;
+
+-- name: execution_prune
+DELETE FROM oncely_executions WHERE id IN (
+    SELECT id FROM oncely_executions
+    WHERE started_at < %(before)s AND ended_at IS NOT NULL
+    ORDER BY started_at LIMIT %(limit)s);
+
+-- name: event_prune
+DELETE FROM oncely_events WHERE id IN (
+    SELECT id FROM oncely_events WHERE at < %(before)s ORDER BY at LIMIT %(limit)s);
+
+-- name: anomaly_prune
+DELETE FROM oncely_anomalies WHERE id IN (
+    SELECT id FROM oncely_anomalies WHERE resolved_at < %(before)s
+    ORDER BY resolved_at LIMIT %(limit)s);

@@ -1,0 +1,176 @@
+"""The JSON API under ``/api/``: the read model as JSON, plus job retry and cancel.
+
+Every endpoint is declared once in :data:`ENDPOINTS`; the routes and the OpenAPI 3.1 document at
+``/api/openapi.json`` are both built from that list, so they cannot drift apart. Actions need
+``Authorization: Bearer <token>`` (the dashboard's token); reads need nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from oncely import readmodel
+from oncely.errors import ConfigError, NotFound
+from oncely.observe.doctor import examine
+from oncely.store.base import JobFilter, JobState
+from oncely.web.context import Dashboard, dashboard
+
+Handler = Callable[[Dashboard, Request], Any]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    summary: str
+    handler: Handler
+    query: tuple[str, ...] = ()
+    action: bool = False
+    tags: tuple[str, ...] = field(default=("read",))
+
+
+def _int(request: Request, name: str, default: int, high: int = 10_000) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return max(1, min(int(raw), high))
+    except ValueError:
+        raise ConfigError(f"query parameter {name} must be an integer") from None
+
+
+def job_filter(request: Request, limit: int = 50) -> JobFilter:
+    params = request.query_params
+    state = params.get("state") or None
+    if state is not None and state not in {s.value for s in JobState}:
+        raise ConfigError(f"unknown state {state!r}; use one of {', '.join(s for s in JobState)}")
+    before = params.get("before")
+    return JobFilter(
+        state=JobState(state) if state else None, queue=params.get("queue") or None,
+        task=params.get("task") or None, schedule=params.get("schedule") or None,
+        limit=_int(request, "limit", limit, 1000),
+        before_id=int(before) if before and before.isdigit() else None,
+    )
+
+
+def _overview(d: Dashboard, r: Request) -> Any:
+    return readmodel.fleet(d.store, d.now(), d.stale_after)
+
+
+def _jobs(d: Dashboard, r: Request) -> Any:
+    return readmodel.list_jobs(d.store, job_filter(r))
+
+
+def _job(d: Dashboard, r: Request) -> Any:
+    job_id = int(r.path_params["job_id"])
+    return readmodel.redact_job(readmodel.job_detail(d.store, job_id)) | {
+        "attempts": readmodel.job_attempts(d.store, job_id)}
+
+
+def _retry(d: Dashboard, r: Request) -> Any:
+    return d.retry(int(r.path_params["job_id"]))
+
+
+def _cancel(d: Dashboard, r: Request) -> Any:
+    return d.cancel(int(r.path_params["job_id"]), "cancelled through the dashboard API")
+
+
+def _schedule(d: Dashboard, r: Request) -> Any:
+    return readmodel.schedule_detail(d.store, r.path_params["name"], d.now())
+
+
+def _timeline(d: Dashboard, r: Request) -> Any:
+    return readmodel.schedule_timeline(d.store, r.path_params["name"], d.now(),
+                                       _int(r, "buckets", 24, 200))
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("GET", "/api/overview", "Fleet summary: queues, workers, leader, warning signs",
+             _overview),
+    Endpoint("GET", "/api/queues", "Jobs per queue and state, due jobs, oldest wait, rate",
+             lambda d, r: readmodel.queue_health(d.store, d.now())),
+    Endpoint("GET", "/api/jobs", "Jobs, newest first", _jobs,
+             query=("state", "queue", "task", "schedule", "limit", "before")),
+    Endpoint("GET", "/api/jobs/{job_id}", "One job with its errors and attempts", _job),
+    Endpoint("POST", "/api/jobs/{job_id}/retry", "Run a finished or waiting job again now",
+             _retry, action=True, tags=("action",)),
+    Endpoint("POST", "/api/jobs/{job_id}/cancel", "Cancel a waiting job or stop a running one",
+             _cancel, action=True, tags=("action",)),
+    Endpoint("GET", "/api/schedules", "Schedules with last and next slot",
+             lambda d, r: readmodel.schedules_overview(d.store, d.now())),
+    Endpoint("GET", "/api/schedules/rates", "Executions per schedule against expected (1 h)",
+             lambda d, r: readmodel.schedule_rates(d.store, d.now())),
+    Endpoint("GET", "/api/schedules/{name}", "One schedule: definition, rates, ledger",
+             _schedule),
+    Endpoint("GET", "/api/schedules/{name}/timeline", "Expected vs actual executions per bucket",
+             _timeline, query=("buckets",)),
+    Endpoint("GET", "/api/workers", "Registered workers",
+             lambda d, r: readmodel.workers(d.store)),
+    Endpoint("GET", "/api/leases", "Singleton and leader leases with their fences",
+             lambda d, r: readmodel.leases(d.store)),
+    Endpoint("GET", "/api/anomalies", "Anomalies raised by the watchdog (open by default)",
+             lambda d, r: readmodel.anomalies(d.store, r.query_params.get("all") is None,
+                                              _int(r, "limit", 100, 1000)),
+             query=("all", "limit")),
+    Endpoint("GET", "/api/events", "Fleet events: lease takeovers, fence rejections",
+             lambda d, r: readmodel.fleet_events(d.store, _int(r, "limit", 50, 1000)),
+             query=("limit",)),
+    Endpoint("GET", "/api/doctor", "The doctor's findings (what `oncely doctor` prints)",
+             lambda d, r: examine(d.app).to_dict()),
+)
+
+
+def _route(endpoint: Endpoint) -> Route:
+    async def handle(request: Request) -> Response:
+        dash = dashboard(request)
+        if endpoint.action and not dash.guard.bearer_allowed(request):
+            reason = ("read-only dashboard: start it with --token to allow actions"
+                      if not dash.guard.enabled else "send Authorization: Bearer <token>")
+            return JSONResponse({"error": reason}, status_code=403)
+        try:
+            body = await run_in_threadpool(endpoint.handler, dash, request)
+        except NotFound as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        except ConfigError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(body)
+
+    path = endpoint.path.replace("{job_id}", "{job_id:int}")
+    return Route(path, handle, methods=[endpoint.method])
+
+
+def openapi(request: Request) -> JSONResponse:
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in ENDPOINTS:
+        parameters = [{"name": name, "in": "path", "required": True,
+                       "schema": {"type": "integer" if name == "job_id" else "string"}}
+                      for name in ("job_id", "name") if "{" + name + "}" in endpoint.path]
+        parameters += [{"name": name, "in": "query", "required": False,
+                        "schema": {"type": "string"}} for name in endpoint.query]
+        operation: dict[str, Any] = {
+            "summary": endpoint.summary, "tags": list(endpoint.tags), "parameters": parameters,
+            "responses": {"200": {"description": "JSON", "content": {"application/json": {}}},
+                          "404": {"description": "not found"}},
+        }
+        if endpoint.action:
+            operation["security"] = [{"bearer": []}]
+            operation["responses"]["403"] = {"description": "no or wrong token"}
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
+    return JSONResponse({
+        "openapi": "3.1.0",
+        "info": {"title": "oncely dashboard API", "version": dashboard(request).version},
+        "paths": paths,
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    })
+
+
+def routes() -> list[Route]:
+    # /api/schedules/rates must be matched before /api/schedules/{name}
+    return [Route("/api/openapi.json", openapi), *(_route(e) for e in ENDPOINTS)]

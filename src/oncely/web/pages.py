@@ -1,0 +1,232 @@
+"""The dashboard's HTML pages (server-rendered Jinja2) and its form actions.
+
+Reads go through :mod:`oncely.readmodel`; the store calls run in Starlette's thread pool so a slow
+query never blocks the event loop. Actions (retry, cancel, resolve) are POSTs checked by
+:class:`~oncely.web.auth.Guard` and answered with a redirect back to the page (303), so a reload
+never repeats them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from oncely import readmodel
+from oncely.errors import ConfigError, NotFound, OncelyError
+from oncely.observe.fmt import ratio, span
+from oncely.store.base import JobState
+from oncely.web.api import job_filter
+from oncely.web.auth import SESSION_COOKIE
+from oncely.web.charts import timeline_svg
+from oncely.web.context import Dashboard, dashboard
+
+ENV = Environment(loader=PackageLoader("oncely.web", "templates"),
+                  autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+ENV.filters["span"] = span
+ENV.filters["ratio"] = ratio
+
+DONE = {"retried": "Job requeued: it runs again as soon as a worker is free.",
+        "cancelled": "Cancellation recorded.", "resolved": "Anomaly resolved.",
+        "signed-in": "Signed in: actions are enabled.", "signed-out": "Signed out."}
+
+
+def _ago(value: str | None, now: datetime) -> str:
+    if not value:
+        return "-"
+    seconds = (now - datetime.fromisoformat(value)).total_seconds()
+    return f"in {span(-seconds)}" if seconds < 0 else f"{span(seconds)} ago"
+
+
+def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    dash = dashboard(request)
+    now = dash.now()
+    csrf = dash.guard.csrf_token(request)
+    page = ENV.get_template(template).render(
+        request=request, now=now, ago=lambda value: _ago(value, now),
+        guard_enabled=dash.guard.enabled, can_act=csrf is not None, csrf=csrf,
+        store_label=f"{dash.store.dialect}: {readmodel.mask_url(dash.store.url)}",
+        version=dash.version, done=DONE.get(request.query_params.get("done", "")),
+        path=request.url.path, **context,
+    )
+    return HTMLResponse(page, status_code=status)
+
+
+def page(template: str, build: Callable[[Dashboard, Request], dict[str, Any]]) -> Any:
+    async def endpoint(request: Request) -> Response:
+        dash = dashboard(request)
+        try:
+            context = await run_in_threadpool(build, dash, request)
+        except NotFound as exc:
+            return render(request, "error.html", 404, title="Not found", message=str(exc))
+        except ConfigError as exc:
+            return render(request, "error.html", 400, title="Bad request", message=str(exc))
+        return render(request, template, **context)
+
+    return endpoint
+
+
+def _overview(d: Dashboard, r: Request) -> dict[str, Any]:
+    now = d.now()
+    fleet = readmodel.fleet(d.store, now, d.stale_after)
+    alerts = []
+    if not fleet["workers_alive"]:
+        alerts.append("No live worker: nothing runs. Start one with `oncely worker`.")
+    elif fleet["leader"] is None:
+        alerts.append("No leader: the rescuer, pruner and watchdog are not running.")
+    if fleet["lease_takeovers_1h"]:
+        alerts.append(f"{fleet['lease_takeovers_1h']} lease takeover(s) in the last hour.")
+    if fleet["fence_rejections_1h"]:
+        alerts.append(f"{fleet['fence_rejections_1h']} write(s) refused by fencing in the last "
+                      "hour.")
+    return {"title": "Overview", "fleet": fleet, "alerts": alerts,
+            "anomalies": readmodel.anomalies(d.store, True, 20),
+            "rates": readmodel.schedule_rates(d.store, now)}
+
+
+def _jobs(d: Dashboard, r: Request) -> dict[str, Any]:
+    flt = job_filter(r)
+    rows = readmodel.list_jobs(d.store, flt)
+    params = {k: v for k, v in r.query_params.items() if v and k not in ("before", "done")}
+    more = None
+    if len(rows) == flt.limit and rows:
+        more = "&".join(f"{k}={quote(v)}" for k, v in {**params,
+                                                        "before": str(rows[-1]["id"])}.items())
+    queues = [q["queue"] for q in readmodel.queue_overview(d.store)]
+    return {"title": "Jobs", "jobs": rows, "filters": params, "more": more, "queues": queues,
+            "states": [s.value for s in JobState]}
+
+
+def _job(d: Dashboard, r: Request) -> dict[str, Any]:
+    job_id = int(r.path_params["job_id"])
+    detail = readmodel.redact_job(readmodel.job_detail(d.store, job_id))
+    state = detail["state"]
+    return {"title": f"Job {job_id}", "job": detail,
+            "attempts": readmodel.job_attempts(d.store, job_id),
+            "can_retry": state in ("failed", "cancelled", "retryable", "scheduled"),
+            "can_cancel": state in ("scheduled", "available", "retryable", "running")}
+
+
+def _schedules(d: Dashboard, r: Request) -> dict[str, Any]:
+    now = d.now()
+    rates = {row["schedule"]: row for row in readmodel.schedule_rates(d.store, now)}
+    return {"title": "Schedules", "schedules": readmodel.schedules_overview(d.store, now),
+            "rates": rates}
+
+
+def _schedule(d: Dashboard, r: Request) -> dict[str, Any]:
+    name = r.path_params["name"]
+    now = d.now()
+    detail = readmodel.schedule_detail(d.store, name, now)
+    timeline = readmodel.schedule_timeline(d.store, name, now)
+    return {"title": f"Schedule {name}", "schedule": detail, "timeline": timeline,
+            "chart": timeline_svg(timeline)}
+
+
+def _workers(d: Dashboard, r: Request) -> dict[str, Any]:
+    now = d.now()
+    rows = readmodel.workers(d.store)
+    for row in rows:
+        seen = datetime.fromisoformat(row["last_seen_at"])
+        row["alive"] = (now - seen).total_seconds() <= d.stale_after
+    leases = readmodel.leases(d.store)
+    for lease in leases:
+        expires = lease["expires_at"]
+        held = lease["owner"] is not None and expires is not None
+        lease["status"] = ("free" if not held else
+                           "held" if datetime.fromisoformat(expires) > now else "expired")
+    return {"title": "Workers and leases", "workers": rows, "leases": leases,
+            "events": readmodel.fleet_events(d.store, 20)}
+
+
+def _anomalies(d: Dashboard, r: Request) -> dict[str, Any]:
+    every = readmodel.anomalies(d.store, open_only=False, limit=200)
+    return {"title": "Anomalies", "open": [a for a in every if a["resolved_at"] is None],
+            "resolved": [a for a in every if a["resolved_at"] is not None][:50]}
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = (await request.body()).decode("utf-8", "replace")
+    return {key: values[0] for key, values in parse_qs(body).items()}
+
+
+def action(do: Callable[[Dashboard, Request], str]) -> Any:
+    async def endpoint(request: Request) -> Response:
+        dash = dashboard(request)
+        form = await _form(request)
+        if not dash.guard.form_allowed(request, form.get("csrf")):
+            message = ("This dashboard is read-only: start it with --token to enable actions."
+                       if not dash.guard.enabled else
+                       "Sign in first (your session or form expired, or the request came from "
+                       "another site).")
+            return render(request, "error.html", 403, title="Not allowed", message=message)
+        try:
+            target = await run_in_threadpool(do, dash, request)
+        except NotFound as exc:
+            return render(request, "error.html", 404, title="Not found", message=str(exc))
+        except OncelyError as exc:
+            return render(request, "error.html", 409, title="Not done", message=str(exc))
+        return RedirectResponse(target, status_code=303)
+
+    return endpoint
+
+
+def _retry(d: Dashboard, r: Request) -> str:
+    job = d.retry(int(r.path_params["job_id"]))
+    return f"/jobs/{job['id']}?done=retried"
+
+
+def _cancel(d: Dashboard, r: Request) -> str:
+    job = d.cancel(int(r.path_params["job_id"]), "cancelled from the dashboard")
+    return f"/jobs/{job['id']}?done=cancelled"
+
+
+def _resolve(d: Dashboard, r: Request) -> str:
+    d.store.anomaly_resolve(int(r.path_params["anomaly_id"]), d.now())
+    return "/anomalies?done=resolved"
+
+
+async def login(request: Request) -> Response:
+    dash = dashboard(request)
+    if request.method == "GET":
+        return render(request, "login.html", title="Sign in", failed=False)
+    form = await _form(request)
+    if not dash.guard.same_origin(request) or not dash.guard.token_matches(form.get("token")):
+        return render(request, "login.html", 403, title="Sign in", failed=True)
+    response = RedirectResponse("/?done=signed-in", status_code=303)
+    response.set_cookie(SESSION_COOKIE, dash.guard.new_session(), httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https", path="/")
+    return response
+
+
+async def logout(request: Request) -> Response:
+    form = await _form(request)
+    if not dashboard(request).guard.form_allowed(request, form.get("csrf")):
+        return render(request, "error.html", 403, title="Not allowed", message="Not signed in.")
+    response = RedirectResponse("/?done=signed-out", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/", page("overview.html", _overview)),
+        Route("/jobs", page("jobs.html", _jobs)),
+        Route("/jobs/{job_id:int}", page("job.html", _job)),
+        Route("/jobs/{job_id:int}/retry", action(_retry), methods=["POST"]),
+        Route("/jobs/{job_id:int}/cancel", action(_cancel), methods=["POST"]),
+        Route("/schedules", page("schedules.html", _schedules)),
+        Route("/schedules/{name}", page("schedule.html", _schedule)),
+        Route("/workers", page("workers.html", _workers)),
+        Route("/anomalies", page("anomalies.html", _anomalies)),
+        Route("/anomalies/{anomaly_id:int}/resolve", action(_resolve), methods=["POST"]),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+    ]
