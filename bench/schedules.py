@@ -51,7 +51,7 @@ from rich.table import Table  # noqa: E402
 
 import oncely  # noqa: E402
 from bench import schedule_app  # noqa: E402
-from oncely.store.base import JobFilter, JobState  # noqa: E402
+from oncely.store.base import JobState  # noqa: E402
 
 APP_PATH = "bench.schedule_app:app"
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -301,10 +301,10 @@ def lease_left(store: FreshStore, job_id: int) -> float | None:
 
 def leader_pid(store: FreshStore) -> int | None:
     for lease in store.app.store.lease_list():
-        if lease.key == "leader" and lease.owner and lease.expires_at:
-            if lease.expires_at > datetime.now(UTC):
-                with contextlib.suppress(IndexError, ValueError):
-                    return int(lease.owner.rsplit(":", 2)[1])
+        live = lease.expires_at is not None and lease.expires_at > datetime.now(UTC)
+        if lease.key == "leader" and lease.owner and live:
+            with contextlib.suppress(IndexError, ValueError):
+                return int(lease.owner.rsplit(":", 2)[1])
     return None
 
 

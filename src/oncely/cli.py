@@ -331,8 +331,7 @@ def anomalies(ctx: click.Context, show_all: bool, limit: int) -> None:
     if ctx.invoked_subcommand is None:
         env: Env = ctx.obj
         emit(env, readmodel.anomalies(env.app().store, not show_all, limit),
-             ["id", "kind", "severity", "summary", "first_seen_at", "last_seen_at",
-              "resolved_at", "occurrences"])
+             ["id", "kind", "severity", "summary", "last_seen_at", "resolved_at"])
 
 
 @anomalies.command("check")

@@ -19,7 +19,7 @@ from oncely.store.base import JobFilter, JobState
 from oncely.web.app import create_app
 
 with warnings.catch_warnings():  # Starlette asks for httpx2; httpx serves the test client fine
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from starlette.testclient import TestClient
 
 TOKEN = "tok-9f2c41d7e8a6b5"
@@ -177,3 +177,9 @@ def test_fleet_metrics_parse_and_count_the_storm(app: oncely.App) -> None:
     assert value("oncely_queue_due_jobs", queue="default") == 0
     assert value("oncely_anomalies_open", kind="too_many", severity="critical") == 1
     assert value("oncely_lease_takeovers", window="1h") == 0
+
+
+def test_the_metering_routes_are_mounted_when_installed(app: oncely.App) -> None:
+    pytest.importorskip("oncely.metering.web")
+    paths = {getattr(route, "path", None) for route in create_app(app).routes}
+    assert "/api/orgs/{org_id:int}/ingestion" in paths

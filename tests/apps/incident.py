@@ -1,4 +1,4 @@
-"""The incident configuration (``shared/reference/billing.md``), on oncely, in real worker processes.
+"""The incident configuration (``shared/reference/billing.md``) on oncely, in real workers.
 
 A scheduled job whose task retries up to 5 times (exponential backoff) and sometimes fails, and
 workers that each ask for an immediate run when they start — at import time of this module, which

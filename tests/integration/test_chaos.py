@@ -17,6 +17,7 @@ bookkeeping:
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import random
 import signal
@@ -243,7 +244,7 @@ def test_chaos_fleet_runs_each_slot_at_most_once_and_never_overlaps(
 
     # 2. The key never ran twice at once; each record's fence is newer than the one before;
     #    the zombie woke up, tried to write, and was refused.
-    for before, after in zip(records, records[1:], strict=False):
+    for before, after in itertools.pairwise(records):
         assert before["ended"] <= after["started"], f"records overlap: {before} {after}{story}"
         assert before["fence"] < after["fence"], f"fence went backwards: {before} {after}{story}"
     assert zombies, f"the chaos loop never managed to pause a running worker{story}"
@@ -253,7 +254,7 @@ def test_chaos_fleet_runs_each_slot_at_most_once_and_never_overlaps(
     # 3. Every slot from the first to the last record has a final ledger outcome; none missed.
     first, last = records[0]["slot"], records[-1]["slot"]
     assert last - first >= 60, f"only {last - first:.0f} slots between first and last{story}"
-    expected = [first + step for step in range(int(round(last - first)) + 1)]
+    expected = [first + step for step in range(round(last - first) + 1)]
     absent = [datetime.fromtimestamp(s, UTC).isoformat() for s in expected if s not in outcomes]
     assert not absent, f"slots without a ledger row: {absent}{story}"
     not_final = {s: str(outcomes[s]) for s in expected if outcomes[s] not in FINAL_OUTCOMES}

@@ -115,7 +115,8 @@ def test_incident_configuration_runs_once_per_slot_with_the_guard_and_not_withou
     triggered = {row[2] for row in triggers if row[2] is not None}  # jobs a trigger created
     story = (f"\nguarded: outcomes {dict(counts)}, {len(records)} executions, {len(jobs)} jobs "
              f"({len(retried)} retried, {len(triggered)} created by one of {len(triggers)} "
-             f"start-up triggers), {len(workers.procs)} worker starts, {time.monotonic() - began:.0f}s")
+             f"start-up triggers), {len(workers.procs)} worker starts, "
+             f"{time.monotonic() - began:.0f}s")
     print(story)
 
     strays = [(job.id, job.task, job.schedule) for job in jobs if job.slot is None]

@@ -5,6 +5,7 @@ recount straight from the raw events."""
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -187,3 +188,45 @@ def test_usage_urls() -> None:
     app = build_app("sqlite://:memory:", usage_source="sql")
     assert isinstance(metering_of(app).source, SQLUsageSource)
     app.close()
+
+
+class ChdbBackedClient:
+    """A clickhouse-connect client stand-in that answers from chdb (no server here)."""
+
+    def __init__(self, path: Path) -> None:
+        from chdb import session
+
+        self.session = session.Session(str(path))
+        self.settings_seen: list[dict] = []
+
+    def query(self, sql: str, parameters: dict, settings: dict) -> object:
+        self.settings_seen.append(settings)
+        text = str(self.session.query(sql, "TabSeparated", params=parameters))
+        rows = [list(map(int, line.split("\t"))) for line in text.splitlines() if line]
+        return type("Result", (), {"result_columns": [list(c) for c in zip(*rows, strict=True)]})
+
+    def command(self, sql: str) -> None:
+        self.session.query(sql)
+
+    def raw_insert(self, table: str, insert_block: bytes, fmt: str) -> None:
+        staged = Path(tempfile.mkdtemp()) / "block.parquet"
+        staged.write_bytes(insert_block)
+        self.session.query(f"INSERT INTO {table} SELECT * FROM file('{staged}', {fmt})")
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def test_the_server_runner_speaks_clickhouse_connect(seeded: Path, tmp_path: Path) -> None:
+    from oncely.metering.usage_clickhouse import ServerRunner
+
+    client = ChdbBackedClient(tmp_path / "server")
+    source = ClickHouseUsageSource(ServerRunner(client, name="clickhouse://test"), timeout=30)
+    try:
+        seed.export_to_clickhouse(seeded, source)
+        start, end = NOW - timedelta(days=2), NOW
+        server = sorted_counts(source, start, end, "day")
+        assert server == sorted_counts(DuckDBUsageSource(seeded), start, end, "day")
+        assert client.settings_seen == [{"max_execution_time": 30}]
+    finally:
+        source.close()

@@ -152,7 +152,8 @@ def test_client_retries_5xx_and_timeouts_then_delivers_once(stub: StripeStub) ->
 
 def test_client_opens_the_breaker_when_stripe_is_down(stub: StripeStub) -> None:
     changes: list[tuple[str, str]] = []
-    client = StripeMeterClient(settings(stub), on_breaker_change=lambda a, b: changes.append((a, b)))
+    client = StripeMeterClient(settings(stub),
+                               on_breaker_change=lambda a, b: changes.append((a, b)))
     stub.configure(outage=True)
     with pytest.raises(StripeUnavailable):
         client.send(event(org="a"))

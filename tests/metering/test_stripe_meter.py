@@ -3,6 +3,7 @@ job run through oncely.testing on SQLite (and PostgreSQL where ONCELY_TEST_POSTG
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -178,6 +179,7 @@ def test_replaying_the_same_hour_three_times_bills_it_once(harness: Harness) -> 
 
 
 def test_a_crash_between_two_orgs_resumes_without_double_billing(harness: Harness) -> None:
+    harness.set_watermark(LAST_DUE - HOUR)
     harness.clock.advance(2 * 3600)  # three hours due: 11:00, 12:00, 13:00
     client = harness.metering.client()
     real_send = client.send
@@ -224,6 +226,7 @@ def test_a_hard_crash_before_saving_is_absorbed_by_stripe_dedup(
     with pytest.raises(SystemExit):
         harness.run()
     monkeypatch.setattr(stripe_store.Queries, "record_deliveries", real)
+    clock.advance(61)  # the dead worker's lease expires; the next run may take the job
     result = harness.run()
     assert result.state == oncely.JobState.SUCCEEDED
     assert result.result["duplicates"] > 0  # Stripe already had the unsaved ones
@@ -267,14 +270,14 @@ def test_an_outage_opens_the_breaker_and_a_later_run_catches_up(harness: Harness
 
 
 def test_hours_older_than_35_days_are_lost_loudly(
-        sqlite_url: str, clock: FrozenClock, stub: StripeStub,
+        store_url: str, clock: FrozenClock, stub: StripeStub,
         caplog: pytest.LogCaptureFixture) -> None:
-    harness = make(sqlite_url, clock, stub, hours_per_run=2)
+    harness = make(store_url, clock, stub, hours_per_run=2)
     harness.set_watermark(START.replace(minute=0) - timedelta(days=40))
     with caplog.at_level(logging.ERROR, logger="oncely.metering.stripe"):
         result = harness.run()
     assert result.state == oncely.JobState.SUCCEEDED, result.job.errors
-    assert result.result["lost_hours"] == 5 * 24 - 1
+    assert result.result["lost_hours"] == 5 * 24  # Jan 29 13:00 .. Feb 3 12:00
     assert any("LOST" in record.getMessage() for record in caplog.records)
     assert "metering.stripe.hour_lost" in harness.event_names()
     oldest_ok = datetime(2026, 2, 3, 13, tzinfo=UTC)
@@ -284,7 +287,7 @@ def test_hours_older_than_35_days_are_lost_loudly(
     assert harness.watermark() == oldest_ok + HOUR
     with harness.app.store.transaction() as conn:
         lost = conn.execute("SELECT COUNT(*) FROM oncely_stripe_hours WHERE status = 'lost'")
-        assert lost.fetchone()[0] == 5 * 24 - 1
+        assert lost.fetchone()[0] == 5 * 24
     # behind: a follow-up run was enqueued, once
     assert result.result["behind"] is True
     assert_enqueued(harness.app, TASK_NAME, state=oncely.JobState.AVAILABLE, count=1)
@@ -299,10 +302,12 @@ def test_a_zombie_run_cannot_advance_the_watermark(harness: Harness) -> None:
 
     def send_then_lose_the_lease(event: Any) -> Any:
         with guard:
-            if "result" not in takeover and client.stats().calls >= 10:
-                takeover["result"] = None
-                harness.clock.advance(61)  # A's 60 s lease expires: B takes the job over
-                takeover["result"] = run_job(harness.task)
+            now = "started" not in takeover and client.stats().calls >= 10
+            if now:
+                takeover["started"] = True
+        if now:  # A pauses here; its 60 s lease expires and B takes the job over
+            harness.clock.advance(61)
+            takeover["result"] = run_job(harness.task)
         return real_send(event)
 
     client.send = send_then_lose_the_lease  # type: ignore[method-assign]
@@ -323,10 +328,12 @@ def test_refused_events_are_recorded_shown_and_resent_after_a_reset(
     harness = make(sqlite_url, clock, stub)
     stub.configure(reject_customers={"cus_3": (400, "resource_missing"),
                                      "cus_5": (404, "resource_missing")})
+    refused = {key for key in harness.usage.expected_identifiers(LAST_DUE)
+               if ":org0003:" in key or ":org0005:" in key}
     first = harness.run()
     assert first.state == oncely.JobState.SUCCEEDED
-    assert first.result["failed"] == 4
-    assert first.result["failed_codes"] == {"resource_missing": 4}
+    assert first.result["failed"] == len(refused) > 0
+    assert first.result["failed_codes"] == {"resource_missing": len(refused)}
     assert harness.watermark() == LAST_DUE  # failures do not hold the hour back
 
     group = click.Group("metering")
@@ -334,7 +341,7 @@ def test_refused_events_are_recorded_shown_and_resent_after_a_reset(
     runner = CliRunner()
     shown = runner.invoke(group, ["status"], obj=harness.app)
     assert shown.exit_code == 0, shown.output
-    assert "resource_missing" in shown.output and "4 failed" in shown.output
+    assert f"{len(refused)} failed with code resource_missing" in shown.output
     assert "watermark (last fully reported hour): 2026-03-10T11:00:00+00:00" in shown.output
     listed = runner.invoke(group, ["stripe-failures"], obj=harness.app)
     assert "org0003" in listed.output and "org0005" in listed.output
@@ -344,9 +351,9 @@ def test_refused_events_are_recorded_shown_and_resent_after_a_reset(
     stub.heal()
     reset = runner.invoke(group, ["stripe-retry-failures", "--code", "resource_missing",
                                   "--yes"], obj=harness.app)
-    assert "4 failed meter event(s)" in reset.output
+    assert f"{len(refused)} failed meter event(s)" in reset.output
     third = harness.run()
-    assert third.result["delivered"] == 4
+    assert third.result["delivered"] == len(refused)
     harness.assert_billed_once([LAST_DUE])
     assert stripe_cli.status_report(harness.app)["failures"] == []
     harness.app.close()
@@ -360,4 +367,29 @@ def test_the_schedule_is_hourly_at_five_past_and_singleton(
     assert harness.task.options.singleton is True
     report = stripe_cli.status_report(harness.app)
     assert report["watermark"] is None and report["backlog_hours"] == 1
+    harness.app.close()
+
+
+def test_commands_find_the_app_through_the_metering_groups_runtime(
+        sqlite_url: str, clock: FrozenClock, stub: StripeStub) -> None:
+    harness = make(sqlite_url, clock, stub)
+    assert harness.run().state == oncely.JobState.SUCCEEDED
+
+    class Runtime:  # what `oncely metering` puts in ctx.obj: .runtime().app and .as_json
+        as_json = True
+
+        def runtime(self) -> Any:
+            return harness.metering
+
+    @click.group()
+    @click.pass_context
+    def group(ctx: click.Context) -> None:
+        ctx.obj = Runtime()
+
+    stripe_cli.register(group)
+    shown = CliRunner().invoke(group, ["status"])
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.output)
+    assert report["watermark"] == LAST_DUE.isoformat() and report["backlog_hours"] == 0
+    assert report["last_run"]["outcome"] == "ok"
     harness.app.close()

@@ -37,6 +37,7 @@ def latest_version(dialect: str) -> int:
 def current_version(app: oncely.App) -> int:
     dialect = db.sql_dialect(app)
     with app.store.transaction() as conn:
+        db.run(conn, dialect, "migrate_lock")  # concurrent CREATE IF NOT EXISTS can collide
         db.run(conn, dialect, "migrations_table_create")
         row = db.fetch_one(conn, dialect, "migrations_current_version")
     return int(row[0]) if row else 0

@@ -12,7 +12,7 @@ the ``oncely metering`` group by :func:`register`:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import click
@@ -62,20 +62,31 @@ def status_report(app: oncely.App, config: MeterConfig | None = None,
 
 
 def _app() -> oncely.App:
-    """The app of the surrounding ``oncely`` command (its Env), or an App passed as obj."""
-    obj = click.get_current_context().find_root().obj
-    if isinstance(obj, oncely.App):
-        return obj
-    getter = getattr(obj, "app", None)
-    if callable(getter):
-        app = getter()
+    """The app of the nearest enclosing command: an App passed as ``obj``, the metering group's
+    runtime (``obj.runtime().app``), or the ``oncely`` command's ``obj.app()``."""
+    ctx: click.Context | None = click.get_current_context()
+    while ctx is not None:
+        obj = ctx.obj
+        if isinstance(obj, oncely.App):
+            return obj
+        runtime = getattr(obj, "runtime", None)
+        app = getattr(runtime(), "app", None) if callable(runtime) else None
+        if not isinstance(app, oncely.App):
+            getter = getattr(obj, "app", None)
+            app = getter() if callable(getter) else None
         if isinstance(app, oncely.App):
             return app
+        ctx = ctx.parent
     raise oncely.ConfigError("no oncely app: run this as `oncely [--app module:app] metering …`")
 
 
 def _as_json() -> bool:
-    return bool(getattr(click.get_current_context().find_root().obj, "as_json", False))
+    ctx: click.Context | None = click.get_current_context()
+    while ctx is not None:
+        if getattr(ctx.obj, "as_json", False):
+            return True
+        ctx = ctx.parent
+    return False
 
 
 def _echo_json(value: Any) -> None:
@@ -145,7 +156,7 @@ def retry_failures_command(code: str | None, org_id: str | None, yes: bool) -> N
     if not yes:
         click.confirm(f"Send again {what} on the next Stripe metering run?", abort=True)
     app = _app()
-    now_ms = to_ms(datetime.now(UTC) if app.clock is None else app.clock.now())
+    now_ms = to_ms(app.clock.now())
     queries = stripe_store.ensure_schema(app.store, now_ms)
     with app.store.transaction() as conn:
         count = queries.reset_failures(conn, now_ms, code, org_id)

@@ -26,7 +26,10 @@ other 4xx (400, 402, 404, …)                           ``FAILED`` with Stripe'
 Limits kept on the caller's side (Stripe: ~1,000 calls/s per account, one concurrent call per
 customer and meter): a shared :class:`~oncely.metering.resilience.Throttle` (``rate`` calls/s,
 default 200, taken again by every retry) and a lock per (customer, event name), held across the
-retries of a call. The SDK's own retries are off (``max_network_retries=0``) so one policy governs.
+retries of a call. A 429 also slows the throttle down (x0.7, floor ``rate/20``); each success
+gives back ``rate/500``, so a 429 storm lowers the pace until Stripe stops complaining. 429s
+have their own retry budget (``rate_limit_attempts``) apart from 5xx/timeouts (``attempts``).
+The SDK's own retries are off (``max_network_retries=0``) so one policy governs.
 
 The API key comes only from the environment (``ONCELY_STRIPE_API_KEY``) or the caller, is never
 logged, and :class:`StripeSettings` hides it from ``repr``.
@@ -120,9 +123,10 @@ class StripeSettings:
     api_base: str = "https://api.stripe.com"  # ONCELY_STRIPE_API_BASE (the stub in tests)
     rate: float = 200.0  # calls/s for the whole process; Stripe allows ~1,000
     burst: float | None = None  # default rate / 10
-    concurrency: int = 16  # sender threads: enough to reach `rate` at real Stripe latency
+    concurrency: int = 32  # sender threads: 200 calls/s even at ~150 ms per call
     timeout: float = 10.0  # seconds per HTTP call
-    attempts: int = 6  # tries per event for 429/5xx/timeouts
+    attempts: int = 6  # tries per event for 5xx/timeouts
+    rate_limit_attempts: int = 12  # tries per event while Stripe answers 429
     base_delay: float = 0.5
     max_delay: float = 30.0
     breaker_threshold: int = 10  # consecutive transient failures that open the breaker
@@ -140,6 +144,7 @@ class StripeSettings:
         values: dict[str, Any] = {}
         for name, kind in (("api_base", str), ("rate", float), ("burst", float),
                            ("concurrency", int), ("timeout", float), ("attempts", int),
+                           ("rate_limit_attempts", int),
                            ("base_delay", float), ("max_delay", float),
                            ("breaker_threshold", int), ("breaker_reset", float)):
             raw = env.get(ENV_PREFIX + name.upper())
@@ -160,6 +165,7 @@ class StripeSettings:
 class SendStats:
     calls: int = 0
     retries: int = 0
+    rate_limited: int = 0
     delivered: int = 0
     duplicates: int = 0
     failed: int = 0
@@ -199,6 +205,11 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def _is_rate_limited(exc: BaseException) -> bool:
+    return isinstance(exc, stripe.RateLimitError) or (
+        isinstance(exc, stripe.StripeError) and exc.http_status == 429)
+
+
 def is_duplicate(exc: BaseException) -> bool:
     """Stripe's answer to a repeated identifier: the event is there already."""
     return (isinstance(exc, stripe.StripeError) and exc.http_status == 400
@@ -233,7 +244,8 @@ class StripeMeterClient:
         self.breaker = CircuitBreaker("stripe", settings.breaker_threshold,
                                       settings.breaker_reset, monotonic=monotonic,
                                       on_change=on_breaker_change)
-        self.backoff = Backoff(settings.attempts, settings.base_delay, settings.max_delay)
+        self.backoff = Backoff(max(settings.attempts, settings.rate_limit_attempts),
+                               settings.base_delay, settings.max_delay)
         self._sleep = sleep
         self._locks = KeyedLocks()
         self._stats_lock = threading.Lock()
@@ -246,9 +258,35 @@ class StripeMeterClient:
         with self._stats_lock:
             return replace(self._stats)
 
+    @property
+    def rate(self) -> float:
+        """The throttle's current rate: lowered by 429s, recovering with each success."""
+        return self.throttle.rate
+
+    def _slow_down(self) -> None:
+        floor = self.settings.rate / 20
+        self.throttle.rate = max(floor, self.throttle.rate * 0.7)
+
+    def _recover(self) -> None:
+        if self.throttle.rate < self.settings.rate:
+            self.throttle.rate = min(self.settings.rate,
+                                     self.throttle.rate + self.settings.rate / 500)
+
     def send(self, event: MeterEvent) -> SendResult:
         """Send one event; see the module docstring for what each answer becomes."""
         attempts = 0
+        failures = 0  # 5xx and timeouts; 429s have their own, larger budget
+
+        def retry_on(exc: BaseException) -> bool:
+            nonlocal failures
+            if _is_rate_limited(exc):
+                self._count(rate_limited=1)
+                self._slow_down()
+                return True
+            if is_transient(exc):
+                failures += 1
+                return failures < self.settings.attempts
+            return False
 
         def post() -> Any:
             nonlocal attempts
@@ -261,13 +299,13 @@ class StripeMeterClient:
                     event.params())  # type: ignore[arg-type]
             except stripe.StripeError as exc:
                 # A 429 says "slower", not "down": only 5xx and lost connections trip the breaker.
-                if is_transient(exc) and not isinstance(exc, stripe.RateLimitError) \
-                        and exc.http_status != 429:
+                if is_transient(exc) and not _is_rate_limited(exc):
                     self.breaker.record_failure()
                 else:
                     self.breaker.record_success()
                 raise
             self.breaker.record_success()
+            self._recover()
             return created
 
         def note_retry(number: int, exc: BaseException, delay: float) -> None:
@@ -278,7 +316,7 @@ class StripeMeterClient:
 
         with self._locks.hold((event.customer_id, event.event_name)):
             try:
-                call_with_retries(post, retry_on=is_transient, backoff=self.backoff,
+                call_with_retries(post, retry_on=retry_on, backoff=self.backoff,
                                   sleep=self._sleep, on_retry=note_retry,
                                   retry_after=_retry_after)
             except CircuitOpen as exc:

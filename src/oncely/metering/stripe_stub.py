@@ -418,9 +418,11 @@ def main(argv: list[str] | None = None, wait: Callable[[], None] | None = None) 
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--rate-limit", type=float, default=None,
                         help="429 beyond this many calls per second (default: unlimited)")
+    parser.add_argument("--latency", type=float, default=0.0,
+                        help="seconds added to every answer, like Stripe's own latency")
     args = parser.parse_args(argv)
     stub = StripeStub(host=args.host, port=args.port)
-    stub.configure(rate_limit=args.rate_limit)
+    stub.configure(rate_limit=args.rate_limit, delay=args.latency)
     with stub:
         print(stub.url, flush=True)
         with contextlib.suppress(KeyboardInterrupt):

@@ -59,8 +59,8 @@ class DoctorReport:
 
 def examine(app: App, config: WatchdogConfig | None = None) -> DoctorReport:
     now = app.clock.now()
-    store = app.store
     try:
+        store = app.store  # opening it may migrate an older schema, or refuse a newer one
         store.check_schema()
     except SchemaMismatch as exc:
         return DoctorReport([DoctorFinding("problem", "schema", str(exc),

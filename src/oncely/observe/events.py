@@ -58,6 +58,10 @@ _INFO_EVENTS = frozenset(
 )
 
 
+# Events that call for a human's attention.
+_WARNING_EVENTS = frozenset({"anomaly.raised"})
+
+
 class EventBus:
     def __init__(self, now: Callable[[], datetime] | None = None) -> None:
         self._now = now or (lambda: datetime.now(UTC))
@@ -91,7 +95,8 @@ def log_subscriber(json_format: bool = False) -> Subscriber:
     """A subscriber that writes each event to the ``oncely`` logger with a stable ``event`` key."""
 
     def write(event: Event) -> None:
-        level = logging.INFO if event.name in _INFO_EVENTS else logging.DEBUG
+        level = (logging.WARNING if event.name in _WARNING_EVENTS
+                 else logging.INFO if event.name in _INFO_EVENTS else logging.DEBUG)
         if not log.isEnabledFor(level):
             return
         if json_format:

@@ -109,6 +109,7 @@ class ProcessMetrics:
                 str(f.get("task")), str(f.get("outcome"))).inc(),
             "job.released": lambda f: self.released.labels(str(f.get("task"))).inc(),
             "job.abandoned": self._gone,
+            "job.unrecorded": self._gone,
             "lease.lost": self._lease_lost,
             "lease.self_fenced": lambda f: self.leases_lost.labels("self_fenced").inc(),
             "fence.rejected": self._fence_rejected,

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from oncely.errors import ConfigError
 from oncely.store.observability import Anomaly
 
 Emit = Callable[..., Any]
@@ -69,7 +70,8 @@ class WebhookNotifier:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"webhook URL must be http(s), got {url!r}")
+            raise ConfigError(f"the watchdog webhook URL must start with http:// or https://, "
+                              f"got {url!r} (ONCELY_WATCHDOG_WEBHOOK_URL)")
         self.url = url
         self.attempts = max(1, attempts)
         self.backoff = backoff

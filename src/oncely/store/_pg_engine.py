@@ -22,6 +22,7 @@ import re
 import select
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -197,6 +198,23 @@ def _readable(fd: int) -> bool:
     return bool(readable)
 
 
+class _PoolBox:
+    """The engine's current pool, in a box its finalizer can hold without holding the engine."""
+
+    pool: ConnectionPool[Conn] | None = None
+
+
+def _close_pool(box: _PoolBox) -> None:
+    pool, box.pool = box.pool, None
+    if pool is None:
+        return
+    if threading.current_thread() is threading.main_thread():
+        pool.close(timeout=5.0)
+    else:
+        # Garbage collection can run this in a pool worker, which cannot join itself.
+        threading.Thread(target=pool.close, kwargs={"timeout": 5.0}, daemon=True).start()
+
+
 class Engine:
     """The pool, transactions and wake-ups for one PostgreSQL URL.
 
@@ -210,7 +228,9 @@ class Engine:
         self.target = target
         # Reentrant: a failed probe inside _ensure_pool drops the pool under the same lock.
         self._lock = threading.RLock()
-        self._pool: ConnectionPool[Conn] | None = None
+        self._box = _PoolBox()
+        # A store nobody closed still closes its pool, never from one of the pool's own threads.
+        weakref.finalize(self, _close_pool, self._box)
         self._pid = os.getpid()
         self._closed = False
         self._suspect = False
@@ -222,14 +242,14 @@ class Engine:
         if os.getpid() != self._pid:
             # A forked child must not share its parent's sockets.
             self._pid = os.getpid()
-            self._pool = None
-        pool = self._pool
+            self._box.pool = None
+        pool = self._box.pool
         if pool is not None:
             return pool
         with self._lock:
             if self._closed:
                 raise StoreUnavailable(f"the store for PostgreSQL at {self.target.where} is closed")
-            if self._pool is None:
+            if self._box.pool is None:
                 self.probe()
                 pool = ConnectionPool(
                     self.target.conninfo,
@@ -241,8 +261,8 @@ class Engine:
                     name=f"oncely:{self.target.schema}",
                 )
                 pool.open(wait=False)
-                self._pool = pool
-            return self._pool
+                self._box.pool = pool
+            return self._box.pool
 
     def probe(self) -> None:
         """Connect once, directly, so an unreachable server fails fast with libpq's reason."""
@@ -255,7 +275,7 @@ class Engine:
 
     def _drop_pool(self) -> None:
         with self._lock:
-            pool, self._pool = self._pool, None
+            pool, self._box.pool = self._box.pool, None
         if pool is not None:
             # Closing waits for the pool's workers, which may be inside a connect attempt.
             threading.Thread(target=pool.close, kwargs={"timeout": 10.0}, daemon=True).start()
@@ -302,7 +322,7 @@ class Engine:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            pool, self._pool = self._pool, None
+            pool, self._box.pool = self._box.pool, None
         if pool is not None:
             pool.close(timeout=5.0)
 

@@ -35,7 +35,6 @@ from oncely.store.observability import (
 from oncely.store.rows import dump_json, utc
 
 Conn = psycopg.Connection[Any]
-OVERLAP_LOOKBACK = 7 * 86400.0  # seconds: attempts older than this are not overlap candidates
 
 
 def execution_counts(conn: Conn, window: ExecutionWindow) -> list[ExecutionCount]:
@@ -49,7 +48,7 @@ def execution_counts(conn: Conn, window: ExecutionWindow) -> list[ExecutionCount
 
 
 def execution_overlaps(conn: Conn, task: str, since: datetime, until: datetime) -> int:
-    values = {"task": task, "since": utc(since), "until": utc(until), "lookback": OVERLAP_LOOKBACK}
+    values = {"task": task, "since": utc(since), "until": utc(until)}
     row = fetch_one(conn, "execution_overlaps", values)
     return 0 if row is None else int(row["overlaps"])
 

@@ -32,8 +32,6 @@ from oncely.store.observability import (
 )
 from oncely.store.rows import dump_json, to_epoch
 
-OVERLAP_LOOKBACK = 7 * 86400.0  # seconds: attempts older than this are not overlap candidates
-
 
 def execution_counts(conn: sqlite3.Connection, window: ExecutionWindow) -> list[ExecutionCount]:
     values = {
@@ -49,12 +47,7 @@ def execution_counts(conn: sqlite3.Connection, window: ExecutionWindow) -> list[
 def execution_overlaps(
     conn: sqlite3.Connection, task: str, since: datetime, until: datetime
 ) -> int:
-    values = {
-        "task": task,
-        "since": to_epoch(since),
-        "until": to_epoch(until),
-        "lookback": OVERLAP_LOOKBACK,
-    }
+    values = {"task": task, "since": to_epoch(since), "until": to_epoch(until)}
     return int(conn.execute(Q["execution_overlaps"], values).fetchone()[0])
 
 

@@ -459,7 +459,8 @@ class Store(Protocol):
         """Attempts started in ``(since, until]`` per task, queue, schedule (and bucket)."""
     def execution_overlaps(self, task: str, since: datetime, until: datetime) -> int:
         """Attempts of ``task`` started in ``(since, until]`` while another attempt of the same
-        task was running (started earlier, not ended by then)."""
+        task was running (started earlier, at most one window length before ``since``, and not
+        ended by then)."""
     def execution_list(
         self, job_id: int | None = None, task: str | None = None, limit: int = 50
     ) -> list[Execution]:

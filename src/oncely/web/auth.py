@@ -9,7 +9,8 @@ Without a token the dashboard is read-only: every action answers 403. With a tok
   with the session and, when the browser sends one, the ``Origin`` header;
 * API clients send ``Authorization: Bearer <token>`` instead (no cookie, so no CSRF exposure).
 
-The token is compared in constant time and is never rendered, logged or put in a URL.
+The token is compared in constant time (a failed sign-in answers after a pause) and is never
+rendered, logged or put in a URL. Signing out revokes the session.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Guard:
         self.token = token or None
         secret = secrets.token_bytes(32)
         self._key = hashlib.sha256(b"oncely-dashboard\0" + secret + (token or "").encode()).digest()
+        self._revoked: set[str] = set()  # sessions signed out in this process
 
     @property
     def enabled(self) -> bool:
@@ -55,7 +57,12 @@ class Guard:
         expected = self._sign("session:" + session_id)
         if not session_id or not hmac.compare_digest(signature, expected):
             return None
-        return session_id
+        return None if session_id in self._revoked else session_id
+
+    def revoke(self, request: Request) -> None:
+        session_id = self.session_id(request)
+        if session_id is not None:
+            self._revoked.add(session_id)
 
     def csrf_token(self, request: Request) -> str | None:
         session_id = self.session_id(request)

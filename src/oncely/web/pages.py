@@ -8,6 +8,7 @@ never repeats them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,8 @@ ENV = Environment(loader=PackageLoader("oncely.web", "templates"),
                   autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
 ENV.filters["span"] = span
 ENV.filters["ratio"] = ratio
+
+FAILED_SIGN_IN_PAUSE = 0.3  # seconds: slows down guessing
 
 DONE = {"retried": "Job requeued: it runs again as soon as a worker is free.",
         "cancelled": "Cancellation recorded.", "resolved": "Anomaly resolved.",
@@ -199,6 +202,7 @@ async def login(request: Request) -> Response:
         return render(request, "login.html", title="Sign in", failed=False)
     form = await _form(request)
     if not dash.guard.same_origin(request) or not dash.guard.token_matches(form.get("token")):
+        await asyncio.sleep(FAILED_SIGN_IN_PAUSE)
         return render(request, "login.html", 403, title="Sign in", failed=True)
     response = RedirectResponse("/?done=signed-in", status_code=303)
     response.set_cookie(SESSION_COOKIE, dash.guard.new_session(), httponly=True,
@@ -208,8 +212,10 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     form = await _form(request)
-    if not dashboard(request).guard.form_allowed(request, form.get("csrf")):
+    guard = dashboard(request).guard
+    if not guard.form_allowed(request, form.get("csrf")):
         return render(request, "error.html", 403, title="Not allowed", message="Not signed in.")
+    guard.revoke(request)
     response = RedirectResponse("/?done=signed-out", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

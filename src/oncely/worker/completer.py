@@ -91,5 +91,13 @@ class Completer(threading.Thread):
                     break
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            except Exception:
+                # Not a store outage but a bug: retrying will not help. Give the outcomes up as
+                # if the store were unreachable, so the handler slots are freed and the leases
+                # lapse for the rescuer — never keep them in hand for ever.
+                log.exception("recording %d job outcomes failed; the rescuer will retry those "
+                              "jobs", len(batch))
+                applied = [None] * len(batch)
+                break
         for (running, outcome), ok in zip(batch, applied, strict=True):
             worker.recorded(running, outcome, ok)

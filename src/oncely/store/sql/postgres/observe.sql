@@ -22,16 +22,20 @@ GROUP BY task, queue, schedule, 4
 ORDER BY task, queue, schedule NULLS FIRST, 4;
 
 -- name: execution_overlaps
--- Attempts that started while an earlier attempt of the same task had not ended. Attempts
--- running longer than %(lookback)s seconds before the window are not considered.
-SELECT COUNT(*) AS overlaps FROM oncely_executions AS e
-WHERE e.task = %(task)s AND e.started_at > %(since)s AND e.started_at <= %(until)s
-  AND EXISTS (
-      SELECT 1 FROM oncely_executions AS o
-      WHERE o.task = e.task
-        AND o.started_at > %(since)s::timestamptz - make_interval(secs => %(lookback)s)
-        AND (o.started_at < e.started_at OR (o.started_at = e.started_at AND o.id < e.id))
-        AND (o.ended_at IS NULL OR o.ended_at > e.started_at));
+-- Attempts started in the window while an earlier attempt of the same task had not ended: one
+-- pass in start order keeps the latest end seen so far (a running attempt never ends). Attempts
+-- that started more than one window length before the window are not considered.
+SELECT COUNT(*) AS overlaps FROM (
+    SELECT started_at,
+           MAX(COALESCE(ended_at, 'infinity'::timestamptz)) OVER (
+               ORDER BY started_at, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+           ) AS busy_until
+    FROM oncely_executions
+    WHERE task = %(task)s
+      AND started_at > %(since)s::timestamptz - (%(until)s::timestamptz - %(since)s::timestamptz)
+      AND started_at <= %(until)s
+) AS runs
+WHERE started_at > %(since)s AND busy_until > started_at;
 
 -- name: execution_list
 SELECT * FROM oncely_executions

@@ -20,16 +20,18 @@ GROUP BY task, queue, schedule, bucket
 ORDER BY task, queue, schedule NULLS FIRST, bucket;
 
 -- name: execution_overlaps
--- Attempts that started while an earlier attempt of the same task had not ended. Attempts
--- running longer than :lookback seconds before the window are not considered.
-SELECT COUNT(*) AS overlaps FROM oncely_executions AS e
-WHERE e.task = :task AND e.started_at > :since AND e.started_at <= :until
-  AND EXISTS (
-      SELECT 1 FROM oncely_executions AS o
-      WHERE o.task = e.task
-        AND o.started_at > :since - :lookback
-        AND (o.started_at < e.started_at OR (o.started_at = e.started_at AND o.id < e.id))
-        AND (o.ended_at IS NULL OR o.ended_at > e.started_at));
+-- Attempts started in the window while an earlier attempt of the same task had not ended: one
+-- pass in start order keeps the latest end seen so far (a running attempt never ends). Attempts
+-- that started more than one window length before the window are not considered.
+SELECT COUNT(*) AS overlaps FROM (
+    SELECT started_at,
+           MAX(COALESCE(ended_at, 1e18)) OVER (
+               ORDER BY started_at, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+           ) AS busy_until
+    FROM oncely_executions
+    WHERE task = :task AND started_at > :since - (:until - :since) AND started_at <= :until
+)
+WHERE started_at > :since AND busy_until > started_at;
 
 -- name: execution_list
 SELECT * FROM oncely_executions

@@ -1,0 +1,46 @@
+"""A worker facing faults it did not expect, in one process, on every store."""
+
+from __future__ import annotations
+
+import oncely
+from oncely.store.base import ErrorKind, JobState
+from oncely.testing import wait_until, worker_running
+
+
+def test_an_unexpected_error_while_recording_outcomes_frees_the_handler_slot(any_url):
+    """Recording outcomes fails once with an error that is not a StoreError (a driver bug, say).
+    The worker must give those outcomes up like an unreachable store — free the handler slot and
+    let the lease lapse so the rescuer retries the job — not keep the slot forever: with
+    concurrency 1 the worker would never claim again."""
+    settings = oncely.Settings(poll_interval=0.05, lease_ttl=2, leader_ttl=2,
+                               maintenance_interval=0.2, shutdown_grace=0.5)
+    app = oncely.App(any_url, settings=settings)
+
+    @app.task(name="work", retry=oncely.Retry(attempts=3, backoff="fixed", base_delay=0))
+    def work(ctx: oncely.JobContext, n: int) -> int:
+        return n
+
+    real = app.store.job_finish_many
+    broken: list[list[int]] = []
+
+    def finish_many(params):  # type: ignore[no-untyped-def]
+        if not broken:
+            broken.append([item.job_id for item in params])
+            raise RuntimeError("a bug below the store seam")
+        return real(params)
+
+    app.store.job_finish_many = finish_many  # type: ignore[method-assign]
+    first = work.enqueue(n=1)
+    try:
+        with worker_running(app, concurrency=1):
+            wait_until(lambda: broken, timeout=15, message="the first outcome failed to record")
+            second = work.enqueue(n=2)
+            wait_until(lambda: second.refresh().state == JobState.SUCCEEDED, timeout=15,
+                       interval=0.05, message="the worker claimed again")
+            wait_until(lambda: first.refresh().state == JobState.SUCCEEDED, timeout=15,
+                       interval=0.05, message="the unrecorded job was rescued and re-run")
+    finally:
+        app.close()
+    assert broken == [[first.id]]
+    job = first.refresh()
+    assert job.attempt == 2 and [e.kind for e in job.errors] == [ErrorKind.LEASE_EXPIRED]
