@@ -108,7 +108,7 @@ class FreshStore:
                                 "ORDER BY started").fetchall()
         return [dict(zip(names, tuple(row), strict=True)) for row in rows]
 
-    def close(self) -> None:
+    def close(self, keep_logs: bool = False) -> None:
         with contextlib.suppress(Exception):
             self.app.close()
         if self.schema is not None and not self.keep:
@@ -119,7 +119,7 @@ class FreshStore:
             plain = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
             with psycopg.connect(plain, autocommit=True, connect_timeout=10) as conn:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
-        if not self.keep:
+        if not (self.keep or keep_logs):
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -128,8 +128,12 @@ def fresh_store(args: argparse.Namespace, tag: str) -> Iterator[FreshStore]:
     store = FreshStore(args.store, args.postgres_url, tag, args.keep)
     try:
         yield store
-    finally:
-        store.close()
+    except BaseException as exc:
+        store.close(keep_logs=True)  # the worker logs say what went wrong
+        if isinstance(exc, BenchError):
+            raise BenchError(f"{exc} (worker logs kept in {store.dir})") from exc
+        raise
+    store.close()
 
 
 class Fleet:

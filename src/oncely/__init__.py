@@ -18,6 +18,7 @@ from oncely.errors import (
     StoreUnavailable,
     UnknownTask,
 )
+from oncely.queues import Keep, Retention
 from oncely.retry import Retry
 from oncely.schedules import ScheduleSpec
 from oncely.store.base import Job, JobState, Overlap, SlotOutcome
@@ -40,9 +41,11 @@ __all__ = [
     "JobContext",
     "JobHandle",
     "JobState",
+    "Keep",
     "NotFound",
     "OncelyError",
     "Overlap",
+    "Retention",
     "Retry",
     "ScheduleSpec",
     "SchemaMismatch",

@@ -19,6 +19,7 @@ from oncely.config import Settings
 from oncely.errors import ConfigError, UnknownTask
 from oncely.observe.events import EventBus
 from oncely.observe.recorder import fleet_recorder
+from oncely.queues import QueueSpec, Rate, Retention, positive
 from oncely.retry import NO_RETRY, Retry
 from oncely.schedules import ScheduleSpec
 from oncely.store import open_store
@@ -47,6 +48,7 @@ class App:
         self.events.subscribe(fleet_recorder(self))
         self.tasks: dict[str, Task] = {}
         self.schedules: dict[str, ScheduleSpec] = {}
+        self.queues: dict[str, QueueSpec] = {}
         self.auto_migrate = auto_migrate
         self._store: Store | None = None
         self._store_lock = threading.Lock()
@@ -102,21 +104,50 @@ class App:
         timeout: float | None = None,
         singleton: bool | str | None = None,
         priority: int = 0,
+        limit: tuple[int, float | timedelta] | None = None,
+        concurrency_key: str | None = None,
+        max_per_key: int | None = None,
     ) -> Any:
         """Register a handler as a task: bare (``@app.task``) it returns the Task; with options
-        (``@app.task(queue=…)``) it returns the decorator that does."""
+        (``@app.task(queue=…)``) it returns the decorator that does. ``limit``,
+        ``concurrency_key`` and ``max_per_key`` hold for the whole fleet (:mod:`oncely.queues`)."""
         check_name("queue", queue)
-        options = TaskOptions(queue, retry or NO_RETRY, timeout, singleton, priority)
 
         def register(func: Callable[..., Any]) -> Task:
             task_name = name or f"{func.__module__}.{func.__qualname__}".removeprefix("__main__.")
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ConfigError(f"task {task_name!r} is registered twice")
+            owner = f"task {task_name!r}"
+            per_key = positive(owner, "max_per_key", max_per_key)
+            if concurrency_key is not None and not isinstance(concurrency_key, str):
+                raise ConfigError(f"{owner}: concurrency_key must be a template string such as "
+                                  f'"org:{{org_id}}", got {concurrency_key!r}')
+            options = TaskOptions(queue, retry or NO_RETRY, timeout, singleton, priority,
+                                  Rate.parse(owner, limit), concurrency_key,
+                                  per_key or (1 if concurrency_key is not None else None))
             task = Task(self, task_name, func, options)
             self.tasks[task_name] = task
             return task
 
         return register(fn) if fn is not None else register
+
+    def queue(
+        self,
+        name: str,
+        *,
+        max_running: int | None = None,
+        limit: tuple[int, float | timedelta] | None = None,
+        retention: Retention | None = None,
+    ) -> QueueSpec:
+        """Declare a queue's fleet-wide limits and its retention (:mod:`oncely.queues`):
+        ``max_running`` jobs at once, at most ``limit=(n, window)`` starts per window, and
+        ``retention=oncely.Retention(...)``. Workers upsert declared queues when they start."""
+        spec = QueueSpec.create(check_name("queue", name), max_running, limit, retention)
+        existing = self.queues.get(name)
+        if existing is not None and existing != spec:
+            raise ConfigError(f"queue {name!r} is declared twice with different limits")
+        self.queues[name] = spec
+        return spec
 
     def get_task(self, name: str) -> Task:
         try:

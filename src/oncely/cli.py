@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import click
 
-from oncely import readmodel
+from oncely import cli_queues, readmodel
 from oncely.app import App
 from oncely.config import DEFAULT_DATABASE_URL, Settings
 from oncely.errors import ArgsNotJSON, ConfigError, NotFound, OncelyError
@@ -226,14 +226,28 @@ def jobs_list(env: Env, state: str | None, queue: str | None, task: str | None,
 @click.pass_obj
 def jobs_show(env: Env, job_id: int) -> None:
     """Everything about one job, with its error history."""
-    emit(env, readmodel.job_detail(env.app().store, job_id), title=f"job {job_id}")
+    app = env.app()
+    emit(env, readmodel.job_detail(app.store, job_id, app.clock.now()), title=f"job {job_id}")
 
 
 @jobs.command("retry")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=int, required=False)
+@click.option("--all", "retry_all", is_flag=True,
+              help="Every failed job (dead letter), or those of --queue and --task.")
+@click.option("--queue", help="With --all: only this queue's failed jobs.")
+@click.option("--task", help="With --all: only this task's failed jobs.")
 @click.pass_obj
-def jobs_retry(env: Env, job_id: int) -> None:
-    """Run a failed, cancelled, retryable or scheduled job again now."""
+def jobs_retry(env: Env, job_id: int | None, retry_all: bool, queue: str | None,
+               task: str | None) -> None:
+    """Run a failed, cancelled, retryable or scheduled job again now (or --all dead letters)."""
+    if retry_all != (job_id is None):
+        raise ConfigError("give a job id, or --all [--queue Q] [--task T] for the dead letters")
+    if not retry_all and (queue or task):
+        raise ConfigError("--queue and --task select dead letters: use them with --all")
+    if retry_all:
+        cli_queues.retry_all(env, queue, task)
+        return
+    assert job_id is not None
     app = env.app()
     job = app.store.job_retry(job_id, app.clock.now())
     app.store.notify_work(job.queue)
@@ -252,13 +266,6 @@ def jobs_cancel(env: Env, job_id: int, reason: str) -> None:
         click.echo(f"job {job.id} is running: cancellation requested")
     else:
         click.echo(f"job {job.id} is {job.state}")
-
-
-@cli.command()
-@click.pass_obj
-def queues(env: Env) -> None:
-    """Jobs per queue and state."""
-    emit(env, readmodel.queue_overview(env.app().store))
 
 
 @cli.command()
@@ -356,6 +363,9 @@ def anomalies_resolve(env: Env, anomaly_id: int) -> None:
     if not app.store.anomaly_resolve(anomaly_id, app.clock.now()):
         raise NotFound(f"no open anomaly {anomaly_id}")
     click.echo(f"anomaly {anomaly_id} resolved")
+
+
+cli.add_command(cli_queues.queues)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

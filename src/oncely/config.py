@@ -14,16 +14,21 @@ shutdown_grace             30                               seconds to finish on
 leader_ttl                 15                               leader lease seconds
 maintenance_interval       5                                rescue/prune period
 enqueue_interval           0.5                              slot check period
-keep_succeeded_seconds     86400                            succeeded retention
-keep_failed                10000                            failed jobs kept
-keep_cancelled_seconds     604800                           cancelled retention
+keep_succeeded_seconds     86400 (1 day)                    succeeded: kept at most
+keep_succeeded             100000                           succeeded: newest kept
+keep_failed_seconds        15552000 (180 days)              dead letters: kept at most
+keep_failed                10000                            dead letters: newest kept
+keep_cancelled_seconds     604800 (7 days)                  cancelled: kept at most
+keep_cancelled             10000                            cancelled: newest kept
 ledger_keep_seconds        2592000                          ledger retention
 watchdog_interval          60                               watchdog period
 watchdog_webhook_url       (none)                           anomalies POSTed here
 =========================  ===============================  ========================
 
 Each option's environment variable is ``ONCELY_`` plus its name in capitals
-(``ONCELY_LEASE_TTL``).
+(``ONCELY_LEASE_TTL``). The ``keep_*`` options are the retention of every queue that does not
+declare its own (per queue: ``app.queue(name, retention=…)``); a finished job goes when it is
+older than its state's age or beyond its state's count, whichever comes first.
 """
 
 from __future__ import annotations
@@ -51,8 +56,11 @@ class Settings:
     maintenance_interval: float = 5.0
     enqueue_interval: float = 0.5
     keep_succeeded_seconds: float = 86400.0
+    keep_succeeded: int = 100_000
+    keep_failed_seconds: float = 15_552_000.0
     keep_failed: int = 10000
     keep_cancelled_seconds: float = 604800.0
+    keep_cancelled: int = 10000
     ledger_keep_seconds: float = 2592000.0
     watchdog_interval: float = 60.0
     watchdog_webhook_url: str = ""
@@ -73,6 +81,10 @@ class Settings:
             raise ConfigError(f"setting concurrency must be >= 1, got {self.concurrency!r}")
         if self.shutdown_grace < 0:
             raise ConfigError("setting shutdown_grace must not be negative")
+        for name in ("keep_succeeded_seconds", "keep_succeeded", "keep_failed_seconds",
+                     "keep_failed", "keep_cancelled_seconds", "keep_cancelled"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"setting {name} must not be negative")
         if self.lease_ttl < 1.0:
             raise ConfigError("setting lease_ttl must be at least 1 second")
 

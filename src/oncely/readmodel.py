@@ -13,7 +13,8 @@ from oncely.errors import InvalidSchedule, NotFound
 from oncely.observe import diagnose
 from oncely.observe.notify import anomaly_to_dict
 from oncely.schedules import ScheduleSpec, expected_count, next_slot, period_hint
-from oncely.store.base import LEADER_LEASE_KEY, Job, JobFilter, JobState, Store
+from oncely.store.base import LEADER_LEASE_KEY, WAITING_STATES, Job, JobFilter, JobState, Store
+from oncely.store.limits import ControlKind, Gate, LimitWait, scope_of
 from oncely.store.observability import FENCE_REJECTED, LEASE_TAKEN_OVER, ExecutionWindow
 
 
@@ -39,15 +40,29 @@ def job_summary(job: Job) -> dict[str, Any]:
     }
 
 
-def job_detail(store: Store, job_id: int) -> dict[str, Any]:
+def job_wait(store: Store, job: Job, now: datetime) -> LimitWait | None:
+    """The queue control that keeps a due waiting job from starting, if any."""
+    if job.state not in WAITING_STATES or job.run_at > now:
+        return None
+    active = [c for c in store.control_list() if c.active]
+    gate = Gate(active, store.control_usage(now, [job.concurrency_key] if job.concurrency_key
+                                            else []), now)
+    return gate.wait_for(job.queue, job.task, job.concurrency_key)
+
+
+def job_detail(store: Store, job_id: int, now: datetime | None = None) -> dict[str, Any]:
     job = store.job_get(job_id)
     if job is None:
         raise NotFound(f"job {job_id} does not exist")
     detail = job_summary(job)
+    wait = job_wait(store, job, now or datetime.now(UTC))
     detail.update(
+        waiting_reason=None if wait is None else wait.describe(),
+        limited_until=None if wait is None else _iso(wait.until),
         args=job.args,
         unique_key=job.unique_key,
         singleton_key=job.singleton_key,
+        concurrency_key=job.concurrency_key,
         overlap=job.overlap.value,
         timeout=job.timeout,
         lease_owner=job.lease_owner,
@@ -166,7 +181,9 @@ def mask_url(url: str) -> str:
 
 def queue_health(store: Store, now: datetime) -> list[dict[str, Any]]:
     """Per queue: jobs per state, due jobs waiting and the oldest wait, running, failed (dead
-    letters) and attempts started per minute over the last 15 minutes."""
+    letters), attempts started per minute over the last 15 minutes, and its controls: paused,
+    max_running, limit, and what holds its due jobs back now (``held``: paused, max_running or
+    rate, with ``held_until`` for a rate window)."""
     rows = {row["queue"]: row for row in queue_overview(store)}
     due: dict[str, tuple[int, datetime]] = {}
     for group in store.job_waiting(now):
@@ -176,14 +193,25 @@ def queue_health(store: Store, now: datetime) -> list[dict[str, Any]]:
     window = ExecutionWindow(now - timedelta(seconds=RATE_WINDOW), now)
     for started_count in store.execution_counts(window):
         started[started_count.queue] += started_count.executions
+    controls = store.control_list()
+    queues = {c.name: c for c in controls if c.kind == ControlKind.QUEUE}
+    gate = Gate([c for c in controls if c.active], store.control_usage(now), now)
     result = []
-    for queue in sorted(set(rows) | set(due) | set(started)):
+    for queue in sorted(set(rows) | set(due) | set(started) | set(queues)):
         row = dict(rows.get(queue) or {"queue": queue, **{s.value: 0 for s in JobState}})
         waiting, oldest = due.get(queue, (0, now))
+        control = queues.get(queue)
+        held = gate.waits.get(scope_of(ControlKind.QUEUE, queue))
         row.update(
             due=waiting,
             oldest_waiting_seconds=(now - oldest).total_seconds(),
             rate_per_minute=round(started[queue] / (RATE_WINDOW / 60), 3),
+            paused=bool(control and control.paused),
+            max_running=control.max_running if control else None,
+            limit=control.rate_text() if control else None,
+            held=None if held is None else held.reason.value,
+            held_until=None if held is None else _iso(held.until),
+            held_jobs=waiting if held is not None else 0,
         )
         result.append(row)
     return result

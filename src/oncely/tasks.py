@@ -8,7 +8,11 @@ A handler is a plain function ``def handler(ctx, **args)`` (``async def`` works 
 * ``singleton`` — ``True`` (one running job per task), a key template such as ``"org:{org_id}"``
   (one per distinct value, formatted from the job's args), or ``None`` (the default: singleton
   when run by a schedule, otherwise not). ``False`` disables it even for schedules;
-* ``priority`` — higher runs first.
+* ``priority`` — higher runs first;
+* ``limit`` — at most ``(n, window)`` starts of the task per window, fleet-wide;
+* ``concurrency_key`` / ``max_per_key`` — at most ``max_per_key`` (default 1) running jobs per
+  value of the key template (``"org:{org_id}"``, formatted from the job's args, with the
+  handler's defaults for args not given), fleet-wide. See :mod:`oncely.queues`.
 
 Enqueue rules: ``unique_key`` makes a second enqueue a no-op that returns the existing job while
 that job is unfinished (scheduled, available, running or retryable); once it has finished, the
@@ -26,8 +30,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from oncely.errors import ArgsNotJSON, ConfigError
+from oncely.queues import Rate
 from oncely.retry import NO_RETRY, Retry
 from oncely.store.base import Job, JobInsert, JobState, Overlap
+from oncely.store.limits import concurrency_key
 
 if TYPE_CHECKING:
     from oncely.app import App
@@ -61,6 +67,9 @@ class TaskOptions:
     timeout: float | None = None
     singleton: bool | str | None = None
     priority: int = 0
+    limit: Rate | None = None
+    concurrency_key: str | None = None
+    max_per_key: int | None = None
 
 
 class Task:
@@ -78,6 +87,12 @@ class Task:
             raise ConfigError(f"task {name!r}: timeout must be positive")
         if isinstance(options.singleton, str):
             _template_fields(name, options.singleton)
+        self._defaults: dict[str, Any] = {}
+        if options.concurrency_key is not None:
+            self._defaults = _check_key_template(name, fn, options.concurrency_key)
+        elif options.max_per_key is not None:
+            raise ConfigError(f"task {name!r}: max_per_key needs a concurrency_key template, "
+                              'such as concurrency_key="org:{org_id}"')
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -98,6 +113,18 @@ class Task:
         except (KeyError, IndexError) as exc:
             raise ConfigError(
                 f"task {self.name!r}: singleton key {singleton!r} names argument {exc}, "
+                "which this job does not have"
+            ) from None
+
+    def concurrency_key(self, args: dict[str, Any]) -> str | None:
+        template = self.options.concurrency_key
+        if template is None:
+            return None
+        try:
+            return concurrency_key(self.name, template.format(**{**self._defaults, **args}))
+        except (KeyError, IndexError, AttributeError) as exc:
+            raise ConfigError(
+                f"task {self.name!r}: concurrency_key {template!r} names argument {exc}, "
                 "which this job does not have"
             ) from None
 
@@ -135,6 +162,7 @@ class Task:
             singleton_key=key,
             overlap=overlap,
             timeout=self.options.timeout,
+            concurrency_key=self.concurrency_key(stored),
         )
 
     def enqueue(self, **args: Any) -> JobHandle:
@@ -153,6 +181,34 @@ def _template_fields(task_name: str, template: str) -> None:
         raise ConfigError(
             f"task {task_name!r}: singleton key {template!r} is invalid: {exc}"
         ) from None
+
+
+def _check_key_template(task_name: str, fn: Callable[..., Any], template: str) -> dict[str, Any]:
+    """Fail at definition time when the key template names an argument the handler does not
+    take; return the handler's argument defaults (the template falls back to them)."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(
+            f"task {task_name!r}: concurrency_key {template!r} is invalid: {exc}"
+        ) from None
+    names = [field_name for _, field_name, _, _ in parsed if field_name is not None]
+    parameters = list(inspect.signature(fn).parameters.values())[1:]  # after ctx
+    known = {p.name for p in parameters
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
+    for field_name in names:
+        argument = re.split(r"[.\[]", field_name, maxsplit=1)[0]
+        if not argument or argument.isdigit():
+            raise ConfigError(f"task {task_name!r}: concurrency_key {template!r} must name "
+                              "arguments, such as {org_id}, not {} or {0}")
+        if argument not in known and not takes_any:
+            takes = ", ".join(sorted(known)) or "no arguments"
+            raise ConfigError(f"task {task_name!r}: concurrency_key {template!r} names argument "
+                              f"{argument!r}, which the handler does not take ({takes})")
+    return {p.name: p.default for p in parameters if p.default is not p.empty}
 
 
 class JobHandle:

@@ -107,6 +107,11 @@ class Fleet:
         return codes
 
 
+def all_registered(app: oncely.App, procs: list[subprocess.Popen[bytes]]) -> bool:
+    """Every process has started its worker (past imports and signal handlers)."""
+    return {proc.pid for proc in procs} <= {row.pid for row in app.store.worker_list()}
+
+
 def running_jobs(app: oncely.App) -> list[oncely.Job]:
     return app.store.job_list(JobFilter(state=JobState.RUNNING, schedule=chaos.SCHEDULE, limit=50))
 
@@ -220,6 +225,8 @@ def test_chaos_fleet_runs_each_slot_at_most_once_and_never_overlaps(
     chaos_ended = time.time()
     wait_until(lambda: settled(app, chaos_ended), timeout=30, interval=0.2,
                message="every slot up to the end of the chaos has a final outcome")
+    wait_until(lambda: all_registered(app, fleet.procs), timeout=30, interval=0.1,
+               message="the last restarted workers are up")  # so SIGTERM meets their handler
     codes = fleet.stop()
     elapsed = time.monotonic() - began
 

@@ -74,9 +74,17 @@ def settled(app: oncely.App, up_to: float) -> bool:
     return not pending and not app.store.job_list(JobFilter(state=JobState.RUNNING))
 
 
-def restart(workers, procs: list, index: int, url: str, effects: str, env: dict) -> None:
+def all_registered(app: oncely.App, procs: list) -> bool:
+    """Every process has started its worker (past its start-up trigger and signal handlers)."""
+    return {proc.pid for proc in procs} <= {row.pid for row in app.store.worker_list()}
+
+
+def restart(workers, app: oncely.App, procs: list, index: int, url: str, effects: str,
+            env: dict) -> None:
     """A deploy: SIGTERM (graceful drain), then a new process that asks for a run on start."""
     proc = procs[index]
+    wait_until(lambda: all_registered(app, [proc]), timeout=30, interval=0.1,
+               message=f"worker {proc.pid} is up")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0, f"worker {proc.pid} did not stop cleanly"
     procs[index] = workers.start(url, effects, app=APP, env=env)
@@ -96,11 +104,13 @@ def test_incident_configuration_runs_once_per_slot_with_the_guard_and_not_withou
     for round_ in range(5):
         time.sleep(4)  # let slots run (and fail, and retry) between deploys
         for index in (round_ % 6, (round_ + 3) % 6):
-            restart(workers, procs, index, any_url, effects_sqlite, env)
+            restart(workers, app, procs, index, any_url, effects_sqlite, env)
     time.sleep(EVERY * 2)
     cutoff = time.time()
     wait_until(lambda: settled(app, cutoff), timeout=45, interval=0.2,
                message="every slot up to the cutoff has a final outcome")
+    wait_until(lambda: all_registered(app, procs), timeout=30, interval=0.1,
+               message="the last restarted workers are up")
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
     assert [proc.wait(30) for proc in procs] == [0] * 6

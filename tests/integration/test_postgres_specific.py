@@ -21,7 +21,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pytest
 
 from oncely.errors import InvalidURL, StoreUnavailable
-from oncely.store.base import JobClaimParams, JobFilter, JobInsert, SlotEnqueue
+from oncely.store.base import (
+    JobClaimParams,
+    JobFilter,
+    JobFinish,
+    JobInsert,
+    JobState,
+    SlotEnqueue,
+)
 from oncely.store.migrations import latest_version, migrations_for
 from oncely.store.postgres import PostgresStore
 from oncely.testing import wait_until
@@ -212,6 +219,35 @@ def test_concurrent_migrations_of_one_new_schema_apply_once(base_url: str, open_
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_claim_skips_a_key_whose_lease_row_a_paused_session_holds(open_store) -> None:
+    import psycopg
+
+    store = open_store()
+    first = store.job_insert(JobInsert(task="t", singleton_key="k"), NOW).job
+    assert claim(store) == [first.id]
+    running = store.job_get(first.id)
+    assert running is not None
+    store.job_finish(JobFinish(running.id, running.fence, NOW, JobState.SUCCEEDED))
+    second = insert(store, singleton_key="k")
+    plain = insert(store)
+
+    # A worker stopped in the middle of a transaction that locked the key's lease row.
+    with psycopg.connect(store.target.conninfo) as paused:
+        paused.execute("SELECT 1 FROM oncely_leases WHERE key = 'k' FOR UPDATE")
+        started = time.monotonic()
+        assert claim(store) == [plain]  # the other work goes on; the key's job waits
+        assert time.monotonic() - started < 2.0
+        paused.rollback()
+    assert claim(store) == [second]
+
+
+def test_sessions_end_transactions_left_idle(open_store) -> None:
+    store = open_store()
+    with store.transaction() as conn:
+        assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("10s",)
+        assert conn.execute("SHOW TimeZone").fetchone() == ("UTC",)
 
 
 # schemas ----------------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ from .conftest import (
 )
 
 
-def test_first_run_applies_every_rule(scenario_app: oncely.App) -> None:
+def test_first_run_applies_every_rule_and_reruns_change_nothing(
+    scenario_app: oncely.App,
+) -> None:
     result = run_thresholds(scenario_app)
 
     assert result["mode"] == "full"
@@ -39,16 +41,13 @@ def test_first_run_applies_every_rule(scenario_app: oncely.App) -> None:
     assert (alpha.cycle.start, alpha.cycle.end) == (datetime(2026, 2, 28).date(),
                                                     datetime(2026, 3, 31).date())
 
-
-def test_rerun_is_idempotent_and_incremental(scenario_app: oncely.App) -> None:
-    run_thresholds(scenario_app)
-    again = run_thresholds(scenario_app)
-
+    again = run_thresholds(scenario_app)  # the same hour again: idempotent, incremental
     assert again["mode"] == "incremental"
     assert again["source_queries"] == 1
     assert again["org_rows_written"] == 0 and again["rollup_upserted"] == 0
     assert again["notifications"] == 0
     assert state_of(scenario_app) == EXPECTED_AFTER_FIRST_RUN
+    assert_enqueued(scenario_app, SEND_TASK, count=3)
 
 
 def test_new_usage_crosses_the_next_threshold_and_cycles_reset(

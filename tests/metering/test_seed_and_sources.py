@@ -55,8 +55,8 @@ def test_the_dataset_is_reproducible_and_realistic(seeded: Path, tmp_path: Path)
     builds = {}
     for name, seed_value in (("a", 5), ("b", 5), ("c", 6)):
         builds[name] = tmp_path / f"{name}.duckdb"
-        seed.build_usage(builds[name], orgs=40, seed=seed_value, end=NOW, days=3,
-                         heavy_fraction=0.1)
+        seed.build_usage(builds[name], orgs=40, seed=seed_value, end=NOW, days=2,
+                         heavy_fraction=0.05)
     assert fingerprint(builds["a"]) == fingerprint(builds["b"])
     assert fingerprint(builds["a"]) != fingerprint(builds["c"])
 

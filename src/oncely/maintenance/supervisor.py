@@ -71,10 +71,17 @@ class Supervisor:
                 self._guard("pruner", self.pruner.run_once)
                 jitter = random.uniform(0.9, 1.1)
                 next_maintenance = mono + settings.maintenance_interval * jitter
+                if not self.pruner.caught_up:  # a backlog: keep at it, a budget per tick
+                    next_maintenance = mono
             if self.elector.is_leader and mono >= next_watchdog:
                 self._guard("watchdog", self.watchdog.run_once)
                 next_watchdog = mono + settings.watchdog_interval
-            self._stop.wait(self._pause(settings.enqueue_interval))
+            try:
+                pause = self._pause(settings.enqueue_interval)
+            except Exception:  # the loop must outlive any schedule arithmetic
+                log.exception("maintenance: could not compute the next wake-up")
+                pause = settings.enqueue_interval
+            self._stop.wait(pause)
 
     def _pause(self, interval: float) -> float:
         """Seconds to the next tick: ``interval``, or less when the next slot of a declared

@@ -39,6 +39,7 @@ run resume exactly where it stopped.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,18 @@ class MeterConfig:
     in_flight_per_thread: int = 2
     retry_batch: int = 10_000  # human-reset failures resent per run
     first_hours: int = 1  # with no watermark yet: report this many latest due hours
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> MeterConfig:
+        """Defaults, with ``ONCELY_STRIPE_HOURS_PER_RUN`` / ``ONCELY_STRIPE_BATCH_SIZE``."""
+        env = os.environ if environ is None else environ
+        hours, batch = env.get("ONCELY_STRIPE_HOURS_PER_RUN"), env.get("ONCELY_STRIPE_BATCH_SIZE")
+        try:
+            return cls(hours_per_run=int(hours) if hours else cls.hours_per_run,
+                       batch_size=int(batch) if batch else cls.batch_size)
+        except ValueError:
+            raise oncely.ConfigError("ONCELY_STRIPE_HOURS_PER_RUN and ONCELY_STRIPE_BATCH_SIZE "
+                                     "must be whole numbers") from None
 
 
 class MeteringStalled(oncely.OncelyError):
@@ -157,9 +170,11 @@ class StripeMetering:
                  client: StripeMeterClient | None = None) -> None:
         self.app = app
         self.usage = usage
-        self.config = config or MeterConfig()
+        self.config = config or MeterConfig.from_env()
         self._settings = settings
         self._client = client
+        if client is not None and client.breaker.on_change is None:
+            client.breaker.on_change = self._breaker_changed
         self._client_lock = threading.Lock()
         self.task: oncely.Task | None = None
 

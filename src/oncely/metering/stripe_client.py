@@ -26,9 +26,10 @@ other 4xx (400, 402, 404, …)                           ``FAILED`` with Stripe'
 Limits kept on the caller's side (Stripe: ~1,000 calls/s per account, one concurrent call per
 customer and meter): a shared :class:`~oncely.metering.resilience.Throttle` (``rate`` calls/s,
 default 200, taken again by every retry) and a lock per (customer, event name), held across the
-retries of a call. A 429 also slows the throttle down (x0.7, floor ``rate/20``); each success
-gives back ``rate/500``, so a 429 storm lowers the pace until Stripe stops complaining. 429s
-have their own retry budget (``rate_limit_attempts``) apart from 5xx/timeouts (``attempts``).
+retries of a call (the job is a singleton, so its process is the only sender). A 429 also slows
+the throttle down (x0.7, floor ``rate/20``); each success gives back ``rate/500``, so a 429 storm
+lowers the pace until Stripe stops complaining. 429s have their own retry budget
+(``rate_limit_attempts``) apart from 5xx/timeouts (``attempts``).
 The SDK's own retries are off (``max_network_retries=0``) so one policy governs.
 
 The API key comes only from the environment (``ONCELY_STRIPE_API_KEY``) or the caller, is never

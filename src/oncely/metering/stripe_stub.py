@@ -8,12 +8,13 @@ for meter events:
   ``payload[stripe_customer_id]``, ``payload[value]``) and a Bearer API key (401 without one);
 * **identifier dedup**: a second event with an identifier already accepted is answered HTTP 400,
   ``invalid_request_error``, "An event already exists with identifier …", with the header
-  ``Stripe-Should-Retry: false``. Stripe promises uniqueness for "a rolling period of at least 24
-  hours"; the stub keeps every identifier forever by default (``dedup_window=None``), which is
-  stricter: any double send a client makes shows up;
+  ``Stripe-Should-Retry: false``. The body's ``code`` (``resource_already_exists``) is the stub's
+  choice: the client goes by the message, the part reports of Stripe's real answer agree on.
+  Stripe promises uniqueness for "a rolling period of at least 24 hours"; the stub keeps every
+  identifier forever by default (``dedup_window=None``), which is stricter;
 * **timestamp window**: more than 35 days in the past or more than 5 minutes in the future is a 400
   (``timestamp_too_far_in_past`` / ``timestamp_in_future``), judged by the stub's injectable
-  ``clock`` (anything with ``now() -> datetime``: tests share their FrozenClock with it);
+  ``clock`` (an ``oncely.Clock``: tests share their FrozenClock with it);
 * **rate limit**: beyond ``rate_limit`` calls in any one second, HTTP 429 ``rate_limit``; and a
   second concurrent call for the same (customer, event name) is counted in
   ``stats.concurrent_violations`` (and answered 429 ``lock_timeout`` if ``reject_concurrent``).
@@ -40,24 +41,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qs
+
+import oncely
 
 METER_EVENTS_PATH = "/v1/billing/meter_events"
 MAX_PAST_SECONDS = 35 * 86_400
 MAX_FUTURE_SECONDS = 300
 DUPLICATE_MESSAGE = "An event already exists with identifier {identifier}."
-
-
-class _HasNow(Protocol):
-    def now(self) -> datetime: ...
-
-
-class _WallClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
 
 
 @dataclass
@@ -118,9 +112,9 @@ class _Reply(Exception):
 class StripeStub:
     """The stub server; ``with StripeStub() as stub: ... stub.url`` runs it in a thread."""
 
-    def __init__(self, clock: _HasNow | None = None, host: str = "127.0.0.1", port: int = 0,
-                 dedup_window: float | None = None) -> None:
-        self.clock: _HasNow = clock or _WallClock()
+    def __init__(self, clock: oncely.Clock | None = None, host: str = "127.0.0.1",
+                 port: int = 0, dedup_window: float | None = None) -> None:
+        self.clock = clock or oncely.SystemClock()
         self.faults = Faults()
         self.dedup_window = dedup_window
         self._lock = threading.Lock()

@@ -182,6 +182,7 @@ def evaluate(app: oncely.App, settings: MeteringSettings, as_of: datetime) -> li
                           "plans"),
         "default_warn_at": free.warn_at, "default_block_at": free.block_at,
         "enforce": settings.enforce,
+        "earliest_day": min(start_day for _, start_day in cycle_rows),
     }
     with app.store.transaction() as conn:
         rows = db.fetch_all(conn, dialect, "evaluate_orgs", params)

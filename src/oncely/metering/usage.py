@@ -215,7 +215,8 @@ class DuckDBUsageSource(GuardedSource):
                  memory_limit: str | None = "512MB", **policy: Any) -> None:
         self.path = str(path)
         self.read_only = read_only
-        self.config = {"memory_limit": memory_limit} if memory_limit else {}
+        self.config: dict[str, str | bool | int | float | list[str]] = (
+            {"memory_limit": memory_limit} if memory_limit else {})
         self.name = f"duckdb:{self.path}"
         super().__init__(**policy)
 

@@ -13,6 +13,9 @@ oncely_queue_oldest_waiting_seconds        gauge  queue
 oncely_queue_running_jobs                  gauge  queue
 oncely_queue_executions_per_minute         gauge  queue (attempts started, last 15 min)
 oncely_dead_letters                        gauge  queue (failed jobs kept)
+oncely_queue_paused                        gauge  queue (1 while paused)
+oncely_queue_held_jobs                     gauge  queue, reason (due jobs a queue control
+                                                  holds back: paused, max_running, rate)
 oncely_schedule_executions                 gauge  schedule, window, source (slot, retry,
                                                   non_slot)
 oncely_schedule_expected_executions        gauge  schedule, window
@@ -91,6 +94,9 @@ class FleetCollector(Collector):
         rate = _gauge("oncely_queue_executions_per_minute",
                       "Attempts started per minute over the last 15 minutes", ["queue"])
         dead = _gauge("oncely_dead_letters", "Failed jobs kept as dead letters", ["queue"])
+        paused = _gauge("oncely_queue_paused", "1 while the queue is paused", ["queue"])
+        held = _gauge("oncely_queue_held_jobs", "Due jobs a queue control holds back",
+                      ["queue", "reason"])
         for row in queues:
             queue = str(row["queue"])
             for state in JobState:
@@ -100,7 +106,10 @@ class FleetCollector(Collector):
             running.add_metric([queue], _num(row["running"]))
             rate.add_metric([queue], _num(row["rate_per_minute"]))
             dead.add_metric([queue], _num(row["failed"]))
-        yield from (jobs, due, oldest, running, rate, dead)
+            paused.add_metric([queue], 1.0 if row.get("paused") else 0.0)
+            if row.get("held"):
+                held.add_metric([queue, str(row["held"])], _num(row.get("held_jobs")))
+        yield from (jobs, due, oldest, running, rate, dead, paused, held)
 
     def _schedules(self, rates: list[dict[str, object]]) -> Iterator[Metric]:
         executions = _gauge("oncely_schedule_executions",

@@ -12,6 +12,12 @@ A claim is one transaction of at most four statements, none of which waits for a
 3. grant the admitted keys (``INSERT … ON CONFLICT (key) DO UPDATE … WHERE free``, fence + 1) and
    start their jobs with the new fences, in one statement;
 4. skip: cancel the skipped jobs and mark their slots ``skipped_overlap``.
+
+With queue controls (``_pg_controls``) the claim first reads them under the shared controls
+lock. When some apply, it locks their rows, admits the limited jobs through its gate in claim
+order, and lets those rank among the singleton grants ("ahead" of plain jobs) so the claim as a
+whole still follows priority order; the statements above then leave limited scopes out. Its
+starts are logged under their rate scopes before commit.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import psycopg
 
+from oncely.store import _pg_controls as controls
 from oncely.store._pg_jobs import Row, errors_json, execute, fetch, fetch_one, to_job
 from oncely.store.base import (
     LEADER_LEASE_KEY,
@@ -75,12 +82,25 @@ def claim_jobs(conn: psycopg.Connection[Any], params: JobClaimParams) -> ClaimRe
         "owner": params.worker_id,
         "lease_expires_at": now + timedelta(seconds=params.lease_ttl),
         "queues": None if params.queues is None else list(params.queues),
+        "excluded_queues": [],
+        "excluded_tasks": [],
     }
+    gate = controls.open_gate(conn, params)
+    limited = controls.LimitedPlan()
+    if gate is not None:
+        common.update(excluded_queues=gate.limited_queues, excluded_tasks=gate.limited_tasks)
+        limited = controls.plan_limited(conn, common, gate, params.limit)
     plan = _plan_singletons(conn, common, params.limit)
-    plain = _claim_plain(conn, common, params.limit, plan.grants)
-    started = _start_singletons(conn, common, params.limit, plan.grants, plain)
+    _merge(plan, limited, params.limit)
+    ahead = sorted(plan.grants + limited.plain, key=_rank)
+    plain = _claim_plain(conn, common, params.limit, ahead)
+    started = _start_ahead(conn, common, params.limit, ahead, plain)
     skipped = _skip(conn, now, plan, started)
-    return ClaimResult(jobs=sorted(plain + started, key=_rank), skipped_overlap=skipped)
+    jobs = sorted(plain + started, key=_rank)
+    if gate is None:
+        return ClaimResult(jobs=jobs, skipped_overlap=skipped)
+    controls.log_starts(conn, gate, [job for job in jobs if gate.limits(job.queue, job.task)])
+    return ClaimResult(jobs, skipped, list(gate.waits.values()))
 
 
 def _plan_singletons(conn: psycopg.Connection[Any], common: dict[str, Any], limit: int) -> _Plan:
@@ -102,41 +122,71 @@ def _plan_singletons(conn: psycopg.Connection[Any], common: dict[str, Any], limi
     return plan
 
 
+def _merge(plan: _Plan, limited: controls.LimitedPlan, limit: int) -> None:
+    """Fold the limited part's singleton decisions into the plan: one grant per key (a key whose
+    jobs sit in a limited and an unlimited scope goes to the better-ranked candidate)."""
+    plan.held_skips.extend(limited.held_skips)
+    for key, rows in limited.behind.items():
+        plan.behind.setdefault(key, []).extend(rows)
+    for row in limited.grants:
+        key = row["singleton_key"]
+        rival = next((grant for grant in plan.grants if grant["singleton_key"] == key), None)
+        if rival is None:
+            plan.grants.append(row)
+            continue
+        loser = row
+        if _rank(row) < _rank(rival):
+            plan.grants[plan.grants.index(rival)] = row
+            loser = rival
+        if loser["skippable"]:
+            plan.behind.setdefault(key, []).append(loser)
+    plan.grants.sort(key=_rank)
+    del plan.grants[limit:]
+
+
 def _claim_plain(
-    conn: psycopg.Connection[Any], common: dict[str, Any], limit: int, grants: list[Row]
+    conn: psycopg.Connection[Any], common: dict[str, Any], limit: int, ahead: list[Row]
 ) -> list[Job]:
     values = {
         **common,
         "limit": limit,
-        "ahead_priority": [int(row["priority"]) for row in grants],
-        "ahead_run_at": [row["run_at"] for row in grants],
-        "ahead_id": [int(row["id"]) for row in grants],
+        "ahead_priority": [int(row["priority"]) for row in ahead],
+        "ahead_run_at": [row["run_at"] for row in ahead],
+        "ahead_id": [int(row["id"]) for row in ahead],
     }
     query = "job_claim_plain" if common["queues"] is None else "job_claim_plain_in_queues"
     return [to_job(row) for row in fetch(conn, query, values)]
 
 
-def _start_singletons(
+def _start_ahead(
     conn: psycopg.Connection[Any],
     common: dict[str, Any],
     limit: int,
-    grants: list[Row],
+    ahead: list[Row],
     plain: list[Job],
 ) -> list[Job]:
+    """Start the singleton grants and admitted limited jobs that fit in the limit next to the
+    plain jobs ranked ahead of them."""
     plain_ranks = [_rank(job) for job in plain]
-    admitted = [
+    fitting = [
         row
-        for place, row in enumerate(grants, start=1)
+        for place, row in enumerate(ahead, start=1)
         if place + sum(1 for rank in plain_ranks if rank < _rank(row)) <= limit
     ]
-    if not admitted:
-        return []
-    values = {
-        **common,
-        "keys": [row["singleton_key"] for row in admitted],
-        "job_ids": [int(row["id"]) for row in admitted],
-    }
-    return [to_job(row) for row in fetch(conn, "job_claim_grant", values)]
+    grants = [row for row in fitting if row["singleton_key"] is not None]
+    singles = [int(row["id"]) for row in fitting if row["singleton_key"] is None]
+    started: list[Job] = []
+    if grants:
+        values = {
+            **common,
+            "keys": [row["singleton_key"] for row in grants],
+            "job_ids": [int(row["id"]) for row in grants],
+        }
+        started.extend(to_job(row) for row in fetch(conn, "job_claim_grant", values))
+    if singles:
+        values = {**common, "job_ids": singles}
+        started.extend(to_job(row) for row in fetch(conn, "job_claim_start_ids", values))
+    return started
 
 
 def _skip(

@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -52,8 +52,14 @@ Q = load_queries("postgres")
 CONNECT_TIMEOUT = 5  # seconds libpq waits for a server before giving up
 POOL_MAX = 10
 POOL_TIMEOUT = 10.0  # seconds an operation waits for a pooled connection
+POOL_MAX_IDLE = 60.0  # seconds before an idle connection beyond the first one is closed
 RECONNECT_TIMEOUT = 15.0  # the pool stops replacing a lost connection after this long
 BUSY_ATTEMPTS = 4  # a transaction lost to a deadlock or serialization failure is retried
+# The server ends a session left idle inside a transaction this long (ms): a worker paused or
+# hung mid-transaction (SIGSTOP, a debugger, a stalled VM) must not hold the job and lease rows
+# the rest of the fleet needs. Our own transactions never idle; callers' transactions may not
+# idle longer either (override with options=-c idle_in_transaction_session_timeout=… in the URL).
+IDLE_IN_TRANSACTION_MS = 10_000
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _OWN_PARAMS = ("schema", "pool_max")
@@ -82,14 +88,19 @@ def parse_url(url: str) -> Target:
     rest = [(key, value) for key, value in query if key not in _OWN_PARAMS]
     schema = _schema_name(own.get("schema", "public"))
     pool_max = _pool_max(own.get("pool_max"))
-    libpq_url = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
+    # libpq decodes %20, not "+": keep spaces (as in options=-c a=b -c c=d) percent-encoded.
+    query_text = urlencode(rest, quote_via=quote)
+    libpq_url = urlunsplit(("postgresql", parts.netloc, parts.path, query_text, ""))
     try:
         given = conninfo_to_dict(libpq_url)
     except psycopg.ProgrammingError as exc:
         raise InvalidURL(f"malformed PostgreSQL URL: {_first_line(exc)}") from None
-    options = f"-c search_path={schema} -c TimeZone=UTC"
-    if given.get("options"):
-        options = f"{given['options']} {options}"
+    options = (
+        f"-c search_path={schema} -c TimeZone=UTC "
+        f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+    )
+    if given.get("options"):  # the URL's own options come last, so they can override ours
+        options = f"{options} {given['options']}"
     extra: dict[str, Any] = {"options": options}
     if "connect_timeout" not in given:
         extra["connect_timeout"] = CONNECT_TIMEOUT
@@ -253,8 +264,9 @@ class Engine:
                 self.probe()
                 pool = ConnectionPool(
                     self.target.conninfo,
-                    min_size=min(2, self.target.pool_max),
+                    min_size=1,
                     max_size=self.target.pool_max,
+                    max_idle=POOL_MAX_IDLE,
                     open=False,
                     timeout=POOL_TIMEOUT,
                     reconnect_timeout=RECONNECT_TIMEOUT,

@@ -30,6 +30,8 @@ from oncely.store.base import (
     Overlap,
     PruneParams,
     QueueCount,
+    RetryFailed,
+    RetryFailedResult,
     SlotOutcome,
     iter_chunks,
 )
@@ -85,6 +87,7 @@ def _insert_values(params: JobInsert, now: datetime) -> dict[str, Any]:
         "singleton_key": params.singleton_key,
         "overlap": str(params.overlap),
         "timeout": params.timeout,
+        "concurrency_key": params.concurrency_key,
     }
 
 
@@ -161,6 +164,7 @@ def _insert_chunk(
             "singleton_key": item.singleton_key,
             "overlap": str(item.overlap),
             "timeout": item.timeout,
+            "concurrency_key": item.concurrency_key,
         }
         rows.append(row)
     answers = fetch(conn, "job_insert_many", {"rows": _dump_rows(rows, chunk), "created_at": now})
@@ -207,6 +211,7 @@ def _new_job(job_id: int, params: JobInsert, now: datetime) -> Job:
         singleton_key=params.singleton_key,
         overlap=Overlap(params.overlap),
         timeout=params.timeout,
+        concurrency_key=params.concurrency_key,
     )
 
 
@@ -367,6 +372,15 @@ def checkpoint_job(
 def prune_jobs(conn: psycopg.Connection[Any], params: PruneParams) -> int:
     if params.state not in FINISHED_STATES:
         raise ValueError(f"only finished jobs can be pruned, not {params.state!r}")
+    if params.queue is not None and params.finished_before is not None and not params.keep_last:
+        # The pruner's case: one queue, by age, along the retention index.
+        values = {
+            "queue": params.queue,
+            "state": str(params.state),
+            "finished_before": utc(params.finished_before),
+            "limit": params.limit,
+        }
+        return execute(conn, "job_prune_queue", values)
     values = {
         "state": str(params.state),
         "queue": params.queue,
@@ -375,3 +389,38 @@ def prune_jobs(conn: psycopg.Connection[Any], params: PruneParams) -> int:
         "limit": params.limit,
     }
     return execute(conn, "job_prune", values)
+
+
+def finished_queues(conn: psycopg.Connection[Any]) -> list[str]:
+    return [row["queue"] for row in fetch(conn, "job_finished_queues")]
+
+
+def finished_cutoff(
+    conn: psycopg.Connection[Any], queue: str, state: JobState, keep: int
+) -> datetime | None:
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    values = {"queue": queue, "state": str(state), "skip": keep - 1}
+    row = fetch_one(conn, "job_finished_cutoff", values)
+    return None if row is None else utc(row["finished_at"])
+
+
+def retry_failed(conn: psycopg.Connection[Any], params: RetryFailed) -> RetryFailedResult:
+    """One batch of dead letters back to available, each under a savepoint: a job whose unique
+    key another unfinished job holds stays failed without undoing the rest."""
+    values = {
+        "after_id": params.after_id,
+        "queue": params.queue,
+        "task": params.task,
+        "limit": params.limit,
+    }
+    ids = [int(row["id"]) for row in fetch(conn, "job_failed_batch", values)]
+    retried: list[Job] = []
+    conflicts: list[int] = []
+    for job_id in ids:
+        try:
+            with conn.transaction():
+                retried.append(retry_job(conn, job_id, params.now))
+        except ConfigError:
+            conflicts.append(job_id)
+    return RetryFailedResult(retried, conflicts, ids[-1] if ids else None)

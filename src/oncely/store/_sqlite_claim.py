@@ -3,7 +3,9 @@ lease renewal and leader election. The state machine is in :mod:`oncely.store.ba
 
 Every function runs inside one ``BEGIN IMMEDIATE`` transaction opened by the caller, which holds
 SQLite's single write lock: the reads and writes of one claim cannot interleave with another
-process's claim.
+process's claim. That is also what makes queue controls atomic: a claim counts running jobs and
+logged starts, admits candidates through its gate (``_sqlite_controls``) and logs its starts
+before any other claim can look.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from oncely.errors import StoreError
+from oncely.store import _sqlite_controls as controls
 from oncely.store._sqlite_jobs import Q, fetch_one, set_ledger_outcome, set_slot_outcome, to_job
 from oncely.store.base import (
     LEADER_LEASE_KEY,
@@ -32,6 +35,7 @@ from oncely.store.base import (
     RenewResult,
     SlotOutcome,
 )
+from oncely.store.limits import Gate
 from oncely.store.rows import as_datetime, dump_error, dump_json, lease_from_row, to_epoch
 
 _FINISH_TARGETS = (JobState.SUCCEEDED, JobState.RETRYABLE, JobState.FAILED, JobState.CANCELLED)
@@ -58,38 +62,60 @@ def claim_jobs(conn: sqlite3.Connection, params: JobClaimParams) -> ClaimResult:
         return ClaimResult(jobs=[])
     now = to_epoch(params.now)
     claim = _Claim(params, now, now + params.lease_ttl)
+    gate = controls.open_gate(conn, params)
     plain: list[int] = []  # jobs without a singleton key: started together in one statement
-    for candidate in _candidates(conn, params, now):
+    for candidate in _candidates(conn, params, now, gate):
         if len(claim.claimed) + len(plain) >= params.limit:
             break
+        job = (candidate["queue"], candidate["task"], candidate["concurrency_key"])
+        if gate is not None and not gate.admits(*job):
+            continue  # it waits, in its place, for the control to have room
         if candidate["singleton_key"] is None:
             plain.append(int(candidate["id"]))
-        else:
-            _consider(conn, claim, candidate)
+        elif not _consider(conn, claim, candidate):
+            continue
+        if gate is not None:
+            gate.take(*job)
     if plain:
         claim.claimed.extend(_start_plain(conn, claim, plain))
         claim.claimed.sort(key=lambda job: (-job.priority, job.run_at, job.id))
-    return ClaimResult(jobs=claim.claimed, skipped_overlap=claim.skipped)
+    if gate is None:
+        return ClaimResult(jobs=claim.claimed, skipped_overlap=claim.skipped)
+    controls.log_starts(conn, gate, claim.claimed)
+    return ClaimResult(claim.claimed, claim.skipped, list(gate.waits.values()))
 
 
 def _candidates(
-    conn: sqlite3.Connection, params: JobClaimParams, now: float
+    conn: sqlite3.Connection, params: JobClaimParams, now: float, gate: Gate | None
 ) -> Iterator[sqlite3.Row]:
     """Due waiting jobs in claim order. Pages continue by keyset, so jobs this claim has already
-    moved out of the waiting states do not shift the next page."""
+    moved out of the waiting states do not shift the next page. With a gate, each page leaves
+    out the queues, tasks and keys that had no room left when it was read."""
     # A little more than the limit: a few candidates may be skipped for held singleton keys;
     # more pages follow by keyset if many are.
     page = params.limit + 8
     query = "job_claim_candidates" if params.queues is None else "job_claim_candidates_in_queues"
+    queues = list(params.queues or ())
+    if gate is not None:
+        query = "job_claim_candidates_limited"
+        if params.queues is None:
+            queues = [row["queue"] for row in conn.execute(Q["job_waiting_queues"]).fetchall()]
     values: dict[str, object] = {
         "now": now,
         "page": page,
-        "queues": json.dumps(list(params.queues or ())),
+        "queues": json.dumps(queues),
         "after_id": None,
         "after_priority": None,
         "after_run_at": None,
     }
     while True:
+        if gate is not None:
+            blocked = set(gate.blocked_queues)
+            values.update(
+                queues=json.dumps([queue for queue in queues if queue not in blocked]),
+                blocked_tasks=json.dumps(gate.blocked_tasks),
+                blocked_keys=json.dumps(sorted(gate.blocked_keys)),
+            )
         keys = conn.execute(Q[query], values).fetchall()
         if not keys:
             return
@@ -107,12 +133,10 @@ def _candidates(
         )
 
 
-def _consider(conn: sqlite3.Connection, claim: _Claim, candidate: sqlite3.Row) -> None:
+def _consider(conn: sqlite3.Connection, claim: _Claim, candidate: sqlite3.Row) -> bool:
+    """Start a singleton candidate if its key is free; True when it started."""
     job_id = int(candidate["id"])
-    key: str | None = candidate["singleton_key"]
-    if key is None:
-        claim.claimed.append(_start(conn, claim, job_id, fence=None))
-        return
+    key: str = candidate["singleton_key"]
     if key not in claim.held:
         granted = fetch_one(
             conn,
@@ -128,13 +152,14 @@ def _consider(conn: sqlite3.Connection, claim: _Claim, candidate: sqlite3.Row) -
         if granted is not None:
             claim.held[key] = job_id
             claim.claimed.append(_start(conn, claim, job_id, fence=int(granted["fence"])))
-            return
+            return True
         holder = fetch_one(conn, "lease_get", {"key": key})
         claim.held[key] = None if holder is None else holder["job_id"]
     first_run_of_slot = candidate["schedule"] is not None and candidate["attempt"] == 0
     if first_run_of_slot and candidate["overlap"] == Overlap.SKIP:
         claim.skipped.append(_skip(conn, claim, job_id, key))
     # Otherwise (buffer_one, retries, plain singleton jobs) the job waits for the key.
+    return False
 
 
 def _start(conn: sqlite3.Connection, claim: _Claim, job_id: int, fence: int | None) -> Job:

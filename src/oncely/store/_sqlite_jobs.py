@@ -24,6 +24,8 @@ from oncely.store.base import (
     Overlap,
     PruneParams,
     QueueCount,
+    RetryFailed,
+    RetryFailedResult,
     SlotOutcome,
 )
 from oncely.store.rows import (
@@ -75,6 +77,7 @@ def insert_job(
         "singleton_key": params.singleton_key,
         "overlap": str(params.overlap),
         "timeout": params.timeout,
+        "concurrency_key": params.concurrency_key,
     }
     row = fetch_one(conn, "job_insert", values)
     if row is not None:
@@ -112,6 +115,7 @@ def _inserted_job(job_id: int, params: JobInsert, values: dict[str, Any]) -> Job
         singleton_key=params.singleton_key,
         overlap=Overlap(params.overlap),
         timeout=params.timeout,
+        concurrency_key=params.concurrency_key,
     )
 
 
@@ -256,6 +260,15 @@ def checkpoint_job(
 def prune_jobs(conn: sqlite3.Connection, params: PruneParams) -> int:
     if params.state not in FINISHED_STATES:
         raise ValueError(f"only finished jobs can be pruned, not {params.state!r}")
+    if params.queue is not None and params.finished_before is not None and not params.keep_last:
+        # The pruner's case: one queue, by age, along the retention index.
+        values = {
+            "queue": params.queue,
+            "state": str(params.state),
+            "finished_before": to_epoch(params.finished_before),
+            "limit": params.limit,
+        }
+        return conn.execute(Q["job_prune_queue"], values).rowcount
     values = {
         "state": str(params.state),
         "queue": params.queue,
@@ -264,3 +277,38 @@ def prune_jobs(conn: sqlite3.Connection, params: PruneParams) -> int:
         "limit": params.limit,
     }
     return conn.execute(Q["job_prune"], values).rowcount
+
+
+def finished_queues(conn: sqlite3.Connection) -> list[str]:
+    return [row["queue"] for row in conn.execute(Q["job_finished_queues"]).fetchall()]
+
+
+def finished_cutoff(
+    conn: sqlite3.Connection, queue: str, state: JobState, keep: int
+) -> datetime | None:
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    row = fetch_one(
+        conn, "job_finished_cutoff", {"queue": queue, "state": str(state), "skip": keep - 1}
+    )
+    return None if row is None else as_datetime(row["finished_at"])
+
+
+def retry_failed(conn: sqlite3.Connection, params: RetryFailed) -> RetryFailedResult:
+    """One batch of dead letters back to available; a job whose unique key another unfinished
+    job holds stays failed (SQLite undoes just that statement)."""
+    values = {
+        "after_id": params.after_id,
+        "queue": params.queue,
+        "task": params.task,
+        "limit": params.limit,
+    }
+    ids = [int(row["id"]) for row in conn.execute(Q["job_failed_batch"], values).fetchall()]
+    retried: list[Job] = []
+    conflicts: list[int] = []
+    for job_id in ids:
+        try:
+            retried.append(retry_job(conn, job_id, params.now))
+        except ConfigError:
+            conflicts.append(job_id)
+    return RetryFailedResult(retried, conflicts, ids[-1] if ids else None)

@@ -62,6 +62,55 @@ enqueues it. A job that belongs to a slot updates its ledger row when it finishe
 success, ``failed`` on final failure, ``skipped_overlap`` when the claim skipped it; ``cancelled``
 by a human leaves ``failed`` with a note.
 
+Queue controls
+==============
+
+A control (one row of ``oncely_controls``, see :mod:`oncely.store.limits`) limits a queue or a
+task for the whole fleet. Workers upsert the controls their app declares when they start
+(``control_upsert``, which never touches ``paused``); ``control_pause`` pauses and resumes a
+queue. A claim enforces them inside its own transaction:
+
+* **paused** (queue): the claim starts no job of the queue; jobs already running finish.
+* **max_running = N** (queue): the claim counts the queue's running jobs and starts at most N
+  minus that many.
+* **max_per_key = N** (task): every job of the task carries a ``concurrency_key`` (the task name,
+  ``/``, the task's key template formatted from the job's args at enqueue); the claim starts a job
+  only while fewer than N running jobs carry the same key.
+* **rate limit n per w seconds** (queue or task): each start is logged in ``oncely_starts`` under
+  its scope (``queue:Q``, ``task:T``) at the claim's ``now``; the claim starts at most n minus the
+  starts logged after ``now - w`` (a sliding log); as it logs new starts it deletes the scope's
+  entries that left the window more than a minute ago (a claim reads ``now`` before it waits for
+  the lock, so one that waited may count from further back than the last claim did).
+* A job held back by a control is not touched: it stays waiting, in its place. The claim reports
+  each exhausted scope with its reason and, for a rate window, the instant it has room again
+  (``ClaimResult.waits``); workers sleep until then instead of a whole poll interval. Controls
+  only withhold starts; an overlap skip still happens (it starts nothing, so it uses no room).
+
+Atomicity. SQLite: the claim holds the write lock (``BEGIN IMMEDIATE``) while it counts and
+starts. PostgreSQL: a claim that may start jobs of limited queues or tasks first locks their
+control rows ``FOR UPDATE`` (sorted, before any job row), so claimers of a limited scope take
+turns and each counts what the previous one committed; jobs outside every limited scope are
+claimed by the usual ``SKIP LOCKED`` statements, which leave limited queues and tasks out. Every
+claim holds a shared advisory lock that ``control_upsert`` and ``control_pause`` take
+exclusively: once a pause (or a new limit) has committed, no claim that began before it can still
+start jobs under the old rules.
+
+Precision of the rate limit: exact against the claimers' clocks, i.e. in every window
+``(t - w, t]`` of logged start instants at most n jobs start, whatever order the claims commit
+in (each counts every start logged after its own ``now - w``). Workers on several machines whose
+clocks differ by up to d seconds (d under a minute) start at most n jobs in any real-time
+interval of ``w - d``. A start is the claim; the handler begins a few milliseconds later.
+
+Dead letters and retention
+==========================
+
+A job that failed for good stays ``failed`` with its whole error history until retention removes
+it; ``job_retry`` (one) and ``job_retry_failed`` (a queue's or task's failed jobs, in batches)
+make it available again with one more attempt. Retention is per queue and finished state, by age
+and by count: the pruner asks ``job_finished_cutoff`` for the ``finished_at`` of the oldest job
+the count keeps, and deletes, a small batch per transaction, what finished before that or
+before the age limit (``job_prune`` with ``queue`` and ``finished_before``).
+
 Leader
 ======
 
@@ -79,6 +128,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from oncely.store.limits import Control, ControlUpsert, ControlUsage, LimitWait
 from oncely.store.observability import (
     Anomaly,
     AnomalyRaise,
@@ -174,6 +224,7 @@ class Job:
     result: Any = None
     errors: tuple[JobError, ...] = ()
     checkpoint: Any = None
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +241,7 @@ class JobInsert:
     singleton_key: str | None = None
     overlap: Overlap = Overlap.SKIP
     timeout: float | None = None
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -211,6 +263,8 @@ class JobClaimParams:
 class ClaimResult:
     jobs: list[Job]
     skipped_overlap: list[Job] = field(default_factory=list)
+    # scopes whose controls held due jobs back in this claim (see "Queue controls")
+    waits: list[LimitWait] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -270,6 +324,26 @@ class PruneParams:
     keep_last: int | None = None  # ...but always keep the newest N of this state
     queue: str | None = None
     limit: int = 1000  # rows per call: pruning works in batches
+
+
+@dataclass(frozen=True)
+class RetryFailed:
+    """One batch of dead letters to bring back: failed jobs (of ``queue``/``task`` when given)
+    with ids above ``after_id``, oldest first."""
+
+    now: datetime
+    queue: str | None = None
+    task: str | None = None
+    after_id: int = 0
+    limit: int = 500
+
+
+@dataclass(frozen=True)
+class RetryFailedResult:
+    retried: list[Job]
+    # left failed: another unfinished job holds their unique key
+    conflicts: list[int] = field(default_factory=list)
+    last_id: int | None = None  # the highest id this batch looked at (None: nothing left)
 
 
 @dataclass(frozen=True)
@@ -411,6 +485,23 @@ class Store(Protocol):
     def job_checkpoint(self, job_id: int, fence: int, data: Any, now: datetime) -> bool: ...
     def job_fence_current(self, job_id: int, fence: int, now: datetime) -> bool: ...
     def job_prune(self, params: PruneParams) -> int: ...
+    def job_retry_failed(self, params: RetryFailed) -> RetryFailedResult:
+        """Retry one batch of failed jobs, each as ``job_retry`` would, in one transaction."""
+    def job_finished_queues(self) -> list[str]:
+        """Queues that have finished (succeeded, failed or cancelled) jobs."""
+    def job_finished_cutoff(self, queue: str, state: JobState, keep: int) -> datetime | None:
+        """``finished_at`` of the ``keep``-th newest job of ``queue`` in ``state`` (``keep`` >=
+        1; None when there are fewer): the jobs that finished before it are beyond the count."""
+
+    # queue controls ----------------------------------------------------------------------
+    def control_upsert(self, params: ControlUpsert) -> UpsertOutcome:
+        """Declare a queue's or task's limits (never its ``paused`` flag)."""
+    def control_list(self) -> list[Control]: ...
+    def control_pause(self, queue: str, paused: bool, now: datetime) -> Control:
+        """Pause or resume a queue; claims that begin after this returns obey it."""
+    def control_usage(self, now: datetime, keys: Sequence[str] = ()) -> ControlUsage:
+        """Running jobs per limited queue and per key (the active keys' and ``keys``), and
+        starts in each rate window, as a claim at ``now`` would count them."""
 
     # leases ------------------------------------------------------------------------------
     def lease_renew(

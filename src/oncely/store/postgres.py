@@ -5,12 +5,16 @@
 parameters of oncely's own: ``schema=name`` (the schema holding oncely's tables, created by
 :meth:`~PostgresStore.migrate`; default ``public``) so several apps can share one database, and
 ``pool_max=N`` (connections per store, default 10). Every other parameter goes to libpq.
+Sessions run in UTC with ``idle_in_transaction_session_timeout`` at 10 s, so a worker paused in
+the middle of a transaction cannot hold rows the fleet needs for longer (a URL
+``options=-c idle_in_transaction_session_timeout=…`` overrides it).
 
-Claims lock rows with ``FOR UPDATE SKIP LOCKED``, so claimers never wait for one another; every
-writer locks a job row before a lease row, so they cannot deadlock. Idle workers sleep in
-``LISTEN oncely_jobs`` and wake when an enqueue, retry or retryable finish commits. The operations
-live in ``_pg_jobs``, ``_pg_claim`` and ``_pg_schedules``; pool, errors and LISTEN in
-``_pg_engine``; the SQL in ``store/sql/postgres/*.sql``.
+Claims lock rows with ``FOR UPDATE SKIP LOCKED`` and skip lease rows others hold, so claimers
+never wait for one another; every writer locks a job row before a lease row, so they cannot
+deadlock. Idle workers sleep in ``LISTEN oncely_jobs`` and wake when an enqueue, retry or
+retryable finish commits. The operations live in ``_pg_jobs``, ``_pg_claim`` and
+``_pg_schedules``; pool and errors in ``_pg_engine``; LISTEN in ``_pg_listen``; the SQL in
+``store/sql/postgres/*.sql``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from psycopg import sql
 
 from oncely.errors import FenceRejected, SchemaMismatch
 from oncely.store import _pg_claim as claim
+from oncely.store import _pg_controls as controls
 from oncely.store import _pg_jobs as jobs
 from oncely.store import _pg_observe as observe
 from oncely.store import _pg_schedules as schedules
@@ -38,6 +43,7 @@ from oncely.store.base import (
     JobFinish,
     JobInsert,
     JobInsertResult,
+    JobState,
     LeaderState,
     LeaseRenewal,
     LeaseRow,
@@ -45,6 +51,8 @@ from oncely.store.base import (
     PruneParams,
     QueueCount,
     RenewResult,
+    RetryFailed,
+    RetryFailedResult,
     ScheduleRow,
     ScheduleUpsert,
     SlotEnqueue,
@@ -54,6 +62,7 @@ from oncely.store.base import (
     WorkerInfo,
     WorkerRow,
 )
+from oncely.store.limits import Control, ControlUpsert, ControlUsage
 from oncely.store.migrations import Migration, latest_version, migrations_for
 from oncely.store.observability import (
     Anomaly,
@@ -174,6 +183,35 @@ class PostgresStore:
 
     def job_prune(self, params: PruneParams) -> int:
         return self._engine.run(lambda conn: jobs.prune_jobs(conn, params))
+
+    def job_retry_failed(self, params: RetryFailed) -> RetryFailedResult:
+        return self._engine.run(lambda conn: jobs.retry_failed(conn, params))
+
+    def job_finished_queues(self) -> list[str]:
+        return self._engine.run(jobs.finished_queues)
+
+    def job_finished_cutoff(self, queue: str, state: JobState, keep: int) -> datetime | None:
+        return self._engine.run(lambda conn: jobs.finished_cutoff(conn, queue, state, keep))
+
+    # queue controls ---------------------------------------------------------------------------
+
+    def control_upsert(self, params: ControlUpsert) -> UpsertOutcome:
+        return self._engine.run(lambda conn: controls.upsert_control(conn, params))
+
+    def control_list(self) -> list[Control]:
+        return self._engine.run(controls.list_controls)
+
+    def control_pause(self, queue: str, paused: bool, now: datetime) -> Control:
+        """Waits for the claims in flight (the controls lock), so none starts a job of a
+        paused queue once this returns."""
+        return self._engine.run(lambda conn: controls.pause_queue(conn, queue, paused, now))
+
+    def control_usage(self, now: datetime, keys: Sequence[str] = ()) -> ControlUsage:
+        def usage(conn: Conn) -> ControlUsage:
+            active = [c for c in controls.list_controls(conn) if c.active]
+            return controls.read_usage(conn, active, now, keys)
+
+        return self._engine.run(usage)
 
     # leases -----------------------------------------------------------------------------------
 

@@ -150,6 +150,7 @@ def job_from_row(row: RowLike, *, json_text: bool) -> Job:
         result=load_json(row["result"], json_text=json_text),
         errors=load_errors(row["errors"], json_text=json_text),
         checkpoint=load_json(row["checkpoint"], json_text=json_text),
+        concurrency_key=row["concurrency_key"],
     )
 
 

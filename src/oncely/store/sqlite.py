@@ -19,6 +19,7 @@ from typing import Any
 
 from oncely.errors import FenceRejected, SchemaMismatch
 from oncely.store import _sqlite_claim as claim
+from oncely.store import _sqlite_controls as controls
 from oncely.store import _sqlite_jobs as jobs
 from oncely.store import _sqlite_observe as observe
 from oncely.store import _sqlite_schedules as schedules
@@ -31,6 +32,7 @@ from oncely.store.base import (
     JobFinish,
     JobInsert,
     JobInsertResult,
+    JobState,
     LeaderState,
     LeaseRenewal,
     LeaseRow,
@@ -38,6 +40,8 @@ from oncely.store.base import (
     PruneParams,
     QueueCount,
     RenewResult,
+    RetryFailed,
+    RetryFailedResult,
     ScheduleRow,
     ScheduleUpsert,
     SlotEnqueue,
@@ -47,6 +51,7 @@ from oncely.store.base import (
     WorkerInfo,
     WorkerRow,
 )
+from oncely.store.limits import Control, ControlUpsert, ControlUsage
 from oncely.store.migrations import Migration, latest_version, migrations_for
 from oncely.store.observability import (
     Anomaly,
@@ -160,6 +165,33 @@ class SQLiteStore:
 
     def job_prune(self, params: PruneParams) -> int:
         return self._engine.write(lambda conn: jobs.prune_jobs(conn, params))
+
+    def job_retry_failed(self, params: RetryFailed) -> RetryFailedResult:
+        return self._engine.write(lambda conn: jobs.retry_failed(conn, params))
+
+    def job_finished_queues(self) -> list[str]:
+        return self._engine.read(jobs.finished_queues)
+
+    def job_finished_cutoff(self, queue: str, state: JobState, keep: int) -> datetime | None:
+        return self._engine.read(lambda conn: jobs.finished_cutoff(conn, queue, state, keep))
+
+    # queue controls ---------------------------------------------------------------------------
+
+    def control_upsert(self, params: ControlUpsert) -> UpsertOutcome:
+        return self._engine.write(lambda conn: controls.upsert_control(conn, params))
+
+    def control_list(self) -> list[Control]:
+        return self._engine.read(controls.list_controls)
+
+    def control_pause(self, queue: str, paused: bool, now: datetime) -> Control:
+        return self._engine.write(lambda conn: controls.pause_queue(conn, queue, paused, now))
+
+    def control_usage(self, now: datetime, keys: Sequence[str] = ()) -> ControlUsage:
+        def usage(conn: Any) -> ControlUsage:
+            active = [c for c in controls.list_controls(conn) if c.active]
+            return controls.read_usage(conn, active, now, keys)
+
+        return self._engine.read(usage)
 
     # leases -----------------------------------------------------------------------------------
 

@@ -2,12 +2,13 @@
 
 Lifecycle::
 
-    start ─► register worker row, upsert declared schedules, start keeper + maintenance
-      │
+    start ─► register worker row, upsert declared queue controls and schedules, start keeper
+      │        + maintenance
       ▼
     claim loop ── claims up to the free handler slots; an empty claim waits for a wake-up
-      │            (LISTEN/NOTIFY or a data-version poll) up to poll_interval; a full claim
-      │            re-polls as soon as a slot frees; store errors back off (logged once)
+      │            (LISTEN/NOTIFY or a data-version poll) up to poll_interval, or only until a
+      │            rate window that held jobs back has room again; a full claim re-polls as
+      │            soon as a slot frees; store errors back off (logged once)
       ▼ stop (SIGTERM/SIGINT, or stop())
     draining ── no more claims; running jobs get shutdown_grace to finish; then they are asked to
       │          stop, and what is still running is released back as retryable (attempt refunded)
@@ -30,7 +31,17 @@ from types import FrameType
 
 from oncely.app import App
 from oncely.errors import StoreError
-from oncely.store.base import ErrorKind, Job, JobClaimParams, JobError, JobState, WorkerInfo
+from oncely.queues import register_controls
+from oncely.store.base import (
+    ClaimResult,
+    ErrorKind,
+    Job,
+    JobClaimParams,
+    JobError,
+    JobState,
+    WorkerInfo,
+)
+from oncely.store.limits import earliest
 from oncely.worker.completer import Completer
 from oncely.worker.context import JobContext
 from oncely.worker.execute import Outcome, failure, outcome_of
@@ -41,6 +52,7 @@ log = logging.getLogger("oncely.worker")
 
 MAX_STORE_BACKOFF = 10.0
 CLAIM_GATHER = 0.003  # seconds a busy worker waits for more free handler slots before claiming
+MIN_LIMITED_WAIT = 0.002  # a rate window that opens "now" is re-tried after this, not at once
 
 
 class Worker:
@@ -121,6 +133,7 @@ class Worker:
             WorkerInfo(self.worker_id, socket.gethostname(), os.getpid(), self.queues,
                        self.concurrency, now)
         )
+        register_controls(app)  # before the first claim, so it claims under the app's limits
         for _ in range(self.concurrency):
             self._spawn_handler()
         self._keeper.start()
@@ -218,7 +231,16 @@ class Worker:
                 self._dispatch(job, started)
             backlog = len(result.jobs) == free
             if not result.jobs:
-                app.store.wait_for_work(settings.poll_interval)
+                app.store.wait_for_work(self._idle_wait(result))
+
+    def _idle_wait(self, result: ClaimResult) -> float:
+        """How long an empty claim waits for a wake-up: the poll interval, or less when a rate
+        window that held jobs back opens sooner (wake-ups do not announce that)."""
+        poll = self.app.settings.poll_interval
+        opens = earliest(result.waits)
+        if opens is None:
+            return poll
+        return min(poll, max(MIN_LIMITED_WAIT, (opens - self.app.clock.now()).total_seconds()))
 
     def _dispatch(self, job: Job, claim_sent: float) -> None:
         ctx = JobContext(self.app, job, self.worker_id)

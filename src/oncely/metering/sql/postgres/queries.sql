@@ -138,6 +138,7 @@ WITH cycles AS (
     FROM metering_usage_daily r
     JOIN current cur ON cur.id = r.org_id AND NOT cur.paid
     WHERE r.day >= cur.cycle_start
+      AND r.day >= DATE '1970-01-01' + %(earliest_day)s::int  -- skips rows kept for history
     GROUP BY r.org_id
 ), measured AS (
     SELECT cur.*, CASE WHEN cur.paid THEN NULL ELSE COALESCE(s.units, 0) END AS usage

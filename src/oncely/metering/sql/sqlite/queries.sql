@@ -141,6 +141,7 @@ WITH cycles AS MATERIALIZED (
     FROM current cur
     LEFT JOIN metering_usage_daily r
            ON r.org_id = cur.id AND r.day >= cur.cycle_start AND NOT cur.paid
+          AND r.day >= date(:earliest_day * 86400, 'unixepoch')
     GROUP BY cur.id
 )
 SELECT m.id, m.paid, o.plan,

@@ -3,7 +3,9 @@
 -- key), so claims, finishes, renewals and fenced transactions cannot deadlock one another.
 
 -- name: job_claim_singleton_candidates
--- Due singleton jobs in claim order, with their key's lease as it stands. The best candidate of
+-- Due singleton jobs in claim order, with their key's lease as it stands. Here and in the plain
+-- statements, jobs of limited queues and tasks (excluded_*; empty when no control applies) are
+-- left to the limited part of the claim (_pg_controls). The best candidate of
 -- each key comes with every first run of a slot whose overlap is skip (the claim may skip those);
 -- candidates of a key that is held and that would only wait are not locked at all.
 SELECT j.id, j.priority, j.run_at, j.singleton_key, j.schedule, j.slot,
@@ -18,12 +20,16 @@ WHERE j.id IN (
          WHERE state IN ('scheduled', 'available', 'retryable') AND singleton_key IS NOT NULL
            AND run_at <= %(now)s
            AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+           AND queue <> ALL(%(excluded_queues)s::text[])
+           AND task <> ALL(%(excluded_tasks)s::text[])
          ORDER BY singleton_key, priority DESC, run_at, id)
         UNION ALL
         (SELECT id FROM oncely_jobs
          WHERE state IN ('scheduled', 'available') AND singleton_key IS NOT NULL
            AND run_at <= %(now)s AND overlap = 'skip' AND schedule IS NOT NULL AND attempt = 0
-           AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))))
+           AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+           AND queue <> ALL(%(excluded_queues)s::text[])
+           AND task <> ALL(%(excluded_tasks)s::text[])))
   AND j.state IN ('scheduled', 'available', 'retryable')
   AND j.run_at <= %(now)s
   AND (l.owner IS NULL OR l.expires_at IS NULL OR l.expires_at <= %(now)s
@@ -43,6 +49,8 @@ WITH candidate AS (
     WHERE state IN ('scheduled', 'available', 'retryable')
       AND run_at <= %(now)s
       AND singleton_key IS NULL
+      AND queue <> ALL(%(excluded_queues)s::text[])
+      AND task <> ALL(%(excluded_tasks)s::text[])
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -70,6 +78,8 @@ WITH candidate AS (
       AND queue = ANY(%(queues)s::text[])
       AND run_at <= %(now)s
       AND singleton_key IS NULL
+      AND queue <> ALL(%(excluded_queues)s::text[])
+      AND task <> ALL(%(excluded_tasks)s::text[])
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -92,13 +102,25 @@ RETURNING j.*;
 
 -- name: job_claim_grant
 -- Grants each key whose lease is free or expired (a new fence) and starts its job under that
--- fence. Keys are taken in sorted order so concurrent claimers cannot deadlock; a key someone
--- else took in the meantime grants nothing and its job keeps waiting.
-WITH granted AS (
-    INSERT INTO oncely_leases AS l (key, fence, owner, job_id, acquired_at, expires_at)
-    SELECT g.key, 1, %(owner)s, g.job_id, %(now)s, %(lease_expires_at)s
+-- fence. A lease row another transaction has locked (a renewal, a finish, a claim, or a worker
+-- paused in the middle of one) is skipped rather than waited for: its job keeps waiting and the
+-- claim does not stall. A key someone else took in the meantime grants nothing either. Keys are
+-- taken in sorted order.
+WITH wanted AS (
+    SELECT g.key, g.job_id
     FROM unnest(%(keys)s::text[], %(job_ids)s::bigint[]) AS g(key, job_id)
-    ORDER BY g.key
+), lockable AS (
+    SELECT l.key FROM oncely_leases AS l
+    WHERE l.key IN (SELECT key FROM wanted)
+    ORDER BY l.key
+    FOR UPDATE SKIP LOCKED
+), granted AS (
+    INSERT INTO oncely_leases AS l (key, fence, owner, job_id, acquired_at, expires_at)
+    SELECT w.key, 1, %(owner)s, w.job_id, %(now)s, %(lease_expires_at)s
+    FROM wanted AS w
+    WHERE w.key IN (SELECT key FROM lockable)
+       OR NOT EXISTS (SELECT 1 FROM oncely_leases AS x WHERE x.key = w.key)
+    ORDER BY w.key
     ON CONFLICT (key) DO UPDATE
     SET fence = l.fence + 1, owner = excluded.owner, job_id = excluded.job_id,
         acquired_at = excluded.acquired_at, expires_at = excluded.expires_at

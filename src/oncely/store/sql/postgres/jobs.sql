@@ -8,10 +8,10 @@
 WITH job AS (
     INSERT INTO oncely_jobs (queue, task, args, state, priority, max_attempts, run_at,
                              created_at, unique_key, schedule, slot, singleton_key, overlap,
-                             timeout)
+                             timeout, concurrency_key)
     VALUES (%(queue)s, %(task)s, %(args)s::jsonb, %(state)s, %(priority)s, %(max_attempts)s,
             %(run_at)s, %(created_at)s, %(unique_key)s, %(schedule)s, %(slot)s,
-            %(singleton_key)s, %(overlap)s, %(timeout)s)
+            %(singleton_key)s, %(overlap)s, %(timeout)s, %(concurrency_key)s)
     ON CONFLICT DO NOTHING
     RETURNING *
 )
@@ -29,12 +29,13 @@ WITH src AS (
     FROM jsonb_to_recordset(%(rows)s::jsonb)
          AS r(ord integer, queue text, task text, args jsonb, state text, priority integer,
               max_attempts integer, run_at timestamptz, unique_key text, singleton_key text,
-              overlap text, timeout float8)
+              overlap text, timeout float8, concurrency_key text)
 ), job AS (
     INSERT INTO oncely_jobs (id, queue, task, args, state, priority, max_attempts, run_at,
-                             created_at, unique_key, singleton_key, overlap, timeout)
+                             created_at, unique_key, singleton_key, overlap, timeout,
+                             concurrency_key)
     SELECT id, queue, task, args, state, priority, max_attempts, run_at, %(created_at)s,
-           unique_key, singleton_key, overlap, timeout
+           unique_key, singleton_key, overlap, timeout, concurrency_key
     FROM src
     ORDER BY ord
     ON CONFLICT DO NOTHING
@@ -157,3 +158,43 @@ WHERE id IN (
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED);
+
+-- name: job_prune_queue
+-- One retention batch of one queue and state, oldest first along oncely_jobs_retention; rows
+-- another pruner is deleting are skipped, not waited for.
+DELETE FROM oncely_jobs
+WHERE id IN (
+    SELECT id FROM oncely_jobs
+    WHERE queue = %(queue)s AND state = %(state)s AND finished_at < %(finished_before)s
+      AND state IN ('succeeded', 'failed', 'cancelled')  -- lets it use the index
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED);
+
+-- name: job_finished_queues
+-- Queues with finished jobs, by a loose scan of oncely_jobs_retention.
+WITH RECURSIVE finished(queue) AS (
+    SELECT MIN(queue) FROM oncely_jobs
+    WHERE state IN ('succeeded', 'failed', 'cancelled')
+    UNION ALL
+    SELECT (SELECT MIN(queue) FROM oncely_jobs
+            WHERE state IN ('succeeded', 'failed', 'cancelled') AND queue > finished.queue)
+    FROM finished WHERE finished.queue IS NOT NULL
+)
+SELECT queue FROM finished WHERE queue IS NOT NULL;
+
+-- name: job_finished_cutoff
+-- The finish instant of the keep-th newest job (skip = keep - 1): those before it go.
+SELECT finished_at FROM oncely_jobs
+WHERE queue = %(queue)s AND state = %(state)s
+  AND state IN ('succeeded', 'failed', 'cancelled')  -- lets it use the index
+ORDER BY finished_at DESC
+LIMIT 1 OFFSET %(skip)s;
+
+-- name: job_failed_batch
+SELECT id FROM oncely_jobs
+WHERE state = 'failed' AND id > %(after_id)s
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+ORDER BY id
+LIMIT %(limit)s;

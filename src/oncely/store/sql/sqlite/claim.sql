@@ -32,8 +32,36 @@ WHERE state IN ('scheduled', 'available', 'retryable')
 ORDER BY priority DESC, run_at, id
 LIMIT :page;
 
+-- name: job_claim_candidates_limited
+-- The scan when controls apply: only the queues that have room (:queues), leaving out the tasks
+-- and concurrency keys that have none.
+SELECT id, priority, run_at FROM oncely_jobs
+WHERE state IN ('scheduled', 'available', 'retryable')
+  AND queue IN (SELECT value FROM json_each(:queues))
+  AND run_at <= :now
+  AND task NOT IN (SELECT value FROM json_each(:blocked_tasks))
+  AND (concurrency_key IS NULL
+       OR concurrency_key NOT IN (SELECT value FROM json_each(:blocked_keys)))
+  AND (:after_id IS NULL
+       OR (-priority, run_at, id) > (-:after_priority, :after_run_at, :after_id))
+ORDER BY priority DESC, run_at, id
+LIMIT :page;
+
+-- name: job_waiting_queues
+-- Queues with waiting jobs, by a loose scan of the claim index.
+WITH RECURSIVE waiting(queue) AS (
+    SELECT MIN(queue) FROM oncely_jobs
+    WHERE state IN ('scheduled', 'available', 'retryable')
+    UNION ALL
+    SELECT (SELECT MIN(queue) FROM oncely_jobs
+            WHERE state IN ('scheduled', 'available', 'retryable') AND queue > waiting.queue)
+    FROM waiting WHERE waiting.queue IS NOT NULL
+)
+SELECT queue FROM waiting WHERE queue IS NOT NULL;
+
 -- name: job_claim_details
-SELECT id, singleton_key, overlap, schedule, slot, attempt FROM oncely_jobs
+SELECT id, queue, task, concurrency_key, singleton_key, overlap, schedule, slot, attempt
+FROM oncely_jobs
 WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: job_claim_start

@@ -2,9 +2,10 @@
 
 -- name: job_insert
 INSERT INTO oncely_jobs (queue, task, args, state, priority, max_attempts, run_at, created_at,
-                         unique_key, schedule, slot, singleton_key, overlap, timeout)
+                         unique_key, schedule, slot, singleton_key, overlap, timeout,
+                         concurrency_key)
 VALUES (:queue, :task, :args, :state, :priority, :max_attempts, :run_at, :created_at,
-        :unique_key, :schedule, :slot, :singleton_key, :overlap, :timeout)
+        :unique_key, :schedule, :slot, :singleton_key, :overlap, :timeout, :concurrency_key)
 ON CONFLICT DO NOTHING
 RETURNING id;
 
@@ -92,3 +93,40 @@ WHERE id IN (
           LIMIT :keep_last)
     ORDER BY id
     LIMIT :limit);
+
+-- name: job_prune_queue
+-- One retention batch of one queue and state, oldest first along oncely_jobs_retention.
+DELETE FROM oncely_jobs
+WHERE id IN (
+    SELECT id FROM oncely_jobs
+    WHERE queue = :queue AND state = :state AND finished_at < :finished_before
+      AND state IN ('succeeded', 'failed', 'cancelled')  -- lets it use the index
+    ORDER BY finished_at
+    LIMIT :limit);
+
+-- name: job_finished_queues
+WITH RECURSIVE finished(queue) AS (
+    SELECT MIN(queue) FROM oncely_jobs
+    WHERE state IN ('succeeded', 'failed', 'cancelled')
+    UNION ALL
+    SELECT (SELECT MIN(queue) FROM oncely_jobs
+            WHERE state IN ('succeeded', 'failed', 'cancelled') AND queue > finished.queue)
+    FROM finished WHERE finished.queue IS NOT NULL
+)
+SELECT queue FROM finished WHERE queue IS NOT NULL;
+
+-- name: job_finished_cutoff
+-- The finish instant of the :keep-th newest job (:skip = :keep - 1): those before it go.
+SELECT finished_at FROM oncely_jobs
+WHERE queue = :queue AND state = :state
+  AND state IN ('succeeded', 'failed', 'cancelled')  -- lets it use the index
+ORDER BY finished_at DESC
+LIMIT 1 OFFSET :skip;
+
+-- name: job_failed_batch
+SELECT id FROM oncely_jobs
+WHERE state = 'failed' AND id > :after_id
+  AND (:queue IS NULL OR queue = :queue)
+  AND (:task IS NULL OR task = :task)
+ORDER BY id
+LIMIT :limit;

@@ -1,0 +1,110 @@
+"""``oncely queues``: the queues of the fleet, their controls, pause and resume.
+
+``oncely queues`` alone prints job counts per queue and state; ``queues list`` the operational
+view (due jobs, running, rate, oldest wait, controls and what holds jobs back); ``queues pause Q``
+and ``queues resume Q`` set the store flag every worker's claim obeys.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from oncely import readmodel
+
+if TYPE_CHECKING:
+    from oncely.cli import Env
+
+LIST_COLUMNS = ["queue", "state", "due", "running", "max_running", "limit", "per_minute",
+                "oldest_wait", "held", "failed"]
+
+
+def _emit(env: Env, rows: Any, columns: list[str] | None = None) -> None:
+    from oncely.cli import emit  # the command line's printer; imported late (it imports us)
+
+    emit(env, rows, columns)
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def queues(ctx: click.Context) -> None:
+    """Queues: job counts per state (alone), or list, pause, resume."""
+    if ctx.invoked_subcommand is None:
+        env: Env = ctx.obj
+        _emit(env, readmodel.queue_overview(env.app().store))
+
+
+@queues.command("list")
+@click.pass_obj
+def queues_list(env: Env) -> None:
+    """Each queue: due jobs, running, starts per minute, oldest wait, limits, what holds it."""
+    app = env.app()
+    rows = readmodel.queue_health(app.store, app.clock.now())
+    if env.as_json:
+        _emit(env, rows)
+        return
+    _emit(env, [_table_row(row) for row in rows], LIST_COLUMNS)
+
+
+def _table_row(row: dict[str, Any]) -> dict[str, Any]:
+    held = row["held"]
+    if held and row["held_until"]:
+        held = f"{held} until {row['held_until']}"
+    return {
+        "queue": row["queue"],
+        "state": "paused" if row["paused"] else "active",
+        "due": row["due"],
+        "running": row["running"],
+        "max_running": row["max_running"],
+        "limit": row["limit"],
+        "per_minute": row["rate_per_minute"],
+        "oldest_wait": f"{row['oldest_waiting_seconds']:.1f}s" if row["due"] else None,
+        "held": held,
+        "failed": row["failed"],
+    }
+
+
+@queues.command("pause")
+@click.argument("queue")
+@click.pass_obj
+def queues_pause(env: Env, queue: str) -> None:
+    """Stop starting jobs of QUEUE, on every worker; running jobs finish."""
+    app = env.app()
+    app.store.control_pause(queue, True, app.clock.now())
+    app.events.emit("queue.paused", queue=queue)
+    running = sum(row.count for row in app.store.job_counts()
+                  if row.queue == queue and row.state == "running")
+    click.echo(f"queue {queue} paused: no job of it starts until `oncely queues resume {queue}`; "
+               f"{running} running job(s) will finish")
+
+
+@queues.command("resume")
+@click.argument("queue")
+@click.pass_obj
+def queues_resume(env: Env, queue: str) -> None:
+    """Start jobs of QUEUE again."""
+    app = env.app()
+    app.store.control_pause(queue, False, app.clock.now())
+    app.store.notify_work(queue)
+    app.events.emit("queue.resumed", queue=queue)
+    click.echo(f"queue {queue} resumed")
+
+
+def retry_all(env: Env, queue: str | None, task: str | None) -> None:
+    """``jobs retry --all``: bring the dead letters (failed jobs) back."""
+    from oncely.queues import retry_dead_letters
+
+    app = env.app()
+    retried, conflicts = retry_dead_letters(app, queue, task)
+    which = " and ".join(f"{kind} {name}" for kind, name in (("queue", queue), ("task", task))
+                         if name) or "every queue"
+    if env.as_json:
+        _emit(env, {"retried": retried, "unique_key_conflicts": conflicts})
+        return
+    click.echo(f"retried {retried} failed job(s) of {which}")
+    if conflicts:
+        shown = ", ".join(str(job_id) for job_id in conflicts[:20])
+        more = "…" if len(conflicts) > 20 else ""
+        click.echo(f"left failed: {len(conflicts)} job(s) whose unique key another unfinished job "
+                   f"holds ({shown}{more})")

@@ -1,0 +1,257 @@
+"""Queue controls as an app declares them: limits and retention that hold for the whole fleet.
+
+::
+
+    app.queue("billing", max_running=1, limit=(1, 30),
+              retention=oncely.Retention(failed=oncely.Keep(count=100)))
+
+    @app.task(queue="stripe", limit=(200, 1), concurrency_key="org:{org_id}", max_per_key=1)
+    def meter(ctx, org_id: int) -> None: ...
+
+* ``max_running=N`` — at most N jobs of the queue run at once, across every worker.
+* ``limit=(n, window)`` — at most n job starts per window (seconds or a ``timedelta``), on a queue
+  or a task, across every worker; a sliding window (see :mod:`oncely.store.base`).
+* ``concurrency_key`` / ``max_per_key`` (tasks) — at most ``max_per_key`` (default 1) running jobs
+  of the task per value of the key template, formatted from the job's args when it is enqueued.
+* ``retention`` — how many finished jobs of the queue to keep, and for how long, per final state
+  (:class:`Retention`, :class:`Keep`); what a queue does not say comes from the settings.
+
+Declaring changes nothing in the store by itself: a worker upserts its app's declarations when it
+starts (like schedules), so every worker claims under the same limits. A task that declares no
+limits clears the ones an earlier version of it stored. Pausing is not declared: it is a flag set
+with ``oncely queues pause`` and kept across declarations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from oncely.errors import ConfigError
+from oncely.store.base import JobState, RetryFailed, UpsertOutcome
+from oncely.store.limits import ControlKind, ControlUpsert
+
+if TYPE_CHECKING:
+    from oncely.app import App
+    from oncely.config import Settings
+    from oncely.tasks import Task
+
+RETAINED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Keep finished jobs at most ``age`` (seconds or a ``timedelta``) and at most ``count`` of
+    them (the newest); a job goes as soon as either says so. At least one must be given."""
+
+    age: float | timedelta | None = None
+    count: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.age is None and self.count is None:
+            raise ConfigError("Keep() needs an age, a count or both: retention is never unbounded")
+        if self.age is not None and (
+            not isinstance(self.age, int | float | timedelta) or _seconds(self.age) < 0
+        ):
+            raise ConfigError(f"Keep(age=…) must be seconds or a timedelta >= 0, got {self.age!r}")
+        if self.count is not None and (not _whole(self.count) or self.count < 0):
+            raise ConfigError(f"Keep(count=…) must be a whole number >= 0, got {self.count!r}")
+
+    @property
+    def age_seconds(self) -> float | None:
+        return None if self.age is None else _seconds(self.age)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"age": self.age_seconds, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Keep:
+        return cls(age=data.get("age"), count=data.get("count"))
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Per final state, what to keep; a state left out keeps the settings' default."""
+
+    succeeded: Keep | None = None
+    failed: Keep | None = None
+    cancelled: Keep | None = None
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {str(state): keep.to_dict() for state in RETAINED_STATES
+                if (keep := getattr(self, str(state))) is not None}
+
+
+def default_retention(settings: Settings) -> dict[JobState, Keep]:
+    """The settings' retention, for every queue that does not declare its own."""
+    return {
+        JobState.SUCCEEDED: Keep(settings.keep_succeeded_seconds, settings.keep_succeeded),
+        JobState.FAILED: Keep(settings.keep_failed_seconds, settings.keep_failed),
+        JobState.CANCELLED: Keep(settings.keep_cancelled_seconds, settings.keep_cancelled),
+    }
+
+
+def retention_for(stored: Mapping[str, Any], settings: Settings) -> dict[JobState, Keep]:
+    """A queue's retention: what its control stored, the settings' default for the rest."""
+    keep = default_retention(settings)
+    for state in RETAINED_STATES:
+        declared = stored.get(str(state))
+        if isinstance(declared, Mapping):
+            keep[state] = Keep.from_dict(declared)
+    return keep
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most ``count`` starts per ``window`` seconds."""
+
+    count: int
+    window: float
+
+    @classmethod
+    def parse(cls, owner: str, value: object) -> Rate | None:
+        if value is None:
+            return None
+        if not isinstance(value, tuple | list) or len(value) != 2:
+            raise ConfigError(f"{owner}: limit must be (starts, window), e.g. limit=(1, 30) for "
+                              f"at most 1 start per 30 s; got {value!r}")
+        count, window = value
+        if not _whole(count) or count < 1:
+            raise ConfigError(f"{owner}: limit=({count!r}, …) must allow a whole number >= 1 of "
+                              "starts per window (to stop a queue, pause it)")
+        if not isinstance(window, int | float | timedelta) or isinstance(window, bool):
+            raise ConfigError(f"{owner}: limit window must be seconds or a timedelta, "
+                              f"got {window!r}")
+        seconds = _seconds(window)
+        if not seconds > 0:
+            raise ConfigError(f"{owner}: limit window must be longer than zero, got {window!r}")
+        return cls(int(count), seconds)
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.window:g}s"
+
+
+def positive(owner: str, option: str, value: object, hint: str = "") -> int | None:
+    """``value`` as a whole number >= 1, or None; ConfigError naming ``option`` otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{owner}: {option} must be a whole number >= 1, got {value!r}{hint}")
+    return value
+
+
+def _hash(document: dict[str, Any]) -> str:
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    max_running: int | None = None
+    limit: Rate | None = None
+    retention: Retention = field(default_factory=Retention)
+
+    @classmethod
+    def create(cls, name: str, max_running: object = None, limit: object = None,
+               retention: Retention | None = None) -> QueueSpec:
+        owner = f"queue {name!r}"
+        if retention is not None and not isinstance(retention, Retention):
+            raise ConfigError(f"{owner}: retention must be oncely.Retention(...), "
+                              f"got {retention!r}")
+        running = positive(owner, "max_running", max_running, " (to stop a queue, pause it)")
+        return cls(name, running, Rate.parse(owner, limit), retention or Retention())
+
+    def upsert(self, now: datetime) -> ControlUpsert:
+        document = {
+            "max_running": self.max_running,
+            "rate": None if self.limit is None else [self.limit.count, self.limit.window],
+            "retention": self.retention.to_dict(),
+        }
+        return ControlUpsert(
+            ControlKind.QUEUE, self.name, now, max_running=self.max_running,
+            rate_limit=None if self.limit is None else self.limit.count,
+            rate_window=None if self.limit is None else self.limit.window,
+            retention=self.retention.to_dict(), spec_hash=_hash(document),
+        )
+
+
+def task_control(task: Task, now: datetime) -> ControlUpsert:
+    """The control row a task's options declare (every limit None when it has none)."""
+    options = task.options
+    document = {
+        "rate": None if options.limit is None else [options.limit.count, options.limit.window],
+        "max_per_key": options.max_per_key,
+    }
+    return ControlUpsert(
+        ControlKind.TASK, task.name, now, max_per_key=options.max_per_key,
+        rate_limit=None if options.limit is None else options.limit.count,
+        rate_window=None if options.limit is None else options.limit.window,
+        spec_hash=_hash(document),
+    )
+
+
+def register_controls(app: App) -> dict[str, UpsertOutcome]:
+    """Upsert the queues the app declares and the limits of its tasks (clearing the stored
+    limits of a task that no longer declares any). Called by every worker as it starts."""
+    now = app.clock.now()
+    stored = {c.scope: c for c in app.store.control_list()}
+    outcomes: dict[str, UpsertOutcome] = {}
+    declared = [spec.upsert(now) for spec in app.queues.values()]
+    for task in app.tasks.values():
+        params = task_control(task, now)
+        limited = params.rate_limit is not None or params.max_per_key is not None
+        previous = stored.get(f"{ControlKind.TASK}:{task.name}")
+        if limited or (previous is not None and previous.active):
+            declared.append(params)
+    for params in declared:
+        outcome = app.store.control_upsert(params)
+        outcomes[f"{params.kind}:{params.name}"] = outcome
+        fields = {
+            "kind": str(params.kind),
+            "name": params.name,
+            "max_running": params.max_running,
+            "max_per_key": params.max_per_key,
+            "limit": None if params.rate_limit is None
+            else f"{params.rate_limit}/{params.rate_window:g}s",
+        }
+        if outcome == UpsertOutcome.CREATED:
+            app.events.emit("control.registered", **fields)
+        elif outcome == UpsertOutcome.UPDATED:
+            app.events.emit("control.updated", **fields)
+    return outcomes
+
+
+def retry_dead_letters(
+    app: App, queue: str | None = None, task: str | None = None, batch: int = 500
+) -> tuple[int, list[int]]:
+    """Make every failed job (of ``queue``/``task``) available again, a batch per transaction;
+    returns how many were retried and the ids left failed because another unfinished job holds
+    their unique key."""
+    retried, conflicts, after = 0, [], 0
+    woken: set[str] = set()
+    while True:
+        result = app.store.job_retry_failed(
+            RetryFailed(app.clock.now(), queue, task, after_id=after, limit=batch)
+        )
+        retried += len(result.retried)
+        conflicts.extend(result.conflicts)
+        woken.update(job.queue for job in result.retried)
+        if result.last_id is None:
+            break
+        after = result.last_id
+    for name in sorted(woken):
+        app.store.notify_work(name)
+    return retried, conflicts

@@ -1,0 +1,125 @@
+-- Queue controls: declarations, pause, and what a claim counts against them (see store/limits.py).
+-- The controls lock is an advisory lock per schema: every claim holds it shared for its whole
+-- transaction, declarations and pauses take it exclusively, so a change waits for the claims in
+-- flight and every claim after it sees it.
+
+-- name: control_claim_read
+-- A claim's first statement: the shared controls lock, and the active controls (one row of NULLs
+-- when there are none: the LEFT JOIN makes sure the lock is taken either way).
+SELECT c.* FROM
+    (SELECT pg_advisory_xact_lock_shared(
+        hashtextextended(current_schema() || '.oncely_controls', 0))) AS lock
+LEFT JOIN oncely_controls AS c
+  ON c.paused OR c.max_running IS NOT NULL OR c.max_per_key IS NOT NULL
+     OR c.rate_limit IS NOT NULL;
+
+-- name: control_lock_exclusive
+SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '.oncely_controls', 0));
+
+-- name: control_lock_rows
+-- Claimers of limited scopes take turns here; sorted, so they cannot deadlock one another.
+SELECT kind, name FROM oncely_controls
+WHERE (kind = 'queue' AND name = ANY(%(queues)s::text[]))
+   OR (kind = 'task' AND name = ANY(%(tasks)s::text[]))
+ORDER BY kind, name
+FOR UPDATE;
+
+-- name: control_list
+SELECT * FROM oncely_controls ORDER BY kind, name;
+
+-- name: control_get
+SELECT * FROM oncely_controls WHERE kind = %(kind)s AND name = %(name)s;
+
+-- name: control_insert
+INSERT INTO oncely_controls (kind, name, max_running, max_per_key, rate_limit, rate_window,
+                             retention, spec_hash, declared_at, updated_at)
+VALUES (%(kind)s, %(name)s, %(max_running)s, %(max_per_key)s, %(rate_limit)s, %(rate_window)s,
+        %(retention)s::jsonb, %(spec_hash)s, %(now)s, %(now)s)
+ON CONFLICT (kind, name) DO NOTHING
+RETURNING kind;
+
+-- name: control_update
+-- A changed declaration; the pause flag is the command line's and stays as it is.
+UPDATE oncely_controls
+SET max_running = %(max_running)s, max_per_key = %(max_per_key)s, rate_limit = %(rate_limit)s,
+    rate_window = %(rate_window)s, retention = %(retention)s::jsonb, spec_hash = %(spec_hash)s,
+    declared_at = %(now)s, updated_at = %(now)s
+WHERE kind = %(kind)s AND name = %(name)s;
+
+-- name: control_declared
+UPDATE oncely_controls SET declared_at = %(now)s WHERE kind = %(kind)s AND name = %(name)s;
+
+-- name: control_pause
+INSERT INTO oncely_controls (kind, name, paused, updated_at)
+VALUES ('queue', %(name)s, %(paused)s, %(now)s)
+ON CONFLICT (kind, name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at
+RETURNING *;
+
+-- name: control_usage
+-- Everything a gate counts, in one statement (after control_lock_rows, so it sees what the
+-- previous holder of those rows committed): running jobs per queue, starts per rate window
+-- (those after `since`), running jobs per concurrency key.
+SELECT 'queue' AS what, queue AS name, COUNT(*) AS count, NULL::timestamptz AS oldest
+FROM oncely_jobs
+WHERE state = 'running' AND queue = ANY(%(queues)s::text[])
+GROUP BY queue
+UNION ALL
+SELECT 'rate', w.scope, COUNT(*), MIN(s.started_at)
+FROM unnest(%(scopes)s::text[], %(since)s::timestamptz[]) AS w(scope, since)
+JOIN oncely_starts AS s ON s.scope = w.scope AND s.started_at > w.since
+GROUP BY w.scope
+UNION ALL
+SELECT 'key', concurrency_key, COUNT(*), NULL
+FROM oncely_jobs
+WHERE state = 'running' AND concurrency_key IS NOT NULL
+  AND (task = ANY(%(tasks)s::text[]) OR concurrency_key = ANY(%(keys)s::text[]))
+GROUP BY concurrency_key;
+
+-- name: start_log
+-- Logs starts under their rate scopes and forgets the entries of those scopes that left their
+-- windows.
+WITH forget AS (
+    DELETE FROM oncely_starts AS s
+    USING unnest(%(window_scopes)s::text[], %(window_since)s::timestamptz[]) AS w(scope, since)
+    WHERE s.scope = w.scope AND s.started_at <= w.since
+)
+INSERT INTO oncely_starts (scope, started_at, job_id)
+SELECT scope, %(now)s, job_id FROM unnest(%(scopes)s::text[], %(job_ids)s::bigint[])
+    AS l(scope, job_id);
+
+-- name: job_claim_limited_candidates
+-- Due waiting jobs of limited queues and tasks, in claim order, locked (SKIP LOCKED) with their
+-- singleton key's lease as it stands. Scopes without room are left out, and so are jobs of a held
+-- key that would only wait.
+SELECT j.id, j.priority, j.run_at, j.queue, j.task, j.concurrency_key, j.singleton_key,
+       j.schedule, j.slot,
+       (j.singleton_key IS NOT NULL AND j.overlap = 'skip' AND j.schedule IS NOT NULL
+        AND j.attempt = 0 AND j.state <> 'retryable') AS skippable,
+       (l.owner IS NOT NULL AND l.expires_at > %(now)s) AS key_held,
+       l.job_id AS key_holder
+FROM oncely_jobs AS j
+LEFT JOIN oncely_leases AS l ON l.key = j.singleton_key
+WHERE j.state IN ('scheduled', 'available', 'retryable')
+  AND j.run_at <= %(now)s
+  AND (j.queue = ANY(%(limited_queues)s::text[]) OR j.task = ANY(%(limited_tasks)s::text[]))
+  AND (%(queues)s::text[] IS NULL OR j.queue = ANY(%(queues)s::text[]))
+  AND j.queue <> ALL(%(blocked_queues)s::text[])
+  AND j.task <> ALL(%(blocked_tasks)s::text[])
+  AND (j.concurrency_key IS NULL OR j.concurrency_key <> ALL(%(blocked_keys)s::text[]))
+  AND (l.owner IS NULL OR l.expires_at IS NULL OR l.expires_at <= %(now)s
+       OR (j.overlap = 'skip' AND j.schedule IS NOT NULL AND j.attempt = 0
+           AND j.state <> 'retryable'))
+  AND (%(after_id)s::bigint IS NULL
+       OR (-j.priority, j.run_at, j.id)
+          > (-%(after_priority)s::integer, %(after_run_at)s::timestamptz, %(after_id)s::bigint))
+ORDER BY j.priority DESC, j.run_at, j.id
+LIMIT %(page)s
+FOR UPDATE OF j SKIP LOCKED;
+
+-- name: job_claim_start_ids
+-- Limited jobs without a singleton key, admitted by the gate: each advances its own fence.
+UPDATE oncely_jobs AS j
+SET state = 'running', attempt = j.attempt + 1, lease_owner = %(owner)s,
+    lease_expires_at = %(lease_expires_at)s, fence = j.fence + 1, started_at = %(now)s
+WHERE j.id = ANY(%(job_ids)s::bigint[])
+RETURNING j.*;
