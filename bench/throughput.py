@@ -5,10 +5,11 @@
     python bench/throughput.py --store postgres --workers 1,4 --json-out pg.json
 
 Measures enqueue rates (one job per transaction, and ``enqueue_many``), the end-to-end rate of
-no-op jobs through real worker processes, and the delay from enqueue to handler start with one
-idle worker. Every measurement gets a fresh store (a temporary SQLite file, or a PostgreSQL schema
-``oncely_bench_<hex>`` that is dropped afterwards). Prints a table, then the same figures as JSON.
-See ``bench/README.md`` for what each figure means.
+no-op jobs through real worker processes, the cost of queue controls (the same end-to-end run with
+no control, a global ``max_running`` and a global rate limit, side by side), and the delay from
+enqueue to handler start with one idle worker. Every measurement gets a fresh store (a temporary
+SQLite file, or a PostgreSQL schema ``oncely_bench_<hex>`` that is dropped afterwards). Prints a
+table, then the same figures as JSON. See ``bench/README.md`` for what each figure means.
 """
 
 from __future__ import annotations
@@ -397,9 +398,32 @@ def verify(jobs: list[Job], expected: int) -> dict[str, Any]:
     }
 
 
-def measure_end_to_end(args: argparse.Namespace, workers: int) -> dict[str, Any]:
-    with fresh_store(args, f"e2e-w{workers}") as store:
-        enqueue_seconds = enqueue_batch(store, args.jobs, args.batch_size)
+def declare_limit(store: FreshStore, limit: str, workers: int, concurrency: int) -> str:
+    """Put one control on the jobs' queue (``default``) before any worker starts; returns what it
+    is. The workers' app declares no queue, so they keep it. The limits are set well above what
+    the fleet can reach, so the run measures what enforcing them costs, not throttling."""
+    from oncely.queues import register_controls
+
+    if limit == "max_running":
+        running = workers * concurrency  # every handler thread of the fleet may run
+        store.app.queue("default", max_running=running)
+        shown = f"max_running={running}"
+    elif limit == "rate":
+        store.app.queue("default", limit=(1_000_000, 1))
+        shown = "limit=(1000000, 1 s)"
+    else:
+        return "none"
+    register_controls(store.app)
+    return shown
+
+
+def measure_end_to_end(
+    args: argparse.Namespace, workers: int, limit: str = "none", jobs: int | None = None
+) -> dict[str, Any]:
+    jobs = jobs or args.jobs
+    with fresh_store(args, f"e2e-w{workers}-{limit}") as store:
+        control = declare_limit(store, limit, workers, args.concurrency)
+        enqueue_seconds = enqueue_batch(store, jobs, args.batch_size)
         with worker_pool(args, store.url, store.dir) as pool:
             pool.start(workers, args.concurrency)
             if args.profile_dir:
@@ -411,15 +435,15 @@ def measure_end_to_end(args: argparse.Namespace, workers: int) -> dict[str, Any]
                 )
             drained_seen = None
             try:
-                wait_drained(store, args.jobs, pool, args.timeout)
+                wait_drained(store, jobs, pool, args.timeout)
                 drained_seen = time.time()
             finally:
                 stopped = pool.stop(args.stop_timeout)
         assert pool.spawned_at is not None
-        jobs = store.all_jobs()
-    checks = verify(jobs, args.jobs)
-    started = [j.started_at.timestamp() for j in jobs if j.started_at is not None]
-    finished = [j.finished_at.timestamp() for j in jobs if j.finished_at is not None]
+        done = store.all_jobs()
+    checks = verify(done, jobs)
+    started = [j.started_at.timestamp() for j in done if j.started_at is not None]
+    finished = [j.finished_at.timestamp() for j in done if j.finished_at is not None]
     if not started or not finished:
         raise BenchError("no job recorded started_at/finished_at")
     first, last = min(started), max(finished)
@@ -427,7 +451,8 @@ def measure_end_to_end(args: argparse.Namespace, workers: int) -> dict[str, Any]
     return {
         "workers": workers,
         "concurrency": args.concurrency,
-        "jobs": args.jobs,
+        "jobs": jobs,
+        "limit": control,
         "enqueue_batch_seconds": round(enqueue_seconds, 3),
         "store_span_seconds": round(span, 3),
         "jobs_per_s": rate(len(finished), span),
@@ -438,6 +463,29 @@ def measure_end_to_end(args: argparse.Namespace, workers: int) -> dict[str, Any]
         **checks,
         **stopped,
     }
+
+
+LIMITS = ("none", "max_running", "rate")
+
+
+def measure_limits(args: argparse.Namespace, doc: dict[str, Any], console: Console) -> None:
+    """The same end-to-end run with each control in turn, in one invocation, so the figures
+    share the machine's state; every run gets a fresh store."""
+    workers = args.limit_workers or args.worker_counts[0]
+    for limit in LIMITS:
+        result = run_part(
+            doc,
+            f"limits {limit} W={workers}",
+            functools.partial(measure_end_to_end, args, workers, limit, args.limit_jobs),
+            console,
+        )
+        if result is None:
+            continue
+        doc["limits"].append(result)
+        if not result["exactly_once"]:
+            doc["problems"].append(
+                f"limits {limit}: jobs did not all succeed exactly once: {result['states']}"
+            )
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -580,6 +628,18 @@ def render(doc: dict[str, Any], console: Console) -> None:
             f"spawn→drained {run['wall_seconds']} s ({fmt(run['wall_jobs_per_s'])} jobs/s, "
             f"start-up {run['startup_seconds']} s); {ok}",
         )
+    base = next((run for run in doc.get("limits", []) if run["limit"] == "none"), None)
+    for run in doc.get("limits", []):
+        ok = "[green]exactly once[/]" if run["exactly_once"] else "[red]NOT exactly once[/]"
+        cost = ""
+        if base is not None and run is not base and base["jobs_per_s"]:
+            cost = f"{(run['jobs_per_s'] / base['jobs_per_s'] - 1) * 100:+.1f}% vs none; "
+        table.add_row(
+            f"limits, {run['limit']}",
+            fmt(run["jobs_per_s"], " jobs/s"),
+            f"W={run['workers']} C={run['concurrency']}, {run['jobs']} no-ops, "
+            f"{cost}span {run['store_span_seconds']} s; {ok}",
+        )
     for lat in doc.get("start_latency", []):
         how = "LISTEN/NOTIFY" if doc["store"] == "postgres" else "data_version poll"
         if lat["mode"] == "poll":
@@ -633,7 +693,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1.0,
         help="seconds an idle latency worker gets after registering",
     )
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: enqueue,e2e,latency")
+    p.add_argument(
+        "--skip", default="", help="comma-separated parts to skip: enqueue,e2e,limits,latency"
+    )
+    p.add_argument(
+        "--limit-jobs",
+        type=int,
+        default=10000,
+        help="jobs per run of the limits part (no control, max_running, rate limit)",
+    )
+    p.add_argument(
+        "--limit-workers",
+        type=int,
+        help="worker processes for the limits part (default: the first --workers count)",
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for a drain")
     p.add_argument("--start-timeout", type=float, default=60.0)
     p.add_argument("--stop-timeout", type=float, default=60.0)
@@ -674,6 +747,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ):
         p.error("counts must be at least 1")
     args.skip = {part.strip() for part in args.skip.split(",") if part.strip()}
+    if args.limit_jobs < 1 or (args.limit_workers is not None and args.limit_workers < 1):
+        p.error("counts must be at least 1")
     return args
 
 
@@ -707,11 +782,13 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": args.batch_size,
             "workers": args.worker_counts,
             "concurrency": args.concurrency,
+            "limit_jobs": args.limit_jobs,
             "app": args.app,
             "postgres_url": plain_pg_url(args.postgres_url) if args.store == "postgres" else None,
         },
         "enqueue": {},
         "end_to_end": [],
+        "limits": [],
         "start_latency": [],
         "problems": [],
     }
@@ -733,6 +810,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"end-to-end W={workers}: jobs did not all "
                             f"succeed exactly once: {result['states']}"
                         )
+        if "limits" not in args.skip:
+            measure_limits(args, doc, console)
         latency = args.latency == "on" or (args.latency == "auto" and args.store == "postgres")
         if latency and "latency" not in args.skip:
             modes = ("notify", "poll") if args.store == "postgres" else ("notify",)

@@ -29,6 +29,7 @@ import click
 
 from oncely import cli_queues, readmodel
 from oncely.app import App
+from oncely.cli_plugins import PluginGroup
 from oncely.config import DEFAULT_DATABASE_URL, Settings
 from oncely.errors import ArgsNotJSON, ConfigError, NotFound, OncelyError
 from oncely.observe.events import log_subscriber
@@ -110,7 +111,7 @@ def emit(
         click.echo("(none)")
 
 
-@click.group(epilog=EXIT_CODES)
+@click.group(cls=PluginGroup, epilog=EXIT_CODES)
 @click.option("--app", "app_path", envvar="ONCELY_APP", show_envvar=True,
               help="Your app, as module:attribute.")
 @click.option("--database-url", envvar="ONCELY_DATABASE_URL", show_envvar=True,

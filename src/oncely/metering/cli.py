@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 import oncely
-from oncely.metering import models, notify
+from oncely.metering import models, notify, stripe_cli
 from oncely.metering.migrations import migrate as metering_migrate
 from oncely.metering.runtime import (
     DEFAULT_USAGE_URL,
@@ -205,6 +205,9 @@ def orgs_show(obj: Context, org_id: int) -> None:
         "notifications": notify.notifications_for(app, org_id),
     }
     obj.emit(data, title=f"organization {org_id}")
+
+
+stripe_cli.register(metering)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

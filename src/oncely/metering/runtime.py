@@ -1,5 +1,8 @@
 """Wiring: the metering app factory, the per-app runtime, and usage sources from URLs.
 
+The free-tier threshold job is always installed; the hourly Stripe metering job (``:05``) too
+when ``ONCELY_STRIPE_API_KEY`` is set.
+
 ``build_app(url, usage_source=…)`` returns an :class:`oncely.App` with the billing tasks and
 schedules registered; :func:`install` does the same on an app you already have. The runtime
 (:class:`Metering`: settings, usage source, ingestion gate) is kept per app and found again with
@@ -88,6 +91,11 @@ def install(
     )(send_notification)
     app.schedule(THRESHOLDS_SCHEDULE, thresholds, cron=settings.thresholds_cron, tz="UTC",
                  overlap="skip", catch_up="latest")
+    if os.environ.get("ONCELY_STRIPE_API_KEY"):
+        # Without a key every hourly run would fail; with one, usage goes to Stripe meters.
+        from oncely.metering.stripe_usage import install_stripe_usage_metering
+
+        install_stripe_usage_metering(app, usage_source)
     return runtime
 
 
