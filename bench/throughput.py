@@ -469,23 +469,41 @@ LIMITS = ("none", "max_running", "rate")
 
 
 def measure_limits(args: argparse.Namespace, doc: dict[str, Any], console: Console) -> None:
-    """The same end-to-end run with each control in turn, in one invocation, so the figures
-    share the machine's state; every run gets a fresh store."""
+    """The same end-to-end run with each control in turn, in one invocation, every run on a
+    fresh store; the variants alternate for ``--limit-rounds`` rounds so that drift in the
+    machine's load hits them alike, and each reports its median."""
     workers = args.limit_workers or args.worker_counts[0]
-    for limit in LIMITS:
-        result = run_part(
-            doc,
-            f"limits {limit} W={workers}",
-            functools.partial(measure_end_to_end, args, workers, limit, args.limit_jobs),
-            console,
-        )
-        if result is None:
-            continue
-        doc["limits"].append(result)
-        if not result["exactly_once"]:
-            doc["problems"].append(
-                f"limits {limit}: jobs did not all succeed exactly once: {result['states']}"
+    runs: dict[str, list[dict[str, Any]]] = {limit: [] for limit in LIMITS}
+    for round_no in range(1, args.limit_rounds + 1):
+        for limit in LIMITS:
+            result = run_part(
+                doc,
+                f"limits {limit} W={workers} (round {round_no}/{args.limit_rounds})",
+                functools.partial(measure_end_to_end, args, workers, limit, args.limit_jobs),
+                console,
             )
+            if result is None:
+                continue
+            runs[limit].append(result)
+            if not result["exactly_once"]:
+                doc["problems"].append(
+                    f"limits {limit}: jobs did not all succeed exactly once: {result['states']}"
+                )
+    for limit in LIMITS:
+        done = runs[limit]
+        if not done:
+            continue
+        rates = sorted(run["jobs_per_s"] for run in done)
+        doc["limits"].append({
+            "limit": done[0]["limit"],
+            "workers": workers,
+            "concurrency": args.concurrency,
+            "jobs": args.limit_jobs,
+            "rounds": len(done),
+            "jobs_per_s": rates[len(rates) // 2],
+            "jobs_per_s_runs": [run["jobs_per_s"] for run in done],
+            "exactly_once": all(run["exactly_once"] for run in done),
+        })
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -634,11 +652,12 @@ def render(doc: dict[str, Any], console: Console) -> None:
         cost = ""
         if base is not None and run is not base and base["jobs_per_s"]:
             cost = f"{(run['jobs_per_s'] / base['jobs_per_s'] - 1) * 100:+.1f}% vs none; "
+        spread = ", ".join(fmt(rate) for rate in run["jobs_per_s_runs"])
         table.add_row(
             f"limits, {run['limit']}",
             fmt(run["jobs_per_s"], " jobs/s"),
-            f"W={run['workers']} C={run['concurrency']}, {run['jobs']} no-ops, "
-            f"{cost}span {run['store_span_seconds']} s; {ok}",
+            f"median of {run['rounds']} (runs: {spread}); {cost}"
+            f"W={run['workers']} C={run['concurrency']}, {run['jobs']} no-ops; {ok}",
         )
     for lat in doc.get("start_latency", []):
         how = "LISTEN/NOTIFY" if doc["store"] == "postgres" else "data_version poll"
@@ -703,6 +722,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="jobs per run of the limits part (no control, max_running, rate limit)",
     )
     p.add_argument(
+        "--limit-rounds",
+        type=int,
+        default=3,
+        help="rounds of the limits part; the variants alternate and each reports its median",
+    )
+    p.add_argument(
         "--limit-workers",
         type=int,
         help="worker processes for the limits part (default: the first --workers count)",
@@ -747,7 +772,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ):
         p.error("counts must be at least 1")
     args.skip = {part.strip() for part in args.skip.split(",") if part.strip()}
-    if args.limit_jobs < 1 or (args.limit_workers is not None and args.limit_workers < 1):
+    if min(args.limit_jobs, args.limit_rounds) < 1 or (
+        args.limit_workers is not None and args.limit_workers < 1
+    ):
         p.error("counts must be at least 1")
     return args
 
@@ -783,6 +810,7 @@ def main(argv: list[str] | None = None) -> int:
             "workers": args.worker_counts,
             "concurrency": args.concurrency,
             "limit_jobs": args.limit_jobs,
+            "limit_rounds": args.limit_rounds,
             "app": args.app,
             "postgres_url": plain_pg_url(args.postgres_url) if args.store == "postgres" else None,
         },

@@ -257,7 +257,7 @@ class App:
         The "run it right away when a worker starts" wish, made safe: the job takes the identity
         of the schedule's newest slot at or before now, so any number of workers calling this
         (and the slot enqueuer) produce at most one job for that slot. Returns None when the slot
-        was already recorded, by anyone.
+        was already recorded, by anyone, or when the schedule is disabled.
         """
         from oncely.schedules import latest_slot
         from oncely.store.base import SlotEnqueue
@@ -266,6 +266,8 @@ class App:
         if spec is None:
             known = ", ".join(sorted(self.schedules)) or "none"
             raise ConfigError(f"unknown schedule {schedule!r}; declared schedules: {known}")
+        if not spec.enabled:
+            return None
         now = self.clock.now()
         slot = latest_slot(spec, now)
         if slot is None:

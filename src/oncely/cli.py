@@ -4,7 +4,7 @@ Exit codes (also in ``oncely --help`` and the README):
 
 ====  ==========================================================================
 0     success
-1     a check found a problem (``doctor``), or an unexpected internal error
+1     a check found a problem (``doctor``, ``demo``), or an unexpected internal error
 2     a usage or configuration mistake: bad option, --app path, task name, JSON, URL
 3     the store failed: database unreachable, not a database, contention outlasted
 4     the schema does not match this oncely (run ``oncely migrate`` or upgrade)
@@ -33,6 +33,7 @@ from oncely.cli_plugins import PluginGroup
 from oncely.config import DEFAULT_DATABASE_URL, Settings
 from oncely.errors import ArgsNotJSON, ConfigError, NotFound, OncelyError
 from oncely.observe.events import log_subscriber
+from oncely.sim.command import demo
 from oncely.store.base import JobFilter, JobState
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -367,6 +368,7 @@ def anomalies_resolve(env: Env, anomaly_id: int) -> None:
 
 
 cli.add_command(cli_queues.queues)
+cli.add_command(demo)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from oncely import readmodel
+from oncely.tasks import check_name
 
 if TYPE_CHECKING:
     from oncely.cli import Env
@@ -71,7 +72,7 @@ def _table_row(row: dict[str, Any]) -> dict[str, Any]:
 def queues_pause(env: Env, queue: str) -> None:
     """Stop starting jobs of QUEUE, on every worker; running jobs finish."""
     app = env.app()
-    app.store.control_pause(queue, True, app.clock.now())
+    app.store.control_pause(check_name("queue", queue), True, app.clock.now())
     app.events.emit("queue.paused", queue=queue)
     running = sum(row.count for row in app.store.job_counts()
                   if row.queue == queue and row.state == "running")
@@ -85,7 +86,7 @@ def queues_pause(env: Env, queue: str) -> None:
 def queues_resume(env: Env, queue: str) -> None:
     """Start jobs of QUEUE again."""
     app = env.app()
-    app.store.control_pause(queue, False, app.clock.now())
+    app.store.control_pause(check_name("queue", queue), False, app.clock.now())
     app.store.notify_work(queue)
     app.events.emit("queue.resumed", queue=queue)
     click.echo(f"queue {queue} resumed")

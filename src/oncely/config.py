@@ -12,7 +12,7 @@ poll_interval              1.0                              longest idle wait
 concurrency                4                                handler threads
 shutdown_grace             30                               seconds to finish on stop
 leader_ttl                 15                               leader lease seconds
-maintenance_interval       5                                rescue/prune period
+maintenance_interval       5                                prune period
 enqueue_interval           0.5                              slot check period
 keep_succeeded_seconds     86400 (1 day)                    succeeded: kept at most
 keep_succeeded             100000                           succeeded: newest kept

@@ -45,8 +45,8 @@ def job_wait(store: Store, job: Job, now: datetime) -> LimitWait | None:
     if job.state not in WAITING_STATES or job.run_at > now:
         return None
     active = [c for c in store.control_list() if c.active]
-    gate = Gate(active, store.control_usage(now, [job.concurrency_key] if job.concurrency_key
-                                            else []), now)
+    keys = [job.concurrency_key] if job.concurrency_key else []
+    gate = Gate(active, store.control_usage(keys), now)
     return gate.wait_for(job.queue, job.task, job.concurrency_key)
 
 
@@ -195,7 +195,7 @@ def queue_health(store: Store, now: datetime) -> list[dict[str, Any]]:
         started[started_count.queue] += started_count.executions
     controls = store.control_list()
     queues = {c.name: c for c in controls if c.kind == ControlKind.QUEUE}
-    gate = Gate([c for c in controls if c.active], store.control_usage(now), now)
+    gate = Gate([c for c in controls if c.active], store.control_usage(), now)
     result = []
     for queue in sorted(set(rows) | set(due) | set(started) | set(queues)):
         row = dict(rows.get(queue) or {"queue": queue, **{s.value: 0 for s in JobState}})

@@ -7,6 +7,7 @@ import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from oncely import readmodel
 from oncely.store.base import (
     JobClaimParams,
     JobFilter,
@@ -126,6 +127,22 @@ def test_a_claim_with_an_older_clock_reading_still_counts_every_start(kit: Kit) 
     older = JobClaimParams("w3", t0 + timedelta(seconds=9.9), 10, 30.0)
     result = kit.store.job_claim(older)
     assert result.jobs == [] and result.waits[0].reason == WaitReason.RATE
+
+
+def test_the_rate_ring_turns_window_after_window_and_a_new_limit_starts_afresh(kit: Kit) -> None:
+    control(kit, QUEUE, "q", rate_limit=2, rate_window=1.0)
+    insert(kit, 20, queue="q")
+    for _ in range(5):
+        assert len(kit.claim(limit=10).jobs) == 2
+        assert kit.claim(limit=10).jobs == []
+        kit.clock.advance(1)
+    [row] = kit.store.control_list()
+    assert row.rate_seq == 10
+    assert control(kit, QUEUE, "q", rate_limit=3, rate_window=60.0) == UpsertOutcome.UPDATED
+    [row] = kit.store.control_list()
+    assert row.rate_seq == 0
+    assert len(kit.claim(limit=10).jobs) == 3
+    assert kit.claim(limit=10).jobs == []
 
 
 def test_rate_window_is_shared_by_every_claimer(kit: Kit) -> None:
@@ -253,14 +270,37 @@ def test_usage_matches_what_the_claim_counts(kit: Kit) -> None:
     insert(kit, 2, queue="q", task="t", concurrency_key="t/k")
     insert(kit, 2, queue="q")
     assert len(kit.claim().jobs) == 3
-    usage = kit.store.control_usage(kit.now(), keys=["t/other"])
+    usage = kit.store.control_usage(keys=["t/other"])
     assert usage.running == {"q": 3}
-    assert usage.starts["queue:q"].count == 3 and usage.starts["queue:q"].oldest == kit.now()
+    assert usage.ring == {}  # the next start's slot (number 3 of 10) is still empty
     assert usage.key_running == {"t/k": 1}
-    gate = Gate([c for c in kit.store.control_list() if c.active], usage, kit.now())
+    controls = [c for c in kit.store.control_list() if c.active]
+    assert {c.scope: c.rate_seq for c in controls} == {"queue:q": 3, "task:t": 0}
+    gate = Gate(controls, usage, kit.now())
     wait = gate.wait_for("q", "t", "t/k")
     assert wait is not None and wait.reason == WaitReason.MAX_PER_KEY
     assert gate.wait_for("q", "t", "t/other") is None
+
+
+def test_the_read_model_says_why_a_due_job_waits(kit: Kit) -> None:
+    control(kit, QUEUE, "q", rate_limit=1, rate_window=60.0)
+    control(kit, TASK, "t", max_per_key=1)
+    _, held = insert(kit, 2, queue="q")
+    keyed = insert(kit, 2, task="t", concurrency_key="t/k")
+    assert len(kit.claim().jobs) == 2
+    until = kit.now() + timedelta(seconds=60)
+    detail = readmodel.job_detail(kit.store, held, kit.now())
+    shown = until.isoformat(timespec="milliseconds")
+    assert detail["waiting_reason"] == f"queue q used its rate limit until {shown}"
+    assert detail["limited_until"] == until.isoformat()
+    keyed_detail = readmodel.job_detail(kit.store, keyed[1], kit.now())
+    assert keyed_detail["waiting_reason"] == "key t/k runs its max_per_key jobs"
+    assert keyed_detail["concurrency_key"] == "t/k"
+    [row] = [r for r in readmodel.queue_health(kit.store, kit.now()) if r["queue"] == "q"]
+    assert (row["held"], row["held_jobs"], row["limit"], row["paused"]) == ("rate", 1, "1/60s",
+                                                                            False)
+    kit.clock.advance(60)
+    assert readmodel.job_detail(kit.store, held, kit.now())["waiting_reason"] is None
 
 
 def test_threads_never_exceed_max_running_or_the_rate(kit: Kit) -> None:

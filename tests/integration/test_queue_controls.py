@@ -111,13 +111,13 @@ def test_pause_stops_new_starts_and_running_jobs_finish(any_url, effects_sqlite,
     started_late = [job.id for job in jobs_of(app, "steady")
                     if job.started_at is not None and job.started_at.timestamp() > paused_at]
     assert started_late == [], "jobs started after the pause"
+    resuming_at = time.time()
     oncely_cli(["--database-url", any_url, "queues", "resume", "steady"])
-    resumed_at = time.time()
     wait_until(lambda: states(app, "steady")["succeeded"] == 36, timeout=60, interval=0.1,
                message="every job done after resume")
     assert workers.stop_all() == [0, 0]
     starts = [job.started_at.timestamp() for job in jobs_of(app, "steady")]
-    assert all(t <= paused_at or t >= resumed_at for t in starts)
+    assert all(t <= paused_at or t >= resuming_at for t in starts), "a start while paused"
     assert sorted(int(key) for _, key, *_ in read_effects(effects_sqlite, "steady")) == list(
         range(36))
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from datetime import UTC, datetime
+
 import oncely
 from oncely.store.base import ErrorKind, JobState
 from oncely.testing import wait_until, worker_running
@@ -44,3 +48,40 @@ def test_an_unexpected_error_while_recording_outcomes_frees_the_handler_slot(any
     assert broken == [[first.id]]
     job = first.refresh()
     assert job.attempt == 2 and [e.kind for e in job.errors] == [ErrorKind.LEASE_EXPIRED]
+
+
+def test_a_renewal_that_hangs_does_not_keep_a_job_running_past_its_lease(any_url):
+    """The lease keeper's renewal blocks — here on a lock another session holds (the job's row
+    on PostgreSQL, the write lock on SQLite); a network partition does the same. The worker must
+    still stop the job at its local deadline, before the lease it could not renew runs out and
+    another worker may take the job over (self-fencing), not whenever the renewal returns."""
+    settings = oncely.Settings(poll_interval=0.05, lease_ttl=2, shutdown_grace=0.5)
+    app = oncely.App(any_url, settings=settings)
+    started, stopped_at = threading.Event(), []
+
+    @app.task(name="long")
+    def long(ctx: oncely.JobContext) -> None:
+        started.set()
+        while not ctx.cancelled:
+            time.sleep(0.01)
+        stopped_at.append(datetime.now(UTC))
+
+    handle = long.enqueue()
+    blocker = oncely.App(any_url)  # another session
+    mark = "?" if blocker.store.dialect == "sqlite" else "%s"
+    try:
+        with worker_running(app, concurrency=1, maintenance=False):
+            assert started.wait(15), "the job did not start"
+            with blocker.store.transaction() as conn:
+                conn.execute(f"UPDATE oncely_jobs SET priority = priority WHERE id = {mark}",
+                             (handle.id,))
+                job = app.store.job_get(handle.id)  # reads are not blocked
+                assert job is not None and job.lease_expires_at is not None
+                left = (job.lease_expires_at - datetime.now(UTC)).total_seconds()
+                wait_until(lambda: stopped_at, timeout=left + 2, interval=0.01,
+                           message="the handler was told to stop while its renewal hung")
+    finally:
+        blocker.close()
+        app.close()
+    assert stopped_at[0] < job.lease_expires_at, (
+        f"stopped at {stopped_at[0]}, after its lease ran out at {job.lease_expires_at}")

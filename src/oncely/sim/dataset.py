@@ -6,10 +6,13 @@ Preparing a store (:func:`prepare_store`):
    (:func:`oncely.metering.seed.load_store`);
 2. Stripe customer ids kept for the first :data:`~oncely.sim.plan.STRIPE_CUSTOMERS` organizations
    that have one, cleared for the others, so the local stub keeps up at demo speed;
-3. the initial full recount of the free-tier job (its rollup of ~30 days of usage), run once
-   before the day starts, as a deployment that has been running would have it — under a task of
-   its own, so the schedules' execution counts hold only the day's runs;
-4. a write log: a trigger appends ``(org_id, updated_at)`` to ``sim_org_writes`` for every row
+3. the two billing schedules, registered an hour before the day by "the deployment that ran
+   before", so the slots of the day's first hour belong to their history;
+4. the initial full recount of the free-tier job (its rollup of ~30 days of usage), run once
+   half an hour before the day starts, as that deployment would have left it — under a task of
+   its own, so the schedules' execution counts hold only the day's runs — and the emails it
+   queued, sent (to the demo's SMTP capture, before the day's count starts);
+5. a write log: a trigger appends ``(org_id, updated_at)`` to ``sim_org_writes`` for every row
    of ``metering_organizations`` the free-tier job writes, so writes are counted per hour, not
    inferred from the last ``updated_at``.
 
@@ -31,14 +34,21 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import oncely
+from oncely.maintenance.enqueuer import register_schedules
 from oncely.metering import build_app, metering_of, seed
+from oncely.metering.meter import TASK_NAME as STRIPE_TASK
+from oncely.metering.settings import SmtpSettings
+from oncely.metering.stripe_usage import install_stripe_usage_metering
 from oncely.metering.thresholds import run_free_tier
-from oncely.sim.plan import Plan
-from oncely.testing import run_job
+from oncely.sim.plan import HEAVY_FRACTION, Plan, scale_timeouts
+from oncely.store.base import JobState
+from oncely.testing import run_job, wait_until, worker_running
 
 Progress = Callable[[str, int, int], None]
 WARM_UP_TASK = "sim.initial-recount"
+DECLARED_BEFORE = timedelta(hours=1)  # the schedules exist from here: both first slots count
 WARM_UP_BEFORE = timedelta(minutes=30)
+FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 TRIM_CUSTOMERS = """UPDATE metering_organizations SET stripe_customer_id = NULL
 WHERE stripe_customer_id IS NOT NULL AND id NOT IN (
@@ -100,7 +110,7 @@ def build_usage(plan: Plan, progress: Progress) -> Dataset:
         stale.unlink(missing_ok=True)
     started = time.perf_counter()
     seed.build_usage(path, orgs=plan.orgs, seed=plan.seed, end=plan.usage_end,
-                     progress=progress)
+                     heavy_fraction=HEAVY_FRACTION, progress=progress)
     found = seed.summary(path, plan.usage_end)
     return Dataset(path, found.orgs, found.projects, found.paid_orgs, found.events,
                    plan.usage_end, time.perf_counter() - started)
@@ -138,13 +148,13 @@ def remove_sqlite(path: Path) -> None:
         path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
-def prepare_stores(plan: Plan, data: Dataset, urls: dict[str, str],
+def prepare_stores(plan: Plan, data: Dataset, urls: dict[str, str], smtp: SmtpSettings,
                    progress: Progress) -> dict[str, Prepared]:
     """Prepare each phase's store: once and copied (SQLite), or once per schema (PostgreSQL)."""
     if all(url.startswith("sqlite:///") for url in urls.values()):
         template = plan.out / "prepared.db"
         remove_sqlite(template)
-        prepared = prepare_store(plan, data, f"sqlite:///{template}", progress)
+        prepared = prepare_store(plan, data, f"sqlite:///{template}", smtp, progress)
         checkpoint_sqlite(template)
         found = {}
         for name, url in urls.items():
@@ -153,7 +163,7 @@ def prepare_stores(plan: Plan, data: Dataset, urls: dict[str, str],
                                    prepared.warm_up)
         remove_sqlite(template)
         return found
-    return {name: prepare_store(plan, data, url, progress) for name, url in urls.items()}
+    return {name: prepare_store(plan, data, url, smtp, progress) for name, url in urls.items()}
 
 
 def checkpoint_sqlite(path: Path) -> None:
@@ -164,15 +174,20 @@ def checkpoint_sqlite(path: Path) -> None:
         conn.close()
 
 
-def prepare_store(plan: Plan, data: Dataset, url: str, progress: Progress) -> Prepared:
-    clock = oncely.FrozenClock(plan.origin - WARM_UP_BEFORE)
-    app = build_app(url, usage_source=data.usage_url, clock=clock, enforce=True)
+def prepare_store(plan: Plan, data: Dataset, url: str, smtp: SmtpSettings,
+                  progress: Progress) -> Prepared:
+    clock = oncely.FrozenClock(plan.origin - DECLARED_BEFORE)
+    app = build_app(url, usage_source=data.usage_url, clock=clock, enforce=True, smtp=smtp)
     try:
         seed.load_store(app, data.usage_path, progress)
         customers = keep_customers(app, plan.stripe_customers)
+        declare_schedules(app)
+        scale_timeouts(app, plan.speed)  # the notification jobs the recount enqueues
+        clock.set(plan.origin - WARM_UP_BEFORE)
         progress("initial recount", 0, 1)
         started = time.perf_counter()
         result = warm_up(app)
+        result["emails_sent_before_the_day"] = deliver_notifications(app)
         seconds = time.perf_counter() - started
         progress("initial recount", 1, 1)
         install_write_log(app)
@@ -201,6 +216,31 @@ def warm_up(app: oncely.App) -> dict[str, Any]:
         error = outcome.job.errors[-1].message if outcome.job.errors else outcome.state
         raise oncely.OncelyError(f"the initial recount of the free-tier job failed: {error}")
     return dict(outcome.result or {})
+
+
+def deliver_notifications(app: oncely.App) -> int:
+    """Send the emails the initial recount queued, as the deployment before the day would have:
+    the day starts without a backlog. Returns how many notification jobs ran."""
+    queue = metering_of(app).settings.notify_queue
+
+    def waiting() -> int:
+        return sum(row.count for row in app.store.job_counts() if row.queue == queue
+                   and row.state not in FINISHED)
+
+    pending = waiting()
+    if pending:
+        with worker_running(app, concurrency=4, queues=[queue], maintenance=False):
+            wait_until(lambda: not waiting(), timeout=120, interval=0.02,
+                       message="the initial recount's notifications were sent")
+    return pending
+
+
+def declare_schedules(app: oncely.App) -> None:
+    """Register the billing schedules as the deployment that ran before the day did, so their
+    slot of the day's first hour is in their history (and in the watchdog's expectations)."""
+    if STRIPE_TASK not in app.tasks:
+        install_stripe_usage_metering(app, metering_of(app).source)
+    register_schedules(app)
 
 
 def install_write_log(app: oncely.App) -> None:

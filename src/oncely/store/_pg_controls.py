@@ -12,7 +12,7 @@ the claim goes through the usual statements of ``_pg_claim``, which leave limite
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -26,8 +26,8 @@ from oncely.store.limits import (
     ControlUpsert,
     ControlUsage,
     Gate,
-    StartWindow,
     relevant,
+    ring_advance,
     usage_request,
 )
 from oncely.store.rows import dump_json, utc
@@ -48,6 +48,7 @@ def to_control(row: Row) -> Control:
         spec_hash=row["spec_hash"],
         declared_at=None if row["declared_at"] is None else utc(row["declared_at"]),
         updated_at=None if row["updated_at"] is None else utc(row["updated_at"]),
+        rate_seq=int(row["rate_seq"]),
     )
 
 
@@ -73,6 +74,10 @@ def upsert_control(conn: psycopg.Connection[Any], params: ControlUpsert) -> Upse
     current = fetch_one(conn, "control_get", values)
     if current is None or current["spec_hash"] != params.spec_hash:
         execute(conn, "control_update", values)
+        if current is None or (current["rate_limit"], current["rate_window"]) != (
+            params.rate_limit, params.rate_window
+        ):
+            execute(conn, "rate_ring_clear", {"scope": f"{params.kind}:{params.name}"})
         return UpsertOutcome.UPDATED
     execute(conn, "control_declared", values)
     return UpsertOutcome.UNCHANGED
@@ -90,29 +95,29 @@ def pause_queue(
 def read_usage(
     conn: psycopg.Connection[Any],
     controls: Sequence[Control],
-    now: datetime,
     keys: Sequence[str] = (),
+    depth: int = 1,
 ) -> ControlUsage:
-    queues, windows, tasks = usage_request(controls, now)
+    queues, slots, tasks = usage_request(controls, depth)
     values = {
         "queues": queues,
-        "scopes": [scope for scope, _ in windows],
-        "since": [since for _, since in windows],
+        "ring_scopes": [scope for scope, _ in slots],
+        "ring_slots": [slot for _, slot in slots],
         "tasks": tasks,
         "keys": list(keys),
     }
     running: dict[str, int] = {}
-    starts: dict[str, StartWindow] = {}
+    ring: dict[str, dict[int, datetime]] = {}
     key_running: dict[str, int] = {}
     for row in fetch(conn, "control_usage", values):
         name, count = row["name"], int(row["count"])
         if row["what"] == "queue":
             running[name] = count
-        elif row["what"] == "rate":
-            starts[name] = StartWindow(count, utc(row["oldest"]))
+        elif row["what"] == "ring":
+            ring.setdefault(name, {})[count] = utc(row["at"])
         else:
             key_running[name] = count
-    return ControlUsage(running, starts, key_running)
+    return ControlUsage(running, ring, key_running)
 
 
 def open_gate(conn: psycopg.Connection[Any], params: JobClaimParams) -> Gate | None:
@@ -124,9 +129,15 @@ def open_gate(conn: psycopg.Connection[Any], params: JobClaimParams) -> Gate | N
         return None
     queues = [c.name for c in controls if c.kind == ControlKind.QUEUE]
     tasks = [c.name for c in controls if c.kind == ControlKind.TASK]
-    fetch(conn, "control_lock_rows", {"queues": queues, "tasks": tasks})
-    now = utc(params.now)
-    return Gate(controls, read_usage(conn, controls, now), now)
+    locked = {
+        (row["kind"], row["name"]): int(row["rate_seq"])
+        for row in fetch(conn, "control_lock_rows", {"queues": queues, "tasks": tasks})
+    }
+    # The rings may have moved while this claim waited for the rows: take their position now.
+    controls = [replace(c, rate_seq=locked.get((str(c.kind), c.name), c.rate_seq))
+                for c in controls]
+    usage = read_usage(conn, controls, depth=params.limit)
+    return Gate(controls, usage, utc(params.now), depth=params.limit)
 
 
 @dataclass
@@ -192,16 +203,18 @@ def _consider(plan: LimitedPlan, gate: Gate, granting: set[str], row: Row) -> No
 
 
 def log_starts(conn: psycopg.Connection[Any], gate: Gate, started: Sequence[Job]) -> None:
-    """Log the claim's starts under their rate scopes and forget what left the windows."""
-    pairs = [(scope, job.id) for job in started for scope in gate.rate_scopes(job.queue, job.task)]
-    if not pairs:
+    """Write the claim's starts into their scopes' rate rings and move the rings on."""
+    entries = gate.ring_entries((job.queue, job.task, job.id) for job in started)
+    if not entries:
         return
-    windows = gate.forget_before()
+    advance = ring_advance(entries)
     values = {
         "now": gate.now,
-        "scopes": [scope for scope, _ in pairs],
-        "job_ids": [job_id for _, job_id in pairs],
-        "window_scopes": [scope for scope, _ in windows],
-        "window_since": [since for _, since in windows],
+        "scopes": [scope for scope, _, _ in entries],
+        "slots": [slot for _, slot, _ in entries],
+        "job_ids": [job_id for _, _, job_id in entries],
+        "kinds": [scope.partition(":")[0] for scope in advance],
+        "names": [scope.partition(":")[2] for scope in advance],
+        "counts": list(advance.values()),
     }
-    execute(conn, "start_log", values)
+    execute(conn, "rate_ring_log", values)

@@ -110,7 +110,7 @@ def _candidates(
     }
     while True:
         if gate is not None:
-            blocked = set(gate.blocked_queues)
+            blocked = gate.blocked_queues
             values.update(
                 queues=json.dumps([queue for queue in queues if queue not in blocked]),
                 blocked_tasks=json.dumps(gate.blocked_tasks),

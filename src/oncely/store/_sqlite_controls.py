@@ -21,8 +21,8 @@ from oncely.store.limits import (
     ControlUpsert,
     ControlUsage,
     Gate,
-    StartWindow,
     relevant,
+    ring_advance,
     usage_request,
 )
 from oncely.store.rows import as_datetime, dump_json, load_json, to_epoch
@@ -41,7 +41,15 @@ def to_control(row: sqlite3.Row) -> Control:
         spec_hash=row["spec_hash"],
         declared_at=as_datetime(row["declared_at"]),
         updated_at=as_datetime(row["updated_at"]),
+        rate_seq=int(row["rate_seq"]),
     )
+
+
+def to_claim_control(row: sqlite3.Row) -> Control:
+    """A control as a claim needs it (``control_active``: no retention, no timestamps)."""
+    return Control(ControlKind(row["kind"]), row["name"], bool(row["paused"]), row["max_running"],
+                   row["max_per_key"], row["rate_limit"], row["rate_window"],
+                   rate_seq=int(row["rate_seq"]))
 
 
 def list_controls(conn: sqlite3.Connection) -> list[Control]:
@@ -66,6 +74,9 @@ def upsert_control(conn: sqlite3.Connection, params: ControlUpsert) -> UpsertOut
         return UpsertOutcome.CREATED
     if current["spec_hash"] != params.spec_hash:
         conn.execute(Q["control_update"], values)
+        if (current["rate_limit"], current["rate_window"]) != (params.rate_limit,
+                                                                params.rate_window):
+            conn.execute(Q["rate_ring_clear"], {"scope": f"{params.kind}:{params.name}"})
         return UpsertOutcome.UPDATED
     conn.execute(Q["control_declared"], values)
     return UpsertOutcome.UNCHANGED
@@ -78,44 +89,47 @@ def pause_queue(conn: sqlite3.Connection, queue: str, paused: bool, now: datetim
 
 
 def read_usage(
-    conn: sqlite3.Connection, controls: Sequence[Control], now: datetime, keys: Sequence[str] = ()
+    conn: sqlite3.Connection,
+    controls: Sequence[Control],
+    keys: Sequence[str] = (),
+    depth: int = 1,
 ) -> ControlUsage:
-    queues, windows, tasks = usage_request(controls, now)
+    queues, slots, tasks = usage_request(controls, depth)
     running: dict[str, int] = {}
     if queues:
         rows = conn.execute(Q["control_running_queues"], {"queues": json.dumps(queues)})
         running = {row["name"]: int(row["running"]) for row in rows.fetchall()}
-    starts: dict[str, StartWindow] = {}
-    if windows:
-        pairs = json.dumps([[scope, to_epoch(since)] for scope, since in windows])
-        rows = conn.execute(Q["control_window_starts"], {"windows": pairs})
-        starts = {row["scope"]: StartWindow(int(row["count"]), as_datetime(row["oldest"]))
-                  for row in rows.fetchall()}
+    ring: dict[str, dict[int, datetime]] = {}
+    if slots:
+        rows = conn.execute(Q["rate_ring_read"], {"slots": json.dumps(slots)})
+        for row in rows.fetchall():
+            logged = as_datetime(row["started_at"])
+            assert logged is not None
+            ring.setdefault(row["scope"], {})[int(row["slot"])] = logged
     key_running: dict[str, int] = {}
     if tasks or keys:
         values = {"tasks": json.dumps(tasks), "keys": json.dumps(list(keys))}
         rows = conn.execute(Q["control_running_keys"], values)
         key_running = {row["name"]: int(row["running"]) for row in rows.fetchall()}
-    return ControlUsage(running, starts, key_running)
+    return ControlUsage(running, ring, key_running)
 
 
 def open_gate(conn: sqlite3.Connection, params: JobClaimParams) -> Gate | None:
     """The claim's gate, or None when no control applies to it (the unlimited fast path)."""
-    active = [to_control(row) for row in conn.execute(Q["control_active"]).fetchall()]
+    active = [to_claim_control(row) for row in conn.execute(Q["control_active"]).fetchall()]
     controls = relevant(active, params.queues)
     if not controls:
         return None
-    return Gate(controls, read_usage(conn, controls, params.now), params.now)
+    usage = read_usage(conn, controls, depth=params.limit)
+    return Gate(controls, usage, params.now, depth=params.limit)
 
 
 def log_starts(conn: sqlite3.Connection, gate: Gate, started: Sequence[Job]) -> None:
-    """Log the claim's starts under their rate scopes and forget what left the windows."""
-    rows = [[scope, job.id] for job in started for scope in gate.rate_scopes(job.queue, job.task)]
-    if not rows:
+    """Write the claim's starts into their scopes' rate rings and move the rings on."""
+    entries = gate.ring_entries((job.queue, job.task, job.id) for job in started)
+    if not entries:
         return
-    now = to_epoch(gate.now)
-    conn.execute(Q["start_log"], {"rows": json.dumps(rows), "now": now})
-    touched = {scope for scope, _ in rows}
-    for scope, since in gate.forget_before():
-        if scope in touched:
-            conn.execute(Q["start_forget"], {"scope": scope, "before": to_epoch(since)})
+    conn.execute(Q["rate_ring_log"], {"entries": json.dumps(entries), "now": to_epoch(gate.now)})
+    for scope, count in ring_advance(entries).items():
+        kind, _, name = scope.partition(":")
+        conn.execute(Q["rate_seq_advance"], {"kind": kind, "name": name, "count": count})

@@ -76,13 +76,14 @@ queue. A claim enforces them inside its own transaction:
 * **max_per_key = N** (task): every job of the task carries a ``concurrency_key`` (the task name,
   ``/``, the task's key template formatted from the job's args at enqueue); the claim starts a job
   only while fewer than N running jobs carry the same key.
-* **rate limit n per w seconds** (queue or task): each start is logged in ``oncely_starts`` under
-  its scope (``queue:Q``, ``task:T``) at the claim's ``now``; the claim starts at most n minus the
-  starts logged after ``now - w`` (a sliding log); as it logs new starts it deletes the scope's
-  entries that left the window more than a minute ago (a claim reads ``now`` before it waits for
-  the lock, so one that waited may count from further back than the last claim did).
+* **rate limit n per w seconds** (queue or task): the scope keeps a ring of its last n starts
+  (``oncely_starts``; start number k in slot ``k mod n``, ``rate_seq`` on the control row counts
+  them). The claim starts the scope's next job at its ``now`` only if the start n places earlier
+  — the entry in that slot — is empty or was logged at or before ``now - w``; it logs its starts
+  in their slots. It reads as many entries as it could start jobs, never the whole window. A
+  changed limit starts from an empty ring.
 * A job held back by a control is not touched: it stays waiting, in its place. The claim reports
-  each exhausted scope with its reason and, for a rate window, the instant it has room again
+  each exhausted scope with its reason and, for a rate limit, the instant it allows a start again
   (``ClaimResult.waits``); workers sleep until then instead of a whole poll interval. Controls
   only withhold starts; an overlap skip still happens (it starts nothing, so it uses no room).
 
@@ -95,11 +96,13 @@ claim holds a shared advisory lock that ``control_upsert`` and ``control_pause``
 exclusively: once a pause (or a new limit) has committed, no claim that began before it can still
 start jobs under the old rules.
 
-Precision of the rate limit: exact against the claimers' clocks, i.e. in every window
-``(t - w, t]`` of logged start instants at most n jobs start, whatever order the claims commit
-in (each counts every start logged after its own ``now - w``). Workers on several machines whose
-clocks differ by up to d seconds (d under a minute) start at most n jobs in any real-time
-interval of ``w - d``. A start is the claim; the handler begins a few milliseconds later.
+Precision of the rate limit: exact against the claimers' clocks — in every window ``(t - w, t]``
+of logged start instants at most n jobs start, whatever order the claims commit in (a claim reads
+``now`` before it waits for the lock). Why: every start is at least w later than the start n
+places before it in the log, so the log is n interleaved chains whose steps are each at least w,
+and a half-open window of length w holds at most one start of each chain. Workers on several
+machines whose clocks differ by up to d seconds start at most n jobs in any real-time interval of
+``w - d``. A start is the claim; the handler begins a few milliseconds later.
 
 Dead letters and retention
 ==========================
@@ -499,9 +502,9 @@ class Store(Protocol):
     def control_list(self) -> list[Control]: ...
     def control_pause(self, queue: str, paused: bool, now: datetime) -> Control:
         """Pause or resume a queue; claims that begin after this returns obey it."""
-    def control_usage(self, now: datetime, keys: Sequence[str] = ()) -> ControlUsage:
-        """Running jobs per limited queue and per key (the active keys' and ``keys``), and
-        starts in each rate window, as a claim at ``now`` would count them."""
+    def control_usage(self, keys: Sequence[str] = ()) -> ControlUsage:
+        """What a claim counts against the active controls: running jobs per limited queue and
+        per key (the limited tasks' keys and ``keys``), and the rate rings' next entries."""
 
     # leases ------------------------------------------------------------------------------
     def lease_renew(

@@ -206,10 +206,10 @@ class PostgresStore:
         paused queue once this returns."""
         return self._engine.run(lambda conn: controls.pause_queue(conn, queue, paused, now))
 
-    def control_usage(self, now: datetime, keys: Sequence[str] = ()) -> ControlUsage:
+    def control_usage(self, keys: Sequence[str] = ()) -> ControlUsage:
         def usage(conn: Conn) -> ControlUsage:
             active = [c for c in controls.list_controls(conn) if c.active]
-            return controls.read_usage(conn, active, now, keys)
+            return controls.read_usage(conn, active, keys)
 
         return self._engine.run(usage)
 

@@ -186,10 +186,10 @@ class SQLiteStore:
     def control_pause(self, queue: str, paused: bool, now: datetime) -> Control:
         return self._engine.write(lambda conn: controls.pause_queue(conn, queue, paused, now))
 
-    def control_usage(self, now: datetime, keys: Sequence[str] = ()) -> ControlUsage:
+    def control_usage(self, keys: Sequence[str] = ()) -> ControlUsage:
         def usage(conn: Any) -> ControlUsage:
             active = [c for c in controls.list_controls(conn) if c.active]
-            return controls.read_usage(conn, active, now, keys)
+            return controls.read_usage(conn, active, keys)
 
         return self._engine.read(usage)
 

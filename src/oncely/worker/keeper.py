@@ -1,8 +1,10 @@
-"""The lease keeper: a thread that keeps a worker's leases alive, and stops what must stop.
+"""The lease keeper: threads that keep a worker's leases alive, and stop what must stop.
 
-It runs beside the handler threads, so a handler that burns CPU or blocks cannot starve it (the
-interpreter switches threads at least every few milliseconds). Every ``lease_ttl / 3`` it renews
-the leases of all the worker's running jobs in one store call. For each job it keeps a local
+They run beside the handler threads, so a handler that burns CPU or blocks cannot starve them (the
+interpreter switches threads at least every few milliseconds). A renewer thread renews, every
+``lease_ttl / 3``, the leases of all the worker's running jobs in one store call. The keeper thread
+itself only enforces, every tick: a renewal that hangs (on a lock another session holds, or in a
+network partition) cannot hold back a deadline. For each job it keeps a local
 **deadline** on the monotonic clock: the instant the claim or the last successful renewal was sent,
 plus the TTL, minus a safety margin. Then:
 
@@ -52,17 +54,25 @@ class LeaseKeeper(threading.Thread):
         return self.worker.lease_ttl / 3.0
 
     def run(self) -> None:
+        threading.Thread(target=self._renew_loop, name=f"{self.name}-renewer",
+                         daemon=True).start()
+        clock = self.worker.app.clock
+        while not self.stop_event.wait(TICK):
+            try:
+                self.enforce(clock.monotonic())
+            except Exception:  # the keeper must survive anything a tick throws
+                log.exception("lease keeper tick failed")
+
+    def _renew_loop(self) -> None:
         clock = self.worker.app.clock
         while not self.stop_event.wait(TICK):
             try:
                 mono = clock.monotonic()
-                due = mono >= self._next_renew or self.renew_now.is_set()
-                if due:
+                if mono >= self._next_renew or self.renew_now.is_set():
                     self.renew_now.clear()
                     self.renew(mono, leases=self.worker.app.settings.heartbeat)
-                self.enforce(clock.monotonic())
-            except Exception:  # the keeper must survive anything a tick throws
-                log.exception("lease keeper tick failed")
+            except Exception:  # the renewer must survive anything a tick throws
+                log.exception("lease renewal failed")
 
     def renew(self, mono: float, only: Running | None = None, leases: bool = True) -> bool:
         """Renew all leases (or one) and the worker's own row; returns whether ``only`` (if

@@ -11,19 +11,22 @@ CREATE TABLE oncely_controls (
     rate_limit  INTEGER CHECK (rate_limit IS NULL OR rate_limit >= 1),
     rate_window REAL    CHECK (rate_window IS NULL OR rate_window > 0),
     retention   TEXT    NOT NULL DEFAULT '{}',
+    rate_seq    INTEGER NOT NULL DEFAULT 0,  -- starts logged in the rate ring so far
     spec_hash   TEXT,
     declared_at REAL,
     updated_at  REAL    NOT NULL,
     PRIMARY KEY (kind, name)
 );
 
--- The sliding log behind rate limits: one row per start of a rate-limited queue or task, kept
--- while it is inside its window.
+-- The log behind rate limits, a ring of the last rate_limit starts per scope ('queue:Q',
+-- 'task:T'): start number k goes to slot k mod rate_limit, where the start rate_limit places
+-- before it was.
 CREATE TABLE oncely_starts (
     scope      TEXT    NOT NULL,
+    slot       INTEGER NOT NULL,
     started_at REAL    NOT NULL,
     job_id     INTEGER NOT NULL,
-    PRIMARY KEY (scope, started_at, job_id)
+    PRIMARY KEY (scope, slot)
 );
 
 -- max_per_key: running jobs per concurrency key. Only jobs with a key have entries, so jobs

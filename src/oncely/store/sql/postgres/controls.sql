@@ -18,7 +18,8 @@ SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '.oncely_contr
 
 -- name: control_lock_rows
 -- Claimers of limited scopes take turns here; sorted, so they cannot deadlock one another.
-SELECT kind, name FROM oncely_controls
+-- Returns each rate ring's position as the previous holder left it.
+SELECT kind, name, rate_seq FROM oncely_controls
 WHERE (kind = 'queue' AND name = ANY(%(queues)s::text[]))
    OR (kind = 'task' AND name = ANY(%(tasks)s::text[]))
 ORDER BY kind, name
@@ -43,8 +44,15 @@ RETURNING kind;
 UPDATE oncely_controls
 SET max_running = %(max_running)s, max_per_key = %(max_per_key)s, rate_limit = %(rate_limit)s,
     rate_window = %(rate_window)s, retention = %(retention)s::jsonb, spec_hash = %(spec_hash)s,
+    rate_seq = CASE WHEN rate_limit IS NOT DISTINCT FROM %(rate_limit)s::integer
+                     AND rate_window IS NOT DISTINCT FROM %(rate_window)s::float8
+                    THEN rate_seq ELSE 0 END,
     declared_at = %(now)s, updated_at = %(now)s
 WHERE kind = %(kind)s AND name = %(name)s;
+
+-- name: rate_ring_clear
+-- A changed rate limit starts from an empty ring (slots are numbered modulo the limit).
+DELETE FROM oncely_starts WHERE scope = %(scope)s;
 
 -- name: control_declared
 UPDATE oncely_controls SET declared_at = %(now)s WHERE kind = %(kind)s AND name = %(name)s;
@@ -57,17 +65,16 @@ RETURNING *;
 
 -- name: control_usage
 -- Everything a gate counts, in one statement (after control_lock_rows, so it sees what the
--- previous holder of those rows committed): running jobs per queue, starts per rate window
--- (those after `since`), running jobs per concurrency key.
-SELECT 'queue' AS what, queue AS name, COUNT(*) AS count, NULL::timestamptz AS oldest
+-- previous holder of those rows committed): running jobs per queue, the rate rings' entries in
+-- the slots the next starts would take, running jobs per concurrency key.
+SELECT 'queue' AS what, queue AS name, COUNT(*) AS count, NULL::timestamptz AS at
 FROM oncely_jobs
 WHERE state = 'running' AND queue = ANY(%(queues)s::text[])
 GROUP BY queue
 UNION ALL
-SELECT 'rate', w.scope, COUNT(*), MIN(s.started_at)
-FROM unnest(%(scopes)s::text[], %(since)s::timestamptz[]) AS w(scope, since)
-JOIN oncely_starts AS s ON s.scope = w.scope AND s.started_at > w.since
-GROUP BY w.scope
+SELECT 'ring', s.scope, s.slot, s.started_at
+FROM unnest(%(ring_scopes)s::text[], %(ring_slots)s::integer[]) AS r(scope, slot)
+JOIN oncely_starts AS s ON s.scope = r.scope AND s.slot = r.slot
 UNION ALL
 SELECT 'key', concurrency_key, COUNT(*), NULL
 FROM oncely_jobs
@@ -75,17 +82,19 @@ WHERE state = 'running' AND concurrency_key IS NOT NULL
   AND (task = ANY(%(tasks)s::text[]) OR concurrency_key = ANY(%(keys)s::text[]))
 GROUP BY concurrency_key;
 
--- name: start_log
--- Logs starts under their rate scopes and forgets the entries of those scopes that left their
--- windows.
-WITH forget AS (
-    DELETE FROM oncely_starts AS s
-    USING unnest(%(window_scopes)s::text[], %(window_since)s::timestamptz[]) AS w(scope, since)
-    WHERE s.scope = w.scope AND s.started_at <= w.since
+-- name: rate_ring_log
+-- Writes the claim's starts into their rings' slots and moves the rings on.
+WITH logged AS (
+    INSERT INTO oncely_starts AS s (scope, slot, started_at, job_id)
+    SELECT e.scope, e.slot, %(now)s, e.job_id
+    FROM unnest(%(scopes)s::text[], %(slots)s::integer[], %(job_ids)s::bigint[])
+         AS e(scope, slot, job_id)
+    ON CONFLICT (scope, slot) DO UPDATE
+    SET started_at = excluded.started_at, job_id = excluded.job_id
 )
-INSERT INTO oncely_starts (scope, started_at, job_id)
-SELECT scope, %(now)s, job_id FROM unnest(%(scopes)s::text[], %(job_ids)s::bigint[])
-    AS l(scope, job_id);
+UPDATE oncely_controls AS c SET rate_seq = c.rate_seq + a.count
+FROM unnest(%(kinds)s::text[], %(names)s::text[], %(counts)s::bigint[]) AS a(kind, name, count)
+WHERE c.kind = a.kind AND c.name = a.name;
 
 -- name: job_claim_limited_candidates
 -- Due waiting jobs of limited queues and tasks, in claim order, locked (SKIP LOCKED) with their

@@ -48,7 +48,8 @@ ORDER BY priority DESC, run_at, id
 LIMIT :page;
 
 -- name: job_waiting_queues
--- Queues with waiting jobs, by a loose scan of the claim index.
+-- Queues with waiting jobs, by a loose scan of the claim index (for job_claim_candidates_limited
+-- over every queue: an explicit list keeps its scan on the index, a NOT IN over queues does not).
 WITH RECURSIVE waiting(queue) AS (
     SELECT MIN(queue) FROM oncely_jobs
     WHERE state IN ('scheduled', 'available', 'retryable')
