@@ -6,13 +6,9 @@ Preparing a store (:func:`prepare_store`):
    (:func:`oncely.metering.seed.load_store`);
 2. Stripe customer ids kept for the first :data:`~oncely.sim.plan.STRIPE_CUSTOMERS` organizations
    that have one, cleared for the others, so the local stub keeps up at demo speed;
-3. the two billing schedules, registered an hour before the day by "the deployment that ran
-   before", so the slots of the day's first hour belong to their history;
-4. the initial full recount of the free-tier job (its rollup of ~30 days of usage), run once
-   half an hour before the day starts, as that deployment would have left it — under a task of
-   its own, so the schedules' execution counts hold only the day's runs — and the emails it
-   queued, sent (to the demo's SMTP capture, before the day's count starts);
-5. a write log: a trigger appends ``(org_id, updated_at)`` to ``sim_org_writes`` for every row
+3. what the deployment that ran before the day left behind (:mod:`oncely.sim.before`): the
+   schedules, the free-tier rollup, the emails it sent, the last hour billed to Stripe;
+4. a write log: a trigger appends ``(org_id, updated_at)`` to ``sim_org_writes`` for every row
    of ``metering_organizations`` the free-tier job writes, so writes are counted per hour, not
    inferred from the last ``updated_at``.
 
@@ -28,27 +24,18 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import oncely
-from oncely.maintenance.enqueuer import register_schedules
-from oncely.metering import build_app, metering_of, seed
-from oncely.metering.meter import TASK_NAME as STRIPE_TASK
+from oncely.metering import build_app, seed
 from oncely.metering.settings import SmtpSettings
-from oncely.metering.stripe_usage import install_stripe_usage_metering
-from oncely.metering.thresholds import run_free_tier
-from oncely.sim.plan import HEAVY_FRACTION, Plan, scale_timeouts
-from oncely.store.base import JobState
-from oncely.testing import run_job, wait_until, worker_running
+from oncely.sim import before
+from oncely.sim.plan import HEAVY_FRACTION, Plan
 
 Progress = Callable[[str, int, int], None]
-WARM_UP_TASK = "sim.initial-recount"
-DECLARED_BEFORE = timedelta(hours=1)  # the schedules exist from here: both first slots count
-WARM_UP_BEFORE = timedelta(minutes=30)
-FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 TRIM_CUSTOMERS = """UPDATE metering_organizations SET stripe_customer_id = NULL
 WHERE stripe_customer_id IS NOT NULL AND id NOT IN (
@@ -99,8 +86,8 @@ class Dataset:
 class Prepared:
     url: str
     stripe_customers: int
-    warm_up_seconds: float
-    warm_up: dict[str, Any]
+    before_seconds: float
+    before: dict[str, Any]
 
 
 def build_usage(plan: Plan, progress: Progress) -> Dataset:
@@ -159,8 +146,8 @@ def prepare_stores(plan: Plan, data: Dataset, urls: dict[str, str], smtp: SmtpSe
         found = {}
         for name, url in urls.items():
             shutil.copyfile(template, url.removeprefix("sqlite:///"))
-            found[name] = Prepared(url, prepared.stripe_customers, prepared.warm_up_seconds,
-                                   prepared.warm_up)
+            found[name] = Prepared(url, prepared.stripe_customers, prepared.before_seconds,
+                                   prepared.before)
         remove_sqlite(template)
         return found
     return {name: prepare_store(plan, data, url, smtp, progress) for name, url in urls.items()}
@@ -176,20 +163,16 @@ def checkpoint_sqlite(path: Path) -> None:
 
 def prepare_store(plan: Plan, data: Dataset, url: str, smtp: SmtpSettings,
                   progress: Progress) -> Prepared:
-    clock = oncely.FrozenClock(plan.origin - DECLARED_BEFORE)
+    clock = oncely.FrozenClock(plan.origin - before.DECLARED_BEFORE)
     app = build_app(url, usage_source=data.usage_url, clock=clock, enforce=True, smtp=smtp)
     try:
         seed.load_store(app, data.usage_path, progress)
         customers = keep_customers(app, plan.stripe_customers)
-        declare_schedules(app)
-        scale_timeouts(app, plan.speed)  # the notification jobs the recount enqueues
-        clock.set(plan.origin - WARM_UP_BEFORE)
-        progress("initial recount", 0, 1)
+        progress("the deployment before the day", 0, 1)
         started = time.perf_counter()
-        result = warm_up(app)
-        result["emails_sent_before_the_day"] = deliver_notifications(app)
+        result = before.run(plan, app, clock)
         seconds = time.perf_counter() - started
-        progress("initial recount", 1, 1)
+        progress("the deployment before the day", 1, 1)
         install_write_log(app)
     finally:
         app.close()
@@ -201,46 +184,6 @@ def keep_customers(app: oncely.App, keep: int) -> int:
         conn.execute(TRIM_CUSTOMERS.format(keep=int(keep)))
         row = conn.execute(COUNT_CUSTOMERS).fetchone()
     return int(row[0])
-
-
-def warm_up(app: oncely.App) -> dict[str, Any]:
-    """Run the free-tier job's full recount once, as a task of its own."""
-    runtime = metering_of(app)
-
-    def initial_recount(ctx: oncely.JobContext) -> dict[str, Any]:
-        return run_free_tier(ctx, runtime, full=True)
-
-    task = app.task(name=WARM_UP_TASK, queue="sim")(initial_recount)
-    outcome = run_job(task, lease_ttl=24 * 3600.0)
-    if outcome.state != oncely.JobState.SUCCEEDED:
-        error = outcome.job.errors[-1].message if outcome.job.errors else outcome.state
-        raise oncely.OncelyError(f"the initial recount of the free-tier job failed: {error}")
-    return dict(outcome.result or {})
-
-
-def deliver_notifications(app: oncely.App) -> int:
-    """Send the emails the initial recount queued, as the deployment before the day would have:
-    the day starts without a backlog. Returns how many notification jobs ran."""
-    queue = metering_of(app).settings.notify_queue
-
-    def waiting() -> int:
-        return sum(row.count for row in app.store.job_counts() if row.queue == queue
-                   and row.state not in FINISHED)
-
-    pending = waiting()
-    if pending:
-        with worker_running(app, concurrency=4, queues=[queue], maintenance=False):
-            wait_until(lambda: not waiting(), timeout=120, interval=0.02,
-                       message="the initial recount's notifications were sent")
-    return pending
-
-
-def declare_schedules(app: oncely.App) -> None:
-    """Register the billing schedules as the deployment that ran before the day did, so their
-    slot of the day's first hour is in their history (and in the watchdog's expectations)."""
-    if STRIPE_TASK not in app.tasks:
-        install_stripe_usage_metering(app, metering_of(app).source)
-    register_schedules(app)
 
 
 def install_write_log(app: oncely.App) -> None:

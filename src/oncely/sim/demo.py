@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,8 @@ from oncely.sim.services import MailCapture
 
 EXIT_OK, EXIT_FAILED = 0, 1
 QUIET_LOGGERS = ("oncely", "mail.log", "stripe")
+IGNORED_ENV = ("ONCELY_STRIPE_", "ONCELY_SMTP_", "ONCELY_METERING_", "ONCELY_CLOCK",
+               "ONCELY_DATABASE_URL")
 
 
 def run(options: DemoOptions, console: Console | None = None) -> int:
@@ -42,6 +45,8 @@ def run(options: DemoOptions, console: Console | None = None) -> int:
     plan = options.plan()
     for name in QUIET_LOGGERS:  # the workers log to their files; the terminal gets the report
         logging.getLogger(name).setLevel(logging.WARNING)
+    for key in [key for key in os.environ if key.startswith(IGNORED_ENV)]:
+        del os.environ[key]  # the demo configures its own store, Stripe, SMTP and billing
     check_dependencies()
     plan.out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
@@ -117,7 +122,7 @@ def bars(console: Console) -> Iterator[Any]:
         labels = {"organizations": "usage dataset: organizations",
                   "events": "usage dataset: events (DuckDB)",
                   "job store": "stores: organizations, projects, members",
-                  "initial recount": "stores: initial free-tier recount"}
+                  "the deployment before the day": "stores: the deployment before the day"}
 
         def progress(step: str, done: int, total: int) -> None:
             if step not in tasks:

@@ -70,7 +70,7 @@ class Fleet:
             proc = subprocess.Popen(
                 [sys.executable, "-c", LAUNCHER, str(os.getpid()),
                  "-m", "oncely", "--app", APP, "worker"],
-                env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT,
+                env={**outside_env(), **self.env}, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         member = Member(number, proc, log, time.time())
@@ -103,6 +103,11 @@ class Fleet:
                 self.send(member, signal.SIGKILL)
                 member.proc.wait()
         return {member.number: member.proc.returncode for member in self.members}
+
+
+def outside_env() -> dict[str, str]:
+    """This process's environment without oncely's own settings: the demo sets its own."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("ONCELY_")}
 
 
 def pid_of(worker_id: str | None) -> int | None:

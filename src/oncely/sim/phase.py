@@ -24,12 +24,17 @@ from oncely.metering import THRESHOLDS_TASK
 from oncely.metering.meter import TASK_NAME as STRIPE_TASK
 from oncely.observe.doctor import examine
 from oncely.sim.fleet import Fleet, Member, holds_write_lock, pid_of
-from oncely.sim.plan import LEADER_TTL_REAL, PhaseConfig, Plan, watchdog_config
+from oncely.sim.plan import (
+    DEMO_STRIPE_KEY,
+    LEADER_TTL_REAL,
+    PhaseConfig,
+    Plan,
+    watchdog_config,
+)
 from oncely.sim.services import MailCapture, start_stripe, stripe_summary
 from oncely.store.base import JobFilter, JobState
 
 Progress = Callable[[float, str], None]  # (simulated hours done, label)
-DEMO_STRIPE_KEY = "sk_test_oncely_demo_local_stub"
 TICK = 0.01  # real seconds between polls of the timeline
 GRACE = 3.0  # ONCELY_SHUTDOWN_GRACE given to the workers (real seconds)
 READY_TIMEOUT = 120.0  # real seconds the fleet may take to import and warm up
@@ -116,28 +121,15 @@ class Restart:
 
 
 class Kill:
-    """SIGKILL the worker running the free-tier job (any worker if none runs it in time), and
-    start a replacement once that job has been taken over and finished: a replacement warming up
-    at the same moment would only slow the takeover down."""
+    """SIGKILL the worker running the free-tier job (any worker if none runs it in time). No
+    replacement is started: the fleet carries on one worker short."""
 
     def __init__(self, at: datetime, give_up: datetime) -> None:
         self.at, self.give_up = at, give_up
-        self.victim: int | None = None  # the job whose worker was killed
-        self.killed_at: datetime | None = None
         self.done = False
 
     def poll(self, d: Driver) -> None:
         now = d.clock.now()
-        if self.killed_at is not None:
-            job = d.monitor.store.job_get(self.victim) if self.victim is not None else None
-            finished = job is None or job.state in (JobState.SUCCEEDED, JobState.FAILED)
-            if finished or now - self.killed_at > timedelta(hours=2):
-                d.fleet.launch()
-                d.run.worker_starts += 1
-                d.note("a replacement worker starts and triggers the current slots: nothing "
-                       "to run, the fleet has them")
-                self.done = True
-            return
         if now < self.at:
             return
         found = d.holder((THRESHOLDS_TASK,))
@@ -148,14 +140,13 @@ class Kill:
             what = f"SIGKILL worker #{member.number} while it ran {job.task} job {job.id} " \
                    f"(attempt {job.attempt}, fence {job.fence})"
             d.run.cut_workers.add(job.lease_owner or "")
-            self.victim = job.id
         else:
             member = d.fleet.alive()[0]
             what = f"SIGKILL worker #{member.number} (no free-tier run was in progress)"
         d.fleet.send(member, signal.SIGKILL)
         member.proc.wait()
-        self.killed_at = now
-        d.note(what)
+        d.note(f"{what}; the fleet carries on with {len(d.fleet.alive())} workers")
+        self.done = True
 
 
 class Freeze:

@@ -30,6 +30,7 @@ BASE_SPEED = 1800.0  # simulated seconds per real second at 5,000 orgs: an hour 
 STRIPE_CUSTOMERS = 100  # orgs that keep their Stripe customer id: the local stub keeps up
 STRIPE_RATE = 1000.0  # client throttle in the demo (calls/s; the library's default is 200)
 STRIPE_RATE_DEFAULT = 200.0
+DEMO_STRIPE_KEY = "sk_test_oncely_demo_local_stub"  # the local stub wants a key, any key
 SEED = 1
 
 # Real seconds behind the clock-second settings, at 5,000 organizations (see Plan.sim_for).
@@ -221,7 +222,7 @@ def phases(plan: Plan) -> tuple[PhaseConfig, PhaseConfig]:
                "overlap 'skip', singleton, the jobs' own retry policies",
                f"lease {plan.sim(GUARDED_LEASE_REAL) / 60:.0f} simulated min, renewed by the "
                "heartbeat every third of it; self-fencing on",
-               "SIGKILL of the worker running the free-tier job (a replacement starts)",
+               "SIGKILL of the worker running the free-tier job (no replacement)",
                "SIGSTOP of the worker running the Stripe job, past its lease, then SIGCONT"],
     )
     return unsafe, guarded

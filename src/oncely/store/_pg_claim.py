@@ -257,6 +257,28 @@ def finish_job(conn: psycopg.Connection[Any], params: JobFinish) -> bool:
     return bool(fetch(conn, "job_finish", values))
 
 
+def finish_jobs(conn: psycopg.Connection[Any], batch: Sequence[JobFinish]) -> list[bool]:
+    """Several finishes in one transaction. Plain successes (no singleton key, no slot: the bulk
+    of a busy queue) go in one statement; the rest, and any the statement did not take, one by
+    one through :func:`finish_job`, which re-checks each fence."""
+    plain = [
+        p for p in batch
+        if p.state == JobState.SUCCEEDED and p.error is None and not p.require_expired_lease
+        and not p.refund_attempt
+    ]
+    done: set[int] = set()
+    if plain:
+        rows = fetch(conn, "job_finish_plain_many", {
+            "job_ids": [p.job_id for p in plain],
+            "fences": [p.fence for p in plain],
+            "results": [None if p.result is None else dump_json(p.result, "job result")
+                        for p in plain],
+            "now": utc(plain[0].now),
+        })
+        done = {int(row["id"]) for row in rows}
+    return [params.job_id in done or finish_job(conn, params) for params in batch]
+
+
 def _ledger_note(params: JobFinish) -> str | None:
     message = None if params.error is None else params.error.message
     if params.state == JobState.CANCELLED:

@@ -163,7 +163,7 @@ class PostgresStore:
         return self._engine.run(lambda conn: claim.finish_job(conn, params))
 
     def job_finish_many(self, params: Sequence[JobFinish]) -> list[bool]:
-        return self._engine.run(lambda conn: [claim.finish_job(conn, item) for item in params])
+        return self._engine.run(lambda conn: claim.finish_jobs(conn, params))
 
     def job_cancel(self, job_id: int, now: datetime, reason: str) -> Job:
         return self._engine.run(lambda conn: jobs.cancel_job(conn, job_id, now, reason))

@@ -200,6 +200,21 @@ SELECT job.id,
             THEN pg_notify('oncely_jobs', current_schema() || ':' || job.queue) END AS woke
 FROM job;
 
+-- name: job_finish_plain_many
+-- Successes of jobs without a singleton key or a slot, in one statement, each under its own
+-- fence; jobs it does not return go through job_finish one by one.
+WITH done AS (
+    SELECT * FROM unnest(%(job_ids)s::bigint[], %(fences)s::bigint[], %(results)s::text[])
+        AS d(job_id, fence, result)
+)
+UPDATE oncely_jobs AS j
+SET state = 'succeeded', finished_at = %(now)s, result = d.result::jsonb,
+    lease_owner = NULL, lease_expires_at = NULL
+FROM done AS d
+WHERE j.id = d.job_id AND j.fence = d.fence AND j.state = 'running'
+  AND j.singleton_key IS NULL AND j.schedule IS NULL
+RETURNING j.id;
+
 -- name: lease_renew
 -- One round trip for all of a worker's leases: a job's lease renews only under its current fence
 -- and by its own worker; a singleton job's key lease (locked after the job rows) must still carry
