@@ -75,7 +75,8 @@ def run(options: DemoOptions, console: Console | None = None) -> int:
     if failed:
         name, evidence = failed[0]
         console.print(f"oncely demo: FAILED: the guarded run broke an invariant: {name} "
-                      f"({evidence})", style="bold red", soft_wrap=True)
+                      f"({evidence}); on a busy or slow machine, a lower --speed gives the fleet "
+                      "more real time per simulated hour", style="bold red", soft_wrap=True)
         return EXIT_FAILED
     return EXIT_OK
 

@@ -63,8 +63,7 @@ def measure(plan: Plan, run: PhaseRun) -> dict[str, Any]:
             "schedules": {name: schedule_figures(app, plan, run, name) for name in SCHEDULES},
             "org_writes": org_writes(app, plan),
             "emails": dict(run.mail, outbox=grouped(app, "outbox")),
-            "stripe": dict(run.stripe, hours=grouped(app, "stripe_hours"),
-                           runs=grouped(app, "stripe_runs")),
+            "stripe": dict(run.stripe, **stripe_hours(app, plan, run)),
             "fenced_writes_rejected": events.get(FENCE_REJECTED, 0),
             "lease_takeovers_recorded": events.get(LEASE_TAKEN_OVER, 0),
             "dead_letters": dict(failed),
@@ -80,7 +79,7 @@ def measure(plan: Plan, run: PhaseRun) -> dict[str, Any]:
 
 
 def anomaly_row(anomaly: Any) -> dict[str, Any]:
-    return {"kind": str(anomaly.kind), "summary": anomaly.summary,
+    return {"kind": str(anomaly.kind), "summary": anomaly.summary, "ratio": anomaly.ratio,
             "severity": anomaly.severity, "first_seen_at": anomaly.first_seen_at.isoformat(),
             "occurrences": anomaly.occurrences, "advice": anomaly.advice}
 
@@ -129,16 +128,19 @@ def schedule_figures(app: oncely.App, plan: Plan, run: PhaseRun, name: str) -> d
 
 
 def per_hour(plan: Plan, slots: list[datetime], runs: list[Execution]) -> list[dict[str, Any]]:
+    """Per clock hour: the slots it holds, and the runs of those slots (or, for a run tied to no
+    slot, the runs that started in it)."""
     table: dict[datetime, dict[str, Any]] = {
-        hour: {"hour": hour.isoformat(), "expected": 0, "actual": 0} for hour in hours_of(plan)}
+        hour: {"hour": hour.isoformat(), "expected": 0, "runs": 0} for hour in hours_of(plan)}
     for slot in slots:
         cell = table.get(slot.replace(minute=0, second=0, microsecond=0))
         if cell is not None:
             cell["expected"] += 1
     for execution in runs:
-        cell = table.get(execution.started_at.replace(minute=0, second=0, microsecond=0))
+        when = execution.slot or execution.started_at
+        cell = table.get(when.replace(minute=0, second=0, microsecond=0))
         if cell is not None:
-            cell["actual"] += 1
+            cell["runs"] += 1
     return list(table.values())
 
 
@@ -162,6 +164,24 @@ def org_writes(app: oncely.App, plan: Plan) -> dict[str, Any]:
         "per_hour_max": max(counts, default=0),
         "rewrites": rewrites,
         "per_hour": table,
+    }
+
+
+def stripe_hours(app: oncely.App, plan: Plan, run: PhaseRun) -> dict[str, Any]:
+    """Hours that fell due in the day (one per slot of the Stripe schedule after its start) and
+    how many of them Stripe accepted events for."""
+    row = app.store.schedule_get(STRIPE_SCHEDULE)
+    due: list[datetime] = []
+    if row is not None:
+        spec = ScheduleSpec.from_spec_dict(row.spec)
+        due = [slot.replace(minute=0, second=0, microsecond=0) - HOUR  # due 65 min after
+               for slot in slots_between(spec, plan.origin, plan.end)]
+    billed = set(run.stripe.get("hours", []))
+    return {
+        "hours_due": len(due),
+        "hours_billed_in_day": sum(1 for hour in due if int(hour.timestamp() * 1000) in billed),
+        "store_hours": grouped(app, "stripe_hours"),
+        "store_runs": grouped(app, "stripe_runs"),
     }
 
 

@@ -18,7 +18,7 @@ h1 { font-size: 1.5rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
 table { border-collapse: collapse; width: 100%; }
 th, td { border-bottom: 1px solid #ddd; padding: .35rem .5rem; text-align: left;
          vertical-align: top; }
-th { background: #f4f4f4; }
+th { background: #f4f4f4; } th.sub { padding-left: 1.5rem; font-weight: normal; }
 .ok { color: #2e7d32; font-weight: 600; } .fail { color: #c62828; font-weight: 600; }
 .charts { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
 svg text { font: 11px system-ui, sans-serif; fill: #444; }
@@ -55,7 +55,8 @@ def render(report: dict[str, Any], rows: list[tuple[str, str, str]]) -> str:
 
 def comparison(rows: list[tuple[str, str, str]]) -> str:
     head = "<tr><th></th><th>unsafe (incident config)</th><th>guarded (oncely defaults)</th></tr>"
-    body = "".join(f"<tr><th>{escape(label)}</th><td>{escape(unsafe)}</td>"
+    body = "".join(f"<tr><th{' class=sub' if label.startswith(' ') else ''}>"
+                   f"{escape(label.strip())}</th><td>{escape(unsafe)}</td>"
                    f"<td>{escape(guarded)}</td></tr>" for label, unsafe, guarded in rows)
     return f"<table>{head}{body}</table>"
 
@@ -68,7 +69,7 @@ def charts(report: dict[str, Any]) -> str:
             figures = report["phases"][phase]["schedules"][name]
             title = (f"{name} ({figures['trigger']}), {phase}: {figures['runs']} runs, "
                      f"{figures['expected']} expected")
-            cells.append(bar_chart(title, figures["per_hour"], "actual", ACTUAL[phase],
+            cells.append(bar_chart(title, figures["per_hour"], "runs", ACTUAL[phase],
                                    expected_key="expected"))
         blocks.append(f"<div class='charts'>{''.join(cells)}</div>")
     return "".join(blocks)
@@ -86,7 +87,7 @@ def writes_chart(report: dict[str, Any]) -> str:
 def bar_chart(title: str, cells: list[dict[str, Any]], key: str, colour: str,
               expected_key: str | None = None, width: int = 480, height: int = 200) -> str:
     """Bars of ``cells[i][key]`` per hour, with a tick at ``cells[i][expected_key]``."""
-    left, right, top, bottom = 44, 8, 26, 28
+    left, right, top, bottom = 44, 8, 40, 28
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [int(cell[key]) for cell in cells]
     expected = [int(cell[expected_key]) for cell in cells] if expected_key else []
@@ -126,9 +127,11 @@ def bar_chart(title: str, cells: list[dict[str, Any]], key: str, colour: str,
             label = datetime.fromisoformat(cell["hour"]).strftime("%H:%M")
             parts.append(f'<text x="{x + bar / 2:.1f}" y="{height - 10}" '
                          f'text-anchor="middle">{label}</text>')
+    parts.append(f'<rect x="{left}" y="22" width="10" height="10" fill="{colour}"/>'
+                 f'<text x="{left + 14}" y="31">{escape(key)}</text>')
     if expected:
-        parts.append(f'<line x1="{width - 120}" y1="10" x2="{width - 106}" y2="10" '
-                     f'stroke="{EXPECTED}" stroke-width="3"/><text x="{width - 102}" y="14">'
+        parts.append(f'<line x1="{left + 80}" y1="27" x2="{left + 94}" y2="27" '
+                     f'stroke="{EXPECTED}" stroke-width="3"/><text x="{left + 98}" y="31">'
                      "expected</text>")
     parts.append("</svg>")
     return "".join(parts)

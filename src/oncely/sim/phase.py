@@ -283,13 +283,15 @@ def check_fleet(fleet: Fleet, started: float) -> None:
 
 
 def final_checks(plan: Plan, run: PhaseRun) -> None:
-    """The watchdog and the doctor against the phase's store at the end of the day."""
-    app = oncely.App(run.url, clock=oncely.FrozenClock(plan.end))
+    """The watchdog and the doctor against the phase's store at the end of the day, the fleet
+    still up; the watchdog looks at the last hour and at the whole day."""
+    settings = oncely.Settings.from_env(run.config.engine_env(plan))  # the fleet's lease etc.
+    app = oncely.App(run.url, clock=oncely.FrozenClock(plan.end), settings=settings)
     config = watchdog_config(plan.sim(1.0), windows=(3600.0, plan.sim_seconds + 3600.0))
     try:
         result = Watchdog(app, config).run_once()
         run.watchdog = [{"kind": str(f.kind), "summary": f.summary, "severity": f.severity,
-                         "advice": f.advice} for f in result.findings]
+                         "ratio": f.ratio, "advice": f.advice} for f in result.findings]
         report = examine(app, config)
         run.doctor = {"healthy": report.healthy,
                       "findings": [asdict(f) for f in report.findings

@@ -35,7 +35,7 @@ SEED = 1
 
 # Real seconds behind the clock-second settings, at 5,000 organizations (see Plan.sim_for).
 GUARDED_LEASE_REAL = 0.9  # renewed every 0.3 s by the heartbeat
-UNSAFE_LEASE_REAL = 0.5  # about one calm run of the free-tier job; never renewed
+UNSAFE_LEASE_REAL = 0.3  # shorter than most runs of the free-tier job; never renewed
 LEADER_TTL_REAL = 0.9
 MAINTENANCE_REAL = 0.5
 WATCHDOG_REAL = 1.0
@@ -205,7 +205,7 @@ class PhaseConfig:
 
 def phases(plan: Plan) -> tuple[PhaseConfig, PhaseConfig]:
     unsafe = PhaseConfig(
-        "unsafe", "unsafe replay (the incident's configuration)", heartbeat=False,
+        "unsafe", "unsafe replay (incident config)", heartbeat=False,
         lease_ttl=max(1.0, plan.sim(UNSAFE_LEASE_REAL)), restarts=(0.25, 0.5, 0.75),
         notes=["every worker enqueues an immediate run of both jobs when it starts "
                "(task.enqueue(), no unique key)",
@@ -216,7 +216,7 @@ def phases(plan: Plan) -> tuple[PhaseConfig, PhaseConfig]:
                "workers restarted (graceful) at 25%, 50% and 75% of the day, two at a time"],
     )
     guarded = PhaseConfig(
-        "guarded", "guarded run (oncely's defaults)", heartbeat=True,
+        "guarded", "guarded run (oncely defaults)", heartbeat=True,
         lease_ttl=plan.sim(GUARDED_LEASE_REAL), kill_at=0.3, freeze_at=0.6,
         notes=["every worker calls app.trigger() for both schedules when it starts",
                "overlap 'skip', singleton, the jobs' own retry policies",

@@ -108,7 +108,7 @@ def start_stripe(clock: oncely.Clock) -> StripeStub:
 def stripe_summary(stub: StripeStub) -> dict[str, Any]:
     stats = stub.stats()
     identifiers = stub.accepted_identifiers()
-    hours = {identifier.rsplit(":", 1)[-1] for identifier in identifiers}
+    hours = sorted({int(identifier.rsplit(":", 1)[-1]) for identifier in identifiers})
     return {
         "requests": stats.requests,
         "accepted": stats.accepted,
@@ -116,7 +116,7 @@ def stripe_summary(stub: StripeStub) -> dict[str, Any]:
         "rate_limited": stats.rate_limited,
         "other_rejected": stats.rejected + stats.server_errors,
         "duplicate_identifiers_accepted": len(identifiers) - len(set(identifiers)),
-        "hours_billed": len(hours),
+        "hours": hours,  # hour starts (epoch ms) with at least one event accepted
         "wasted_calls": stats.requests - stats.accepted,
         "concurrent_violations": stats.concurrent_violations,
     }

@@ -155,6 +155,8 @@ def _claim_plain(
         "ahead_id": [int(row["id"]) for row in ahead],
     }
     query = "job_claim_plain" if common["queues"] is None else "job_claim_plain_in_queues"
+    if common["excluded_queues"] or common["excluded_tasks"]:
+        query = "job_claim_plain_excluding"
     return [to_job(row) for row in fetch(conn, query, values)]
 
 

@@ -30,8 +30,6 @@ from oncely.store.base import (
     Overlap,
     PruneParams,
     QueueCount,
-    RetryFailed,
-    RetryFailedResult,
     SlotOutcome,
     iter_chunks,
 )
@@ -390,37 +388,3 @@ def prune_jobs(conn: psycopg.Connection[Any], params: PruneParams) -> int:
     }
     return execute(conn, "job_prune", values)
 
-
-def finished_queues(conn: psycopg.Connection[Any]) -> list[str]:
-    return [row["queue"] for row in fetch(conn, "job_finished_queues")]
-
-
-def finished_cutoff(
-    conn: psycopg.Connection[Any], queue: str, state: JobState, keep: int
-) -> datetime | None:
-    if keep < 1:
-        raise ValueError(f"keep must be at least 1, got {keep}")
-    values = {"queue": queue, "state": str(state), "skip": keep - 1}
-    row = fetch_one(conn, "job_finished_cutoff", values)
-    return None if row is None else utc(row["finished_at"])
-
-
-def retry_failed(conn: psycopg.Connection[Any], params: RetryFailed) -> RetryFailedResult:
-    """One batch of dead letters back to available, each under a savepoint: a job whose unique
-    key another unfinished job holds stays failed without undoing the rest."""
-    values = {
-        "after_id": params.after_id,
-        "queue": params.queue,
-        "task": params.task,
-        "limit": params.limit,
-    }
-    ids = [int(row["id"]) for row in fetch(conn, "job_failed_batch", values)]
-    retried: list[Job] = []
-    conflicts: list[int] = []
-    for job_id in ids:
-        try:
-            with conn.transaction():
-                retried.append(retry_job(conn, job_id, params.now))
-        except ConfigError:
-            conflicts.append(job_id)
-    return RetryFailedResult(retried, conflicts, ids[-1] if ids else None)

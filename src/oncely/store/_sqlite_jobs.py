@@ -24,8 +24,6 @@ from oncely.store.base import (
     Overlap,
     PruneParams,
     QueueCount,
-    RetryFailed,
-    RetryFailedResult,
     SlotOutcome,
 )
 from oncely.store.rows import (
@@ -278,37 +276,3 @@ def prune_jobs(conn: sqlite3.Connection, params: PruneParams) -> int:
     }
     return conn.execute(Q["job_prune"], values).rowcount
 
-
-def finished_queues(conn: sqlite3.Connection) -> list[str]:
-    return [row["queue"] for row in conn.execute(Q["job_finished_queues"]).fetchall()]
-
-
-def finished_cutoff(
-    conn: sqlite3.Connection, queue: str, state: JobState, keep: int
-) -> datetime | None:
-    if keep < 1:
-        raise ValueError(f"keep must be at least 1, got {keep}")
-    row = fetch_one(
-        conn, "job_finished_cutoff", {"queue": queue, "state": str(state), "skip": keep - 1}
-    )
-    return None if row is None else as_datetime(row["finished_at"])
-
-
-def retry_failed(conn: sqlite3.Connection, params: RetryFailed) -> RetryFailedResult:
-    """One batch of dead letters back to available; a job whose unique key another unfinished
-    job holds stays failed (SQLite undoes just that statement)."""
-    values = {
-        "after_id": params.after_id,
-        "queue": params.queue,
-        "task": params.task,
-        "limit": params.limit,
-    }
-    ids = [int(row["id"]) for row in conn.execute(Q["job_failed_batch"], values).fetchall()]
-    retried: list[Job] = []
-    conflicts: list[int] = []
-    for job_id in ids:
-        try:
-            retried.append(retry_job(conn, job_id, params.now))
-        except ConfigError:
-            conflicts.append(job_id)
-    return RetryFailedResult(retried, conflicts, ids[-1] if ids else None)

@@ -185,13 +185,13 @@ class PostgresStore:
         return self._engine.run(lambda conn: jobs.prune_jobs(conn, params))
 
     def job_retry_failed(self, params: RetryFailed) -> RetryFailedResult:
-        return self._engine.run(lambda conn: jobs.retry_failed(conn, params))
+        return self._engine.run(lambda conn: controls.retry_failed(conn, params))
 
     def job_finished_queues(self) -> list[str]:
-        return self._engine.run(jobs.finished_queues)
+        return self._engine.run(controls.finished_queues)
 
     def job_finished_cutoff(self, queue: str, state: JobState, keep: int) -> datetime | None:
-        return self._engine.run(lambda conn: jobs.finished_cutoff(conn, queue, state, keep))
+        return self._engine.run(lambda conn: controls.finished_cutoff(conn, queue, state, keep))
 
     # queue controls ---------------------------------------------------------------------------
 

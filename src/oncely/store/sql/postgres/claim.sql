@@ -49,8 +49,6 @@ WITH candidate AS (
     WHERE state IN ('scheduled', 'available', 'retryable')
       AND run_at <= %(now)s
       AND singleton_key IS NULL
-      AND queue <> ALL(%(excluded_queues)s::text[])
-      AND task <> ALL(%(excluded_tasks)s::text[])
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -78,11 +76,54 @@ WITH candidate AS (
       AND queue = ANY(%(queues)s::text[])
       AND run_at <= %(now)s
       AND singleton_key IS NULL
-      AND queue <> ALL(%(excluded_queues)s::text[])
-      AND task <> ALL(%(excluded_tasks)s::text[])
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), ranked AS (
+    SELECT c.id,
+           row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.id) AS place,
+           (SELECT COUNT(*) FROM unnest(%(ahead_priority)s::integer[],
+                                        %(ahead_run_at)s::timestamptz[],
+                                        %(ahead_id)s::bigint[]) AS a(priority, run_at, id)
+            WHERE a.priority > c.priority
+               OR (a.priority = c.priority AND (a.run_at, a.id) < (c.run_at, c.id))) AS ahead
+    FROM candidate AS c
+)
+UPDATE oncely_jobs AS j
+SET state = 'running', attempt = j.attempt + 1, lease_owner = %(owner)s,
+    lease_expires_at = %(lease_expires_at)s, fence = j.fence + 1, started_at = %(now)s
+FROM ranked AS r
+WHERE j.id = r.id AND r.place + r.ahead <= %(limit)s
+RETURNING j.*;
+
+-- name: job_claim_plain_excluding
+-- The hot path when queue controls apply: the same, leaving limited queues and tasks to the
+-- limited part of the claim. Each other queue with waiting jobs is read along oncely_jobs_claim
+-- in claim order (a LATERAL scan per queue), so a backlog in a limited queue is never walked.
+WITH RECURSIVE waiting(queue) AS (
+    SELECT MIN(queue) FROM oncely_jobs
+    WHERE state IN ('scheduled', 'available', 'retryable')
+    UNION ALL
+    SELECT (SELECT MIN(queue) FROM oncely_jobs
+            WHERE state IN ('scheduled', 'available', 'retryable') AND queue > waiting.queue)
+    FROM waiting WHERE waiting.queue IS NOT NULL
+), candidate AS (
+    SELECT c.id, c.priority, c.run_at
+    FROM waiting CROSS JOIN LATERAL (
+        SELECT id, priority, run_at FROM oncely_jobs
+        WHERE queue = waiting.queue
+          AND state IN ('scheduled', 'available', 'retryable')
+          AND run_at <= %(now)s
+          AND singleton_key IS NULL
+          AND task <> ALL(%(excluded_tasks)s::text[])
+        ORDER BY priority DESC, run_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED) AS c
+    WHERE waiting.queue IS NOT NULL
+      AND waiting.queue <> ALL(%(excluded_queues)s::text[])
+      AND (%(queues)s::text[] IS NULL OR waiting.queue = ANY(%(queues)s::text[]))
+    ORDER BY c.priority DESC, c.run_at, c.id
+    LIMIT %(limit)s
 ), ranked AS (
     SELECT c.id,
            row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.id) AS place,

@@ -67,9 +67,11 @@ RETURNING *;
 -- Everything a gate counts, in one statement (after control_lock_rows, so it sees what the
 -- previous holder of those rows committed): running jobs per queue, the rate rings' entries in
 -- the slots the next starts would take, running jobs per concurrency key.
+-- (Each part runs only when asked for something: an empty array skips it.)
 SELECT 'queue' AS what, queue AS name, COUNT(*) AS count, NULL::timestamptz AS at
 FROM oncely_jobs
 WHERE state = 'running' AND queue = ANY(%(queues)s::text[])
+  AND cardinality(%(queues)s::text[]) > 0
 GROUP BY queue
 UNION ALL
 SELECT 'ring', s.scope, s.slot, s.started_at
@@ -80,6 +82,7 @@ SELECT 'key', concurrency_key, COUNT(*), NULL
 FROM oncely_jobs
 WHERE state = 'running' AND concurrency_key IS NOT NULL
   AND (task = ANY(%(tasks)s::text[]) OR concurrency_key = ANY(%(keys)s::text[]))
+  AND cardinality(%(tasks)s::text[]) + cardinality(%(keys)s::text[]) > 0
 GROUP BY concurrency_key;
 
 -- name: rate_ring_log
@@ -98,8 +101,51 @@ WHERE c.kind = a.kind AND c.name = a.name;
 
 -- name: job_claim_limited_candidates
 -- Due waiting jobs of limited queues and tasks, in claim order, locked (SKIP LOCKED) with their
--- singleton key's lease as it stands. Scopes without room are left out, and so are jobs of a held
--- key that would only wait.
+-- singleton key's lease as it stands. Each queue to look in is read along oncely_jobs_claim in
+-- claim order (a LATERAL scan per queue, so a backlog is never sorted whole): the limited queues
+-- that have room, and, when tasks are limited, every other queue with waiting jobs for those
+-- tasks' jobs. Tasks and keys without room are left out, and so are jobs of a held singleton key
+-- that would only wait.
+WITH RECURSIVE waiting(queue) AS (
+    SELECT MIN(queue) FROM oncely_jobs
+    WHERE state IN ('scheduled', 'available', 'retryable')
+      AND cardinality(%(limited_tasks)s::text[]) > 0
+    UNION ALL
+    SELECT (SELECT MIN(queue) FROM oncely_jobs
+            WHERE state IN ('scheduled', 'available', 'retryable') AND queue > waiting.queue)
+    FROM waiting WHERE waiting.queue IS NOT NULL
+), scan(queue, whole) AS (
+    SELECT name, TRUE FROM unnest(%(limited_queues)s::text[]) AS name
+    WHERE name <> ALL(%(blocked_queues)s::text[])
+    UNION ALL
+    SELECT queue, FALSE FROM waiting
+    WHERE queue IS NOT NULL AND queue <> ALL(%(limited_queues)s::text[])
+), candidate AS (
+    SELECT c.id, c.priority, c.run_at
+    FROM scan CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.run_at FROM oncely_jobs AS j
+        WHERE j.queue = scan.queue
+          AND j.state IN ('scheduled', 'available', 'retryable')
+          AND j.run_at <= %(now)s
+          AND (scan.whole OR j.task = ANY(%(limited_tasks)s::text[]))
+          AND (%(queues)s::text[] IS NULL OR j.queue = ANY(%(queues)s::text[]))
+          AND j.task <> ALL(%(blocked_tasks)s::text[])
+          AND (j.concurrency_key IS NULL OR j.concurrency_key <> ALL(%(blocked_keys)s::text[]))
+          AND (j.singleton_key IS NULL
+               OR (j.overlap = 'skip' AND j.schedule IS NOT NULL AND j.attempt = 0
+                   AND j.state <> 'retryable')
+               OR NOT EXISTS (SELECT 1 FROM oncely_leases AS l
+                              WHERE l.key = j.singleton_key AND l.owner IS NOT NULL
+                                AND l.expires_at > %(now)s))
+          AND (%(after_id)s::bigint IS NULL
+               OR (-j.priority, j.run_at, j.id)
+                  > (-%(after_priority)s::integer, %(after_run_at)s::timestamptz,
+                     %(after_id)s::bigint))
+        ORDER BY j.priority DESC, j.run_at, j.id
+        LIMIT %(page)s) AS c
+    ORDER BY c.priority DESC, c.run_at, c.id
+    LIMIT %(page)s
+)
 SELECT j.id, j.priority, j.run_at, j.queue, j.task, j.concurrency_key, j.singleton_key,
        j.schedule, j.slot,
        (j.singleton_key IS NOT NULL AND j.overlap = 'skip' AND j.schedule IS NOT NULL
@@ -108,21 +154,9 @@ SELECT j.id, j.priority, j.run_at, j.queue, j.task, j.concurrency_key, j.singlet
        l.job_id AS key_holder
 FROM oncely_jobs AS j
 LEFT JOIN oncely_leases AS l ON l.key = j.singleton_key
-WHERE j.state IN ('scheduled', 'available', 'retryable')
-  AND j.run_at <= %(now)s
-  AND (j.queue = ANY(%(limited_queues)s::text[]) OR j.task = ANY(%(limited_tasks)s::text[]))
-  AND (%(queues)s::text[] IS NULL OR j.queue = ANY(%(queues)s::text[]))
-  AND j.queue <> ALL(%(blocked_queues)s::text[])
-  AND j.task <> ALL(%(blocked_tasks)s::text[])
-  AND (j.concurrency_key IS NULL OR j.concurrency_key <> ALL(%(blocked_keys)s::text[]))
-  AND (l.owner IS NULL OR l.expires_at IS NULL OR l.expires_at <= %(now)s
-       OR (j.overlap = 'skip' AND j.schedule IS NOT NULL AND j.attempt = 0
-           AND j.state <> 'retryable'))
-  AND (%(after_id)s::bigint IS NULL
-       OR (-j.priority, j.run_at, j.id)
-          > (-%(after_priority)s::integer, %(after_run_at)s::timestamptz, %(after_id)s::bigint))
+WHERE j.id = ANY(ARRAY(SELECT id FROM candidate))  -- by primary key, whatever the statistics
+  AND j.state IN ('scheduled', 'available', 'retryable')
 ORDER BY j.priority DESC, j.run_at, j.id
-LIMIT %(page)s
 FOR UPDATE OF j SKIP LOCKED;
 
 -- name: job_claim_start_ids
