@@ -38,6 +38,7 @@ Progress = Callable[[float, str], None]  # (simulated hours done, label)
 TICK = 0.01  # real seconds between polls of the timeline
 GRACE = 3.0  # ONCELY_SHUTDOWN_GRACE given to the workers (real seconds)
 READY_TIMEOUT = 120.0  # real seconds the fleet may take to import and warm up
+SETTLE = timedelta(minutes=45)  # a fault's takeover must be over this long before the day ends
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,10 @@ class Kill:
         now = d.clock.now()
         if now < self.at:
             return
+        if d.plan.end - now < timedelta(seconds=d.run.config.lease_ttl) + SETTLE:
+            d.note("no SIGKILL: too little of the day left to see the takeover")
+            self.done = True
+            return
         found = d.holder((THRESHOLDS_TASK,))
         if found is None and now < self.give_up:
             return
@@ -175,6 +180,10 @@ class Freeze:
         now = d.clock.now()
         if now < self.at or time.time() < self.not_before:
             return
+        if d.plan.end - now < timedelta(seconds=self.pause * d.plan.speed) + SETTLE:
+            d.note("no SIGSTOP: too little of the day left to see the takeover")
+            self.done = True
+            return
         tasks = (STRIPE_TASK,) if now < self.give_up else (STRIPE_TASK, THRESHOLDS_TASK)
         found = d.holder(tasks)
         if found is None:
@@ -201,12 +210,22 @@ def timeline(plan: Plan, config: PhaseConfig) -> list[Restart | Kill | Freeze]:
         for fraction in config.restarts
     ]
     if config.kill_at is not None:
-        actions.append(Kill(plan.at(config.kill_at), plan.at(config.kill_at) + timedelta(hours=2)))
+        at = just_before(plan.at(config.kill_at), 35)  # the free-tier job's slot
+        actions.append(Kill(at, at + timedelta(hours=2)))
     if config.freeze_at is not None:
+        at = just_before(plan.at(config.freeze_at), 5)  # the Stripe job's slot
         pause = (config.lease_ttl + plan.sim(LEADER_TTL_REAL + 0.6)) / plan.speed
-        actions.append(Freeze(plan.at(config.freeze_at),
-                              plan.at(config.freeze_at) + timedelta(hours=3), pause))
+        actions.append(Freeze(at, at + timedelta(hours=3), pause))
     return actions
+
+
+def just_before(after: datetime, minute: int) -> datetime:
+    """A minute before the first ``HH:minute`` at or after ``after``: a fault then catches the
+    run of that slot as it starts, leaving its takeover the whole hour."""
+    slot = after.replace(minute=minute, second=0, microsecond=0)
+    if slot < after:
+        slot += timedelta(hours=1)
+    return slot - timedelta(minutes=1)
 
 
 def run_phase(plan: Plan, config: PhaseConfig, url: str, base_env: dict[str, str],

@@ -179,6 +179,7 @@ class Gate:
     def __init__(
         self, controls: Iterable[Control], usage: ControlUsage, now: datetime, depth: int = 1
     ) -> None:
+        controls = list(controls)
         self.now = now
         self.usage = usage
         self.queues = {c.name: c for c in controls if c.kind == ControlKind.QUEUE and c.active}
