@@ -34,7 +34,7 @@ STRIPE_RATE_DEFAULT = 200.0
 DEMO_STRIPE_KEY = "sk_test_oncely_demo_local_stub"  # the local stub wants a key, any key
 SEED = 1
 
-# Real seconds behind the clock-second settings, at 5,000 organizations (see Plan.sim_for).
+# Real seconds behind the clock-second settings, at 5,000 organizations (see Plan.sim).
 GUARDED_LEASE_REAL = 0.9  # renewed every 0.3 s by the heartbeat
 UNSAFE_LEASE_REAL = 0.3  # shorter than most runs of the free-tier job; never renewed
 LEADER_TTL_REAL = 0.5  # a dead leader is replaced well before a dead worker's lease expires
@@ -199,8 +199,9 @@ class PhaseConfig:
             else None,
             "restarts_at": [plan.at(f).isoformat() for f in self.restarts],
             "workers_restarted_each_time": self.restart_count if self.restarts else 0,
-            "kill_at": plan.at(self.kill_at).isoformat() if self.kill_at is not None else None,
-            "freeze_at": plan.at(self.freeze_at).isoformat() if self.freeze_at is not None
+            "kill_after": plan.at(self.kill_at).isoformat() if self.kill_at is not None
+            else None,
+            "freeze_after": plan.at(self.freeze_at).isoformat() if self.freeze_at is not None
             else None,
             "notes": list(self.notes),
         }
@@ -226,6 +227,8 @@ def phases(plan: Plan) -> tuple[PhaseConfig, PhaseConfig]:
                f"lease {plan.sim(GUARDED_LEASE_REAL) / 60:.0f} simulated min, renewed by the "
                "heartbeat every third of it; self-fencing on",
                "SIGKILL of the worker running the free-tier job (no replacement)",
-               "SIGSTOP of the worker running the Stripe job, past its lease, then SIGCONT"],
+               "SIGSTOP of the worker running the Stripe job, past its lease, then SIGCONT",
+               "both phases: leases, leader TTL, the watchdog's noise floors and the tasks' "
+               "timeouts are sized in real seconds for the warp clock (oncely.sim.plan)"],
     )
     return unsafe, guarded
