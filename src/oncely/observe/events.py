@@ -69,25 +69,26 @@ _WARNING_EVENTS = frozenset({"anomaly.raised"})
 class EventBus:
     def __init__(self, now: Callable[[], datetime] | None = None) -> None:
         self._now = now or (lambda: datetime.now(UTC))
-        self._subscribers: list[Subscriber] = []
+        # Replaced, never mutated: emit (several times per job) reads it without a lock.
+        self._subscribers: tuple[Subscriber, ...] = ()
         self._lock = threading.Lock()
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         with self._lock:
-            self._subscribers.append(subscriber)
+            self._subscribers = (*self._subscribers, subscriber)
 
         def unsubscribe() -> None:
             with self._lock:
                 if subscriber in self._subscribers:
-                    self._subscribers.remove(subscriber)
+                    rest = list(self._subscribers)
+                    rest.remove(subscriber)
+                    self._subscribers = tuple(rest)
 
         return unsubscribe
 
     def emit(self, name: str, /, **fields: Any) -> Event:
         event = Event(name, self._now(), fields)
-        with self._lock:
-            subscribers = list(self._subscribers)
-        for subscriber in subscribers:
+        for subscriber in self._subscribers:
             try:
                 subscriber(event)
             except Exception:  # a broken subscriber must never break a job

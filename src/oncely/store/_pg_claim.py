@@ -73,11 +73,9 @@ def _rank(item: Row | Job) -> tuple[int, datetime, int]:
     return (-int(item["priority"]), item["run_at"], int(item["id"]))
 
 
-def claim_jobs(conn: psycopg.Connection[Any], params: JobClaimParams) -> ClaimResult:
-    if params.limit <= 0:
-        return ClaimResult(jobs=[])
+def _common(params: JobClaimParams) -> dict[str, Any]:
     now = utc(params.now)
-    common: dict[str, Any] = {
+    return {
         "now": now,
         "owner": params.worker_id,
         "lease_expires_at": now + timedelta(seconds=params.lease_ttl),
@@ -85,6 +83,26 @@ def claim_jobs(conn: psycopg.Connection[Any], params: JobClaimParams) -> ClaimRe
         "excluded_queues": [],
         "excluded_tasks": [],
     }
+
+
+def claim_fast(conn: psycopg.Connection[Any], params: JobClaimParams) -> ClaimResult | None:
+    """The one-statement claim (``job_claim_fast``): the result, or None when queue controls or
+    due singleton jobs need :func:`claim_jobs`."""
+    if params.limit <= 0:
+        return ClaimResult(jobs=[])
+    query = "job_claim_fast" if params.queues is None else "job_claim_fast_in_queues"
+    rows = fetch(conn, query, {**_common(params), "limit": params.limit})
+    if rows and rows[0]["claim_blocked"]:
+        return None
+    return ClaimResult(jobs=sorted((to_job(row) for row in rows if row["id"] is not None),
+                                   key=_rank))
+
+
+def claim_jobs(conn: psycopg.Connection[Any], params: JobClaimParams) -> ClaimResult:
+    if params.limit <= 0:
+        return ClaimResult(jobs=[])
+    common = _common(params)
+    now = common["now"]
     gate = controls.open_gate(conn, params)
     limited = controls.LimitedPlan()
     if gate is not None:
@@ -259,25 +277,35 @@ def finish_job(conn: psycopg.Connection[Any], params: JobFinish) -> bool:
     return bool(fetch(conn, "job_finish", values))
 
 
-def finish_jobs(conn: psycopg.Connection[Any], batch: Sequence[JobFinish]) -> list[bool]:
-    """Several finishes in one transaction. Plain successes (no singleton key, no slot: the bulk
-    of a busy queue) go in one statement; the rest, and any the statement did not take, one by
-    one through :func:`finish_job`, which re-checks each fence."""
-    plain = [
-        p for p in batch
-        if p.state == JobState.SUCCEEDED and p.error is None and not p.require_expired_lease
-        and not p.refund_attempt
-    ]
-    done: set[int] = set()
-    if plain:
-        rows = fetch(conn, "job_finish_plain_many", {
-            "job_ids": [p.job_id for p in plain],
-            "fences": [p.fence for p in plain],
-            "results": [None if p.result is None else dump_json(p.result, "job result")
-                        for p in plain],
-            "now": utc(plain[0].now),
-        })
-        done = {int(row["id"]) for row in rows}
+def is_plain_success(params: JobFinish) -> bool:
+    """A success :func:`finish_plain` may record (it still checks the job has no key or slot)."""
+    return (params.state == JobState.SUCCEEDED and params.error is None
+            and not params.require_expired_lease and not params.refund_attempt)
+
+
+def finish_plain(conn: psycopg.Connection[Any], batch: Sequence[JobFinish]) -> set[int]:
+    """Successes of jobs without a singleton key or a slot (the bulk of a busy queue), in one
+    statement, each under its own fence. Returns the ids it recorded; the others go through
+    :func:`finish_job`, which re-checks each fence."""
+    if not batch:
+        return set()
+    rows = fetch(conn, "job_finish_plain_many", {
+        "job_ids": [p.job_id for p in batch],
+        "fences": [p.fence for p in batch],
+        "results": [None if p.result is None else dump_json(p.result, "job result")
+                    for p in batch],
+        "now": utc(batch[0].now),
+    })
+    return {int(row["id"]) for row in rows}
+
+
+def finish_jobs(
+    conn: psycopg.Connection[Any], batch: Sequence[JobFinish], done: set[int] | None = None
+) -> list[bool]:
+    """Several finishes in one transaction; ``done`` are ids :func:`finish_plain` already
+    recorded (plain successes are tried that way first when not given)."""
+    if done is None:
+        done = finish_plain(conn, [p for p in batch if is_plain_success(p)])
     return [params.job_id in done or finish_job(conn, params) for params in batch]
 
 

@@ -1,7 +1,7 @@
 """PostgreSQL plumbing for :class:`~oncely.store.postgres.PostgresStore`.
 
-Owns URL parsing (oncely's own ``schema`` and ``pool_max`` parameters are stripped before libpq
-sees the URL), the connection pool, transactions and the mapping of psycopg errors to
+Owns URL parsing (oncely's own ``schema``, ``pool_max`` and ``listen`` parameters are stripped
+before libpq sees the URL), the connection pool, transactions and the mapping of psycopg errors to
 :mod:`oncely.errors`. The LISTEN connection behind ``wait_for_work`` is in ``_pg_listen``.
 
 Failure model: the first use probes the server with one direct connection, so an unreachable
@@ -16,6 +16,7 @@ fresh pool (see :class:`Engine`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -32,6 +33,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
+from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from oncely.errors import (
@@ -62,7 +64,7 @@ BUSY_ATTEMPTS = 4  # a transaction lost to a deadlock or serialization failure i
 IDLE_IN_TRANSACTION_MS = 10_000
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_OWN_PARAMS = ("schema", "pool_max")
+_OWN_PARAMS = ("schema", "pool_max", "listen")
 _BUSY_STATES = ("40001", "40P01", "55P03")  # serialization, deadlock, lock not available
 
 
@@ -74,6 +76,7 @@ class Target:
     schema: str
     pool_max: int
     where: str  # host:port/db, for messages (never the password)
+    listen: bool = True  # idle workers wait on LISTEN; listen=off: they poll (poll_interval)
 
 
 def parse_url(url: str) -> Target:
@@ -88,6 +91,7 @@ def parse_url(url: str) -> Target:
     rest = [(key, value) for key, value in query if key not in _OWN_PARAMS]
     schema = _schema_name(own.get("schema", "public"))
     pool_max = _pool_max(own.get("pool_max"))
+    listen = _listen(own.get("listen"))
     # libpq decodes %20, not "+": keep spaces (as in options=-c a=b -c c=d) percent-encoded.
     query_text = urlencode(rest, quote_via=quote)
     libpq_url = urlunsplit(("postgresql", parts.netloc, parts.path, query_text, ""))
@@ -108,7 +112,7 @@ def parse_url(url: str) -> Target:
         extra["application_name"] = "oncely"
     host = given.get("host") or given.get("hostaddr") or "localhost"
     where = f"{host}:{given.get('port') or 5432}/{given.get('dbname') or given.get('user') or ''}"
-    return Target(make_conninfo(libpq_url, **extra), schema, pool_max, where)
+    return Target(make_conninfo(libpq_url, **extra), schema, pool_max, where, listen)
 
 
 def _schema_name(value: str) -> str:
@@ -119,6 +123,14 @@ def _schema_name(value: str) -> str:
         )
     # Unquoted identifiers fold to lower case in PostgreSQL; search_path must name the same schema.
     return value.lower()
+
+
+def _listen(value: str | None) -> bool:
+    if value is None or value.lower() in ("on", "true", "1"):
+        return True
+    if value.lower() in ("off", "false", "0"):
+        return False
+    raise InvalidURL(f"invalid listen={value!r} in the PostgreSQL URL: use on or off")
 
 
 def _pool_max(value: str | None) -> int:
@@ -180,6 +192,21 @@ def map_error(exc: psycopg.Error, where: str, schema: str) -> OncelyError:
 
 
 # the pool ---------------------------------------------------------------------------------------
+
+
+def _json_loads(data: str | bytes) -> Any:
+    # psycopg hands json/jsonb columns over as bytes; json.loads would sniff their encoding
+    # first. Empty objects and arrays (args, errors of most claimed jobs) need no parser.
+    if data == b"{}":
+        return {}
+    if data == b"[]":
+        return []
+    return json.loads(data.decode() if isinstance(data, bytes) else data)
+
+
+def _configure(conn: Conn) -> None:
+    """Set up each pooled connection once, when the pool opens it."""
+    set_json_loads(_json_loads, conn)
 
 
 def _healthy(conn: Conn) -> bool:
@@ -271,6 +298,7 @@ class Engine:
                     timeout=POOL_TIMEOUT,
                     reconnect_timeout=RECONNECT_TIMEOUT,
                     name=f"oncely:{self.target.schema}",
+                    configure=_configure,
                 )
                 pool.open(wait=False)
                 self._box.pool = pool
@@ -409,6 +437,34 @@ class Engine:
                     self._lost(conn)
                     raise self.mapped(exc) from exc
                 return result
+            finally:
+                pool.putconn(conn)
+
+    def single(self, work: Callable[[Conn], T]) -> T:
+        """Run ``work``, which sends exactly one statement, outside an explicit transaction: the
+        statement is its own transaction, so it costs one round trip instead of three (BEGIN,
+        the statement, COMMIT). Contention is retried like :meth:`run`; a lost connection is not
+        (whether the statement committed is unknown). Inside :meth:`transaction` on the same
+        thread, ``work`` joins that transaction instead."""
+        outer: Conn | None = getattr(self._local, "conn", None)
+        if outer is not None:
+            return self.joined(outer, work)
+        attempt = 0
+        while True:
+            attempt += 1
+            pool, conn = self._checkout()
+            try:
+                conn.autocommit = True
+                try:
+                    return work(conn)
+                except psycopg.Error as exc:
+                    self._lost(conn)
+                    if not (attempt < BUSY_ATTEMPTS and is_busy(exc)):
+                        raise self.mapped(exc) from exc
+                    time.sleep(random.uniform(0.001, 0.01 * attempt))
+                finally:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.autocommit = False
             finally:
                 pool.putconn(conn)
 

@@ -38,7 +38,10 @@ class RowLike(Protocol):
 
 def utc(value: datetime) -> datetime:
     """``value`` as an aware UTC datetime; a naive datetime is taken to be UTC already."""
-    if value.tzinfo is None:
+    tzinfo = value.tzinfo
+    if tzinfo is UTC:
+        return value
+    if tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
 

@@ -38,18 +38,54 @@ if TYPE_CHECKING:
 log = logging.getLogger("oncely.job")
 
 
+class Flag:
+    """A flag set once from any thread (``is_set``/``set``, like an Event nobody waits on)."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+_EVENT_LOCK = threading.Lock()
+
+
 class JobContext:
+    # Built once per claimed job on the worker's hot path: what a handler rarely touches (the
+    # cancel event it may wait on, its logger) is created on first use.
     def __init__(self, app: App, job: Job, worker_id: str) -> None:
         self.app = app
         self.job = job
         self.worker_id = worker_id
-        self.cancel_event = threading.Event()
+        self._cancel_event: threading.Event | None = None
         self.cancel_reason: str | None = None
         self.cancel_kind = ErrorKind.CANCELLED
-        self.lease_lost = threading.Event()
+        self.lease_lost = Flag()
         self._checkpoint = job.checkpoint
         self.heartbeat_hook: Any = None  # set by the worker: renews this job's lease now
-        self.log = logging.LoggerAdapter(log, {"job_id": job.id, "task": job.task})
+        self._log: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def cancel_event(self) -> threading.Event:
+        """Set when the job is asked to stop; a handler may ``wait()`` on it between steps."""
+        if self._cancel_event is None:
+            with _EVENT_LOCK:
+                if self._cancel_event is None:
+                    self._cancel_event = threading.Event()
+        return self._cancel_event
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger that tags each record with the job's id and task."""
+        if self._log is None:
+            self._log = logging.LoggerAdapter(log, {"job_id": self.job.id, "task": self.job.task})
+        return self._log
 
     # identity ----------------------------------------------------------------------------
     @property
@@ -123,7 +159,8 @@ class JobContext:
     # cancellation ------------------------------------------------------------------------
     @property
     def cancelled(self) -> bool:
-        return self.cancel_event.is_set()
+        event = self._cancel_event
+        return event is not None and event.is_set()
 
     def request_cancel(self, reason: str, kind: ErrorKind = ErrorKind.CANCELLED) -> None:
         """Ask the handler to stop; the first request's reason and kind decide the outcome."""
@@ -135,7 +172,7 @@ class JobContext:
             self.cancel_event.set()
 
     def raise_if_cancelled(self) -> None:
-        if self.cancel_event.is_set():
+        if self.cancelled:
             raise Cancel(self.cancel_reason or "cancelled")
 
     def __repr__(self) -> str:

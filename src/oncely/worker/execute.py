@@ -70,6 +70,8 @@ def call_handler(task: Task, ctx: JobContext) -> Any:
 
 def json_result(value: Any) -> Any:
     """The value as it will be stored; something JSON cannot hold is kept as its repr."""
+    if value is None or type(value) in (str, int, bool):
+        return value  # stored as is (the common case: a handler that returns nothing)
     try:
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError):

@@ -39,6 +39,89 @@ ORDER BY j.priority DESC, j.run_at, j.id
 LIMIT %(scan)s
 FOR UPDATE OF j SKIP LOCKED;
 
+-- name: job_claim_fast
+-- The whole claim in one statement, sent outside an explicit transaction (one round trip), for
+-- the common case: no queue control is active and no due singleton job waits to be granted or
+-- skipped. Due jobs without a key are locked and started in claim order. When the gate says
+-- otherwise the statement starts nothing and returns claim_blocked, and the caller runs the full
+-- claim below. Always returns at least one row (all job columns NULL when nothing started).
+WITH gate AS (
+    -- The shared controls lock (as in control_claim_read), then: does anything need the full
+    -- claim? An active queue control, or a due singleton job the full claim would grant or skip.
+    SELECT EXISTS (
+               SELECT 1 FROM oncely_controls AS c
+               WHERE c.paused OR c.max_running IS NOT NULL OR c.max_per_key IS NOT NULL
+                  OR c.rate_limit IS NOT NULL)
+           OR EXISTS (
+               SELECT 1 FROM oncely_jobs AS j
+               LEFT JOIN oncely_leases AS l ON l.key = j.singleton_key
+               WHERE j.state IN ('scheduled', 'available', 'retryable')
+                 AND j.singleton_key IS NOT NULL AND j.run_at <= %(now)s
+                 AND (l.owner IS NULL OR l.expires_at IS NULL OR l.expires_at <= %(now)s
+                      OR (j.overlap = 'skip' AND j.schedule IS NOT NULL AND j.attempt = 0
+                          AND j.state <> 'retryable'))) AS blocked
+    FROM (SELECT pg_advisory_xact_lock_shared(
+              hashtextextended(current_schema() || '.oncely_controls', 0))) AS lock
+), candidate AS (
+    SELECT id FROM oncely_jobs
+    WHERE state IN ('scheduled', 'available', 'retryable')
+      AND run_at <= %(now)s
+      AND singleton_key IS NULL
+      AND NOT (SELECT blocked FROM gate)
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), started AS (
+    UPDATE oncely_jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, lease_owner = %(owner)s,
+        lease_expires_at = %(lease_expires_at)s, fence = j.fence + 1, started_at = %(now)s
+    FROM candidate AS c
+    WHERE j.id = c.id
+    RETURNING j.*
+)
+SELECT (SELECT blocked FROM gate) AS claim_blocked, s.*
+FROM (SELECT 1) AS one LEFT JOIN started AS s ON true;
+
+-- name: job_claim_fast_in_queues
+WITH gate AS (
+    -- The shared controls lock (as in control_claim_read), then: does anything need the full
+    -- claim? An active queue control, or a due singleton job the full claim would grant or skip.
+    SELECT EXISTS (
+               SELECT 1 FROM oncely_controls AS c
+               WHERE c.paused OR c.max_running IS NOT NULL OR c.max_per_key IS NOT NULL
+                  OR c.rate_limit IS NOT NULL)
+           OR EXISTS (
+               SELECT 1 FROM oncely_jobs AS j
+               LEFT JOIN oncely_leases AS l ON l.key = j.singleton_key
+               WHERE j.state IN ('scheduled', 'available', 'retryable')
+                 AND j.singleton_key IS NOT NULL AND j.run_at <= %(now)s
+                 AND j.queue = ANY(%(queues)s::text[])
+                 AND (l.owner IS NULL OR l.expires_at IS NULL OR l.expires_at <= %(now)s
+                      OR (j.overlap = 'skip' AND j.schedule IS NOT NULL AND j.attempt = 0
+                          AND j.state <> 'retryable'))) AS blocked
+    FROM (SELECT pg_advisory_xact_lock_shared(
+              hashtextextended(current_schema() || '.oncely_controls', 0))) AS lock
+), candidate AS (
+    SELECT id FROM oncely_jobs
+    WHERE state IN ('scheduled', 'available', 'retryable')
+      AND run_at <= %(now)s
+      AND singleton_key IS NULL
+      AND queue = ANY(%(queues)s::text[])
+      AND NOT (SELECT blocked FROM gate)
+    ORDER BY priority DESC, run_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), started AS (
+    UPDATE oncely_jobs AS j
+    SET state = 'running', attempt = j.attempt + 1, lease_owner = %(owner)s,
+        lease_expires_at = %(lease_expires_at)s, fence = j.fence + 1, started_at = %(now)s
+    FROM candidate AS c
+    WHERE j.id = c.id
+    RETURNING j.*
+)
+SELECT (SELECT blocked FROM gate) AS claim_blocked, s.*
+FROM (SELECT 1) AS one LEFT JOIN started AS s ON true;
+
 -- name: job_claim_plain
 -- The hot path: due jobs without a singleton key, locked and started in one statement. A job
 -- is admitted while its place among these candidates plus the singleton jobs this claim grants
@@ -243,7 +326,9 @@ FROM job;
 
 -- name: job_finish_plain_many
 -- Successes of jobs without a singleton key or a slot, in one statement, each under its own
--- fence; jobs it does not return go through job_finish one by one.
+-- fence; jobs it does not return go through job_finish one by one. The state test is written
+-- "IS TRUE" so the planner looks the jobs up by id: right after a burst of claims its statistics
+-- can count few running jobs, and a plain test made it scan every running job instead.
 WITH done AS (
     SELECT * FROM unnest(%(job_ids)s::bigint[], %(fences)s::bigint[], %(results)s::text[])
         AS d(job_id, fence, result)
@@ -252,7 +337,7 @@ UPDATE oncely_jobs AS j
 SET state = 'succeeded', finished_at = %(now)s, result = d.result::jsonb,
     lease_owner = NULL, lease_expires_at = NULL
 FROM done AS d
-WHERE j.id = d.job_id AND j.fence = d.fence AND j.state = 'running'
+WHERE j.id = d.job_id AND j.fence = d.fence AND (j.state = 'running') IS TRUE
   AND j.singleton_key IS NULL AND j.schedule IS NULL
 RETURNING j.id;
 
