@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 for _path in (ROOT / "src", ROOT):
@@ -44,15 +44,12 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import oncely  # noqa: E402
-from oncely.errors import InvalidURL  # noqa: E402
-from oncely.store import open_store  # noqa: E402
 from oncely.store.base import Job, JobFilter, JobState  # noqa: E402
 
 APP_PATH = "bench.apps:app"
 TASK = "noop"
 DEFAULT_WORKERS = {"sqlite": "1,2", "postgres": "1,4"}
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-LISTEN_OFF_PARAM = "listen=off"  # tried first; the bench-side override is the fallback
 PAGE = 5000  # jobs per job_list page when reading results back
 
 # Started as ``python -c LAUNCHER <parent pid> <argv...>``: the worker gets SIGTERM if this script
@@ -79,14 +76,15 @@ class BenchError(Exception):
 
 def with_query(url: str, **params: str) -> str:
     joiner = "&" if "?" in url else "?"
-    return url + joiner + urlencode(params)
+    return url + joiner + urlencode(params, quote_via=quote)
 
 
 def plain_pg_url(url: str) -> str:
     """The URL without oncely's own parameters, for a direct psycopg connection."""
     parts = urlsplit(url)
     query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("schema", "pool_max")]
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+    text = urlencode(query, quote_via=quote)  # libpq decodes %20, not "+"
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, text, ""))
 
 
 def _noop(ctx: oncely.JobContext) -> None:
@@ -418,18 +416,23 @@ def declare_limit(store: FreshStore, limit: str, workers: int, concurrency: int)
 
 
 def measure_end_to_end(
-    args: argparse.Namespace, workers: int, limit: str = "none", jobs: int | None = None
+    args: argparse.Namespace,
+    workers: int,
+    limit: str = "none",
+    jobs: int | None = None,
+    concurrency: int | None = None,
 ) -> dict[str, Any]:
     jobs = jobs or args.jobs
-    with fresh_store(args, f"e2e-w{workers}-{limit}") as store:
-        control = declare_limit(store, limit, workers, args.concurrency)
+    concurrency = concurrency or args.concurrency
+    with fresh_store(args, f"e2e-w{workers}-c{concurrency}-{limit}") as store:
+        control = declare_limit(store, limit, workers, concurrency)
         enqueue_seconds = enqueue_batch(store, jobs, args.batch_size)
         with worker_pool(args, store.url, store.dir) as pool:
-            pool.start(workers, args.concurrency)
+            pool.start(workers, concurrency)
             if args.profile_dir:
                 pool.profile(
                     Path(args.profile_dir),
-                    f"{args.store}-w{workers}",
+                    f"{args.store}-w{workers}-c{concurrency}",
                     args.profile_rate,
                     args.profile_args.split(),
                 )
@@ -450,7 +453,7 @@ def measure_end_to_end(
     span, wall = last - first, last - pool.spawned_at
     return {
         "workers": workers,
-        "concurrency": args.concurrency,
+        "concurrency": concurrency,
         "jobs": jobs,
         "limit": control,
         "enqueue_batch_seconds": round(enqueue_seconds, 3),
@@ -463,6 +466,36 @@ def measure_end_to_end(
         **checks,
         **stopped,
     }
+
+
+def measure_e2e_rounds(
+    args: argparse.Namespace, doc: dict[str, Any], console: Console, workers: int,
+    concurrency: int,
+) -> dict[str, Any] | None:
+    """``--e2e-rounds`` end-to-end runs of one shape; the run with the median rate stands for
+    them, with every round's rate beside it (other work on a small machine moves single runs)."""
+    runs = []
+    for round_no in range(1, args.e2e_rounds + 1):
+        name = f"end-to-end W={workers} C={concurrency} ({round_no}/{args.e2e_rounds})"
+        result = run_part(
+            doc, name,
+            functools.partial(measure_end_to_end, args, workers, concurrency=concurrency),
+            console,
+        )
+        if result is None:
+            continue
+        if not result["exactly_once"]:
+            doc["problems"].append(
+                f"{name}: jobs did not all succeed exactly once: {result['states']}"
+            )
+        runs.append(result)
+    if not runs:
+        return None
+    ordered = sorted(runs, key=lambda run: run["jobs_per_s"])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    median["jobs_per_s_runs"] = [run["jobs_per_s"] for run in runs]
+    median["exactly_once"] = all(run["exactly_once"] for run in runs)
+    return median
 
 
 LIMITS = ("none", "max_running", "rate")
@@ -512,17 +545,6 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def listen_off_setup(base_url: str) -> tuple[str, dict[str, str], str]:
-    """How to turn LISTEN off: the store's own URL switch if it has one, else the bench's
-    override in bench/apps.py. Returns (url, extra worker env, method)."""
-    candidate = with_query(base_url, **dict([LISTEN_OFF_PARAM.split("=", 1)]))
-    try:
-        open_store(candidate).close()  # parses the URL; connects to nothing
-    except InvalidURL:
-        return base_url, {"ONCELY_BENCH_LISTEN": "off"}, "bench override of wait_for_work"
-    return candidate, {}, f"url parameter {LISTEN_OFF_PARAM}"
-
-
 def measure_latency(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     """Enqueue → start delay with one idle worker; ``mode`` is notify (default wake-ups) or
     poll (PostgreSQL LISTEN off: the worker finds work only at its poll interval)."""
@@ -530,7 +552,7 @@ def measure_latency(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         env: dict[str, str] = {}
         url, method = store.url, "store default"
         if mode == "poll":
-            url, env, method = listen_off_setup(store.url)
+            url, method = with_query(store.url, listen="off"), "url parameter listen=off"
         if args.poll_interval is not None:
             env["ONCELY_POLL_INTERVAL"] = str(args.poll_interval)
         poll = float(
@@ -639,10 +661,13 @@ def render(doc: dict[str, Any], console: Console) -> None:
         )
     for run in doc.get("end_to_end", []):
         ok = "[green]exactly once[/]" if run["exactly_once"] else "[red]NOT exactly once[/]"
+        rounds = run.get("jobs_per_s_runs", [])
+        spread = (f"median of {len(rounds)} (runs: {', '.join(fmt(r) for r in rounds)}); "
+                  if len(rounds) > 1 else "")
         table.add_row(
             f"end-to-end, W={run['workers']} C={run['concurrency']}",
             fmt(run["jobs_per_s"], " jobs/s"),
-            f"{run['jobs']} no-ops; first start→last finish {run['store_span_seconds']} s; "
+            f"{spread}{run['jobs']} no-ops; first start→last finish {run['store_span_seconds']} s; "
             f"spawn→drained {run['wall_seconds']} s ({fmt(run['wall_jobs_per_s'])} jobs/s, "
             f"start-up {run['startup_seconds']} s); {ok}",
         )
@@ -688,7 +713,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated worker-process counts for end-to-end "
         "(default: sqlite 1,2; postgres 1,4)",
     )
-    p.add_argument("--concurrency", type=int, default=4, help="handler threads per worker")
+    p.add_argument(
+        "--concurrency", type=int, default=4,
+        help="handler threads per worker (limits and latency parts)",
+    )
+    p.add_argument(
+        "--e2e-concurrency", default="4,128",
+        help="comma-separated handler-thread counts per worker for the end-to-end part: the "
+        "default 4, and enough threads that no-op jobs keep the claim batches full",
+    )
+    p.add_argument(
+        "--e2e-rounds", type=int, default=1,
+        help="runs of each end-to-end shape; the median is reported with every run's rate",
+    )
     p.add_argument("--json-out", help="also write the JSON document to this path")
     p.add_argument(
         "--postgres-url",
@@ -757,6 +794,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ]
     except ValueError:
         p.error(f"--workers must be comma-separated integers, got {args.workers!r}")
+    try:
+        args.e2e_concurrency = [int(n) for n in args.e2e_concurrency.split(",") if n.strip()]
+    except ValueError:
+        p.error(f"--e2e-concurrency must be comma-separated integers, got "
+                f"{args.e2e_concurrency!r}")
     if (
         min(
             [
@@ -765,7 +807,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 args.batch_size,
                 args.concurrency,
                 args.latency_jobs,
+                args.e2e_rounds,
                 *args.worker_counts,
+                *args.e2e_concurrency,
             ]
         )
         < 1
@@ -809,6 +853,8 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": args.batch_size,
             "workers": args.worker_counts,
             "concurrency": args.concurrency,
+            "e2e_concurrency": args.e2e_concurrency,
+            "e2e_rounds": args.e2e_rounds,
             "limit_jobs": args.limit_jobs,
             "limit_rounds": args.limit_rounds,
             "app": args.app,
@@ -824,20 +870,11 @@ def main(argv: list[str] | None = None) -> int:
         if "enqueue" not in args.skip:
             doc["enqueue"] = run_part(doc, "enqueue", lambda: measure_enqueue(args), console) or {}
         if "e2e" not in args.skip:
-            for workers in args.worker_counts:
-                result = run_part(
-                    doc,
-                    f"end-to-end W={workers}",
-                    functools.partial(measure_end_to_end, args, workers),
-                    console,
-                )
-                if result is not None:
-                    doc["end_to_end"].append(result)
-                    if not result["exactly_once"]:
-                        doc["problems"].append(
-                            f"end-to-end W={workers}: jobs did not all "
-                            f"succeed exactly once: {result['states']}"
-                        )
+            for concurrency in args.e2e_concurrency:
+                for workers in args.worker_counts:
+                    result = measure_e2e_rounds(args, doc, console, workers, concurrency)
+                    if result is not None:
+                        doc["end_to_end"].append(result)
         if "limits" not in args.skip:
             measure_limits(args, doc, console)
         latency = args.latency == "on" or (args.latency == "auto" and args.store == "postgres")

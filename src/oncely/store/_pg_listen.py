@@ -5,7 +5,8 @@ Enqueues, retries and retryable finishes run ``pg_notify('oncely_jobs', '<schema
 their own transaction, so the notification is delivered when (and only if) they commit. Each store
 keeps one autocommit connection listening on that channel, opened on the first wait. When it is
 lost, waits fall back to sleeping (the caller's poll interval still finds the work) and the
-connection is re-opened on a later wait.
+connection is re-opened on a later wait. With ``listen=off`` in the URL (a connection pooler
+in transaction mode cannot hold a LISTEN), waits only sleep and workers find work by polling.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class Listener:
     def wait(self, timeout: float) -> bool:
         """True as soon as a job is announced for this schema; False after ``timeout``."""
         deadline = time.monotonic() + max(0.0, timeout)
+        if not self.target.listen:
+            time.sleep(max(0.0, timeout))  # listen=off: the caller polls
+            return False
         if not self._lock.acquire(timeout=max(0.0, timeout)):
             return False
         try:
