@@ -16,6 +16,9 @@ from tests.conftest import ROOT
 from oncely.sim.measure import invariants
 from oncely.sim.report import watchdog_cell
 
+# The demo runs once per module (fixture below): keep its tests together on one xdist worker.
+pytestmark = pytest.mark.xdist_group("demo")
+
 
 def run_demo(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("ONCELY_")}
@@ -23,15 +26,22 @@ def run_demo(*args: str, timeout: float = 150) -> subprocess.CompletedProcess[st
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str],
-                                                            dict[str, Any], Path]:
-    out = tmp_path_factory.mktemp("demo")
-    result = run_demo("--quick", "--out", str(out))
-    report_file = out / "report.json"
-    assert report_file.exists(), (f"no report.json; exit {result.returncode}\n"
-                                  f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result, json.loads(report_file.read_text()), out
+Quick = tuple[subprocess.CompletedProcess[str], dict[str, Any], Path]
+_RUNS: dict[str, Quick] = {}
+
+
+@pytest.fixture
+def quick(tmp_path_factory: pytest.TempPathFactory) -> Quick:
+    # One demo run per test process, kept here rather than in a module-scoped fixture: pytest-xdist
+    # may tear module fixtures down between two tests of the same group.
+    if "quick" not in _RUNS:
+        out = tmp_path_factory.mktemp("demo")
+        result = run_demo("--quick", "--out", str(out))
+        report_file = out / "report.json"
+        assert report_file.exists(), (f"no report.json; exit {result.returncode}\n"
+                                      f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        _RUNS["quick"] = (result, json.loads(report_file.read_text()), out)
+    return _RUNS["quick"]
 
 
 @pytest.mark.timeout(180)

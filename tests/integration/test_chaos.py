@@ -34,6 +34,9 @@ import oncely
 from oncely.store.base import JobFilter, JobState, SlotOutcome
 from oncely.testing import wait_until
 
+# Fleets of worker processes: one at a time (one xdist worker), so they do not starve each other.
+pytestmark = pytest.mark.xdist_group("fleet")
+
 LEASE_TTL = 3.0
 WORKERS = 6
 CHAOS_SLOTS = 62  # seconds of chaos on a 1-second schedule

@@ -26,6 +26,9 @@ import oncely
 from oncely.store.base import JobFilter, JobState, SlotOutcome
 from oncely.testing import wait_until
 
+# Fleets of worker processes: one at a time (one xdist worker), so they do not starve each other.
+pytestmark = pytest.mark.xdist_group("fleet")
+
 APP = "tests.apps.incident:app"
 EVERY = 3  # seconds: the guarded run covers many slots in a CI-sized test
 FLEET_ENV = {

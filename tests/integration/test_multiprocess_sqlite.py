@@ -14,6 +14,9 @@ import oncely
 from oncely.store.base import JobFilter, JobState
 from oncely.testing import wait_until
 
+# Fleets of worker processes: one at a time (one xdist worker), so they do not starve each other.
+pytestmark = pytest.mark.xdist_group("fleet")
+
 
 @pytest.fixture
 def url(tmp_path):

@@ -29,7 +29,8 @@ import oncely
 from oncely.store.base import JobState
 from oncely.testing import wait_until
 
-pytestmark = pytest.mark.postgres
+# Fleets of worker processes: one at a time (one xdist worker), so they do not starve each other.
+pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("fleet")]
 
 
 def open_app(url: str) -> oncely.App:

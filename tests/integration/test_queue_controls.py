@@ -19,6 +19,9 @@ from oncely.cli import main as oncely_cli
 from oncely.store.base import Job, JobFilter, JobState
 from oncely.testing import wait_until
 
+# Fleets of worker processes: one at a time (one xdist worker), so they do not starve each other.
+pytestmark = pytest.mark.xdist_group("fleet")
+
 APP = "tests.apps.limits:app"
 FLEET = 6
 RATED = 220  # at 20 starts/s: a burst, then ten more windows' worth
