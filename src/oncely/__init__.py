@@ -18,6 +18,7 @@ from oncely.errors import (
     StoreUnavailable,
     UnknownTask,
 )
+from oncely.observe.diagnose import WatchdogConfig
 from oncely.queues import Keep, Retention
 from oncely.retry import Retry
 from oncely.schedules import ScheduleSpec
@@ -57,6 +58,7 @@ __all__ = [
     "Task",
     "UnknownTask",
     "WarpClock",
+    "WatchdogConfig",
     "Worker",
     "__version__",
 ]

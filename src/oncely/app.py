@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from oncely.clock import Clock, clock_from_spec
 from oncely.config import Settings
 from oncely.errors import ConfigError, UnknownTask
+from oncely.observe.diagnose import WatchdogConfig
 from oncely.observe.events import EventBus
 from oncely.observe.recorder import fleet_recorder
 from oncely.queues import QueueSpec, Rate, Retention, positive
@@ -40,6 +41,7 @@ class App:
         clock: Clock | None = None,
         settings: Settings | None = None,
         auto_migrate: bool = True,
+        watchdog: WatchdogConfig | None = None,
     ) -> None:
         base = settings or Settings.from_env()
         self.settings = base.with_(database_url=url)
@@ -50,6 +52,8 @@ class App:
         self.schedules: dict[str, ScheduleSpec] = {}
         self.queues: dict[str, QueueSpec] = {}
         self.auto_migrate = auto_migrate
+        # The thresholds of the leader's watchdog and of `oncely doctor` for this app.
+        self.watchdog = watchdog or WatchdogConfig()
         self._store: Store | None = None
         self._store_lock = threading.Lock()
 

@@ -77,6 +77,16 @@ def test_a_duplicate_storm_is_too_many_with_its_evidence(app: oncely.App) -> Non
     assert app.store.anomaly_list() == []
 
 
+def test_the_apps_watchdog_thresholds_decide(app: oncely.App) -> None:
+    incident(app, workers=6)  # 31 executions where 1 was expected
+    app.watchdog = oncely.WatchdogConfig(too_many_ratio=40.0, min_excess=40)
+    assert Watchdog(app).run_once().findings == []
+    app.watchdog = oncely.WatchdogConfig(too_many_ratio=20.0)
+    assert kinds(Watchdog(app).run_once()) == [("too_many", f"schedule:{SCHEDULE}")]
+    with pytest.raises(ValueError, match="too_many_ratio"):
+        oncely.WatchdogConfig(too_many_ratio=1.0)
+
+
 def test_overlapping_runs_are_named_in_the_evidence(app: oncely.App) -> None:
     for _ in range(4):
         app.enqueue(TASK)

@@ -5,7 +5,7 @@ EXPECTED = {
     "InvalidSchedule", "InvalidURL", "Job", "JobContext", "JobHandle", "JobState", "Keep",
     "NotFound", "OncelyError", "Overlap", "Retention", "Retry", "ScheduleSpec", "SchemaMismatch",
     "Settings", "SlotOutcome", "StoreError", "StoreUnavailable", "SystemClock", "Task",
-    "UnknownTask", "WarpClock", "Worker", "__version__",
+    "UnknownTask", "WarpClock", "WatchdogConfig", "Worker", "__version__",
 }
 
 

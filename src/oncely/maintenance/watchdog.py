@@ -39,7 +39,7 @@ class Watchdog:
         notifier: WebhookNotifier | None = None,
     ) -> None:
         self.app = app
-        self.config = config or WatchdogConfig()
+        self.config = config or app.watchdog
         url = app.settings.watchdog_webhook_url
         self.notifier = notifier or (
             WebhookNotifier(url, emit=app.events.emit) if url else None

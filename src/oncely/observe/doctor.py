@@ -69,7 +69,7 @@ def examine(app: App, config: WatchdogConfig | None = None) -> DoctorReport:
     stale_after = app.settings.lease_ttl * 3
     findings = _fleet_checks(store, now, stale_after, app.settings.lease_ttl
                              + app.settings.maintenance_interval * 2)
-    fresh = evaluate(store, now, config, stale_after)
+    fresh = evaluate(store, now, config or app.watchdog, stale_after)
     findings += [_from_watchdog(f) for f in fresh]
     findings += _open_anomalies(store, {f.key for f in fresh})
     findings += _signals(store, now)

@@ -44,7 +44,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import oncely
-from oncely.maintenance import watchdog
 from oncely.metering import THRESHOLDS_SCHEDULE, build_app, metering_of, stripe_store
 from oncely.metering.meter import SCHEDULE_NAME as STRIPE_SCHEDULE
 from oncely.metering.meter import TASK_NAME as STRIPE_TASK
@@ -89,15 +88,13 @@ def create(mode: str | None = None) -> oncely.App:
     return built
 
 
-def scale_watchdog() -> None:
-    """Give this process's watchdog (it runs on the leader) thresholds sized for the warp clock
+def scale_watchdog(app: oncely.App) -> None:
+    """Give the app's watchdog (it runs on the leader) thresholds sized for the warp clock
     (:func:`oncely.sim.plan.watchdog_config`, ``ONCELY_SIM_SCALE`` simulated seconds per real
-    second of margin). oncely has no setting for them, so the demo replaces the default config
-    the watchdog module builds."""
+    second of margin)."""
     scale = float(os.environ.get("ONCELY_SIM_SCALE") or 0.0)
     if scale > 0:
-        config = watchdog_config(scale)
-        setattr(watchdog, "WatchdogConfig", lambda: config)  # noqa: B010 - a module attribute
+        app.watchdog = watchdog_config(scale)
 
 
 def warm_up(app: oncely.App) -> None:
@@ -148,7 +145,7 @@ def start_up(app: oncely.App, mode: str) -> list[int]:
 
 logging.getLogger("stripe").setLevel(logging.WARNING)  # not a log line per meter event
 app = create()
-scale_watchdog()
+scale_watchdog(app)
 if os.environ.get("ONCELY_SIM_START_FILE"):
     warm_up(app)
     ready = os.environ.get("ONCELY_SIM_READY_DIR")
