@@ -256,3 +256,23 @@ def test_test_kit_assert_enqueued(app):
     assert assert_enqueued(app, emails, {"to": "b@example.com"})[0].args == {"to": "b@example.com"}
     with pytest.raises(AssertionError, match="expected at least one"):
         assert_enqueued(app, "emails", {"to": "c@example.com"})
+
+
+def test_outcome_events_name_the_schedule_and_slot_of_a_slots_job(app):
+    @app.task(name="tick")
+    def tick(ctx):
+        return ctx.slot.isoformat() if ctx.slot else None
+
+    app.schedule("every-minute", "tick", cron="* * * * *")
+    seen: list[oncely.observe.events.Event] = []
+    app.events.subscribe(seen.append)
+    plain = tick.enqueue()
+    handle = app.trigger("every-minute")
+    assert handle is not None
+    with worker_running(app):
+        job = wait_until(lambda: finished(app, handle), message="slot job finished")
+        wait_until(lambda: finished(app, plain), message="plain job finished")
+    done = {e.fields["job_id"]: e.fields for e in seen if e.name == "job.succeeded"}
+    assert done[handle.id]["schedule"] == "every-minute"
+    assert done[handle.id]["slot"] == job.slot.isoformat() == job.result
+    assert "schedule" not in done[plain.id] and "slot" not in done[plain.id]

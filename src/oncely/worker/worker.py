@@ -328,6 +328,8 @@ class Worker:
                             transition=str(outcome.state))
             return
         fields = {"job_id": job.id, "task": job.task, "attempt": job.attempt, "queue": job.queue}
+        if job.schedule is not None and job.slot is not None:
+            fields["schedule"], fields["slot"] = job.schedule, job.slot.isoformat()
         if running.started is not None:
             fields["duration"] = round(app.clock.monotonic() - running.started, 6)
         if outcome.error is not None:
