@@ -255,6 +255,56 @@ def test_a_claim_skips_a_key_whose_lease_row_a_paused_session_holds(open_store) 
     assert claim(store) == [second]
 
 
+def _waiting_for_advisory_lock(store: PostgresStore) -> bool:
+    with store.transaction() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.mark.parametrize("path", ["one-statement", "full"])
+def test_a_pause_committed_while_a_claim_waits_holds_that_claim(open_store, path) -> None:
+    from oncely.store import _pg_claim
+
+    store = open_store()
+    observer = open_store(schema=store.schema)
+    insert(store, queue="q")
+    params = JobClaimParams("w1", NOW, 10, 30.0)
+
+    def full_claim() -> list[int]:  # the claim's path when controls or singleton jobs apply
+        result = observer._engine.run(lambda conn: _pg_claim.claim_jobs(conn, params))
+        return [job.id for job in result.jobs]
+
+    results: list[list[int]] = []
+    with store.transaction():  # the pause, not yet committed, holds the controls lock
+        store.control_pause("q", True, NOW)
+        work = (lambda: claim(observer)) if path == "one-statement" else full_claim
+        claimer = threading.Thread(target=lambda: results.append(work()))
+        claimer.start()
+        wait_until(lambda: _waiting_for_advisory_lock(observer), timeout=10,
+                   message="the claim waits for the controls lock")
+    claimer.join(10)
+    assert results == [[]], "a claim that waited for the pause started a job of the paused queue"
+    store.control_pause("q", False, NOW)
+    assert len(claim(observer)) == 1
+
+
+def test_a_plain_success_recorded_twice_is_reported_recorded_both_times(open_store) -> None:
+    store = open_store()
+    job_id = insert(store)
+    (job,) = store.job_claim(JobClaimParams("w1", NOW, 1, 30.0)).jobs
+    done = JobFinish(job.id, job.fence, NOW, JobState.SUCCEEDED)
+    assert store.job_finish_many([done]) == [True]
+    # e.g. a retry of a batch whose reply was lost: the same attempt's success, recorded once
+    assert store.job_finish_many([done]) == [True]
+    stale = JobFinish(job.id, job.fence - 1, NOW, JobState.SUCCEEDED)
+    assert store.job_finish_many([stale]) == [False]
+    finished = store.job_get(job_id)
+    assert finished is not None and finished.state == JobState.SUCCEEDED
+
+
 def test_sessions_end_transactions_left_idle(open_store) -> None:
     store = open_store()
     with store.transaction() as conn:

@@ -3,10 +3,12 @@ claim.
 
 The rules are in :mod:`oncely.store.base` ("Queue controls"), the arithmetic in
 :mod:`oncely.store.limits`. A claim reads the active controls under the shared controls lock
-(``control_claim_read``). When some apply to it, it locks their rows ``FOR UPDATE`` before any
-job row — so claimers of a limited scope take turns — counts their usage in a later statement
-(which sees what the previous holder committed), and plans the limited jobs here; the rest of
-the claim goes through the usual statements of ``_pg_claim``, which leave limited scopes out.
+(``control_claim_lock``, then ``control_claim_read`` in a statement of its own, so its
+snapshot sees what was committed before the lock was granted). When some apply to it, it locks
+their rows ``FOR UPDATE`` before any job row — so claimers of a limited scope take turns — counts
+their usage in a later statement (which sees what the previous holder committed), and plans the
+limited jobs here; the rest of the claim goes through the usual statements of ``_pg_claim``,
+which leave limited scopes out.
 """
 
 from __future__ import annotations
@@ -131,7 +133,8 @@ def read_usage(
 def open_gate(conn: psycopg.Connection[Any], params: JobClaimParams) -> Gate | None:
     """Take the shared controls lock; with controls that apply to this claim, lock their rows
     and return its gate (None: the unlimited fast path)."""
-    active = [to_control(row) for row in fetch(conn, "control_claim_read") if row["kind"]]
+    execute(conn, "control_claim_lock", {})
+    active = [to_control(row) for row in fetch(conn, "control_claim_read")]
     controls = relevant(active, params.queues)
     if not controls:
         return None

@@ -209,6 +209,13 @@ def _configure(conn: Conn) -> None:
     set_json_loads(_json_loads, conn)
 
 
+def _reset(conn: Conn) -> None:
+    """On return to the pool: a connection left in autocommit (see :meth:`Engine.single`) would
+    break the atomicity of the next transaction run on it; the pool discards it instead."""
+    if conn.autocommit:
+        raise psycopg.InterfaceError("connection returned in autocommit mode")
+
+
 def _healthy(conn: Conn) -> bool:
     """Checkout check, free for a healthy idle connection: a server that terminated the backend
     (shutdown, restart, ``pg_terminate_backend``) has sent an error and closed the socket, which
@@ -299,6 +306,7 @@ class Engine:
                     reconnect_timeout=RECONNECT_TIMEOUT,
                     name=f"oncely:{self.target.schema}",
                     configure=_configure,
+                    reset=_reset,
                 )
                 pool.open(wait=False)
                 self._box.pool = pool
@@ -454,18 +462,19 @@ class Engine:
             attempt += 1
             pool, conn = self._checkout()
             try:
-                conn.autocommit = True
                 try:
+                    conn.autocommit = True
                     return work(conn)
                 except psycopg.Error as exc:
                     self._lost(conn)
                     if not (attempt < BUSY_ATTEMPTS and is_busy(exc)):
                         raise self.mapped(exc) from exc
                     time.sleep(random.uniform(0.001, 0.01 * attempt))
-                finally:
-                    with contextlib.suppress(psycopg.Error):
-                        conn.autocommit = False
             finally:
+                # Back to transactions before the pool hands it out again (the pool's reset
+                # check discards a connection that is still in autocommit).
+                with contextlib.suppress(psycopg.Error):
+                    conn.autocommit = False
                 pool.putconn(conn)
 
     def joined(self, conn: Any, work: Callable[[Any], T]) -> T:

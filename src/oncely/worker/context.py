@@ -38,21 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("oncely.job")
 
 
-class Flag:
-    """A flag set once from any thread (``is_set``/``set``, like an Event nobody waits on)."""
-
-    __slots__ = ("_set",)
-
-    def __init__(self) -> None:
-        self._set = False
-
-    def set(self) -> None:
-        self._set = True
-
-    def is_set(self) -> bool:
-        return self._set
-
-
 _EVENT_LOCK = threading.Lock()
 
 
@@ -66,7 +51,7 @@ class JobContext:
         self._cancel_event: threading.Event | None = None
         self.cancel_reason: str | None = None
         self.cancel_kind = ErrorKind.CANCELLED
-        self.lease_lost = Flag()
+        self._lease_lost: threading.Event | None = None
         self._checkpoint = job.checkpoint
         self.heartbeat_hook: Any = None  # set by the worker: renews this job's lease now
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
@@ -79,6 +64,15 @@ class JobContext:
                 if self._cancel_event is None:
                     self._cancel_event = threading.Event()
         return self._cancel_event
+
+    @property
+    def lease_lost(self) -> threading.Event:
+        """Set when the worker lost this job's lease (the job is asked to stop as well)."""
+        if self._lease_lost is None:
+            with _EVENT_LOCK:
+                if self._lease_lost is None:
+                    self._lease_lost = threading.Event()
+        return self._lease_lost
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:

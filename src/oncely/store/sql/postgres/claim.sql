@@ -41,27 +41,14 @@ FOR UPDATE OF j SKIP LOCKED;
 
 -- name: job_claim_fast
 -- The whole claim in one statement, sent outside an explicit transaction (one round trip), for
--- the common case: no queue control is active and no due singleton job waits to be granted or
--- skipped. Due jobs without a key are locked and started in claim order. When the gate says
--- otherwise the statement starts nothing and returns claim_blocked, and the caller runs the full
--- claim below. Always returns at least one row (all job columns NULL when nothing started).
+-- the common case: no queue control that may apply is active and no due singleton job waits to
+-- be granted or skipped (the gate, oncely_claim_blocked, which first takes the shared controls
+-- lock; see migration 0005). Due jobs without a key are locked and started in claim order. When
+-- the gate says otherwise the statement starts nothing and returns claim_blocked, and the caller
+-- runs the full claim below. Always returns at least one row (job columns NULL when nothing
+-- started).
 WITH gate AS (
-    -- The shared controls lock (as in control_claim_read), then: does anything need the full
-    -- claim? An active queue control, or a due singleton job the full claim would grant or skip.
-    SELECT EXISTS (
-               SELECT 1 FROM oncely_controls AS c
-               WHERE c.paused OR c.max_running IS NOT NULL OR c.max_per_key IS NOT NULL
-                  OR c.rate_limit IS NOT NULL)
-           OR EXISTS (
-               SELECT 1 FROM oncely_jobs AS j
-               LEFT JOIN oncely_leases AS l ON l.key = j.singleton_key
-               WHERE j.state IN ('scheduled', 'available', 'retryable')
-                 AND j.singleton_key IS NOT NULL AND j.run_at <= %(now)s
-                 AND (l.owner IS NULL OR l.expires_at IS NULL OR l.expires_at <= %(now)s
-                      OR (j.overlap = 'skip' AND j.schedule IS NOT NULL AND j.attempt = 0
-                          AND j.state <> 'retryable'))) AS blocked
-    FROM (SELECT pg_advisory_xact_lock_shared(
-              hashtextextended(current_schema() || '.oncely_controls', 0))) AS lock
+    SELECT oncely_claim_blocked(%(now)s, %(queues)s::text[]) AS blocked
 ), candidate AS (
     SELECT id FROM oncely_jobs
     WHERE state IN ('scheduled', 'available', 'retryable')
@@ -84,23 +71,7 @@ FROM (SELECT 1) AS one LEFT JOIN started AS s ON true;
 
 -- name: job_claim_fast_in_queues
 WITH gate AS (
-    -- The shared controls lock (as in control_claim_read), then: does anything need the full
-    -- claim? An active queue control, or a due singleton job the full claim would grant or skip.
-    SELECT EXISTS (
-               SELECT 1 FROM oncely_controls AS c
-               WHERE c.paused OR c.max_running IS NOT NULL OR c.max_per_key IS NOT NULL
-                  OR c.rate_limit IS NOT NULL)
-           OR EXISTS (
-               SELECT 1 FROM oncely_jobs AS j
-               LEFT JOIN oncely_leases AS l ON l.key = j.singleton_key
-               WHERE j.state IN ('scheduled', 'available', 'retryable')
-                 AND j.singleton_key IS NOT NULL AND j.run_at <= %(now)s
-                 AND j.queue = ANY(%(queues)s::text[])
-                 AND (l.owner IS NULL OR l.expires_at IS NULL OR l.expires_at <= %(now)s
-                      OR (j.overlap = 'skip' AND j.schedule IS NOT NULL AND j.attempt = 0
-                          AND j.state <> 'retryable'))) AS blocked
-    FROM (SELECT pg_advisory_xact_lock_shared(
-              hashtextextended(current_schema() || '.oncely_controls', 0))) AS lock
+    SELECT oncely_claim_blocked(%(now)s, %(queues)s::text[]) AS blocked
 ), candidate AS (
     SELECT id FROM oncely_jobs
     WHERE state IN ('scheduled', 'available', 'retryable')
@@ -329,17 +300,25 @@ FROM job;
 -- fence; jobs it does not return go through job_finish one by one. The state test is written
 -- "IS TRUE" so the planner looks the jobs up by id: right after a burst of claims its statistics
 -- can count few running jobs, and a plain test made it scan every running job instead.
+-- Idempotent: a job already succeeded under the same fence (only this attempt can have written
+-- that, e.g. by an earlier try whose reply was lost) is returned as recorded too.
 WITH done AS (
     SELECT * FROM unnest(%(job_ids)s::bigint[], %(fences)s::bigint[], %(results)s::text[])
         AS d(job_id, fence, result)
+), updated AS (
+    UPDATE oncely_jobs AS j
+    SET state = 'succeeded', finished_at = %(now)s, result = d.result::jsonb,
+        lease_owner = NULL, lease_expires_at = NULL
+    FROM done AS d
+    WHERE j.id = d.job_id AND j.fence = d.fence AND (j.state = 'running') IS TRUE
+      AND j.singleton_key IS NULL AND j.schedule IS NULL
+    RETURNING j.id
 )
-UPDATE oncely_jobs AS j
-SET state = 'succeeded', finished_at = %(now)s, result = d.result::jsonb,
-    lease_owner = NULL, lease_expires_at = NULL
-FROM done AS d
-WHERE j.id = d.job_id AND j.fence = d.fence AND (j.state = 'running') IS TRUE
-  AND j.singleton_key IS NULL AND j.schedule IS NULL
-RETURNING j.id;
+SELECT id FROM updated
+UNION ALL
+SELECT j.id FROM done AS d JOIN oncely_jobs AS j ON j.id = d.job_id
+WHERE j.fence = d.fence AND (j.state = 'succeeded') IS TRUE
+  AND j.singleton_key IS NULL AND j.schedule IS NULL;
 
 -- name: lease_renew
 -- One round trip for all of a worker's leases: a job's lease renews only under its current fence

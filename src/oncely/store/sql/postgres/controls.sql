@@ -3,15 +3,15 @@
 -- transaction, declarations and pauses take it exclusively, so a change waits for the claims in
 -- flight and every claim after it sees it.
 
+-- name: control_claim_lock
+-- A full claim's first statement: the shared controls lock. The controls are read by the next
+-- statement, whose snapshot is taken after the lock was granted, so it sees a pause or limit
+-- committed while this claim waited.
+SELECT pg_advisory_xact_lock_shared(hashtextextended(current_schema() || '.oncely_controls', 0));
+
 -- name: control_claim_read
--- A claim's first statement: the shared controls lock, and the active controls (one row of NULLs
--- when there are none: the LEFT JOIN makes sure the lock is taken either way).
-SELECT c.* FROM
-    (SELECT pg_advisory_xact_lock_shared(
-        hashtextextended(current_schema() || '.oncely_controls', 0))) AS lock
-LEFT JOIN oncely_controls AS c
-  ON c.paused OR c.max_running IS NOT NULL OR c.max_per_key IS NOT NULL
-     OR c.rate_limit IS NOT NULL;
+SELECT * FROM oncely_controls
+WHERE paused OR max_running IS NOT NULL OR max_per_key IS NOT NULL OR rate_limit IS NOT NULL;
 
 -- name: control_lock_exclusive
 SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '.oncely_controls', 0));
