@@ -285,8 +285,9 @@ def is_plain_success(params: JobFinish) -> bool:
 
 def finish_plain(conn: psycopg.Connection[Any], batch: Sequence[JobFinish]) -> set[int]:
     """Successes of jobs without a singleton key or a slot (the bulk of a busy queue), in one
-    statement, each under its own fence. Returns the ids it recorded; the others go through
-    :func:`finish_job`, which re-checks each fence."""
+    statement, each under its own fence. Returns the ids it recorded, or found recorded by an
+    earlier try of the same attempt; the others go through :func:`finish_job`, which re-checks
+    each fence."""
     if not batch:
         return set()
     rows = fetch(conn, "job_finish_plain_many", {
@@ -296,7 +297,14 @@ def finish_plain(conn: psycopg.Connection[Any], batch: Sequence[JobFinish]) -> s
                     for p in batch],
         "now": utc(batch[0].now),
     })
-    return {int(row["id"]) for row in rows}
+    done = {int(row["id"]) for row in rows}
+    rest = [p for p in batch if p.job_id not in done]
+    if rest:  # rare: recorded by an earlier try, or really refused
+        again = fetch(conn, "job_finish_plain_done", {
+            "job_ids": [p.job_id for p in rest], "fences": [p.fence for p in rest],
+        })
+        done.update(int(row["id"]) for row in again)
+    return done
 
 
 def finish_jobs(

@@ -449,8 +449,8 @@ class Engine:
                 pool.putconn(conn)
 
     def single(self, work: Callable[[Conn], T]) -> T:
-        """Run ``work``, which sends exactly one statement, outside an explicit transaction: the
-        statement is its own transaction, so it costs one round trip instead of three (BEGIN,
+        """Run ``work`` outside an explicit transaction: each statement it sends is its own
+        transaction, so a one-statement operation costs one round trip instead of three (BEGIN,
         the statement, COMMIT). Contention is retried like :meth:`run`; a lost connection is not
         (whether the statement committed is unknown). Inside :meth:`transaction` on the same
         thread, ``work`` joins that transaction instead."""

@@ -300,23 +300,24 @@ FROM job;
 -- fence; jobs it does not return go through job_finish one by one. The state test is written
 -- "IS TRUE" so the planner looks the jobs up by id: right after a burst of claims its statistics
 -- can count few running jobs, and a plain test made it scan every running job instead.
--- Idempotent: a job already succeeded under the same fence (only this attempt can have written
--- that, e.g. by an earlier try whose reply was lost) is returned as recorded too.
 WITH done AS (
     SELECT * FROM unnest(%(job_ids)s::bigint[], %(fences)s::bigint[], %(results)s::text[])
         AS d(job_id, fence, result)
-), updated AS (
-    UPDATE oncely_jobs AS j
-    SET state = 'succeeded', finished_at = %(now)s, result = d.result::jsonb,
-        lease_owner = NULL, lease_expires_at = NULL
-    FROM done AS d
-    WHERE j.id = d.job_id AND j.fence = d.fence AND (j.state = 'running') IS TRUE
-      AND j.singleton_key IS NULL AND j.schedule IS NULL
-    RETURNING j.id
 )
-SELECT id FROM updated
-UNION ALL
-SELECT j.id FROM done AS d JOIN oncely_jobs AS j ON j.id = d.job_id
+UPDATE oncely_jobs AS j
+SET state = 'succeeded', finished_at = %(now)s, result = d.result::jsonb,
+    lease_owner = NULL, lease_expires_at = NULL
+FROM done AS d
+WHERE j.id = d.job_id AND j.fence = d.fence AND (j.state = 'running') IS TRUE
+  AND j.singleton_key IS NULL AND j.schedule IS NULL
+RETURNING j.id;
+
+-- name: job_finish_plain_done
+-- Of the successes job_finish_plain_many did not take, those already recorded under the same
+-- fence: only this attempt can have written that (an earlier try whose reply was lost), so
+-- they count as recorded, not as refused by the fence.
+SELECT j.id FROM unnest(%(job_ids)s::bigint[], %(fences)s::bigint[]) AS d(job_id, fence)
+JOIN oncely_jobs AS j ON j.id = d.job_id
 WHERE j.fence = d.fence AND (j.state = 'succeeded') IS TRUE
   AND j.singleton_key IS NULL AND j.schedule IS NULL;
 
