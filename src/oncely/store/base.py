@@ -93,8 +93,10 @@ control rows ``FOR UPDATE`` (sorted, before any job row), so claimers of a limit
 turns and each counts what the previous one committed; jobs outside every limited scope are
 claimed by the usual ``SKIP LOCKED`` statements, which leave limited queues and tasks out. Every
 claim holds a shared advisory lock that ``control_upsert`` and ``control_pause`` take
-exclusively: once a pause (or a new limit) has committed, no claim that began before it can still
-start jobs under the old rules.
+exclusively, and reads the controls only after the lock is granted, with a snapshot taken then
+(a statement that waited for the lock would see the controls as they were before it waited): once
+a pause (or a new limit) has committed, no claim that began before it can still start jobs under
+the old rules.
 
 Precision of the rate limit: exact against the claimers' clocks — in every window ``(t - w, t]``
 of logged start instants at most n jobs start, whatever order the claims commit in (a claim reads
