@@ -210,7 +210,7 @@ def _configure(conn: Conn) -> None:
 
 
 def _reset(conn: Conn) -> None:
-    """On return to the pool: a connection left in autocommit (see :meth:`Engine.single`) would
+    """On return to the pool: a connection left in autocommit (see :meth:`Engine.run`) would
     break the atomicity of the next transaction run on it; the pool discards it instead."""
     if conn.autocommit:
         raise psycopg.InterfaceError("connection returned in autocommit mode")
@@ -410,11 +410,16 @@ class Engine:
             self._local.conn = None
             pool.putconn(conn)
 
-    def run(self, work: Callable[[Conn], T]) -> T:
+    def run(self, work: Callable[[Conn], T], *, autocommit: bool = False) -> T:
         """Run ``work`` in its own transaction. A transaction lost to a deadlock or a
         serialization failure is retried whole; so is one whose connection died before COMMIT
         was sent (nothing of it was applied). Inside :meth:`transaction` on the same thread,
-        ``work`` joins that transaction instead."""
+        ``work`` joins that transaction instead.
+
+        ``autocommit=True``: no explicit transaction, each statement ``work`` sends is its own,
+        so a one-statement operation costs one round trip instead of three (BEGIN, the
+        statement, COMMIT). Contention is retried the same way; a lost connection is not
+        (whether the statement committed is unknown)."""
         outer: Conn | None = getattr(self._local, "conn", None)
         if outer is not None:
             return self.joined(outer, work)
@@ -424,12 +429,15 @@ class Engine:
             pool, conn = self._checkout()
             try:
                 try:
+                    conn.autocommit = autocommit
                     result = work(conn)
                 except psycopg.Error as exc:
                     with contextlib.suppress(psycopg.Error):
                         conn.rollback()
                     lost = self._lost(conn)
-                    retry = (attempt < BUSY_ATTEMPTS and is_busy(exc)) or (lost and attempt == 1)
+                    retry = (attempt < BUSY_ATTEMPTS and is_busy(exc)) or (
+                        lost and attempt == 1 and not autocommit
+                    )
                     if not retry:
                         raise self.mapped(exc) from exc
                     time.sleep(random.uniform(0.001, 0.01 * attempt))
@@ -438,6 +446,8 @@ class Engine:
                     with contextlib.suppress(psycopg.Error):
                         conn.rollback()
                     raise
+                if autocommit:
+                    return result
                 try:
                     conn.commit()
                 except psycopg.Error as exc:
@@ -446,35 +456,11 @@ class Engine:
                     raise self.mapped(exc) from exc
                 return result
             finally:
-                pool.putconn(conn)
-
-    def single(self, work: Callable[[Conn], T]) -> T:
-        """Run ``work`` outside an explicit transaction: each statement it sends is its own
-        transaction, so a one-statement operation costs one round trip instead of three (BEGIN,
-        the statement, COMMIT). Contention is retried like :meth:`run`; a lost connection is not
-        (whether the statement committed is unknown). Inside :meth:`transaction` on the same
-        thread, ``work`` joins that transaction instead."""
-        outer: Conn | None = getattr(self._local, "conn", None)
-        if outer is not None:
-            return self.joined(outer, work)
-        attempt = 0
-        while True:
-            attempt += 1
-            pool, conn = self._checkout()
-            try:
-                try:
-                    conn.autocommit = True
-                    return work(conn)
-                except psycopg.Error as exc:
-                    self._lost(conn)
-                    if not (attempt < BUSY_ATTEMPTS and is_busy(exc)):
-                        raise self.mapped(exc) from exc
-                    time.sleep(random.uniform(0.001, 0.01 * attempt))
-            finally:
-                # Back to transactions before the pool hands it out again (the pool's reset
-                # check discards a connection that is still in autocommit).
-                with contextlib.suppress(psycopg.Error):
-                    conn.autocommit = False
+                if autocommit:
+                    # Back to transactions before the pool hands it out again (the pool's reset
+                    # check discards a connection that is still in autocommit).
+                    with contextlib.suppress(psycopg.Error):
+                        conn.autocommit = False
                 pool.putconn(conn)
 
     def joined(self, conn: Any, work: Callable[[Any], T]) -> T:

@@ -157,7 +157,7 @@ class PostgresStore:
         return self._engine.run(jobs.count_jobs)
 
     def job_claim(self, params: JobClaimParams) -> ClaimResult:
-        fast = self._engine.single(lambda conn: claim.claim_fast(conn, params))
+        fast = self._engine.run(lambda conn: claim.claim_fast(conn, params), autocommit=True)
         if fast is not None:
             return fast
         return self._engine.run(lambda conn: claim.claim_jobs(conn, params))
@@ -169,7 +169,8 @@ class PostgresStore:
         # Plain successes first, in one statement of their own (one round trip); the rest, and
         # any it did not take, in one transaction.
         plain = [p for p in params if claim.is_plain_success(p)]
-        done = self._engine.single(lambda conn: claim.finish_plain(conn, plain)) if plain else set()
+        done = (self._engine.run(lambda conn: claim.finish_plain(conn, plain), autocommit=True)
+                if plain else set())
         if len(done) == len(params):
             return [True] * len(params)
         return self._engine.run(lambda conn: claim.finish_jobs(conn, params, done))
