@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+import oncely
 
 ROOT = Path(__file__).resolve().parent.parent
 EFFECTS_TABLE = """CREATE TABLE IF NOT EXISTS effects (
@@ -67,6 +70,24 @@ def read_effects(target: str, kind: str | None = None) -> list[tuple]:
         rows = conn.execute(sql).fetchall()
         conn.close()
     return [tuple(row) for row in rows if kind is None or row[0] == kind]
+
+
+def open_basic_app(url: str) -> oncely.App:
+    """An app on ``url`` that knows the tasks of ``tests.apps.basic``: the test process only
+    enqueues and inspects, the worker processes run them."""
+    from tests.apps import basic
+
+    app = oncely.App(url)
+    app.tasks = dict(basic.app.tasks)
+    return app
+
+
+def state_counts(app: oncely.App) -> collections.Counter[str]:
+    """Jobs per state, over every queue."""
+    counts: collections.Counter[str] = collections.Counter()
+    for row in app.store.job_counts():
+        counts[row.state] += row.count
+    return counts
 
 
 class Workers:

@@ -8,9 +8,10 @@ import signal
 import time
 
 import pytest
+from tests.conftest import open_basic_app as open_app
 from tests.conftest import read_effects
+from tests.conftest import state_counts as states
 
-import oncely
 from oncely.store.base import JobFilter, JobState
 from oncely.testing import wait_until
 
@@ -21,22 +22,6 @@ pytestmark = pytest.mark.xdist_group("fleet")
 @pytest.fixture
 def url(tmp_path):
     return f"sqlite:///{tmp_path / 'jobs.db'}"
-
-
-def open_app(url):
-    # The test process only enqueues and inspects; the tasks live in tests.apps.basic.
-    from tests.apps import basic
-
-    app = oncely.App(url)
-    app.tasks = dict(basic.app.tasks)
-    return app
-
-
-def states(app):
-    counts = collections.Counter()
-    for row in app.store.job_counts():
-        counts[row.state] += row.count
-    return counts
 
 
 def test_four_workers_two_threads_each_drain_5000_jobs_exactly_once(url, effects_sqlite, workers):

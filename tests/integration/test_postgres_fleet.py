@@ -23,29 +23,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import EFFECTS_TABLE, postgres_url_or_skip, read_effects, with_query
+from tests.conftest import (
+    EFFECTS_TABLE,
+    postgres_url_or_skip,
+    read_effects,
+    with_query,
+)
+from tests.conftest import (
+    open_basic_app as open_app,
+)
+from tests.conftest import (
+    state_counts as states,
+)
 
-import oncely
 from oncely.store.base import JobState
 from oncely.testing import wait_until
 
 # Fleets of worker processes: one at a time (one xdist worker), so they do not starve each other.
 pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("fleet")]
-
-
-def open_app(url: str) -> oncely.App:
-    from tests.apps import basic
-
-    app = oncely.App(url)
-    app.tasks = dict(basic.app.tasks)
-    return app
-
-
-def states(app: oncely.App) -> collections.Counter[str]:
-    counts: collections.Counter[str] = collections.Counter()
-    for row in app.store.job_counts():
-        counts[row.state] += row.count
-    return counts
 
 
 @contextlib.contextmanager
