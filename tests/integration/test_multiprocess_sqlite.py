@@ -8,9 +8,7 @@ import signal
 import time
 
 import pytest
-from tests.conftest import open_basic_app as open_app
-from tests.conftest import read_effects
-from tests.conftest import state_counts as states
+from tests.conftest import open_basic_app, read_effects, state_counts
 
 from oncely.store.base import JobFilter, JobState
 from oncely.testing import wait_until
@@ -25,11 +23,11 @@ def url(tmp_path):
 
 
 def test_four_workers_two_threads_each_drain_5000_jobs_exactly_once(url, effects_sqlite, workers):
-    app = open_app(url)
+    app = open_basic_app(url)
     app.enqueue_many("record", [{"n": n} for n in range(5000)])
     for _ in range(4):
         workers.start(url, effects_sqlite, "--concurrency", "2")
-    wait_until(lambda: states(app)[JobState.SUCCEEDED] == 5000, timeout=240, interval=0.2,
+    wait_until(lambda: state_counts(app)[JobState.SUCCEEDED] == 5000, timeout=240, interval=0.2,
                message="5000 jobs succeeded")
     assert workers.stop_all() == [0, 0, 0, 0]
     effects = read_effects(effects_sqlite, "record")
@@ -41,47 +39,47 @@ def test_four_workers_two_threads_each_drain_5000_jobs_exactly_once(url, effects
 
 
 def test_sigterm_lets_jobs_stop_and_releases_them(url, effects_sqlite, workers):
-    app = open_app(url)
+    app = open_basic_app(url)
     app.enqueue_many("slow", [{"n": n, "seconds": 3.0} for n in range(6)])
     proc = workers.start(url, effects_sqlite, "--concurrency", "2",
                          env={"ONCELY_SHUTDOWN_GRACE": "0.5"})
-    wait_until(lambda: states(app)[JobState.RUNNING] == 2, timeout=30, message="2 running")
+    wait_until(lambda: state_counts(app)[JobState.RUNNING] == 2, timeout=30, message="2 running")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
-    after = states(app)
+    after = state_counts(app)
     assert after[JobState.RUNNING] == 0, "a job was left running without a live owner"
     released = app.store.job_list(JobFilter(state=JobState.RETRYABLE))
     assert len(released) == 2
     assert all(job.attempt == 0 and job.errors[-1].kind == "shutdown" for job in released)
     # A new worker finishes everything, each job exactly once.
     workers.start(url, effects_sqlite, "--concurrency", "3")
-    wait_until(lambda: states(app)[JobState.SUCCEEDED] == 6, timeout=60, interval=0.1)
+    wait_until(lambda: state_counts(app)[JobState.SUCCEEDED] == 6, timeout=60, interval=0.1)
     keys = sorted(key for _, key, *_ in read_effects(effects_sqlite, "slow"))
     assert keys == [str(n) for n in range(6)]
 
 
 def test_second_signal_releases_at_once(url, effects_sqlite, workers):
-    app = open_app(url)
+    app = open_basic_app(url)
     app.enqueue_many("slow", [{"n": n, "seconds": 60.0} for n in range(2)])
     proc = workers.start(url, effects_sqlite, "--concurrency", "2",
                          env={"ONCELY_SHUTDOWN_GRACE": "60"})
-    wait_until(lambda: states(app)[JobState.RUNNING] == 2, timeout=30)
+    wait_until(lambda: state_counts(app)[JobState.RUNNING] == 2, timeout=30)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0
     assert time.monotonic() - started < 10
-    assert states(app)[JobState.RUNNING] == 0
+    assert state_counts(app)[JobState.RUNNING] == 0
 
 
 def test_sigkill_leaves_running_jobs_that_the_rescuer_recovers(url, effects_sqlite, workers):
-    app = open_app(url)
+    app = open_basic_app(url)
     app.enqueue_many("slow", [{"n": n, "seconds": 30.0} for n in range(2)])
     fast_lease = {"ONCELY_LEASE_TTL": "2", "ONCELY_LEADER_TTL": "2",
                   "ONCELY_MAINTENANCE_INTERVAL": "0.5"}
     victim = workers.start(url, effects_sqlite, "--concurrency", "2", env=fast_lease)
-    wait_until(lambda: states(app)[JobState.RUNNING] == 2, timeout=30)
+    wait_until(lambda: state_counts(app)[JobState.RUNNING] == 2, timeout=30)
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
     running = app.store.job_list(JobFilter(state=JobState.RUNNING))

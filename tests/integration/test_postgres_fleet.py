@@ -25,15 +25,11 @@ from pathlib import Path
 import pytest
 from tests.conftest import (
     EFFECTS_TABLE,
+    open_basic_app,
     postgres_url_or_skip,
     read_effects,
+    state_counts,
     with_query,
-)
-from tests.conftest import (
-    open_basic_app as open_app,
-)
-from tests.conftest import (
-    state_counts as states,
 )
 
 from oncely.store.base import JobState
@@ -63,14 +59,14 @@ def effects_schema(base: str, **options: str) -> Iterator[str]:
 
 def test_four_workers_drain_20000_jobs_exactly_once(pg_schema, workers) -> None:
     url, base = pg_schema
-    app = open_app(url)
+    app = open_basic_app(url)
     app.migrate()
     # The effects table is the test's own ledger; its commits need not wait for the disk.
     with effects_schema(base, synchronous_commit="off") as effects:
         app.enqueue_many("record", [{"n": n} for n in range(20_000)])
         for _ in range(4):
             workers.start(url, effects, "--concurrency", "8")
-        wait_until(lambda: states(app)[JobState.SUCCEEDED] == 20_000, timeout=240,
+        wait_until(lambda: state_counts(app)[JobState.SUCCEEDED] == 20_000, timeout=240,
                    interval=0.25, message="20000 jobs succeeded")
         assert workers.stop_all() == [0, 0, 0, 0]
         done = read_effects(effects, "record")
@@ -166,7 +162,7 @@ def test_workers_ride_out_restarts_of_the_server_and_run_every_job_once(
     cluster: Cluster, workers
 ) -> None:
     url = with_query(cluster.url, schema="oncely")
-    app = open_app(url)
+    app = open_basic_app(url)
     app.migrate()
     total = 1500
     app.enqueue_many("slow", [{"n": n, "seconds": 0.02} for n in range(total)])
@@ -184,8 +180,8 @@ def test_workers_ride_out_restarts_of_the_server_and_run_every_job_once(
             time.sleep(1.5)  # workers meet a refused connection, not just a dropped one
             cluster.start()
         app.store.close()
-        app = open_app(url)
-        wait_until(lambda: states(app)[JobState.SUCCEEDED] == total, timeout=180,
+        app = open_basic_app(url)
+        wait_until(lambda: state_counts(app)[JobState.SUCCEEDED] == total, timeout=180,
                    interval=0.25, message=f"{total} jobs succeeded after the restarts")
         assert all(proc.poll() is None for proc in workers.procs), "a worker exited"
         assert workers.stop_all() == [0, 0, 0]
