@@ -51,7 +51,7 @@ def peak_mb() -> float:
 # phases, each run in a fresh process ------------------------------------------------------------
 
 def phase_build_usage(path: str, orgs: int, seed: int, heavy_fraction: float) -> dict[str, Any]:
-    from oncely.metering import seed as seeding
+    from oncely_billing import seed as seeding
 
     started = time.perf_counter()
     seeding.build_usage(path, orgs=orgs, seed=seed, end=END, days=32,
@@ -65,8 +65,8 @@ def phase_build_usage(path: str, orgs: int, seed: int, heavy_fraction: float) ->
 
 
 def make_app(url: str, usage: str, now: datetime) -> Any:
-    from oncely.metering import DuckDBUsageSource, MeteringSettings, build_app
     from oncely.testing import FrozenClock
+    from oncely_billing import DuckDBUsageSource, MeteringSettings, build_app
 
     settings = MeteringSettings(enforce=True)
     return build_app(url, usage_source=DuckDBUsageSource(usage), clock=FrozenClock(now),
@@ -74,7 +74,7 @@ def make_app(url: str, usage: str, now: datetime) -> Any:
 
 
 def phase_load_store(url: str, usage: str) -> dict[str, Any]:
-    from oncely.metering import seed as seeding
+    from oncely_billing import seed as seeding
 
     app = make_app(url, usage, END)
     started = time.perf_counter()
@@ -85,8 +85,8 @@ def phase_load_store(url: str, usage: str) -> dict[str, Any]:
 
 
 def phase_run(url: str, usage: str, now_iso: str, full: bool) -> dict[str, Any]:
-    from oncely.metering import metering_of
     from oncely.testing import run_job
+    from oncely_billing import metering_of
 
     app = make_app(url, usage, datetime.fromisoformat(now_iso))
     task = metering_of(app).thresholds_task
@@ -105,7 +105,7 @@ def phase_append_hour(usage: str, start_iso: str) -> dict[str, Any]:
     """Append one hour of events; count the free organizations whose usage it changes."""
     import duckdb
 
-    from oncely.metering import seed as seeding
+    from oncely_billing import seed as seeding
 
     start = datetime.fromisoformat(start_iso)
     end = start + timedelta(hours=1)

@@ -4,9 +4,9 @@
     python bench/metering.py --orgs 50000                       # the goal: 100k events, 200/s
     python bench/metering.py --orgs 5000 --backlog-orgs 1000 --backlog-rate 600
 
-What runs is the real job (``oncely.metering.meter``) through ``oncely.testing.run_job`` on a
+What runs is the real job (``oncely_billing.meter``) through ``oncely.testing.run_job`` on a
 fresh SQLite store (``--database-url`` for another), with the real ``stripe`` SDK talking HTTP to
-the Stripe stub running **in its own process** (``python -m oncely.metering.stripe_stub``, with
+the Stripe stub running **in its own process** (``python -m oncely_billing.demo.stripe_stub``, with
 ``--stripe-latency`` seconds added to every answer, like Stripe's own latency). Usage comes from a
 synthetic in-memory source: every org has a Stripe customer and usage in both meters, so each org
 is 2 meter events (the worst case of the goal: 50,000 orgs = 100,000 events); the figures are
@@ -47,8 +47,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 import oncely  # noqa: E402
-from oncely.metering import stripe_store  # noqa: E402
-from oncely.metering.meter import (  # noqa: E402
+from oncely.testing import run_job  # noqa: E402
+from oncely_billing import stripe_store  # noqa: E402
+from oncely_billing.meter import (  # noqa: E402
     HOUR,
     MeterConfig,
     OrgHourUsage,
@@ -57,8 +58,7 @@ from oncely.metering.meter import (  # noqa: E402
     install_stripe_metering,
     to_ms,
 )
-from oncely.metering.stripe_client import StripeSettings  # noqa: E402
-from oncely.testing import run_job  # noqa: E402
+from oncely_billing.stripe_client import StripeSettings  # noqa: E402
 
 
 class SyntheticUsage:
@@ -85,7 +85,7 @@ class Stub:
 
     def __init__(self, latency: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "oncely.metering.stripe_stub", "--latency", str(latency)],
+            [sys.executable, "-m", "oncely_billing.demo.stripe_stub", "--latency", str(latency)],
             stdout=subprocess.PIPE, text=True, cwd=ROOT,
             env=dict(os.environ, PYTHONPATH=str(ROOT / "src")))
         assert self.proc.stdout is not None

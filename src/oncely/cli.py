@@ -33,7 +33,6 @@ from oncely.cli_plugins import PluginGroup
 from oncely.config import DEFAULT_DATABASE_URL, Settings
 from oncely.errors import ArgsNotJSON, ConfigError, NotFound, OncelyError
 from oncely.observe.events import log_subscriber
-from oncely.sim.command import demo
 from oncely.store.base import JobFilter, JobState
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -368,7 +367,6 @@ def anomalies_resolve(env: Env, anomaly_id: int) -> None:
 
 
 cli.add_command(cli_queues.queues)
-cli.add_command(demo)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

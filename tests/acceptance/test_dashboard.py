@@ -180,6 +180,6 @@ def test_fleet_metrics_parse_and_count_the_storm(app: oncely.App) -> None:
 
 
 def test_the_metering_routes_are_mounted_when_installed(app: oncely.App) -> None:
-    pytest.importorskip("oncely.metering.web")
+    pytest.importorskip("oncely_billing.web")
     paths = {getattr(route, "path", None) for route in create_app(app).routes}
     assert "/api/orgs/{org_id:int}/ingestion" in paths

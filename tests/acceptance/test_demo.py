@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from tests.conftest import ROOT
 
-from oncely.sim.measure import invariants
-from oncely.sim.report import watchdog_cell
+from oncely_billing.demo.measure import invariants
+from oncely_billing.demo.report import watchdog_cell
 
 # The demo runs once per module (fixture below): keep its tests together on one xdist worker.
 pytestmark = pytest.mark.xdist_group("demo")

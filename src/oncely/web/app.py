@@ -1,16 +1,15 @@
 """The dashboard application: pages, ``/api/``, ``/metrics`` and static files in one Starlette app.
 
-``create_app(app, token=None)`` wraps an :class:`oncely.App`; it adds the billing workloads'
-routes (``oncely.metering.web.routes``) when that module is installed. Every response carries
+``create_app(app, token=None)`` wraps an :class:`oncely.App`; it adds the routes that installed
+packages register under the ``oncely.web`` entry-point group. Every response carries
 headers that keep the pages in their own frame and origin (no inline script, no framing, no
 sniffing); nothing is fetched from a CDN.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -21,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oncely.observe.fleet import fleet_registry
+from oncely.plugins import WEB_GROUP, plugin_entry_points
 from oncely.web import api, pages
 from oncely.web.context import Dashboard, dashboard
 
@@ -68,17 +68,16 @@ def healthz(request: Request) -> Response:
 
 
 def extra_routes(app: App) -> list[BaseRoute]:
-    """Routes of the billing workloads, when ``oncely.metering.web`` is installed."""
-    try:
-        module: Any = importlib.import_module("oncely.metering.web")
-    except ImportError as exc:
-        log.debug("metering routes not mounted: %s", exc)
-        return []
-    try:
-        return list(module.routes(app))
-    except Exception:  # a broken add-on must not take the dashboard down
-        log.exception("oncely.metering.web.routes failed; metering routes not mounted")
-        return []
+    """Routes that installed packages add under the ``oncely.web`` entry-point group."""
+    found: list[BaseRoute] = []
+    for name, entry in plugin_entry_points(WEB_GROUP).items():
+        try:
+            found.extend(entry.load()(app))
+        except ImportError as exc:
+            log.debug("routes of %s not mounted: %s", name, exc)
+        except Exception:  # a broken add-on must not take the dashboard down
+            log.exception("routes of %s (%s) failed; not mounted", name, entry.value)
+    return found
 
 
 def create_app(app: App, token: str | None = None) -> Starlette:

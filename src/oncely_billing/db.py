@@ -1,0 +1,165 @@
+"""Named SQL for oncely_billing, and the few helpers that run it on the job store.
+
+SQL lives in ``sql/<dialect>/*.sql``: files named ``NNNN_description.sql`` are migrations (see
+:mod:`oncely_billing.migrations`); every other file holds blocks that start with a
+``-- name: <query_name>`` line and run to the next one. Dialects: ``sqlite`` and ``postgres`` for
+the job store (chosen by ``app.store.dialect``), ``duckdb`` and ``clickhouse`` for usage sources.
+
+Conventions shared by both job-store dialects, so Python code never branches on the dialect:
+
+* instants are passed as epoch seconds (float) and days as *epoch days* (``int``: days since
+  1970-01-01, UTC); the SQL converts them to its own types;
+* a batch of rows is one parameter set built by :func:`batch_params`: a JSON array of arrays for
+  SQLite (read with ``json_each``), one array per column for PostgreSQL (read with ``unnest``).
+  So every chunk is one set-based statement whose text never changes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import oncely
+
+_NAME = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
+_MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+EPOCH_DAY0 = date(1970, 1, 1)
+
+
+def sql_dialect(app: oncely.App) -> str:
+    """The folder name of the job store's dialect."""
+    dialect = app.store.dialect
+    return "postgres" if dialect.startswith("postgres") else "sqlite"
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    queries: dict[str, str] = {}
+    matches = list(_NAME.finditer(text))
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        name = match.group(1)
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        queries[name] = text[match.end() : end].strip()
+    return queries
+
+
+@cache
+def queries(dialect: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    folder = resources.files("oncely_billing").joinpath("sql", dialect)
+    for entry in sorted(folder.iterdir(), key=lambda item: item.name):
+        if not entry.name.endswith(".sql") or _MIGRATION.match(entry.name):
+            continue
+        for name, body in parse_queries(entry.read_text(encoding="utf-8")).items():
+            if name in found:
+                raise ValueError(f"metering query {name!r} is defined in two {dialect} files")
+            found[name] = body
+    return found
+
+
+@cache
+def migration_files(dialect: str) -> tuple[tuple[int, str, str], ...]:
+    """(version, name, script) of every migration of ``dialect``, numbered 1..N."""
+    folder = resources.files("oncely_billing").joinpath("sql", dialect)
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text("utf-8")))
+    found.sort()
+    if [item[0] for item in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"metering {dialect} migrations are not numbered 1..N")
+    return tuple(found)
+
+
+def q(dialect: str, name: str) -> str:
+    try:
+        return queries(dialect)[name]
+    except KeyError:
+        raise KeyError(f"no metering query {name!r} for dialect {dialect!r}") from None
+
+
+def run(conn: Any, dialect: str, name: str, params: Mapping[str, Any] | None = None) -> Any:
+    """Execute a named query on a job-store connection; returns the cursor."""
+    return conn.execute(q(dialect, name), dict(params or {}))
+
+
+def fetch_all(
+    conn: Any, dialect: str, name: str, params: Mapping[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in run(conn, dialect, name, params).fetchall()]
+
+
+def fetch_one(
+    conn: Any, dialect: str, name: str, params: Mapping[str, Any] | None = None
+) -> tuple[Any, ...] | None:
+    row = run(conn, dialect, name, params).fetchone()
+    return None if row is None else tuple(row)
+
+
+def fetch_ints(
+    conn: Any, dialect: str, name: str, params: Mapping[str, Any] | None, width: int,
+    batch: int = 100_000,
+) -> Any:
+    """An all-integer result as an ``(n, width)`` int64 numpy array, read in batches so the
+    rows never exist as Python tuples all at once."""
+    import numpy as np
+
+    cursor = run(conn, dialect, name, params)
+    parts = []
+    while rows := cursor.fetchmany(batch):
+        parts.append(np.array([tuple(row) for row in rows], dtype=np.int64).reshape(-1, width))
+    return np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.int64)
+
+
+def batch_params(
+    dialect: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], json_name: str = "rows"
+) -> dict[str, Any]:
+    """One chunk of rows as parameters: ``json_name`` (a JSON array of arrays) for SQLite, one
+    list per column, named after the column, for PostgreSQL."""
+    if dialect == "sqlite":
+        return {json_name: json.dumps([list(row) for row in rows])}
+    return {column: [row[index] for row in rows] for index, column in enumerate(columns)}
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def epoch(instant: datetime) -> float:
+    if instant.tzinfo is None:
+        raise ValueError("instants must be timezone-aware")
+    return instant.timestamp()
+
+
+def from_epoch(value: Any) -> datetime | None:
+    """An instant read from either dialect (epoch seconds or a datetime) as aware UTC."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(float(value), UTC)
+
+
+def epoch_day(day: date) -> int:
+    return (day - EPOCH_DAY0).days
+
+
+def from_epoch_day(value: int) -> date:
+    return date.fromordinal(EPOCH_DAY0.toordinal() + int(value))
+
+
+def as_date(value: Any) -> date | None:
+    """A day read from either dialect ('YYYY-MM-DD' text or a date) as a date."""
+    if value is None or (isinstance(value, date) and not isinstance(value, datetime)):
+        return value
+    if isinstance(value, datetime):
+        return value.date()
+    return date.fromisoformat(str(value))

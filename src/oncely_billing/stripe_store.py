@@ -1,0 +1,144 @@
+"""The tables of Stripe usage metering, their migrations, and every query on them.
+
+Four tables on the job store (SQLite or PostgreSQL; times are epoch milliseconds in ``BIGINT`` so
+one schema serves both dialects):
+
+* ``oncely_stripe_watermark`` — one row per metering stream (``usage``): ``hour_start_ms`` of the
+  last hour whose every org was delivered or recorded failed. Written only inside the job's fenced
+  transaction, and as a compare-and-set from the previous hour, so it moves one hour at a time.
+* ``oncely_stripe_deliveries`` — one row per meter event (primary key: its Stripe identifier):
+  ``delivered`` | ``duplicate`` (Stripe already had it) | ``failed`` (a 4xx, with Stripe's code) |
+  ``retry`` (a failure a human reset) | ``lost`` (too old for Stripe to take). Resuming an hour
+  skips every identifier already here, so a crash between two orgs sends nothing twice.
+* ``oncely_stripe_hours`` — one row per finished hour: ``reported`` with its counts, or ``lost``.
+* ``oncely_stripe_runs`` — one row per job attempt: start, end, outcome (``ok``, ``behind``,
+  ``stripe_unavailable``, ``fence_lost``, ``error``), hours and events — "last run" in the CLI.
+
+The SQL is in ``sql/<dialect>/stripe.sql`` (named blocks, loaded by :mod:`oncely_billing.db`).
+The tables are created by :func:`ensure_schema` (idempotent and safe under concurrency), which
+records its versions in ``oncely_stripe_migrations``: it runs on first use by the job or the CLI,
+independently of the data model's numbered migrations.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from oncely_billing import db
+
+STREAM = "usage"
+SCHEMA_VERSIONS = ((1, "stripe_schema_v1"),)
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    identifier: str
+    hour_start_ms: int
+    org_id: str
+    event_name: str
+    customer_id: str
+    value: int
+    status: str
+    code: str | None
+    message: str | None
+    attempts: int
+    job_id: int | None
+    updated_at_ms: int
+
+
+class Queries:
+    """Every statement on the Stripe metering tables, on a job-store connection."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = "postgres" if dialect.startswith("postgres") else "sqlite"
+
+    def one(self, conn: Any, query: str, /, **params: Any) -> tuple[Any, ...] | None:
+        return db.fetch_one(conn, self.dialect, query, params)
+
+    def all(self, conn: Any, query: str, /, **params: Any) -> list[tuple[Any, ...]]:
+        return db.fetch_all(conn, self.dialect, query, params)
+
+    def run(self, conn: Any, query: str, /, **params: Any) -> int:
+        return int(db.run(conn, self.dialect, query, params).rowcount)
+
+    # watermark ---------------------------------------------------------------------------
+    def watermark(self, conn: Any) -> int | None:
+        row = self.one(conn, "stripe_watermark_get", stream=STREAM)
+        return None if row is None else int(row[0])
+
+    def advance_watermark(self, conn: Any, expected: int | None, new: int, now_ms: int,
+                          job_id: int, fence: int) -> bool:
+        """Compare-and-set; False when the watermark is not where this run found it."""
+        params = {"stream": STREAM, "new_ms": new, "now_ms": now_ms, "job_id": job_id,
+                  "fence": fence}
+        if expected is None:
+            return self.run(conn, "stripe_watermark_insert", **params) == 1
+        return self.run(conn, "stripe_watermark_advance", expected_ms=expected, **params) == 1
+
+    # deliveries --------------------------------------------------------------------------
+    def done_identifiers(self, conn: Any, hour_start_ms: int) -> set[str]:
+        rows = self.all(conn, "stripe_deliveries_done", hour_ms=hour_start_ms)
+        return {str(row[0]) for row in rows}
+
+    def record_deliveries(self, conn: Any, rows: Sequence[DeliveryRow]) -> None:
+        if rows:
+            conn.cursor().executemany(db.q(self.dialect, "stripe_delivery_upsert"),
+                                      [asdict(row) for row in rows])
+
+    def hour_counts(self, conn: Any, hour_start_ms: int) -> dict[str, int]:
+        rows = self.all(conn, "stripe_hour_counts", hour_ms=hour_start_ms)
+        return {str(row[0]): int(row[1]) for row in rows}
+
+    def record_hour(self, conn: Any, hour_start_ms: int, status: str, counts: dict[str, int],
+                    job_id: int, now_ms: int, note: str | None = None) -> None:
+        delivered, duplicates = counts.get("delivered", 0), counts.get("duplicate", 0)
+        failed = counts.get("failed", 0)
+        self.run(conn, "stripe_hour_record", hour_ms=hour_start_ms, status=status,
+                 events=delivered + duplicates + failed, delivered=delivered,
+                 duplicates=duplicates, failed=failed, job_id=job_id, now_ms=now_ms, note=note)
+
+    def retry_due(self, conn: Any, limit: int) -> list[tuple[Any, ...]]:
+        return self.all(conn, "stripe_retry_due", limit=limit)
+
+    def reset_failures(self, conn: Any, now_ms: int, code: str | None, org_id: str | None) -> int:
+        return self.run(conn, "stripe_failures_reset", now_ms=now_ms, code=code, org_id=org_id)
+
+    # runs --------------------------------------------------------------------------------
+    def run_started(self, conn: Any, job_id: int, attempt: int, now_ms: int) -> None:
+        self.run(conn, "stripe_run_start", job_id=job_id, attempt=attempt, now_ms=now_ms)
+
+    def run_finished(self, conn: Any, job_id: int, attempt: int, now_ms: int, outcome: str,
+                     hours: int, events: int, note: str | None) -> None:
+        self.run(conn, "stripe_run_finish", now_ms=now_ms, outcome=outcome, hours=hours,
+                 events=events, note=note, job_id=job_id, attempt=attempt)
+
+
+_ready: set[str] = set()
+_ready_lock = threading.Lock()
+
+
+def ensure_schema(store: Any, now_ms: int) -> Queries:
+    """Create or upgrade the metering tables (once per process and store URL); returns the
+    :class:`Queries` for the store's dialect."""
+    queries = Queries(store.dialect)
+    key = f"{store.dialect}:{store.url}"
+    with _ready_lock:
+        if key in _ready:
+            return queries
+        with store.transaction() as conn:
+            queries.run(conn, "stripe_migrations_lock")
+            queries.run(conn, "stripe_migrations_table")
+            applied = {int(row[0]) for row in queries.all(conn, "stripe_migrations_applied")}
+            for version, block in SCHEMA_VERSIONS:
+                if version in applied:
+                    continue
+                for statement in db.q(queries.dialect, block).split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                queries.run(conn, "stripe_migration_record", version=version, name=block,
+                            now_ms=now_ms)
+        _ready.add(key)
+    return queries

@@ -1,0 +1,60 @@
+"""HTTP face of the ingestion gate: ``GET /api/orgs/{id}/ingestion``.
+
+:func:`ingestion_status` is framework-free (status code and JSON body); :func:`routes` wraps it
+for Starlette, for the dashboard server to mount::
+
+    from oncely_billing.web import routes
+    app = Starlette(routes=[*dashboard_routes, *routes(oncely_app)])
+
+200: ingestion allowed; 403: blocked, with a message saying why, until when and where to
+upgrade; 404: no such organization.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import oncely
+from oncely_billing.runtime import metering_of
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+PATH = "/api/orgs/{org_id:int}/ingestion"
+
+
+def ingestion_status(app: oncely.App, org_id: int) -> tuple[int, dict[str, Any]]:
+    runtime = metering_of(app)
+    runtime.ensure_schema()
+    answer = runtime.gate.check(org_id)
+    if not answer.known:
+        return 404, {"org_id": org_id, "error": "unknown_organization", "message": answer.message}
+    body: dict[str, Any] = {
+        "org_id": org_id,
+        "ingestion": "allowed" if answer.allowed else "blocked",
+        "state": answer.state,
+        "paid": answer.paid,
+        "usage": answer.usage,
+        "limit": answer.block_at,
+        "resets_on": answer.resets_on.isoformat() if answer.resets_on else None,
+    }
+    if answer.allowed:
+        return 200, body
+    body.update(error="ingestion_blocked", message=answer.message, billing_url=answer.billing_url)
+    return 403, body
+
+
+def routes(app: oncely.App) -> list[Route]:
+    """Starlette routes of the metering API (today: the ingestion gate)."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def ingestion(request: Request) -> Response:
+        org_id = int(request.path_params["org_id"])
+        status, body = await run_in_threadpool(ingestion_status, app, org_id)
+        return JSONResponse(body, status_code=status)
+
+    return [Route(PATH, ingestion, methods=["GET"], name="metering-ingestion")]
