@@ -253,6 +253,8 @@ class App:
         if existing is not None and existing != spec:
             raise ConfigError(f"schedule {name!r} is declared twice with different definitions")
         self.schedules[name] = spec
+        if spec.overlap != Overlap.ALLOW:
+            resolved.guarded_by.add(name)  # its manual jobs now share the slot runs' key
         return spec
 
     def trigger(self, schedule: str) -> JobHandle | None:

@@ -7,7 +7,11 @@ A handler is a plain function ``def handler(ctx, **args)`` (``async def`` works 
 * ``timeout`` — seconds an attempt may run before it is stopped and counted as failed;
 * ``singleton`` — ``True`` (one running job per task), a key template such as ``"org:{org_id}"``
   (one per distinct value, formatted from the job's args), or ``None`` (the default: singleton
-  when run by a schedule, otherwise not). ``False`` disables it even for schedules;
+  when the task is scheduled — its slot runs and its manual jobs share the key, so a "run it
+  now" enqueue waits for a slot run instead of overlapping it; a schedule with
+  ``overlap="allow"`` does not count). ``False`` disables it even for schedules. A manual job
+  is known to belong to a scheduled task when the schedule is declared before the enqueue
+  (declare schedules beside their tasks, at import);
 * ``priority`` — higher runs first;
 * ``limit`` — at most ``(n, window)`` starts of the task per window, fleet-wide;
 * ``concurrency_key`` / ``max_per_key`` — at most ``max_per_key`` (default 1) running jobs per
@@ -88,6 +92,8 @@ class Task:
         if isinstance(options.singleton, str):
             _template_fields(name, options.singleton)
         self._defaults: dict[str, Any] = {}
+        # Schedules of this app that run the task with a singleton key (overlap other than allow).
+        self.guarded_by: set[str] = set()
         if options.concurrency_key is not None:
             self._defaults = _check_key_template(name, fn, options.concurrency_key)
         elif options.max_per_key is not None:
@@ -103,7 +109,7 @@ class Task:
     def singleton_key(self, args: dict[str, Any], scheduled: bool = False) -> str | None:
         singleton = self.options.singleton
         if singleton is None:
-            return self.name if scheduled else None
+            return self.name if scheduled or self.guarded_by else None
         if singleton is False:
             return None
         if singleton is True:

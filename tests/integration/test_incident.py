@@ -6,12 +6,14 @@ the expected executions per hour. Here the same configuration — a retrying tas
 fails, six workers that each ask for an immediate run when they start, restarted several times —
 runs on oncely with the guard (``app.trigger``): exactly one successful execution per slot that
 ran, and no job that does not belong to a slot. The unguarded contrast (``task.enqueue()`` on
-start), at small scale, runs the trigger slot more than once: the guard is what matters.
+start), at small scale, runs the trigger slot more than once — one after the other, since a
+scheduled task's manual jobs share the schedule's singleton key — so the guard is what matters.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import signal
 import time
 import uuid
@@ -175,3 +177,13 @@ def test_incident_configuration_runs_once_per_slot_with_the_guard_and_not_withou
     assert max(per_slot.values()) > 1, contrast
     if len(per_slot) == 1:
         assert trigger_slot is not None and per_slot[trigger_slot.timestamp()] == 3, contrast
+    # Even so, the one-off runs of a scheduled task share its singleton key: they queue behind
+    # each other (and behind slot runs) instead of running two at once.
+    assert {job.singleton_key for job in one_offs} == {thresholds_key()}, contrast
+    ordered = sorted(unguarded, key=lambda r: r["started"])
+    for before, after in itertools.pairwise(ordered):
+        assert before["ended"] <= after["started"], f"one-off runs overlapped{contrast}"
+
+
+def thresholds_key() -> str:
+    return incident.thresholds.name
