@@ -88,9 +88,11 @@ def test_the_apps_watchdog_thresholds_decide(app: oncely.App) -> None:
 
 
 def test_overlapping_runs_are_named_in_the_evidence(app: oncely.App) -> None:
+    # Four runs of the task at once, as on a queue with no mutual exclusion across workers
+    # (oncely's own enqueue would give them the schedule's singleton key).
     for _ in range(4):
-        app.enqueue(TASK)
-    work(app, "w1", limit=4)  # four runs of the task at once: no mutual exclusion
+        app.store.job_insert(JobInsert(TASK, queue="billing"), app.clock.now())
+    work(app, "w1", limit=4)
     [finding] = Watchdog(app).run_once().findings
     assert finding.evidence["overlaps"] == 3
     assert "3 started while another run was still running" in finding.advice

@@ -266,9 +266,9 @@ def test_outcome_events_name_the_schedule_and_slot_of_a_slots_job(app):
     app.schedule("every-minute", "tick", cron="* * * * *")
     seen: list[oncely.observe.events.Event] = []
     app.events.subscribe(seen.append)
-    plain = tick.enqueue()
     handle = app.trigger("every-minute")
     assert handle is not None
+    plain = tick.enqueue()  # shares the schedule's key: it runs after the slot's job
     with worker_running(app):
         job = wait_until(lambda: finished(app, handle), message="slot job finished")
         wait_until(lambda: finished(app, plain), message="plain job finished")
