@@ -411,7 +411,7 @@ def declare_limit(store: FreshStore, limit: str, workers: int, concurrency: int)
         shown = "limit=(1000000, 1 s)"
     else:
         return "none"
-    register_controls(store.app)
+    register_controls(store.app.runtime)
     return shown
 
 

@@ -36,8 +36,8 @@ from oncely.store.base import JobState, RetryFailed, UpsertOutcome
 from oncely.store.limits import ControlKind, ControlUpsert
 
 if TYPE_CHECKING:
-    from oncely.app import App
     from oncely.config import Settings
+    from oncely.runtime import Runtime
     from oncely.tasks import Task
 
 RETAINED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
@@ -203,21 +203,21 @@ def task_control(task: Task, now: datetime) -> ControlUpsert:
     )
 
 
-def register_controls(app: App) -> dict[str, UpsertOutcome]:
+def register_controls(runtime: Runtime) -> dict[str, UpsertOutcome]:
     """Upsert the queues the app declares and the limits of its tasks (clearing the stored
     limits of a task that no longer declares any). Called by every worker as it starts."""
-    now = app.clock.now()
-    stored = {c.scope: c for c in app.store.control_list()}
+    now = runtime.clock.now()
+    stored = {c.scope: c for c in runtime.store.control_list()}
     outcomes: dict[str, UpsertOutcome] = {}
-    declared = [spec.upsert(now) for spec in app.queues.values()]
-    for task in app.tasks.values():
+    declared = [spec.upsert(now) for spec in runtime.queues.values()]
+    for task in runtime.tasks.values():
         params = task_control(task, now)
         limited = params.rate_limit is not None or params.max_per_key is not None
         previous = stored.get(f"{ControlKind.TASK}:{task.name}")
         if limited or (previous is not None and previous.active):
             declared.append(params)
     for params in declared:
-        outcome = app.store.control_upsert(params)
+        outcome = runtime.store.control_upsert(params)
         outcomes[f"{params.kind}:{params.name}"] = outcome
         fields = {
             "kind": str(params.kind),
@@ -228,14 +228,14 @@ def register_controls(app: App) -> dict[str, UpsertOutcome]:
             else f"{params.rate_limit}/{params.rate_window:g}s",
         }
         if outcome == UpsertOutcome.CREATED:
-            app.events.emit("control.registered", **fields)
+            runtime.events.emit("control.registered", **fields)
         elif outcome == UpsertOutcome.UPDATED:
-            app.events.emit("control.updated", **fields)
+            runtime.events.emit("control.updated", **fields)
     return outcomes
 
 
 def retry_dead_letters(
-    app: App, queue: str | None = None, task: str | None = None, batch: int = 500
+    runtime: Runtime, queue: str | None = None, task: str | None = None, batch: int = 500
 ) -> tuple[int, list[int]]:
     """Make every failed job (of ``queue``/``task``) available again, a batch per transaction;
     returns how many were retried and the ids left failed because another unfinished job holds
@@ -243,8 +243,8 @@ def retry_dead_letters(
     retried, conflicts, after = 0, [], 0
     woken: set[str] = set()
     while True:
-        result = app.store.job_retry_failed(
-            RetryFailed(app.clock.now(), queue, task, after_id=after, limit=batch)
+        result = runtime.store.job_retry_failed(
+            RetryFailed(runtime.clock.now(), queue, task, after_id=after, limit=batch)
         )
         retried += len(result.retried)
         conflicts.extend(result.conflicts)
@@ -253,5 +253,5 @@ def retry_dead_letters(
             break
         after = result.last_id
     for name in sorted(woken):
-        app.store.notify_work(name)
+        runtime.store.notify_work(name)
     return retried, conflicts

@@ -4,8 +4,8 @@ EXPECTED = {
     "App", "ArgsNotJSON", "Cancel", "Clock", "ConfigError", "FenceRejected", "FrozenClock",
     "InvalidSchedule", "InvalidURL", "Job", "JobContext", "JobHandle", "JobState", "Keep",
     "NotFound", "OncelyError", "Overlap", "Retention", "Retry", "ScheduleSpec", "SchemaMismatch",
-    "Settings", "SlotOutcome", "StoreError", "StoreUnavailable", "SystemClock", "Task",
-    "UnknownTask", "WarpClock", "WatchdogConfig", "Worker", "__version__",
+    "Settings", "SingletonBusy", "SlotOutcome", "StoreError", "StoreUnavailable", "SystemClock",
+    "Task", "UnknownTask", "WarpClock", "WatchdogConfig", "Worker", "__version__",
 }
 
 
