@@ -85,7 +85,7 @@ def run_now(runtime: Runtime, task: Task, args: dict[str, Any], by: str | None) 
         final = _settle(runtime, job.id, granted=bool(worker.claimed))
     if worker.claimed and final is not None and final.state in FINISHED_STATES:
         return final
-    reason = _refusal(worker, final)
+    reason = _refusal(runtime, worker, final, insert.singleton_key)
     runtime.events.emit("job.run_now_refused", job_id=job.id, task=task.name, reason=reason,
                         by=by)
     raise SingletonBusy(f"task {task.name!r} was not run: {reason}")
@@ -107,12 +107,15 @@ def _settle(runtime: Runtime, job_id: int, granted: bool) -> Job | None:
     return job
 
 
-def _refusal(worker: OneShotWorker, final: Job | None) -> str:
+def _refusal(runtime: Runtime, worker: OneShotWorker, final: Job | None,
+             key: str | None) -> str:
     for job in worker.skipped:
         if job.errors:
             return job.errors[-1].message.removeprefix("skipped: ")
-    if final is not None and final.errors:
-        return final.errors[-1].message
     if final is not None and final.state == JobState.RUNNING:
         return f"another worker ({final.lease_owner}) claimed the job first"
+    for lease in runtime.store.lease_list():
+        if lease.key == key and lease.owner is not None and lease.job_id is not None:
+            return (f"singleton key {key!r} is held by job {lease.job_id} of worker "
+                    f"{lease.owner} (fence {lease.fence})")
     return "its lease was not granted (a queue control or limit holds the task back)"

@@ -66,8 +66,9 @@ class Transaction:
         bound: Sequence[Any] | Mapping[str, Any] = (
             params if isinstance(params, Mapping) else tuple(params)
         )
+        native = to_qmark(sql, bound)  # also checks the placeholders, the same on both stores
         if self.dialect == "sqlite":
-            return self.connection.execute(to_qmark(sql, bound), bound)
+            return self.connection.execute(native, bound)
         return self.connection.execute(sql, bound)
 
     def __repr__(self) -> str:
