@@ -46,7 +46,7 @@ def register_schedules(runtime: Runtime) -> dict[str, UpsertOutcome]:
     for row in runtime.store.schedule_list():
         if row.name not in runtime.schedules:
             runtime.events.emit("schedule.undeclared", schedule=row.name, task=row.task,
-                            declared_at=row.declared_at.isoformat())
+                                declared_at=row.declared_at.isoformat())
     return outcomes
 
 
@@ -100,7 +100,7 @@ class SlotEnqueuer:
             if job is not None:
                 result.enqueued.append((spec.name, slot))
                 runtime.events.emit("slot.enqueued", schedule=spec.name, slot=slot.isoformat(),
-                                job_id=recorded.job_id)
+                                    job_id=recorded.job_id)
             else:
                 result.recorded.append((spec.name, slot, outcome))
                 runtime.events.emit(f"slot.{outcome}", schedule=spec.name, slot=slot.isoformat())

@@ -52,7 +52,7 @@ class LeaderElector:
                                          term=state.term)
         elif was:
             self.runtime.events.emit("leader.lost", worker_id=self.worker_id, term=self.term,
-                                 new_leader=state.leader_id)
+                                     new_leader=state.leader_id)
         self.term = state.term
         return ElectionResult(self.is_leader, state.term, state.leader_id, was != self.is_leader)
 
@@ -62,7 +62,7 @@ class LeaderElector:
             self.is_leader = False
             changed = True
             self.runtime.events.emit("leader.lost", worker_id=self.worker_id, term=self.term,
-                                 new_leader=None)
+                                     new_leader=None)
         return ElectionResult(self.is_leader, self.term, None, changed)
 
     def resign(self) -> None:

@@ -43,5 +43,5 @@ class Rescuer:
                 continue
             (retried if outcome.state == JobState.RETRYABLE else failed).append(job.id)
             runtime.events.emit("job.rescued", job_id=job.id, task=job.task, fence=job.fence,
-                            owner=job.lease_owner, outcome=str(outcome.state))
+                                owner=job.lease_owner, outcome=str(outcome.state))
         return RescueResult(retried, failed)

@@ -114,4 +114,4 @@ class Supervisor:
             self.runtime.events.emit("maintenance.failed", service=name, error=str(exc))
         else:
             self.runtime.events.emit("maintenance.ran", service=name,
-                                 seconds=round(time.monotonic() - started, 6))
+                                     seconds=round(time.monotonic() - started, 6))

@@ -92,5 +92,5 @@ class Watchdog:
             )
         self._report_takeovers()
         runtime.events.emit("watchdog.checked", findings=len(findings), raised=len(result.raised),
-                        resolved=len(result.resolved))
+                            resolved=len(result.resolved))
         return result

@@ -265,8 +265,8 @@ class Worker:
             self._jobs[job.id] = running
         wait = max(0.0, (job.started_at - job.run_at).total_seconds()) if job.started_at else 0.0
         self.runtime.events.emit("job.claimed", job_id=job.id, task=job.task, fence=job.fence,
-                             attempt=job.attempt, worker_id=self.worker_id, queue=job.queue,
-                             wait=round(wait, 6))
+                                 attempt=job.attempt, worker_id=self.worker_id, queue=job.queue,
+                                 wait=round(wait, 6))
         self._inbox.put(running)
 
     # running -------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ class Worker:
             return
         self._forget(running)
         self.runtime.events.emit("lease.lost", job_id=running.job.id, fence=running.job.fence,
-                             reason=why)
+                                 reason=why)
         if running.started is not None:
             running.replaced = True
             self._spawn_handler()
@@ -366,4 +366,4 @@ class Worker:
             down = time.monotonic() - self._store_down_since
             self._store_down_since = None
             self.runtime.events.emit("store.recovered", worker_id=self.worker_id,
-                                 down_seconds=round(down, 3))
+                                     down_seconds=round(down, 3))
