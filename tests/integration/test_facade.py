@@ -176,6 +176,20 @@ def test_run_now_is_refused_while_the_singleton_runs_and_leaves_nothing(app: onc
     assert isinstance(oncely.SingletonBusy("x"), oncely.OncelyError)
 
 
+def test_run_now_held_back_by_a_rate_limit_is_refused_and_leaves_nothing(
+        app: oncely.App) -> None:
+    @app.task(name="hourly-export", singleton=True, limit=(1, 3600))
+    def export(ctx: oncely.JobContext) -> str:
+        return "exported"
+
+    assert app.run_now("hourly-export").state == oncely.JobState.SUCCEEDED
+    with pytest.raises(oncely.SingletonBusy, match="holds the task back"):
+        app.run_now("hourly-export")  # one start per hour: the control holds it
+    assert unfinished(app) == []
+    assert [job.state for job in app.read.jobs(task="hourly-export")] == [
+        oncely.JobState.SUCCEEDED]
+
+
 def test_run_now_fails_once_and_is_never_retried_later(app: oncely.App) -> None:
     job = app.run_now("flaky")  # its policy allows 5 attempts; run_now makes one
     assert job.state == oncely.JobState.FAILED
