@@ -31,7 +31,7 @@ from oncely import cli_queues, readmodel
 from oncely.app import App
 from oncely.cli_plugins import PluginGroup
 from oncely.config import DEFAULT_DATABASE_URL, Settings
-from oncely.errors import ArgsNotJSON, ConfigError, NotFound, OncelyError
+from oncely.errors import ArgsNotJSON, ConfigError, OncelyError
 from oncely.observe.events import log_subscriber
 from oncely.store.base import JobFilter, JobState
 
@@ -361,9 +361,7 @@ def anomalies_check(env: Env) -> None:
 @click.pass_obj
 def anomalies_resolve(env: Env, anomaly_id: int) -> None:
     """Close an open anomaly by hand (the watchdog reopens it if the condition persists)."""
-    app = env.app()
-    if not app.store.anomaly_resolve(anomaly_id, app.clock.now()):
-        raise NotFound(f"no open anomaly {anomaly_id}")
+    env.app().resolve_anomaly(anomaly_id, by="cli")
     click.echo(f"anomaly {anomaly_id} resolved")
 
 

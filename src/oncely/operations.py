@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from oncely.errors import NotFound
 from oncely.observe.diagnose import WatchdogConfig
 from oncely.queues import retry_dead_letters
 from oncely.store.base import Job, JobState, UpsertOutcome
@@ -78,6 +79,15 @@ class Operations:
         self.store.notify_work(name)
         self.events.emit("queue.resumed", queue=name, by=by)
         return control
+
+    def resolve_anomaly(self, anomaly_id: int, *, by: str | None = None) -> None:
+        """Close an open anomaly by hand (the watchdog reopens it if its condition persists);
+        raises NotFound when there is no open anomaly of that id."""
+        found = self.store.anomaly_get(anomaly_id)
+        if found is None or not self.store.anomaly_resolve(anomaly_id, self.clock.now()):
+            raise NotFound(f"no open anomaly {anomaly_id}")
+        self.events.emit("anomaly.resolved", anomaly_id=anomaly_id, kind=str(found.kind),
+                         subject=found.subject, schedule=found.schedule, by=by)
 
     # running -----------------------------------------------------------------------------
     def run_now(self, task: str | Task, /, *, by: str | None = None, **args: Any) -> Job:

@@ -75,3 +75,23 @@ def test_the_dashboard_retries_and_cancels_through_the_facade(app: oncely.App) -
     assert answer.status_code == 200 and answer.json()["state"] == "cancelled"
     [cancel] = named("job.cancel_requested")
     assert (cancel["by"], cancel["running"]) == ("dashboard", False)
+
+
+def test_resolving_an_anomaly_by_hand_says_who_did(any_url: str) -> None:
+    from tests.observe_data import START, billing_app, incident
+
+    app = billing_app(any_url, oncely.FrozenClock(START))
+    try:
+        app.register_schedules()
+        incident(app, workers=6)
+        [raised] = app.run_watchdog().raised
+        seen: list[dict[str, object]] = []
+        app.events.subscribe(lambda event: seen.append(dict(event.fields))
+                             if event.name == "anomaly.resolved" else None)
+        app.resolve_anomaly(raised.id, by="ops")
+        assert seen == [{"anomaly_id": raised.id, "kind": str(raised.kind),
+                         "subject": raised.subject, "schedule": raised.schedule, "by": "ops"}]
+        with pytest.raises(oncely.NotFound):
+            app.resolve_anomaly(raised.id)
+    finally:
+        app.close()
