@@ -66,7 +66,18 @@ class Service(Protocol):
 MaintenanceFactory = Callable[[Runtime, str], Service]
 
 
+class HasRuntime(Protocol):
+    @property
+    def runtime(self) -> Runtime: ...
+
+
 class Worker:
+    """One worker process's claim loop, handler threads, lease keeper and maintenance.
+
+    ``app.worker()`` builds one with the app's maintenance; ``Worker(app.runtime, …)`` (or
+    ``Worker(app, …)``) builds one from what it needs, running maintenance only when given a
+    ``maintenance`` factory."""
+
     # The keeper renews every running job's lease and stops a job whose lease it cannot renew
     # (self-fencing). A subclass may turn this off to show what a queue without heartbeats does
     # (leases run out under running jobs, which keep running); no setting exposes it.
@@ -74,13 +85,15 @@ class Worker:
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: Runtime | HasRuntime,
         *,
         concurrency: int | None = None,
         queues: Sequence[str] | None = None,
         worker_id: str | None = None,
         maintenance: MaintenanceFactory | None = None,
     ) -> None:
+        if not isinstance(runtime, Runtime):
+            runtime = runtime.runtime
         self.runtime = runtime
         self.concurrency = concurrency or runtime.settings.concurrency
         self.queues = tuple(queues) if queues else None
