@@ -7,15 +7,24 @@ and ``queues resume Q`` set the store flag every worker's claim obeys.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import click
 
 from oncely import readmodel
+from oncely.app import App
 from oncely.tasks import check_name
 
-if TYPE_CHECKING:
-    from oncely.cli import Env
+
+class Env(Protocol):
+    """What the command line's Env (oncely.cli, which imports this module) gives a command."""
+
+    as_json: bool
+
+    def app(self, required: bool = False) -> App: ...
+    def emit(self, rows: Any, columns: Sequence[str] | None = None,
+             title: str | None = None) -> None: ...
 
 LIST_COLUMNS = ["queue", "state", "due", "running", "max_running", "limit", "per_minute",
                 "oldest_wait", "held", "failed"]

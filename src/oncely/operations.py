@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from oncely.controls import retry_dead_letters
 from oncely.errors import NotFound
 from oncely.observe.diagnose import WatchdogConfig
-from oncely.queues import retry_dead_letters
 from oncely.store.base import Job, JobState, UpsertOutcome
 from oncely.tasks import Task, check_name
 

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from oncely.clock import Clock
 from oncely.config import Settings
 from oncely.observe.diagnose import WatchdogConfig
 from oncely.observe.events import EventBus
+from oncely.queues import QueueSpec
+from oncely.schedules import ScheduleSpec
 from oncely.store.base import Store
-
-if TYPE_CHECKING:
-    from oncely.queues import QueueSpec
-    from oncely.schedules import ScheduleSpec
-    from oncely.tasks import Task
+from oncely.tasks import Task
 
 
 @dataclass(frozen=True)

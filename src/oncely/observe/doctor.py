@@ -12,16 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from oncely import readmodel
 from oncely.errors import SchemaMismatch
 from oncely.observe.diagnose import Finding, WatchdogConfig, evaluate
 from oncely.observe.fmt import plural, span
+from oncely.runtime import Runtime
 from oncely.store.base import Store
-
-if TYPE_CHECKING:
-    from oncely.runtime import Runtime
 
 UNHEALTHY = ("problem", "warning")
 _ORDER = {"problem": 0, "warning": 1, "info": 2, "ok": 3}

@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Protocol
 
+from oncely.controls import register_controls
 from oncely.errors import StoreError
-from oncely.queues import register_controls
 from oncely.runtime import Runtime
 from oncely.store.base import (
     ClaimResult,
