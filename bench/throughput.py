@@ -400,7 +400,7 @@ def declare_limit(store: FreshStore, limit: str, workers: int, concurrency: int)
     """Put one control on the jobs' queue (``default``) before any worker starts; returns what it
     is. The workers' app declares no queue, so they keep it. The limits are set well above what
     the fleet can reach, so the run measures what enforcing them costs, not throttling."""
-    from oncely.queues import register_controls
+    from oncely.controls import register_controls
 
     if limit == "max_running":
         running = workers * concurrency  # every handler thread of the fleet may run
@@ -411,7 +411,7 @@ def declare_limit(store: FreshStore, limit: str, workers: int, concurrency: int)
         shown = "limit=(1000000, 1 s)"
     else:
         return "none"
-    register_controls(store.app)
+    register_controls(store.app.runtime)
     return shown
 
 

@@ -31,7 +31,6 @@ from rich.table import Table  # noqa: E402
 
 import oncely  # noqa: E402
 from oncely.store.base import JobState  # noqa: E402
-from oncely.worker import Worker  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -49,7 +48,7 @@ def measure(args: argparse.Namespace, url: str) -> dict[str, Any]:
 
     app.migrate()
     app.enqueue_many("noop", [{} for _ in range(args.jobs)])
-    worker = Worker(app, concurrency=args.concurrency, maintenance=False)
+    worker = app.worker(concurrency=args.concurrency, maintenance=False)
     if args.profile:
         import yappi
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import oncely
-from oncely.maintenance.enqueuer import SlotEnqueuer, register_schedules
+from oncely.maintenance.enqueuer import SlotEnqueuer
 from oncely.store.base import ErrorKind, Job, JobClaimParams, JobFinish, JobState
 from oncely.worker.execute import failure
 
@@ -63,7 +63,7 @@ def work(
 
 def healthy_hours(app: oncely.App, hours: int, worker: str = "w1") -> None:
     """Run the schedule as intended: each hour the slot is enqueued and runs once."""
-    enqueuer = SlotEnqueuer(app)
+    enqueuer = SlotEnqueuer(app.runtime)
     for _ in range(hours):
         next_slot(app)
         enqueuer.run_once()
@@ -74,7 +74,7 @@ def incident(app: oncely.App, workers: int = 6) -> None:
     """``workers`` workers start at once; each registers the schedule and enqueues an immediate
     run of the task beside it; every immediate run fails and is retried to its last attempt; the
     hour's slot runs once and succeeds."""
-    register_schedules(app)
+    app.register_schedules()
     for index in range(workers):
         app.enqueue(TASK)
         work(app, f"worker-{index}", fail=lambda job: job.schedule is None, run_seconds=1)
@@ -83,7 +83,7 @@ def incident(app: oncely.App, workers: int = 6) -> None:
         for index in range(workers):
             work(app, f"worker-{index}", fail=lambda job: job.schedule is None, run_seconds=0)
     next_slot(app)
-    SlotEnqueuer(app).run_once()
+    SlotEnqueuer(app.runtime).run_once()
     work(app, "worker-0", run_seconds=30)
 
 

@@ -1,18 +1,27 @@
-"""The App: settings, the task and schedule registries, the store, and enqueue.
+"""The App: settings, the task and schedule registries, enqueue, and the facade that the CLI,
+the dashboard and applications use (docs/facade.md).
 
 An App is cheap to create and opens its store on first use. With ``auto_migrate`` (the default) a
 fresh or older database is migrated then, so the embedded default needs no set-up; a database
 migrated by a newer oncely is refused (:class:`~oncely.errors.SchemaMismatch`).
+
+The facade: operator actions (:meth:`App.retry_job`, :meth:`App.cancel_job`,
+:meth:`App.pause_queue`, :meth:`App.resume_queue`, :meth:`App.retry_dead_letters`), each
+emitting its event with who asked; :meth:`App.transaction` for application SQL in the job store;
+:meth:`App.run_now`; and ``app.read`` (:mod:`oncely.reads`). ``app.store`` is the engine's own
+seam: internal, its operations change without notice. The engine's services get a
+:class:`~oncely.runtime.Runtime` (``app.runtime``), never the App.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from oncely.clock import Clock, clock_from_spec
 from oncely.config import Settings
@@ -20,20 +29,22 @@ from oncely.errors import ConfigError, UnknownTask
 from oncely.observe.diagnose import WatchdogConfig
 from oncely.observe.events import EventBus
 from oncely.observe.recorder import fleet_recorder
+from oncely.operations import Operations
 from oncely.queues import QueueSpec, Rate, Retention, positive
+from oncely.reads import Reads
 from oncely.retry import NO_RETRY, Retry
+from oncely.runtime import Runtime
 from oncely.schedules import ScheduleSpec
 from oncely.store import open_store
 from oncely.store.base import Overlap, Store
 from oncely.tasks import JobHandle, Task, TaskOptions, check_name
-
-if TYPE_CHECKING:
-    from oncely.worker import Worker
+from oncely.transaction import Transaction
+from oncely.worker import Worker
 
 log = logging.getLogger("oncely")
 
 
-class App:
+class App(Operations):
     def __init__(
         self,
         url: str | None = None,
@@ -47,13 +58,16 @@ class App:
         self.settings = base.with_(database_url=url)
         self.clock: Clock = clock or clock_from_spec(os.environ.get("ONCELY_CLOCK"))
         self.events = EventBus(self.clock.now)
-        self.events.subscribe(fleet_recorder(self))
+        self.events.subscribe(fleet_recorder(lambda: self.store))
         self.tasks: dict[str, Task] = {}
         self.schedules: dict[str, ScheduleSpec] = {}
         self.queues: dict[str, QueueSpec] = {}
         self.auto_migrate = auto_migrate
         # The thresholds of the leader's watchdog and of `oncely doctor` for this app.
         self.watchdog = watchdog or WatchdogConfig()
+        # The Worker class app.worker() (and `oncely worker`) builds; a subclass may change how
+        # its workers behave without any setting.
+        self.worker_class: type[Worker] = Worker
         self._store: Store | None = None
         self._store_lock = threading.Lock()
 
@@ -64,6 +78,8 @@ class App:
 
     @property
     def store(self) -> Store:
+        """The engine's storage seam. Internal: use the facade (this class's methods,
+        ``app.read``, ``app.transaction()``); the store's operations change without notice."""
         if self._store is None:
             with self._store_lock:
                 if self._store is None:
@@ -89,6 +105,31 @@ class App:
 
     def migrate(self) -> Any:
         return self.store.migrate()
+
+    @property
+    def dialect(self) -> str:
+        """The job store's SQL dialect: ``"sqlite"`` or ``"postgresql"``."""
+        return self.store.dialect
+
+    @property
+    def runtime(self) -> Runtime:
+        """What the engine's services are built from (store, clock, events, settings, the
+        declarations): a new frozen object each time, over the app's own registries."""
+        return Runtime(self.settings, self.clock, self.events, lambda: self.store, self.tasks,
+                       self.schedules, self.queues, self.watchdog, app=self)
+
+    @property
+    def read(self) -> Reads:
+        """The read API (:mod:`oncely.reads`): jobs, stored schedules, ledger, executions."""
+        return Reads(self.runtime)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """A transaction on the job store for application SQL (:mod:`oncely.transaction`):
+        ``tx.execute(sql, params)`` takes ``%s`` / ``%(name)s`` on both stores."""
+        store = self.store
+        with store.transaction() as connection:
+            yield Transaction(connection, store.dialect)
 
     def close(self) -> None:
         with self._store_lock:
@@ -179,8 +220,9 @@ class App:
         max_attempts: int | None = None,
         connection: Any = None,
     ) -> JobHandle:
-        """Enqueue with args as a dict. ``connection`` (from ``app.store.transaction()``) puts the
-        job in the caller's transaction: it commits, or rolls back, with the caller's writes."""
+        """Enqueue with args as a dict. ``connection`` (a :meth:`transaction`, or its driver
+        connection) puts the job in the caller's transaction: it commits, or rolls back, with
+        the caller's writes."""
         resolved = task if isinstance(task, Task) else self.get_task(task)
         now = self.clock.now()
         params = resolved.build_insert(
@@ -193,6 +235,8 @@ class App:
             queue=queue,
             max_attempts=max_attempts,
         )
+        if isinstance(connection, Transaction):
+            connection = connection.connection
         result = self.store.job_insert(params, now, conn=connection)
         if result.created:
             self.events.emit("job.enqueued", job_id=result.job.id, task=resolved.name)
@@ -206,6 +250,9 @@ class App:
         now = self.clock.now()
         params = [resolved.build_insert(dict(args), now, **options) for args in args_list]
         results = self.store.job_insert_many(params, now)
+        for result in results:
+            if result.created:
+                self.events.emit("job.enqueued", job_id=result.job.id, task=resolved.name)
         return [JobHandle(self, result.job, result.created) for result in results]
 
     # schedules ---------------------------------------------------------------------------
@@ -298,7 +345,12 @@ class App:
         concurrency: int | None = None,
         queues: Sequence[str] | None = None,
         worker_id: str | None = None,
+        maintenance: bool = True,
     ) -> Worker:
-        from oncely.worker import Worker
+        """A worker of this app (an instance of ``app.worker_class``); ``maintenance=False``
+        leaves out the slot enqueuer and the leader's services."""
+        from oncely.maintenance.supervisor import Supervisor
 
-        return Worker(self, concurrency=concurrency, queues=queues, worker_id=worker_id)
+        return self.worker_class(self.runtime, concurrency=concurrency, queues=queues,
+                                 worker_id=worker_id,
+                                 maintenance=Supervisor if maintenance else None)

@@ -31,7 +31,7 @@ from oncely import cli_queues, readmodel
 from oncely.app import App
 from oncely.cli_plugins import PluginGroup
 from oncely.config import DEFAULT_DATABASE_URL, Settings
-from oncely.errors import ArgsNotJSON, ConfigError, NotFound, OncelyError
+from oncely.errors import ArgsNotJSON, ConfigError, OncelyError
 from oncely.observe.events import log_subscriber
 from oncely.store.base import JobFilter, JobState
 
@@ -63,6 +63,10 @@ class Env:
             else:
                 self._app = App(self.database_url or Settings.from_env().database_url)
         return self._app
+
+    def emit(self, rows: Any, columns: Sequence[str] | None = None,
+             title: str | None = None) -> None:
+        emit(self, rows, columns, title)
 
 
 def load_app(path: str) -> App:
@@ -138,12 +142,12 @@ def migrate(env: Env) -> None:
     """Create or upgrade the schema (refuses a schema newer than this oncely)."""
     app = env.app()
     app.auto_migrate = False
-    result = app.store.migrate()
+    result = app.migrate()
     if env.as_json:
         emit(env, {"from": result.from_version, "to": result.to_version,
                    "applied": list(result.applied)})
     elif result.applied:
-        click.echo(f"migrated {app.store.dialect} schema from version {result.from_version} "
+        click.echo(f"migrated {app.dialect} schema from version {result.from_version} "
                    f"to {result.to_version}: {', '.join(result.applied)}")
     else:
         click.echo(f"schema is current (version {result.to_version})")
@@ -250,8 +254,7 @@ def jobs_retry(env: Env, job_id: int | None, retry_all: bool, queue: str | None,
         return
     assert job_id is not None
     app = env.app()
-    job = app.store.job_retry(job_id, app.clock.now())
-    app.store.notify_work(job.queue)
+    job = app.retry_job(job_id, by="cli")
     click.echo(f"job {job.id} is {job.state} (attempt {job.attempt} of {job.max_attempts})")
 
 
@@ -262,7 +265,7 @@ def jobs_retry(env: Env, job_id: int | None, retry_all: bool, queue: str | None,
 def jobs_cancel(env: Env, job_id: int, reason: str) -> None:
     """Cancel a waiting job, or ask a running one to stop."""
     app = env.app()
-    job = app.store.job_cancel(job_id, app.clock.now(), reason)
+    job = app.cancel_job(job_id, reason, by="cli")
     if job.state == JobState.RUNNING:
         click.echo(f"job {job.id} is running: cancellation requested")
     else:
@@ -307,9 +310,9 @@ def workers(env: Env) -> None:
 @click.pass_obj
 def doctor(env: Env, as_json: bool) -> None:
     """Check the store and the fleet: findings, evidence, what to do. Exit 0 healthy, 1 not."""
-    from oncely.observe.doctor import examine, render_text
+    from oncely.observe.doctor import render_text
 
-    report = examine(env.app())
+    report = env.app().doctor()
     click.echo(report.to_json() if as_json or env.as_json else render_text(report))
     raise SystemExit(report.exit_code)
 
@@ -346,9 +349,7 @@ def anomalies(ctx: click.Context, show_all: bool, limit: int) -> None:
 @click.pass_obj
 def anomalies_check(env: Env) -> None:
     """Run the watchdog once now: raise, update and resolve anomalies."""
-    from oncely.maintenance.watchdog import Watchdog
-
-    result = Watchdog(env.app()).run_once()
+    result = env.app().run_watchdog()
     rows = [{"change": change, "id": a.id, "kind": str(a.kind), "summary": a.summary}
             for change, found in (("raised", result.raised), ("open", result.updated),
                                   ("resolved", result.resolved)) for a in found]
@@ -360,9 +361,7 @@ def anomalies_check(env: Env) -> None:
 @click.pass_obj
 def anomalies_resolve(env: Env, anomaly_id: int) -> None:
     """Close an open anomaly by hand (the watchdog reopens it if the condition persists)."""
-    app = env.app()
-    if not app.store.anomaly_resolve(anomaly_id, app.clock.now()):
-        raise NotFound(f"no open anomaly {anomaly_id}")
+    env.app().resolve_anomaly(anomaly_id, by="cli")
     click.echo(f"anomaly {anomaly_id} resolved")
 
 

@@ -7,24 +7,31 @@ and ``queues resume Q`` set the store flag every worker's claim obeys.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import click
 
 from oncely import readmodel
+from oncely.app import App
 from oncely.tasks import check_name
 
-if TYPE_CHECKING:
-    from oncely.cli import Env
+
+class Env(Protocol):
+    """What the command line's Env (oncely.cli, which imports this module) gives a command."""
+
+    as_json: bool
+
+    def app(self, required: bool = False) -> App: ...
+    def emit(self, rows: Any, columns: Sequence[str] | None = None,
+             title: str | None = None) -> None: ...
 
 LIST_COLUMNS = ["queue", "state", "due", "running", "max_running", "limit", "per_minute",
                 "oldest_wait", "held", "failed"]
 
 
 def _emit(env: Env, rows: Any, columns: list[str] | None = None) -> None:
-    from oncely.cli import emit  # the command line's printer; imported late (it imports us)
-
-    emit(env, rows, columns)
+    env.emit(rows, columns)  # the command line's printer (cli.py imports this module)
 
 
 @click.group(invoke_without_command=True)
@@ -72,10 +79,8 @@ def _table_row(row: dict[str, Any]) -> dict[str, Any]:
 def queues_pause(env: Env, queue: str) -> None:
     """Stop starting jobs of QUEUE, on every worker; running jobs finish."""
     app = env.app()
-    app.store.control_pause(check_name("queue", queue), True, app.clock.now())
-    app.events.emit("queue.paused", queue=queue)
-    running = sum(row.count for row in app.store.job_counts()
-                  if row.queue == queue and row.state == "running")
+    app.pause_queue(check_name("queue", queue), by="cli")
+    running = app.read.job_counts().get(queue, {}).get("running", 0)
     click.echo(f"queue {queue} paused: no job of it starts until `oncely queues resume {queue}`; "
                f"{running} running job(s) will finish")
 
@@ -86,18 +91,14 @@ def queues_pause(env: Env, queue: str) -> None:
 def queues_resume(env: Env, queue: str) -> None:
     """Start jobs of QUEUE again."""
     app = env.app()
-    app.store.control_pause(check_name("queue", queue), False, app.clock.now())
-    app.store.notify_work(queue)
-    app.events.emit("queue.resumed", queue=queue)
+    app.resume_queue(check_name("queue", queue), by="cli")
     click.echo(f"queue {queue} resumed")
 
 
 def retry_all(env: Env, queue: str | None, task: str | None) -> None:
     """``jobs retry --all``: bring the dead letters (failed jobs) back."""
-    from oncely.queues import retry_dead_letters
-
     app = env.app()
-    retried, conflicts = retry_dead_letters(app, queue, task)
+    retried, conflicts = app.retry_dead_letters(queue, task, by="cli")
     which = " and ".join(f"{kind} {name}" for kind, name in (("queue", queue), ("task", task))
                          if name) or "every queue"
     if env.as_json:

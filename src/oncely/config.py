@@ -7,7 +7,6 @@ option (environment)       default                          meaning
 =========================  ===============================  ========================
 database_url               sqlite:///oncely.db              store URL
 lease_ttl                  30                               seconds a lease lasts
-heartbeat                  true                             renew leases, self-fence
 poll_interval              1.0                              longest idle wait
 concurrency                4                                handler threads
 shutdown_grace             30                               seconds to finish on stop
@@ -46,9 +45,6 @@ DEFAULT_DATABASE_URL = "sqlite:///oncely.db"
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     lease_ttl: float = 30.0
-    # False reproduces a queue without heartbeats: leases are never renewed and a job whose lease
-    # ran out keeps running. Unsafe; it exists so the demo can show what it leads to.
-    heartbeat: bool = True
     poll_interval: float = 1.0
     concurrency: int = 4
     shutdown_grace: float = 30.0

@@ -14,6 +14,7 @@
     │   └── StoreBusy                contention outlasted the store's retries
     ├── NotFound                     a job, schedule or queue does not exist (exit code 5)
     ├── FenceRejected                a write was refused: the caller no longer holds the lease
+    ├── SingletonBusy                ``app.run_now`` refused: the task's singleton lease is held
     └── HandlerSignal                raised by handler code to steer its own job
         ├── Retry                    retry this job (optionally after ``delay`` seconds)
         └── Cancel                   stop this job for good, recorded as cancelled
@@ -95,6 +96,11 @@ class FenceRejected(OncelyError):
         self.job_id = job_id
         self.fence = fence
         super().__init__(message or f"job {job_id}: fence {fence} is no longer current")
+
+
+class SingletonBusy(OncelyError):
+    """``app.run_now`` did not run the task: another run holds its singleton lease (or a queue
+    control held it back). Nothing was left queued; try again when that run has finished."""
 
 
 class HandlerSignal(OncelyError):

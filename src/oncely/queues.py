@@ -17,9 +17,9 @@
   (:class:`Retention`, :class:`Keep`); what a queue does not say comes from the settings.
 
 Declaring changes nothing in the store by itself: a worker upserts its app's declarations when it
-starts (like schedules), so every worker claims under the same limits. A task that declares no
-limits clears the ones an earlier version of it stored. Pausing is not declared: it is a flag set
-with ``oncely queues pause`` and kept across declarations.
+starts (like schedules; :mod:`oncely.controls`), so every worker claims under the same limits. A
+task that declares no limits clears the ones an earlier version of it stored. Pausing is not
+declared: it is a flag set with ``oncely queues pause`` and kept across declarations.
 """
 
 from __future__ import annotations
@@ -32,13 +32,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from oncely.errors import ConfigError
-from oncely.store.base import JobState, RetryFailed, UpsertOutcome
+from oncely.store.base import JobState
 from oncely.store.limits import ControlKind, ControlUpsert
 
 if TYPE_CHECKING:
-    from oncely.app import App
     from oncely.config import Settings
-    from oncely.tasks import Task
 
 RETAINED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
@@ -152,7 +150,7 @@ def positive(owner: str, option: str, value: object, hint: str = "") -> int | No
     return value
 
 
-def _hash(document: dict[str, Any]) -> str:
+def hash_document(document: dict[str, Any]) -> str:
     text = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -184,74 +182,5 @@ class QueueSpec:
             ControlKind.QUEUE, self.name, now, max_running=self.max_running,
             rate_limit=None if self.limit is None else self.limit.count,
             rate_window=None if self.limit is None else self.limit.window,
-            retention=self.retention.to_dict(), spec_hash=_hash(document),
+            retention=self.retention.to_dict(), spec_hash=hash_document(document),
         )
-
-
-def task_control(task: Task, now: datetime) -> ControlUpsert:
-    """The control row a task's options declare (every limit None when it has none)."""
-    options = task.options
-    document = {
-        "rate": None if options.limit is None else [options.limit.count, options.limit.window],
-        "max_per_key": options.max_per_key,
-    }
-    return ControlUpsert(
-        ControlKind.TASK, task.name, now, max_per_key=options.max_per_key,
-        rate_limit=None if options.limit is None else options.limit.count,
-        rate_window=None if options.limit is None else options.limit.window,
-        spec_hash=_hash(document),
-    )
-
-
-def register_controls(app: App) -> dict[str, UpsertOutcome]:
-    """Upsert the queues the app declares and the limits of its tasks (clearing the stored
-    limits of a task that no longer declares any). Called by every worker as it starts."""
-    now = app.clock.now()
-    stored = {c.scope: c for c in app.store.control_list()}
-    outcomes: dict[str, UpsertOutcome] = {}
-    declared = [spec.upsert(now) for spec in app.queues.values()]
-    for task in app.tasks.values():
-        params = task_control(task, now)
-        limited = params.rate_limit is not None or params.max_per_key is not None
-        previous = stored.get(f"{ControlKind.TASK}:{task.name}")
-        if limited or (previous is not None and previous.active):
-            declared.append(params)
-    for params in declared:
-        outcome = app.store.control_upsert(params)
-        outcomes[f"{params.kind}:{params.name}"] = outcome
-        fields = {
-            "kind": str(params.kind),
-            "name": params.name,
-            "max_running": params.max_running,
-            "max_per_key": params.max_per_key,
-            "limit": None if params.rate_limit is None
-            else f"{params.rate_limit}/{params.rate_window:g}s",
-        }
-        if outcome == UpsertOutcome.CREATED:
-            app.events.emit("control.registered", **fields)
-        elif outcome == UpsertOutcome.UPDATED:
-            app.events.emit("control.updated", **fields)
-    return outcomes
-
-
-def retry_dead_letters(
-    app: App, queue: str | None = None, task: str | None = None, batch: int = 500
-) -> tuple[int, list[int]]:
-    """Make every failed job (of ``queue``/``task``) available again, a batch per transaction;
-    returns how many were retried and the ids left failed because another unfinished job holds
-    their unique key."""
-    retried, conflicts, after = 0, [], 0
-    woken: set[str] = set()
-    while True:
-        result = app.store.job_retry_failed(
-            RetryFailed(app.clock.now(), queue, task, after_id=after, limit=batch)
-        )
-        retried += len(result.retried)
-        conflicts.extend(result.conflicts)
-        woken.update(job.queue for job in result.retried)
-        if result.last_id is None:
-            break
-        after = result.last_id
-    for name in sorted(woken):
-        app.store.notify_work(name)
-    return retried, conflicts

@@ -231,7 +231,7 @@ class JobHandle:
         return self.job.state
 
     def refresh(self) -> Job:
-        found = self.app.store.job_get(self.id)
+        found = self.app.get_job(self.id)
         if found is not None:
             self.job = found
         return self.job

@@ -62,7 +62,7 @@ def run_job(task: Task, lease_ttl: float = 60.0, **args: Any) -> RunResult:
     if not claimed:
         job = app.store.job_get(handle.id)
         raise AssertionError(f"job {handle.id} could not be claimed (state {job and job.state})")
-    ctx = JobContext(app, claimed[0], "oncely-testing")
+    ctx = JobContext(app.runtime, claimed[0], "oncely-testing")
     outcome = outcome_of(task, ctx, app.clock.now)
     if not outcome.abandoned:
         app.store.job_finish(outcome.finish(claimed[0], app.clock.now()))
@@ -117,7 +117,7 @@ def worker_running(
     maintenance: bool = True,
 ) -> Iterator[Worker]:
     """Run a worker in background threads of this process for the duration of the block."""
-    worker = Worker(app, concurrency=concurrency, queues=queues, maintenance=maintenance)
+    worker = app.worker(concurrency=concurrency, queues=queues, maintenance=maintenance)
     worker.start()
     try:
         yield worker

@@ -86,7 +86,7 @@ def metering(ctx: click.Context, database_url: str | None, usage_url: str | None
 def migrate(obj: Context) -> None:
     """Create or upgrade the metering tables (the engine's schema first)."""
     app = obj.runtime().app
-    app.store.migrate()
+    app.migrate()
     result = metering_migrate(app)
     if obj.as_json:
         obj.emit(asdict(result))
@@ -158,18 +158,16 @@ def run_thresholds(obj: Context, full: bool, enqueue: bool) -> None:
                                          unique_key=f"manual-thresholds-{stamp}")
         obj.emit({"job_id": handle.id, "created": handle.created, "queue": task.options.queue})
         return
-    from oncely.testing import run_job
-
-    try:
-        result = run_job(task, lease_ttl=runtime.settings.job_timeout, full=full)
-    except AssertionError:
-        raise oncely.ConfigError(
-            "a free-tier run is in progress (the job is a singleton); try again when it ends"
-        ) from None
-    if result.state != oncely.JobState.SUCCEEDED:
-        error = result.job.errors[-1].message if result.job.errors else result.state
-        raise click.ClickException(f"the run ended {result.state.value}: {error}")
-    obj.emit(result.result, title=f"free-tier run (job {result.job.id})")
+    try:  # in this process, under the job's lease (renewed) and timeout; never left queued
+        job = runtime.app.run_now(task, by="cli", full=full)
+    except oncely.SingletonBusy as exc:
+        raise oncely.SingletonBusy(
+            f"a free-tier run is in progress (the job is a singleton); try again when it ends "
+            f"({exc})") from None
+    if job.state != oncely.JobState.SUCCEEDED:
+        error = job.errors[-1].message if job.errors else job.state
+        raise click.ClickException(f"the run ended {job.state.value}: {error}")
+    obj.emit(job.result, title=f"free-tier run (job {job.id})")
 
 
 @metering.group()

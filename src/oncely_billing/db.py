@@ -3,7 +3,7 @@
 SQL lives in ``sql/<dialect>/*.sql``: files named ``NNNN_description.sql`` are migrations (see
 :mod:`oncely_billing.migrations`); every other file holds blocks that start with a
 ``-- name: <query_name>`` line and run to the next one. Dialects: ``sqlite`` and ``postgres`` for
-the job store (chosen by ``app.store.dialect``), ``duckdb`` and ``clickhouse`` for usage sources.
+the job store (chosen by ``app.dialect``), ``duckdb`` and ``clickhouse`` for usage sources.
 
 Conventions shared by both job-store dialects, so Python code never branches on the dialect:
 
@@ -16,6 +16,7 @@ Conventions shared by both job-store dialects, so Python code never branches on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,9 +32,17 @@ _MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 EPOCH_DAY0 = date(1970, 1, 1)
 
 
+@contextlib.contextmanager
+def connection(app: oncely.App) -> Iterator[Any]:
+    """A transaction on the job store (``app.transaction()``), as the driver's connection: the
+    named SQL here is written per dialect, in each driver's own parameter style."""
+    with app.transaction() as tx:
+        yield tx.connection
+
+
 def sql_dialect(app: oncely.App) -> str:
     """The folder name of the job store's dialect."""
-    dialect = app.store.dialect
+    dialect = app.dialect
     return "postgres" if dialect.startswith("postgres") else "sqlite"
 
 

@@ -114,7 +114,7 @@ class IngestionGate:
         self._generation_checked = now
         dialect = db.sql_dialect(self.app)
         try:
-            with self.app.store.transaction() as conn:
+            with db.connection(self.app) as conn:
                 row = db.fetch_one(conn, dialect, "state_get", {"key": "gate.generation"})
         except oncely.StoreError:
             return
@@ -126,7 +126,7 @@ class IngestionGate:
 
     def _lookup(self, org_id: int) -> GateAnswer:
         dialect = db.sql_dialect(self.app)
-        with self.app.store.transaction() as conn:
+        with db.connection(self.app) as conn:
             row = db.fetch_one(conn, dialect, "org_get", {"org_id": org_id})
         if row is None:
             return GateAnswer(org_id, known=False, allowed=True)

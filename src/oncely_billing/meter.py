@@ -48,7 +48,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import oncely
-from oncely_billing import stripe_store
+from oncely_billing import db, stripe_store
 from oncely_billing.stripe_client import (
     MeterEvent,
     Outcome,
@@ -204,7 +204,7 @@ class StripeMetering:
 
     # the job -----------------------------------------------------------------------------
     def run(self, ctx: oncely.JobContext) -> dict[str, Any]:
-        queries = stripe_store.ensure_schema(self.app.store, to_ms(ctx.now()))
+        queries = stripe_store.ensure_schema(self.app, to_ms(ctx.now()))
         run = _Run(self, ctx, queries)
         with ctx.fenced() as conn:
             queries.run_started(conn, ctx.job_id, ctx.attempt, to_ms(ctx.now()))
@@ -247,7 +247,7 @@ class _Run:
         return None if self.watermark is None else self.watermark.isoformat()
 
     def execute(self) -> dict[str, Any]:
-        with self.metering.app.store.transaction() as conn:
+        with db.connection(self.metering.app) as conn:
             found = self.queries.watermark(conn)
         self.watermark = None if found is None else from_ms(found)
         if self.watermark is None:
@@ -285,7 +285,7 @@ class _Run:
                      pool: ThreadPoolExecutor) -> None:
         hour_ms = to_ms(hour)
         events = list(meter_events(self.metering.usage(hour, hour + HOUR), hour))
-        with self.metering.app.store.transaction() as conn:
+        with db.connection(self.metering.app) as conn:
             done = self.queries.done_identifiers(conn, hour_ms)
         pending = [event for event in events if event.identifier not in done]
         summary = self._deliver(pending, client, pool)
@@ -361,7 +361,7 @@ class _Run:
         self.watermark = None if found is None else from_ms(found)
 
     def _resend_reset_failures(self, client: StripeMeterClient, pool: ThreadPoolExecutor) -> None:
-        with self.metering.app.store.transaction() as conn:
+        with db.connection(self.metering.app) as conn:
             rows = self.queries.retry_due(conn, self.config.retry_batch)
         if not rows:
             return

@@ -19,7 +19,8 @@ from typing import Any
 import oncely
 from oncely_billing import db
 
-_migrated: weakref.WeakSet[Any] = weakref.WeakSet()  # stores already migrated by this process
+# apps whose store (by URL) this process migrated already
+_migrated: weakref.WeakKeyDictionary[oncely.App, str] = weakref.WeakKeyDictionary()
 _migrated_lock = threading.Lock()
 
 
@@ -36,7 +37,7 @@ def latest_version(dialect: str) -> int:
 
 def current_version(app: oncely.App) -> int:
     dialect = db.sql_dialect(app)
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         db.run(conn, dialect, "migrate_lock")  # concurrent CREATE IF NOT EXISTS can collide
         db.run(conn, dialect, "migrations_table_create")
         row = db.fetch_one(conn, dialect, "migrations_current_version")
@@ -64,17 +65,16 @@ def migrate(app: oncely.App) -> MeteringMigrateResult:
 
 def ensure_schema(app: oncely.App) -> None:
     """Migrate once per process and store (cheap to call before every use)."""
-    store = app.store
-    if store in _migrated:
+    if _migrated.get(app) == app.url:
         return
     with _migrated_lock:
-        if store not in _migrated:
+        if _migrated.get(app) != app.url:
             migrate(app)
-            _migrated.add(store)
+            _migrated[app] = app.url
 
 
 def _apply(app: oncely.App, dialect: str, version: int, name: str, script: str) -> bool:
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         db.run(conn, dialect, "migrate_lock")
         row = db.fetch_one(conn, dialect, "migrations_current_version")
         if row and int(row[0]) >= version:

@@ -88,7 +88,7 @@ def insert_rows(app: oncely.App, query: str, columns: Sequence[str],
     dialect = db.sql_dialect(app)
     now = app.clock.now().timestamp()
     materialized = list(rows)
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         for chunk in db.chunks(materialized, batch):
             db.run(conn, dialect, query, {**db.batch_params(dialect, columns, chunk), "now": now})
     return len(materialized)
@@ -109,13 +109,13 @@ def add_members(app: oncely.App, members: Iterable[Member]) -> int:
 def clear(app: oncely.App) -> None:
     """Delete every metering row (organizations, usage, outbox, state) from the job store."""
     ensure_schema(app)
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         run_script(conn, db.sql_dialect(app), "metering_data_clear")
 
 
 def count_organizations(app: oncely.App) -> int:
     ensure_schema(app)
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         row = db.fetch_one(conn, db.sql_dialect(app), "orgs_count")
     return int(row[0]) if row else 0
 
@@ -143,7 +143,7 @@ class OrgStatus:
 def org_status(app: oncely.App, org_id: int) -> OrgStatus:
     ensure_schema(app)
     dialect = db.sql_dialect(app)
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         row = db.fetch_one(conn, dialect, "org_get", {"org_id": org_id})
     if row is None:
         raise UnknownOrganization(f"organization {org_id} does not exist")
@@ -161,7 +161,7 @@ def org_status(app: oncely.App, org_id: int) -> OrgStatus:
 
 def org_members(app: oncely.App, org_id: int) -> list[Member]:
     dialect = db.sql_dialect(app)
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         rows = db.fetch_all(conn, dialect, "org_members", {"org_id": org_id})
     return [Member(org_id, str(row[0]), str(row[2]), row[1]) for row in rows]
 
@@ -169,7 +169,7 @@ def org_members(app: oncely.App, org_id: int) -> list[Member]:
 def org_usage_days(app: oncely.App, org_id: int, since: date) -> list[tuple[date, int]]:
     dialect = db.sql_dialect(app)
     params = {"org_id": org_id, "since_day": db.epoch_day(since)}
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         rows = db.fetch_all(conn, dialect, "org_usage_days", params)
     return [(db.from_epoch_day(row[0]), int(row[4])) for row in rows]
 
@@ -181,7 +181,7 @@ def set_billing(
     """Change an organization's billing fields (what a billing webhook would do); call
     ``metering_of(app).gate.invalidate([org_id])`` afterwards if the gate runs in this process."""
     ensure_schema(app)
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         cursor = db.run(conn, db.sql_dialect(app), "org_set_billing", {
             "org_id": org_id, "plan": plan, "subscription_status": subscription_status,
             "plan_override": plan_override, "external_billing": external_billing,
@@ -195,7 +195,7 @@ def delete_project(app: oncely.App, project_id: int) -> bool:
     """Mark a project deleted now: its usage stops counting (all of it, from the next full
     recount; the days of the incremental window at once)."""
     ensure_schema(app)
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         cursor = db.run(conn, db.sql_dialect(app), "project_delete",
                         {"project_id": project_id, "now": app.clock.now().timestamp()})
         return bool(cursor.rowcount)

@@ -56,7 +56,7 @@ class Recipient:
 
 def load(app: oncely.App, outbox_id: int) -> Notification | None:
     dialect = db.sql_dialect(app)
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         row = db.fetch_one(conn, dialect, "outbox_get", {"outbox_id": outbox_id})
     if row is None:
         return None
@@ -70,7 +70,7 @@ def load(app: oncely.App, outbox_id: int) -> Notification | None:
 def recipients(app: oncely.App, org_id: int) -> list[Recipient]:
     """The organization's owners and admins."""
     dialect = db.sql_dialect(app)
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         rows = db.fetch_all(conn, dialect, "org_recipients", {"org_id": org_id})
     return [Recipient(str(row[0]), row[1], str(row[2])) for row in rows]
 
@@ -171,7 +171,7 @@ def deliver(ctx: oncely.JobContext, settings: MeteringSettings, outbox_id: int) 
 def outbox_rows(app: oncely.App) -> list[dict[str, Any]]:
     """Every outbox row (for operators and tests)."""
     dialect = db.sql_dialect(app)
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         rows = db.fetch_all(conn, dialect, "outbox_list")
     keys = ("id", "org_id", "cycle_start", "threshold", "kind", "usage", "status", "recipients")
     found = [dict(zip(keys, row, strict=True)) for row in rows]
@@ -183,7 +183,7 @@ def outbox_rows(app: oncely.App) -> list[dict[str, Any]]:
 def notifications_for(app: oncely.App, org_id: int, limit: int = 10) -> list[dict[str, Any]]:
     """The organization's latest outbox rows, newest first."""
     dialect = db.sql_dialect(app)
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         rows = db.fetch_all(conn, dialect, "outbox_for_org", {"org_id": org_id, "limit": limit})
     return [
         {"id": row[0], "cycle_start": db.from_epoch_day(row[1]), "threshold": row[2],

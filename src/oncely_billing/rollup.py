@@ -36,7 +36,7 @@ class ProjectMap:
     @classmethod
     def load(cls, app: oncely.App) -> ProjectMap:
         dialect = db.sql_dialect(app)
-        with app.store.transaction() as conn:
+        with db.connection(app) as conn:
             matrix = db.fetch_ints(conn, dialect, "projects_active", None, 2)
         return cls(matrix[:, 0].copy(), matrix[:, 1].copy())
 
@@ -118,7 +118,7 @@ def aggregate(counts: UsageCounts, projects: ProjectMap, first_day: int) -> OrgD
 def load_window(app: oncely.App, first_day: int, last_day: int) -> OrgDays:
     dialect = db.sql_dialect(app)
     params = {"first_day": first_day, "last_day": last_day}
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         return OrgDays.from_matrix(db.fetch_ints(conn, dialect, "rollup_window", params, 5))
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 import oncely
-from oncely_billing import stripe_store
+from oncely_billing import db, stripe_store
 from oncely_billing.meter import MeterConfig, Plan, from_ms, to_ms
 
 
@@ -30,8 +30,8 @@ def status_report(app: oncely.App, config: MeterConfig | None = None,
                   now: datetime | None = None) -> dict[str, Any]:
     """Everything ``oncely metering status`` shows, JSON-safe."""
     now = now or app.clock.now()
-    queries = stripe_store.ensure_schema(app.store, to_ms(now))
-    with app.store.transaction() as conn:
+    queries = stripe_store.ensure_schema(app, to_ms(now))
+    with db.connection(app) as conn:
         mark = queries.one(conn, "stripe_watermark_get", stream=stripe_store.STREAM)
         last = queries.one(conn, "stripe_run_last")
         failures = queries.all(conn, "stripe_failures_by_code")
@@ -129,8 +129,8 @@ def status_command() -> None:
 def failures_command(code: str | None, limit: int) -> None:
     """Meter events Stripe refused (4xx), newest hour first."""
     app = _app()
-    queries = stripe_store.ensure_schema(app.store, to_ms(app.clock.now()))
-    with app.store.transaction() as conn:
+    queries = stripe_store.ensure_schema(app, to_ms(app.clock.now()))
+    with db.connection(app) as conn:
         rows = queries.all(conn, "stripe_failures_list", code=code, limit=limit)
     found = [{"identifier": r[0], "org_id": r[1], "event_name": r[2], "hour": _iso(r[3]),
               "status": r[4], "code": r[5], "message": r[6], "attempts": r[7],
@@ -157,8 +157,8 @@ def retry_failures_command(code: str | None, org_id: str | None, yes: bool) -> N
         click.confirm(f"Send again {what} on the next Stripe metering run?", abort=True)
     app = _app()
     now_ms = to_ms(app.clock.now())
-    queries = stripe_store.ensure_schema(app.store, now_ms)
-    with app.store.transaction() as conn:
+    queries = stripe_store.ensure_schema(app, now_ms)
+    with db.connection(app) as conn:
         count = queries.reset_failures(conn, now_ms, code, org_id)
     click.echo(f"{count} failed meter event(s) will be sent again on the next run")
 

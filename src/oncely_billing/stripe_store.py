@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import oncely
 from oncely_billing import db
 
 STREAM = "usage"
@@ -120,15 +121,15 @@ _ready: set[str] = set()
 _ready_lock = threading.Lock()
 
 
-def ensure_schema(store: Any, now_ms: int) -> Queries:
+def ensure_schema(app: oncely.App, now_ms: int) -> Queries:
     """Create or upgrade the metering tables (once per process and store URL); returns the
     :class:`Queries` for the store's dialect."""
-    queries = Queries(store.dialect)
-    key = f"{store.dialect}:{store.url}"
+    queries = Queries(app.dialect)
+    key = f"{app.dialect}:{app.url}"
     with _ready_lock:
         if key in _ready:
             return queries
-        with store.transaction() as conn:
+        with db.connection(app) as conn:
             queries.run(conn, "stripe_migrations_lock")
             queries.run(conn, "stripe_migrations_table")
             applied = {int(row[0]) for row in queries.all(conn, "stripe_migrations_applied")}

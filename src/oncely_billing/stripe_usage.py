@@ -42,7 +42,7 @@ class SourceHourlyUsage:
         migrations.ensure_schema(self.app)  # the org and project tables
         counts = self.source.usage_by_project(start, end, "hour")
         dialect = db.sql_dialect(self.app)
-        with self.app.store.transaction() as conn:
+        with db.connection(self.app) as conn:
             rows = db.fetch_all(conn, dialect, "stripe_billable_projects",
                                 {"hour_start": start.timestamp()})
         owner = {int(project): (str(org), str(customer)) for project, org, customer in rows}
@@ -66,7 +66,7 @@ class SourceHourlyUsage:
     def customers(self) -> dict[str, str]:
         """Every org's current Stripe customer id (to resend reset failures to the right one)."""
         dialect = db.sql_dialect(self.app)
-        with self.app.store.transaction() as conn:
+        with db.connection(self.app) as conn:
             rows = db.fetch_all(conn, dialect, "stripe_org_customers", {})
         return {str(org): str(customer) for org, customer in rows}
 

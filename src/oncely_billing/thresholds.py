@@ -60,7 +60,7 @@ class Progress:
     @classmethod
     def load(cls, app: oncely.App) -> Progress:
         dialect = db.sql_dialect(app)
-        with app.store.transaction() as conn:
+        with db.connection(app) as conn:
             row = db.fetch_one(conn, dialect, "state_get", {"key": PROGRESS_KEY})
         if row is None:
             return cls()
@@ -184,7 +184,7 @@ def evaluate(app: oncely.App, settings: MeteringSettings, as_of: datetime) -> li
         "enforce": settings.enforce,
         "earliest_day": min(start_day for _, start_day in cycle_rows),
     }
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         rows = db.fetch_all(conn, dialect, "evaluate_orgs", params)
     found = []
     for row in rows:
@@ -273,7 +273,7 @@ def apply(ctx: oncely.JobContext, rt: Metering, candidates: list[Candidate],
 def open_chunk_failures(app: oncely.App) -> list[tuple[int, list[int]]]:
     """Chunks of organization writes that failed and were not written by a later run yet."""
     dialect = db.sql_dialect(app)
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         rows = db.fetch_all(conn, dialect, "chunk_failures_open")
     return [(int(row[0]), [int(org) for org in json.loads(row[1])]) for row in rows]
 

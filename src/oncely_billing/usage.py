@@ -272,7 +272,7 @@ class SQLUsageSource(GuardedSource):
         dialect = db.sql_dialect(self.app)
         params = {"start": start.timestamp(), "end": end.timestamp(),
                   "bucket": BUCKET_SECONDS[granularity]}
-        with self.app.store.transaction() as conn, _statement_deadline(conn, dialect, timeout):
+        with db.connection(self.app) as conn, _statement_deadline(conn, dialect, timeout):
             rows = db.fetch_all(conn, dialect, "usage_by_project", params)
         return UsageCounts.from_rows(rows)
 

@@ -13,7 +13,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.observe_data import SCHEDULE, START, billing_app, incident, work
 
 import oncely
-from oncely.maintenance.enqueuer import register_schedules
 from oncely.maintenance.watchdog import Watchdog
 from oncely.store.base import JobFilter, JobState
 from oncely.web.app import create_app
@@ -30,10 +29,10 @@ PAGES = ["/", "/jobs", "/jobs?state=failed", "/schedules", f"/schedules/{SCHEDUL
 @pytest.fixture
 def app(any_url: str) -> Iterator[oncely.App]:
     app = billing_app(any_url, oncely.FrozenClock(START))
-    register_schedules(app)
+    app.register_schedules()
     incident(app, workers=6)
     app.enqueue("emails.send", to="ops@example.com", api_key="sk_live_abcdef123456")
-    Watchdog(app).run_once()
+    Watchdog(app.runtime).run_once()
     yield app
     app.close()
 

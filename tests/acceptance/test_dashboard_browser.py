@@ -16,7 +16,6 @@ import pytest
 from tests.observe_data import SCHEDULE, START, billing_app, healthy_hours, incident
 
 import oncely
-from oncely.maintenance.enqueuer import register_schedules
 from oncely.maintenance.watchdog import Watchdog
 from oncely.store.base import JobClaimParams, JobFilter, JobInsert, JobState, WorkerInfo
 
@@ -42,7 +41,7 @@ def free_port() -> int:
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[oncely.App]:
     app = billing_app(f"sqlite:///{tmp_path / 'dashboard.db'}", oncely.FrozenClock(START))
-    register_schedules(app)
+    app.register_schedules()
     healthy_hours(app, 10)  # ten quiet hours, then the storm
     app.clock.advance(600)
     incident(app, workers=6)
@@ -54,7 +53,7 @@ def app(tmp_path: Path) -> Iterator[oncely.App]:
     app.store.worker_register(WorkerInfo("host-a:4242:ab12cd", "host-a", 4242, None, 2, now))
     app.store.leader_elect("host-a:4242:ab12cd", now, 15.0)
     app.store.job_claim(JobClaimParams("host-a:4242:ab12cd", now, 1, 30.0))
-    Watchdog(app).run_once()
+    Watchdog(app.runtime).run_once()
     yield app
     app.close()
 

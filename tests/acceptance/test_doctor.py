@@ -15,7 +15,6 @@ from tests.conftest import ROOT
 from tests.observe_data import SCHEDULE, START, billing_app, healthy_hours, incident
 
 import oncely
-from oncely.maintenance.enqueuer import register_schedules
 from oncely.observe.doctor import examine, render_text
 from oncely.store.base import JobClaimParams, WorkerInfo
 
@@ -23,7 +22,7 @@ from oncely.store.base import JobClaimParams, WorkerInfo
 @pytest.fixture
 def app(any_url: str) -> Iterator[oncely.App]:
     app = billing_app(any_url, oncely.FrozenClock(START))
-    register_schedules(app)
+    app.register_schedules()
     yield app
     app.close()
 
@@ -82,7 +81,7 @@ def test_fleet_problems_nobody_rescues_and_no_worker(app: oncely.App) -> None:
 def test_the_command_exits_1_with_json_and_0_when_healthy(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'incident.db'}"
     app = billing_app(url, oncely.FrozenClock(START))
-    register_schedules(app)
+    app.register_schedules()
     incident(app, workers=6)
     app.close()
     # The doctor runs on the real clock, long after the storm: the 10-period window is empty, but

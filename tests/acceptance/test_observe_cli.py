@@ -17,7 +17,6 @@ from tests.conftest import ROOT
 from tests.observe_data import SCHEDULE, billing_app
 
 import oncely
-from oncely.maintenance.enqueuer import register_schedules
 from oncely.testing import wait_until
 
 
@@ -39,7 +38,7 @@ def test_anomalies_check_list_and_resolve(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'a.db'}"
     # The schedule was registered five hours ago and no worker has enqueued a slot since.
     app = billing_app(url, oncely.FrozenClock(datetime.now(UTC) - timedelta(hours=5)))
-    register_schedules(app)
+    app.register_schedules()
     app.close()
     checked = run("--database-url", url, "--json", "anomalies", "check")
     assert checked.returncode == 0, checked.stderr

@@ -54,3 +54,27 @@ def test_attached_to_a_parent_group(tmp_path: Path) -> None:
     result = CliRunner().invoke(parent, ["metering", "migrate"], catch_exceptions=False)
     assert result.exit_code == 0 and json.loads(result.output)["to_version"] == 1
     assert (tmp_path / "o.db").exists()
+
+
+def test_run_thresholds_is_refused_while_a_run_holds_the_lease(tmp_path: Path) -> None:
+    """``run-thresholds`` runs through app.run_now: while another run holds the singleton lease
+    it is refused with SingletonBusy and leaves no job behind for a worker to run later."""
+    import oncely
+    from oncely.store.base import JobClaimParams
+    from oncely_billing import THRESHOLDS_TASK, build_app
+
+    store = f"sqlite:///{tmp_path / 'o.db'}"
+    usage = tmp_path / "u.duckdb"
+    base = ["--database-url", store, "--usage", f"duckdb:///{usage}", "--json"]
+    invoke(*base, "migrate")
+    invoke(*base, "seed", "--orgs", "20", "--seed", "4", "--usage", str(usage), "--days", "2",
+           "--end", "2026-03-30T10:40:00")
+    app = build_app(store, usage_source=f"duckdb:///{usage}")
+    holder = app.enqueue(THRESHOLDS_TASK)
+    claim = JobClaimParams("other-worker", app.clock.now(), 1, 300.0, ("billing",))
+    assert [job.id for job in app.store.job_claim(claim).jobs] == [holder.id]
+    refused = CliRunner().invoke(metering, [*base, "run-thresholds"])
+    assert isinstance(refused.exception, oncely.SingletonBusy), refused.output
+    assert "in progress" in str(refused.exception) and "other-worker" in str(refused.exception)
+    assert [job.id for job in app.read.jobs(task=THRESHOLDS_TASK)] == [holder.id]
+    app.close()

@@ -113,13 +113,13 @@ class Harness:
         return run_job(self.task)
 
     def watermark(self) -> datetime | None:
-        queries = stripe_store.ensure_schema(self.app.store, 0)
+        queries = stripe_store.ensure_schema(self.app, 0)
         with self.app.store.transaction() as conn:
             found = queries.watermark(conn)
         return None if found is None else datetime.fromtimestamp(found / 1000, UTC)
 
     def set_watermark(self, hour: datetime) -> None:
-        queries = stripe_store.ensure_schema(self.app.store, 0)
+        queries = stripe_store.ensure_schema(self.app, 0)
         with self.app.store.transaction() as conn:
             assert queries.advance_watermark(conn, None, to_ms(hour), 0, 0, 0)
 

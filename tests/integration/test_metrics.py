@@ -86,7 +86,7 @@ def test_takeovers_and_fence_rejections_are_counted_fleet_wide(any_url: str) -> 
     clock.advance(11)  # w1 freezes past its lease; w2 takes the key over
     app.store.job_claim(JobClaimParams("w2", clock.now(), 1, 10.0))
     with pytest.raises(FenceRejected):
-        JobContext(app, zombie, "w1").check_fence()  # the zombie wakes and tries to write
+        JobContext(app.runtime, zombie, "w1").check_fence()  # the zombie wakes and tries to write
 
     samples = parse(generate(app))
     assert value(samples, "oncely_lease_takeovers", window="1h") == 1

@@ -52,7 +52,7 @@ def claim(app, worker="w1", limit=10, ttl=10.0):
 
 def test_registration_is_an_idempotent_upsert_that_enqueues_nothing(any_url, clock):
     apps = [make_app(any_url, clock) for _ in range(10)]
-    outcomes = [register_schedules(app)["every-second"] for app in apps]
+    outcomes = [app.register_schedules()["every-second"] for app in apps]
     assert outcomes == [UpsertOutcome.CREATED] + [UpsertOutcome.UNCHANGED] * 9
     assert [row.name for row in apps[0].store.schedule_list()] == ["every-second"]
     assert apps[0].store.job_list(JobFilter()) == []
@@ -72,7 +72,7 @@ def test_each_slot_becomes_one_job_whoever_enqueues_it(any_url, clock):
     for _ in range(5):
         clock.advance(1)
         for app in apps:  # three enqueuers race for every slot
-            SlotEnqueuer(app).run_once()
+            SlotEnqueuer(app.runtime).run_once()
     jobs = apps[0].store.job_list(JobFilter(limit=100))
     slots = sorted(job.slot for job in jobs)
     assert len(slots) == len(set(slots)) == 5
@@ -81,12 +81,12 @@ def test_each_slot_becomes_one_job_whoever_enqueues_it(any_url, clock):
 
 def test_ledger_follows_each_slot_to_its_outcome(any_url, clock):
     app = make_app(any_url, clock)
-    register_schedules(app)
+    app.register_schedules()
     clock.advance(1)
-    SlotEnqueuer(app).run_once()
+    SlotEnqueuer(app.runtime).run_once()
     (first,) = claim(app).jobs
     clock.advance(1)
-    SlotEnqueuer(app).run_once()
+    SlotEnqueuer(app.runtime).run_once()
     result = claim(app)
     # Singleton: the next slot cannot run beside the first, and overlap="skip" drops it.
     assert result.jobs == [] and len(result.skipped_overlap) == 1
@@ -98,9 +98,9 @@ def test_ledger_follows_each_slot_to_its_outcome(any_url, clock):
 
 def test_catch_up_latest_runs_one_and_coalesces_the_rest(any_url, clock):
     app = make_app(any_url, clock, cron="*/10 * * * *", catch_up="latest")
-    register_schedules(app)
+    app.register_schedules()
     clock.advance(timedelta(hours=1))  # the fleet was down for an hour
-    SlotEnqueuer(app).run_once()
+    SlotEnqueuer(app.runtime).run_once()
     outcomes = ledger(app)
     assert sorted(outcomes.values()).count(SlotOutcome.ENQUEUED) == 1
     assert sorted(outcomes.values()).count(SlotOutcome.COALESCED) == 5
@@ -109,18 +109,18 @@ def test_catch_up_latest_runs_one_and_coalesces_the_rest(any_url, clock):
 
 def test_catch_up_none_records_missed_slots(any_url, clock):
     app = make_app(any_url, clock, cron="*/10 * * * *", catch_up="none")
-    register_schedules(app)
+    app.register_schedules()
     clock.advance(timedelta(minutes=35))
-    SlotEnqueuer(app).run_once()
+    SlotEnqueuer(app.runtime).run_once()
     assert sorted(ledger(app).values()) == [SlotOutcome.MISSED] * 3
     assert app.store.job_list(JobFilter()) == []
 
 
 def test_catch_up_all_is_capped(any_url, clock):
     app = make_app(any_url, clock, cron="* * * * *", catch_up="all", catch_up_limit=5)
-    register_schedules(app)
+    app.register_schedules()
     clock.advance(timedelta(minutes=20))
-    SlotEnqueuer(app).run_once()
+    SlotEnqueuer(app.runtime).run_once()
     values = sorted(ledger(app).values())
     # 10:20 is on time; of the 19 missed before it the newest 5 run, the older 14 coalesce.
     assert values.count(SlotOutcome.ENQUEUED) == 6
@@ -137,7 +137,7 @@ def test_rescuer_retries_a_job_whose_worker_died_and_fences_the_zombie(any_url, 
     handle = work.enqueue()
     (zombie,) = claim(app, "dead-worker").jobs
     clock.advance(11)  # past the 10 s lease: the worker is presumed dead
-    result = Rescuer(app).run_once()
+    result = Rescuer(app.runtime).run_once()
     assert result.retried == [handle.id]
     job = handle.refresh()
     assert job.state == JobState.RETRYABLE and job.errors[-1].kind == ErrorKind.LEASE_EXPIRED
@@ -152,23 +152,23 @@ def test_rescuer_retries_a_job_whose_worker_died_and_fences_the_zombie(any_url, 
 
 def test_rescue_of_a_job_out_of_attempts_fails_its_slot(any_url, clock):
     app = make_app(any_url, clock)
-    register_schedules(app)
+    app.register_schedules()
     clock.advance(1)
-    SlotEnqueuer(app).run_once()
+    SlotEnqueuer(app.runtime).run_once()
     (job,) = claim(app, "dead").jobs
     clock.advance(11)
-    assert Rescuer(app).run_once().failed == [job.id]
+    assert Rescuer(app.runtime).run_once().failed == [job.id]
     assert ledger(app)[job.slot] == SlotOutcome.FAILED
 
 
 def test_a_zombie_cannot_write_through_its_fence_after_a_takeover(any_url, clock):
     app = make_app(any_url, clock, every=1)
-    register_schedules(app)
+    app.register_schedules()
     clock.advance(1)
-    SlotEnqueuer(app).run_once()
+    SlotEnqueuer(app.runtime).run_once()
     (first,) = claim(app, "paused").jobs
     clock.advance(11)  # its lease expired while the worker was paused
-    SlotEnqueuer(app).run_once()
+    SlotEnqueuer(app.runtime).run_once()
     taken = claim(app, "successor").jobs
     assert taken and taken[0].fence > first.fence
     with (
@@ -183,7 +183,7 @@ def test_a_zombie_cannot_write_through_its_fence_after_a_takeover(any_url, clock
 
 def test_leadership_moves_on_expiry_and_on_resignation(any_url, clock):
     app = make_app(any_url, clock)
-    one, two = LeaderElector(app, "one"), LeaderElector(app, "two")
+    one, two = LeaderElector(app.runtime, "one"), LeaderElector(app.runtime, "two")
     assert one.run_once().is_leader and not two.run_once().is_leader
     term = one.term
     clock.advance(7)  # one stopped renewing: its 6 s lease expired

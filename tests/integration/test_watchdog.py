@@ -14,7 +14,7 @@ import pytest
 from tests.observe_data import SCHEDULE, START, TASK, billing_app, healthy_hours, incident, work
 
 import oncely
-from oncely.maintenance.enqueuer import SlotEnqueuer, register_schedules
+from oncely.maintenance.enqueuer import SlotEnqueuer
 from oncely.maintenance.watchdog import Watchdog
 from oncely.observe.notify import WebhookNotifier
 from oncely.store.base import JobClaimParams, JobInsert, LeaseRenewal, SlotOutcome
@@ -29,7 +29,7 @@ def clock() -> oncely.FrozenClock:
 @pytest.fixture
 def app(any_url: str, clock: oncely.FrozenClock) -> Iterator[oncely.App]:
     app = billing_app(any_url, clock)
-    register_schedules(app)
+    app.register_schedules()
     yield app
     app.close()
 
@@ -42,7 +42,7 @@ def test_a_healthy_fleet_raises_nothing(app: oncely.App) -> None:
     healthy_hours(app, 12)
     app.enqueue("emails.send", to="a@example.com")  # other work does not disturb the schedule
     work(app)
-    result = Watchdog(app).run_once()
+    result = Watchdog(app.runtime).run_once()
     assert result.findings == [] and result.healthy
     assert app.store.anomaly_list(open_only=False) == []
 
@@ -51,7 +51,7 @@ def test_a_duplicate_storm_is_too_many_with_its_evidence(app: oncely.App) -> Non
     seen: list[oncely.observe.events.Event] = []
     app.events.subscribe(seen.append)
     incident(app, workers=6)
-    result = Watchdog(app).run_once()
+    result = Watchdog(app.runtime).run_once()
     assert kinds(result) == [("too_many", f"schedule:{SCHEDULE}")]
     [anomaly] = result.raised
     assert anomaly.summary == (f"schedule {SCHEDULE}: 31.0x expected in the last hour "
@@ -67,12 +67,12 @@ def test_a_duplicate_storm_is_too_many_with_its_evidence(app: oncely.App) -> Non
     assert [e.fields["kind"] for e in raised] == ["too_many"]
 
     app.clock.advance(60)
-    again = Watchdog(app).run_once()
+    again = Watchdog(app.runtime).run_once()
     assert again.raised == [] and [a.id for a in again.updated] == [anomaly.id]
     assert app.store.anomaly_get(anomaly.id).occurrences == 2
 
     healthy_hours(app, 11)
-    calm = Watchdog(app).run_once()
+    calm = Watchdog(app.runtime).run_once()
     assert calm.findings == [] and [a.id for a in calm.resolved] == [anomaly.id]
     assert app.store.anomaly_list() == []
 
@@ -80,9 +80,9 @@ def test_a_duplicate_storm_is_too_many_with_its_evidence(app: oncely.App) -> Non
 def test_the_apps_watchdog_thresholds_decide(app: oncely.App) -> None:
     incident(app, workers=6)  # 31 executions where 1 was expected
     app.watchdog = oncely.WatchdogConfig(too_many_ratio=40.0, min_excess=40)
-    assert Watchdog(app).run_once().findings == []
+    assert Watchdog(app.runtime).run_once().findings == []
     app.watchdog = oncely.WatchdogConfig(too_many_ratio=20.0)
-    assert kinds(Watchdog(app).run_once()) == [("too_many", f"schedule:{SCHEDULE}")]
+    assert kinds(Watchdog(app.runtime).run_once()) == [("too_many", f"schedule:{SCHEDULE}")]
     with pytest.raises(ValueError, match="too_many_ratio"):
         oncely.WatchdogConfig(too_many_ratio=1.0)
 
@@ -93,7 +93,7 @@ def test_overlapping_runs_are_named_in_the_evidence(app: oncely.App) -> None:
     for _ in range(4):
         app.store.job_insert(JobInsert(TASK, queue="billing"), app.clock.now())
     work(app, "w1", limit=4)
-    [finding] = Watchdog(app).run_once().findings
+    [finding] = Watchdog(app.runtime).run_once().findings
     assert finding.evidence["overlaps"] == 3
     assert "3 started while another run was still running" in finding.advice
 
@@ -101,7 +101,7 @@ def test_overlapping_runs_are_named_in_the_evidence(app: oncely.App) -> None:
 def test_a_stopped_scheduler_is_too_few_with_slots_never_recorded(app: oncely.App) -> None:
     healthy_hours(app, 3)
     app.clock.advance(timedelta(hours=5))  # nobody runs the enqueuer any more
-    [finding] = Watchdog(app).run_once().findings
+    [finding] = Watchdog(app.runtime).run_once().findings
     assert (finding.kind, finding.severity) == (AnomalyKind.TOO_FEW, "critical")
     # 03:35 to 06:35 never recorded; 07:35 is younger than the settle time and not counted yet
     assert finding.evidence["never_recorded"] == 4 and finding.evidence["ran"] == 3
@@ -112,11 +112,11 @@ def test_a_stopped_scheduler_is_too_few_with_slots_never_recorded(app: oncely.Ap
 def test_missed_slots_after_an_outage_are_too_few(app: oncely.App) -> None:
     healthy_hours(app, 2)
     app.clock.advance(timedelta(hours=4))
-    SlotEnqueuer(app).run_once()  # catch_up=latest: the newest missed slot runs, others coalesce
+    SlotEnqueuer(app.runtime).run_once()  # catch_up=latest: the newest missed slot runs
     work(app)
     outcomes = [r.outcome for r in app.store.ledger_list(SCHEDULE)]
     assert outcomes.count(SlotOutcome.COALESCED) == 3
-    [finding] = Watchdog(app).run_once().findings
+    [finding] = Watchdog(app.runtime).run_once().findings
     assert finding.kind == AnomalyKind.TOO_FEW and finding.severity == "warning"
     assert finding.evidence["coalesced"] == 3 and finding.evidence["never_recorded"] == 0
     assert "3 missed or coalesced" in finding.advice
@@ -125,12 +125,12 @@ def test_missed_slots_after_an_outage_are_too_few(app: oncely.App) -> None:
 def test_a_lease_renewed_far_past_the_usual_duration_is_stuck(app: oncely.App) -> None:
     healthy_hours(app, 4)  # four runs of 30 s: the usual duration
     app.clock.set(app.clock.now().replace(minute=35) + timedelta(hours=1))
-    SlotEnqueuer(app).run_once()
+    SlotEnqueuer(app.runtime).run_once()
     [job] = app.store.job_claim(JobClaimParams("w-hung", app.clock.now(), 1, 60.0)).jobs
     for _ in range(10):  # the keeper keeps renewing while the handler never returns
         app.clock.advance(30)
         app.store.lease_renew("w-hung", app.clock.now(), 60.0, [LeaseRenewal(job.id, job.fence)])
-    result = Watchdog(app).run_once()
+    result = Watchdog(app.runtime).run_once()
     assert kinds(result) == [("stuck", f"job:{job.id}")]
     [finding] = result.findings
     assert finding.summary == (f"job {job.id} ({TASK}) has been running 5m, 10x its usual 30s; "
@@ -140,12 +140,12 @@ def test_a_lease_renewed_far_past_the_usual_duration_is_stuck(app: oncely.App) -
 
 def test_jobs_waiting_longer_than_the_period_are_pressure(app: oncely.App) -> None:
     healthy_hours(app, 2)
-    enqueuer = SlotEnqueuer(app)
+    enqueuer = SlotEnqueuer(app.runtime)
     for _ in range(2):  # slots are enqueued, but no worker serves the billing queue
         app.clock.advance(timedelta(hours=1))
         enqueuer.run_once()
     app.clock.advance(timedelta(minutes=10))
-    result = Watchdog(app).run_once()
+    result = Watchdog(app.runtime).run_once()
     assert kinds(result) == [("pressure", f"schedule:{SCHEDULE}")]
     [finding] = result.findings
     assert finding.evidence["waiting"] == 2 and finding.evidence["queues"] == ["billing"]
@@ -186,7 +186,7 @@ def test_new_and_resolved_anomalies_are_posted_with_retries(app: oncely.App, hoo
     notifier = WebhookNotifier(url, background=False, emit=app.events.emit, sleep=sleeps.append,
                                backoff=0.5)
     incident(app, workers=3)
-    Watchdog(app, notifier=notifier).run_once()
+    Watchdog(app.runtime, notifier=notifier).run_once()
     assert sleeps == [0.5, 1.0]  # two failures, then delivered
     [body] = handler.bodies[2:]
     assert handler.bodies[0] == body and body["event"] == "anomaly.raised"
@@ -194,10 +194,10 @@ def test_new_and_resolved_anomalies_are_posted_with_retries(app: oncely.App, hoo
     delivered = [e for e in seen if e.name == "anomaly.notified"]
     assert delivered[0].fields["attempts"] == 3
 
-    Watchdog(app, notifier=notifier).run_once()  # still open: no second notification
+    Watchdog(app.runtime, notifier=notifier).run_once()  # still open: no second notification
     assert len(handler.bodies) == 3
     healthy_hours(app, 11)
-    Watchdog(app, notifier=notifier).run_once()
+    Watchdog(app.runtime, notifier=notifier).run_once()
     assert handler.bodies[-1]["event"] == "anomaly.resolved"
     assert handler.bodies[-1]["anomaly"]["resolved_at"] is not None
 
@@ -209,7 +209,7 @@ def test_a_receiver_that_refuses_is_not_retried(app: oncely.App, hook) -> None:
     notifier = WebhookNotifier(url, background=False, emit=lambda n, **f: seen.append((n, f)),
                                sleep=lambda s: None)
     incident(app, workers=2)
-    Watchdog(app, notifier=notifier).run_once()
+    Watchdog(app.runtime, notifier=notifier).run_once()
     assert len(handler.bodies) == 1
     assert seen[0][0] == "anomaly.notify_failed" and seen[0][1]["status"] == 400
 
@@ -217,7 +217,7 @@ def test_a_receiver_that_refuses_is_not_retried(app: oncely.App, hook) -> None:
 def test_lease_takeovers_recorded_by_the_store_become_events(app: oncely.App) -> None:
     seen: list = []
     app.events.subscribe(seen.append)
-    watchdog = Watchdog(app)
+    watchdog = Watchdog(app.runtime)
     watchdog.run_once()
     store, clock = app.store, app.clock
     for _ in range(2):  # one singleton key for both

@@ -4,8 +4,8 @@ EXPECTED = {
     "App", "ArgsNotJSON", "Cancel", "Clock", "ConfigError", "FenceRejected", "FrozenClock",
     "InvalidSchedule", "InvalidURL", "Job", "JobContext", "JobHandle", "JobState", "Keep",
     "NotFound", "OncelyError", "Overlap", "Retention", "Retry", "ScheduleSpec", "SchemaMismatch",
-    "Settings", "SlotOutcome", "StoreError", "StoreUnavailable", "SystemClock", "Task",
-    "UnknownTask", "WarpClock", "WatchdogConfig", "Worker", "__version__",
+    "Settings", "SingletonBusy", "SlotOutcome", "StoreError", "StoreUnavailable", "SystemClock",
+    "Task", "UnknownTask", "WarpClock", "WatchdogConfig", "Worker", "__version__",
 }
 
 
@@ -20,3 +20,12 @@ def test_every_error_derives_from_the_one_root():
         value = getattr(oncely, name)
         if isinstance(value, type) and issubclass(value, Exception):
             assert issubclass(value, oncely.OncelyError), name
+
+
+def test_the_error_tree_in_errors_py_names_every_error():
+    import oncely.errors as errors
+
+    tree = errors.__doc__ or ""
+    for name, value in vars(errors).items():
+        if isinstance(value, type) and issubclass(value, errors.OncelyError):
+            assert f" {name} " in tree, f"draw {name} in the tree of errors.py's docstring"

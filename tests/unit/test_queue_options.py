@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 import oncely
-from oncely.queues import task_control
+from oncely.controls import task_control
 from oncely.store.limits import ControlKind
 
 

@@ -17,7 +17,7 @@ def supervisor(clock: oncely.FrozenClock, **schedules: dict) -> Supervisor:
 
     for name, options in schedules.items():
         app.schedule(name, tick, **options)
-    return Supervisor(app, "w1")
+    return Supervisor(app.runtime, "w1")
 
 
 def test_the_loop_wakes_when_a_slot_falls_due_not_up_to_an_interval_later():

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from oncely.app import App
+from oncely.runtime import Runtime
 from oncely.schedules import ScheduleSpec, jitter_for, plan_slots
 from oncely.store.base import ScheduleUpsert, SlotEnqueue, SlotOutcome, UpsertOutcome
 
@@ -30,35 +30,35 @@ class EnqueueResult:
     recorded: list[tuple[str, datetime, SlotOutcome]] = field(default_factory=list)
 
 
-def register_schedules(app: App) -> dict[str, UpsertOutcome]:
+def register_schedules(runtime: Runtime) -> dict[str, UpsertOutcome]:
     """Upsert every schedule the app declares; report the ones it no longer declares."""
-    now = app.clock.now()
+    now = runtime.clock.now()
     outcomes: dict[str, UpsertOutcome] = {}
-    for spec in app.schedules.values():
-        outcome = app.store.schedule_upsert(
+    for spec in runtime.schedules.values():
+        outcome = runtime.store.schedule_upsert(
             ScheduleUpsert(spec.name, spec.task, spec.to_spec_dict(), spec.spec_hash(), now)
         )
         outcomes[spec.name] = outcome
         if outcome == UpsertOutcome.CREATED:
-            app.events.emit("schedule.registered", schedule=spec.name, task=spec.task)
+            runtime.events.emit("schedule.registered", schedule=spec.name, task=spec.task)
         elif outcome == UpsertOutcome.UPDATED:
-            app.events.emit("schedule.updated", schedule=spec.name, task=spec.task)
-    for row in app.store.schedule_list():
-        if row.name not in app.schedules:
-            app.events.emit("schedule.undeclared", schedule=row.name, task=row.task,
-                            declared_at=row.declared_at.isoformat())
+            runtime.events.emit("schedule.updated", schedule=spec.name, task=spec.task)
+    for row in runtime.store.schedule_list():
+        if row.name not in runtime.schedules:
+            runtime.events.emit("schedule.undeclared", schedule=row.name, task=row.task,
+                                declared_at=row.declared_at.isoformat())
     return outcomes
 
 
 class SlotEnqueuer:
-    def __init__(self, app: App, max_batches: int = 10) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, max_batches: int = 10) -> None:
+        self.runtime = runtime
         self.max_batches = max_batches  # plans per schedule per run; a long outage takes a few
 
     def run_once(self) -> EnqueueResult:
         result = EnqueueResult()
-        rows = {row.name: row for row in self.app.store.schedule_list()}
-        for spec in self.app.schedules.values():
+        rows = {row.name: row for row in self.runtime.store.schedule_list()}
+        for spec in self.runtime.schedules.values():
             row = rows.get(spec.name)
             if row is None:
                 continue
@@ -74,12 +74,12 @@ class SlotEnqueuer:
         result: EnqueueResult,
     ) -> tuple[datetime | None, bool]:
         """Plan and record one batch; returns the new cursor and whether more slots wait."""
-        app = self.app
-        now = app.clock.now()
+        runtime = self.runtime
+        now = runtime.clock.now()
         plan = plan_slots(spec, cursor, now, created_at)
         if plan.new_cursor is None or plan.new_cursor == cursor:
             return cursor, False
-        task = app.tasks.get(spec.task)
+        task = runtime.tasks.get(spec.task)
         decisions = [(slot, SlotOutcome.ENQUEUED) for slot in plan.run]
         decisions += [(slot, SlotOutcome.MISSED) for slot in plan.missed]
         decisions += [(slot, SlotOutcome.COALESCED) for slot in plan.coalesced]
@@ -92,18 +92,18 @@ class SlotEnqueuer:
                                         overlap=spec.overlap)
             elif outcome == SlotOutcome.ENQUEUED:
                 outcome = SlotOutcome.MISSED  # a task this process cannot build a job for
-            recorded = app.store.slot_enqueue(
+            recorded = runtime.store.slot_enqueue(
                 SlotEnqueue(spec.name, slot, now, job=job, outcome=outcome)
             )
             if not recorded.created:
                 continue
             if job is not None:
                 result.enqueued.append((spec.name, slot))
-                app.events.emit("slot.enqueued", schedule=spec.name, slot=slot.isoformat(),
-                                job_id=recorded.job_id)
+                runtime.events.emit("slot.enqueued", schedule=spec.name, slot=slot.isoformat(),
+                                    job_id=recorded.job_id)
             else:
                 result.recorded.append((spec.name, slot, outcome))
-                app.events.emit(f"slot.{outcome}", schedule=spec.name, slot=slot.isoformat())
-        if not app.store.schedule_advance(spec.name, cursor, plan.new_cursor):
+                runtime.events.emit(f"slot.{outcome}", schedule=spec.name, slot=slot.isoformat())
+        if not runtime.store.schedule_advance(spec.name, cursor, plan.new_cursor):
             return cursor, False  # another enqueuer moved it first: re-read next run
         return plan.new_cursor, plan.more

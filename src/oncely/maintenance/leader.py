@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from oncely.app import App
 from oncely.errors import StoreError
+from oncely.runtime import Runtime
 from oncely.store.base import LeaderState
 
 
@@ -27,19 +27,20 @@ class ElectionResult:
 
 
 class LeaderElector:
-    def __init__(self, app: App, worker_id: str) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, worker_id: str) -> None:
+        self.runtime = runtime
         self.worker_id = worker_id
-        self.ttl = app.settings.leader_ttl
+        self.ttl = runtime.settings.leader_ttl
         self.is_leader = False
         self.term = 0
         self._deadline = 0.0  # monotonic: stop leading after this unless re-elected
 
     def run_once(self) -> ElectionResult:
-        clock = self.app.clock
+        clock = self.runtime.clock
         sent = clock.monotonic()
         try:
-            state: LeaderState = self.app.store.leader_elect(self.worker_id, clock.now(), self.ttl)
+            state: LeaderState = self.runtime.store.leader_elect(self.worker_id, clock.now(),
+                                                                 self.ttl)
         except StoreError:
             return self._expire_if_due()
         was = self.is_leader
@@ -47,25 +48,26 @@ class LeaderElector:
         if state.is_leader:
             self._deadline = sent + self.ttl * 2 / 3
             if not was or state.term != self.term:
-                self.app.events.emit("leader.elected", worker_id=self.worker_id, term=state.term)
+                self.runtime.events.emit("leader.elected", worker_id=self.worker_id,
+                                         term=state.term)
         elif was:
-            self.app.events.emit("leader.lost", worker_id=self.worker_id, term=self.term,
-                                 new_leader=state.leader_id)
+            self.runtime.events.emit("leader.lost", worker_id=self.worker_id, term=self.term,
+                                     new_leader=state.leader_id)
         self.term = state.term
         return ElectionResult(self.is_leader, state.term, state.leader_id, was != self.is_leader)
 
     def _expire_if_due(self) -> ElectionResult:
         changed = False
-        if self.is_leader and self.app.clock.monotonic() >= self._deadline:
+        if self.is_leader and self.runtime.clock.monotonic() >= self._deadline:
             self.is_leader = False
             changed = True
-            self.app.events.emit("leader.lost", worker_id=self.worker_id, term=self.term,
-                                 new_leader=None)
+            self.runtime.events.emit("leader.lost", worker_id=self.worker_id, term=self.term,
+                                     new_leader=None)
         return ElectionResult(self.is_leader, self.term, None, changed)
 
     def resign(self) -> None:
         if self.is_leader:
             with contextlib.suppress(StoreError):
-                self.app.store.leader_resign(self.worker_id, self.app.clock.now())
+                self.runtime.store.leader_resign(self.worker_id, self.runtime.clock.now())
             self.is_leader = False
-            self.app.events.emit("leader.resigned", worker_id=self.worker_id, term=self.term)
+            self.runtime.events.emit("leader.resigned", worker_id=self.worker_id, term=self.term)

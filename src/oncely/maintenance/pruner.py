@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from oncely.app import App
 from oncely.queues import Keep, default_retention, retention_for
+from oncely.runtime import Runtime
 from oncely.store.base import JobState, PruneParams
 from oncely.store.limits import ControlKind
 
@@ -43,17 +43,17 @@ class PruneResult:
 
 
 class Pruner:
-    def __init__(self, app: App, batch: int = 1000, budget: float = 0.5) -> None:
+    def __init__(self, runtime: Runtime, batch: int = 1000, budget: float = 0.5) -> None:
         if batch < 1 or budget <= 0:
             raise ValueError("the pruner needs batch >= 1 and budget > 0")
-        self.app = app
+        self.runtime = runtime
         self.batch = batch
         self.budget = budget
         self.caught_up = True  # False after a run that left jobs to delete
 
     def policies(self) -> list[tuple[str, JobState, Keep]]:
         """(queue, state, what to keep) for every queue with finished jobs."""
-        store, settings = self.app.store, self.app.settings
+        store, settings = self.runtime.store, self.runtime.settings
         declared = {c.name: c.retention for c in store.control_list()
                     if c.kind == ControlKind.QUEUE}
         policies: list[tuple[str, JobState, Keep]] = []
@@ -71,7 +71,7 @@ class Pruner:
         if keep.count == 0:
             cutoffs.append(now + timedelta(microseconds=1))
         elif keep.count is not None:
-            found = self.app.store.job_finished_cutoff(queue, state, keep.count)
+            found = self.runtime.store.job_finished_cutoff(queue, state, keep.count)
             if found is not None:
                 cutoffs.append(found)
         return max(cutoffs, default=None)
@@ -82,7 +82,7 @@ class Pruner:
                                                JobState.CANCELLED)}
         complete = True
         for queue, state, keep in self.policies():
-            before = self.cutoff(queue, state, keep, self.app.clock.now())
+            before = self.cutoff(queue, state, keep, self.runtime.clock.now())
             if before is None:
                 continue
             params = PruneParams(state, finished_before=before, queue=queue, limit=self.batch)
@@ -94,7 +94,7 @@ class Pruner:
         deleted["observations"] = self._prune_observations(deadline)
         self.caught_up = complete
         if any(deleted.values()):
-            self.app.events.emit("maintenance.pruned", **deleted)
+            self.runtime.events.emit("maintenance.pruned", **deleted)
         return PruneResult(deleted, complete)
 
     def _prune(self, params: PruneParams, deadline: float) -> tuple[int, bool]:
@@ -102,7 +102,7 @@ class Pruner:
         total = 0
         while True:
             began = time.monotonic()
-            count = self.app.store.job_prune(params)
+            count = self.runtime.store.job_prune(params)
             total += count
             if count < params.limit:
                 return total, True
@@ -112,10 +112,11 @@ class Pruner:
             time.sleep(took)  # give claims and finishes their turn
 
     def _prune_observations(self, deadline: float) -> int:
-        keep = timedelta(seconds=self.app.settings.ledger_keep_seconds)
+        keep = timedelta(seconds=self.runtime.settings.ledger_keep_seconds)
         total = 0
         while time.monotonic() < deadline:
-            count = self.app.store.observation_prune(self.app.clock.now() - keep, self.batch)
+            before = self.runtime.clock.now() - keep
+            count = self.runtime.store.observation_prune(before, self.batch)
             total += count
             if count < self.batch:
                 break

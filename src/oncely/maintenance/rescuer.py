@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from oncely.app import App
+from oncely.runtime import Runtime
 from oncely.store.base import ErrorKind, JobFinish, JobState
 from oncely.worker.execute import failure
 
@@ -22,26 +22,26 @@ class RescueResult:
 
 
 class Rescuer:
-    def __init__(self, app: App, batch: int = 200) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, batch: int = 200) -> None:
+        self.runtime = runtime
         self.batch = batch
 
     def run_once(self) -> RescueResult:
-        app = self.app
-        now = app.clock.now()
+        runtime = self.runtime
+        now = runtime.clock.now()
         retried: list[int] = []
         failed: list[int] = []
-        for job in app.store.job_expired(now, self.batch):
+        for job in runtime.store.job_expired(now, self.batch):
             expired = job.lease_expires_at.isoformat() if job.lease_expires_at else "?"
             message = f"lease expired at {expired}; worker {job.lease_owner} presumed dead"
-            outcome = failure(app.tasks.get(job.task), job, now, ErrorKind.LEASE_EXPIRED,
+            outcome = failure(runtime.tasks.get(job.task), job, now, ErrorKind.LEASE_EXPIRED,
                               message, None)
             params = JobFinish(job.id, job.fence, now, outcome.state or JobState.FAILED,
                                error=outcome.error, retry_at=outcome.retry_at,
                                require_expired_lease=True)
-            if not app.store.job_finish(params):
+            if not runtime.store.job_finish(params):
                 continue
             (retried if outcome.state == JobState.RETRYABLE else failed).append(job.id)
-            app.events.emit("job.rescued", job_id=job.id, task=job.task, fence=job.fence,
-                            owner=job.lease_owner, outcome=str(outcome.state))
+            runtime.events.emit("job.rescued", job_id=job.id, task=job.task, fence=job.fence,
+                                owner=job.lease_owner, outcome=str(outcome.state))
         return RescueResult(retried, failed)

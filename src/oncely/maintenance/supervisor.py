@@ -19,13 +19,13 @@ import threading
 import time
 from datetime import datetime
 
-from oncely.app import App
 from oncely.errors import OncelyError, StoreError
 from oncely.maintenance.enqueuer import SlotEnqueuer, register_schedules
 from oncely.maintenance.leader import LeaderElector
 from oncely.maintenance.pruner import Pruner
 from oncely.maintenance.rescuer import Rescuer
 from oncely.maintenance.watchdog import Watchdog
+from oncely.runtime import Runtime
 from oncely.schedules import next_slot
 
 log = logging.getLogger("oncely.maintenance")
@@ -34,20 +34,20 @@ SLOT_WAKE_LAG = 0.002  # seconds past a slot's instant to wake: after it, never 
 
 
 class Supervisor:
-    def __init__(self, app: App, worker_id: str) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, worker_id: str) -> None:
+        self.runtime = runtime
         self.worker_id = worker_id
-        self.enqueuer = SlotEnqueuer(app)
-        self.elector = LeaderElector(app, worker_id)
-        self.rescuer = Rescuer(app)
-        self.pruner = Pruner(app)
-        self.watchdog = Watchdog(app)
+        self.enqueuer = SlotEnqueuer(runtime)
+        self.elector = LeaderElector(runtime, worker_id)
+        self.rescuer = Rescuer(runtime)
+        self.pruner = Pruner(runtime)
+        self.watchdog = Watchdog(runtime)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="oncely-maintenance", daemon=True)
         self._last_now: datetime | None = None
 
     def start(self) -> None:
-        register_schedules(self.app)
+        register_schedules(self.runtime)
         self._thread.start()
 
     def stop(self) -> None:
@@ -57,7 +57,7 @@ class Supervisor:
         self.elector.resign()
 
     def _loop(self) -> None:
-        settings, clock = self.app.settings, self.app.clock
+        settings, clock = self.runtime.settings, self.runtime.clock
         next_election = next_maintenance = next_watchdog = 0.0
         while not self._stop.is_set():
             mono = clock.monotonic()
@@ -87,12 +87,12 @@ class Supervisor:
         """Seconds to the next tick: ``interval``, or less when the next slot of a declared
         schedule falls due sooner. A clock that did not move since the last tick (a frozen test
         clock) gets the plain interval, so the loop never spins."""
-        now = self.app.clock.now()
+        now = self.runtime.clock.now()
         still, self._last_now = now == self._last_now, now
         if still:
             return interval
         pause = interval
-        for spec in self.app.schedules.values():
+        for spec in self.runtime.schedules.values():
             if not spec.enabled:
                 continue
             try:
@@ -108,10 +108,10 @@ class Supervisor:
             step()  # type: ignore[operator]
         except StoreError as exc:
             log.warning("maintenance %s: store error: %s", name, exc)
-            self.app.events.emit("maintenance.failed", service=name, error=str(exc))
+            self.runtime.events.emit("maintenance.failed", service=name, error=str(exc))
         except Exception as exc:
             log.exception("maintenance %s failed", name)
-            self.app.events.emit("maintenance.failed", service=name, error=str(exc))
+            self.runtime.events.emit("maintenance.failed", service=name, error=str(exc))
         else:
-            self.app.events.emit("maintenance.ran", service=name,
-                                 seconds=round(time.monotonic() - started, 6))
+            self.runtime.events.emit("maintenance.ran", service=name,
+                                     seconds=round(time.monotonic() - started, 6))

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from oncely.app import App
 from oncely.observe.diagnose import Finding, WatchdogConfig, evaluate
 from oncely.observe.notify import WebhookNotifier, payload
+from oncely.runtime import Runtime
 from oncely.store.observability import LEASE_TAKEN_OVER, Anomaly
 
 
@@ -34,27 +34,27 @@ class WatchdogResult:
 class Watchdog:
     def __init__(
         self,
-        app: App,
+        runtime: Runtime,
         config: WatchdogConfig | None = None,
         notifier: WebhookNotifier | None = None,
     ) -> None:
-        self.app = app
-        self.config = config or app.watchdog
-        url = app.settings.watchdog_webhook_url
+        self.runtime = runtime
+        self.config = config or runtime.watchdog
+        url = runtime.settings.watchdog_webhook_url
         self.notifier = notifier or (
-            WebhookNotifier(url, emit=app.events.emit) if url else None
+            WebhookNotifier(url, emit=runtime.events.emit) if url else None
         )
         self._takeovers_seen: int | None = None  # newest takeover already reported
 
     def _report_takeovers(self) -> None:
         """Lease takeovers are written by the database; the leader turns the new ones into
         ``lease.taken_over`` events so logs and metrics see them too."""
-        recorded = self.app.store.event_list(LEASE_TAKEN_OVER, limit=200)
+        recorded = self.runtime.store.event_list(LEASE_TAKEN_OVER, limit=200)
         newest = max((event.id for event in recorded), default=0)
         if self._takeovers_seen is not None:
             for event in sorted(recorded, key=lambda e: e.id):
                 if event.id > self._takeovers_seen:
-                    self.app.events.emit(
+                    self.runtime.events.emit(
                         "lease.taken_over", job_id=event.job_id, task=event.task,
                         key=event.subject, owner=event.detail.get("owner"),
                         previous_owner=event.detail.get("previous_owner"),
@@ -62,16 +62,16 @@ class Watchdog:
         self._takeovers_seen = max(newest, self._takeovers_seen or 0)
 
     def run_once(self) -> WatchdogResult:
-        app = self.app
-        store, now = app.store, app.clock.now()
-        findings = evaluate(store, now, self.config, stale_after=app.settings.lease_ttl * 3)
+        runtime = self.runtime
+        store, now = runtime.store, runtime.clock.now()
+        findings = evaluate(store, now, self.config, stale_after=runtime.settings.lease_ttl * 3)
         result = WatchdogResult(findings)
         current = {finding.key for finding in findings}
         for finding in findings:
             raised = store.anomaly_raise(finding.to_raise(now))
             (result.raised if raised.created else result.updated).append(raised.anomaly)
             if raised.created:
-                app.events.emit(
+                runtime.events.emit(
                     "anomaly.raised", anomaly_id=raised.anomaly.id, kind=str(finding.kind),
                     subject=finding.subject, severity=finding.severity,
                     schedule=finding.schedule, ratio=finding.ratio, summary=finding.summary,
@@ -82,14 +82,15 @@ class Watchdog:
             if store.anomaly_resolve(anomaly.id, now):
                 closed = store.anomaly_get(anomaly.id) or anomaly
                 result.resolved.append(closed)
-                app.events.emit("anomaly.resolved", anomaly_id=anomaly.id, kind=str(anomaly.kind),
-                                subject=anomaly.subject, schedule=anomaly.schedule)
+                runtime.events.emit("anomaly.resolved", anomaly_id=anomaly.id,
+                                    kind=str(anomaly.kind), subject=anomaly.subject,
+                                    schedule=anomaly.schedule)
         if self.notifier is not None:
             self.notifier.submit(
                 [payload("anomaly.raised", a) for a in result.raised]
                 + [payload("anomaly.resolved", a) for a in result.resolved]
             )
         self._report_takeovers()
-        app.events.emit("watchdog.checked", findings=len(findings), raised=len(result.raised),
-                        resolved=len(result.resolved))
+        runtime.events.emit("watchdog.checked", findings=len(findings), raised=len(result.raised),
+                            resolved=len(result.resolved))
         return result

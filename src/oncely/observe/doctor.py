@@ -12,16 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from oncely import readmodel
 from oncely.errors import SchemaMismatch
 from oncely.observe.diagnose import Finding, WatchdogConfig, evaluate
 from oncely.observe.fmt import plural, span
+from oncely.runtime import Runtime
 from oncely.store.base import Store
-
-if TYPE_CHECKING:
-    from oncely.app import App
 
 UNHEALTHY = ("problem", "warning")
 _ORDER = {"problem": 0, "warning": 1, "info": 2, "ok": 3}
@@ -57,19 +55,19 @@ class DoctorReport:
         return json.dumps(self.to_dict(), indent=2, default=str)
 
 
-def examine(app: App, config: WatchdogConfig | None = None) -> DoctorReport:
-    now = app.clock.now()
+def examine(runtime: Runtime, config: WatchdogConfig | None = None) -> DoctorReport:
+    now = runtime.clock.now()
     try:
-        store = app.store  # opening it may migrate an older schema, or refuse a newer one
+        store = runtime.store  # opening it may migrate an older schema, or refuse a newer one
         store.check_schema()
     except SchemaMismatch as exc:
         return DoctorReport([DoctorFinding("problem", "schema", str(exc),
                                            advice="run `oncely migrate` (or upgrade oncely)")],
                             now)
-    stale_after = app.settings.lease_ttl * 3
-    findings = _fleet_checks(store, now, stale_after, app.settings.lease_ttl
-                             + app.settings.maintenance_interval * 2)
-    fresh = evaluate(store, now, config or app.watchdog, stale_after)
+    stale_after = runtime.settings.lease_ttl * 3
+    findings = _fleet_checks(store, now, stale_after, runtime.settings.lease_ttl
+                             + runtime.settings.maintenance_interval * 2)
+    fresh = evaluate(store, now, config or runtime.watchdog, stale_after)
     findings += [_from_watchdog(f) for f in fresh]
     findings += _open_anomalies(store, {f.key for f in fresh})
     findings += _signals(store, now)

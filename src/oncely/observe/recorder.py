@@ -11,21 +11,21 @@ never the job: the subscriber swallows store errors.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from oncely.errors import OncelyError
 from oncely.observe.events import Event, Subscriber
+from oncely.store.base import Store
 from oncely.store.observability import FENCE_REJECTED, FleetEventInsert
-
-if TYPE_CHECKING:
-    from oncely.app import App
 
 log = logging.getLogger("oncely")
 
 RECORDED = frozenset({FENCE_REJECTED})
 
 
-def fleet_recorder(app: App) -> Subscriber:
+def fleet_recorder(store: Callable[[], Store]) -> Subscriber:
+    """``store`` opens the store on first use (the App's)."""
+
     def record(event: Event) -> None:
         if event.name not in RECORDED:
             return
@@ -33,7 +33,7 @@ def fleet_recorder(app: App) -> Subscriber:
         job_id = fields.pop("job_id", None)
         task = fields.pop("task", None)
         try:
-            app.store.event_record(FleetEventInsert(
+            store().event_record(FleetEventInsert(
                 event.name, event.at, job_id=job_id if isinstance(job_id, int) else None,
                 task=task if isinstance(task, str) else None,
                 subject=str(fields.pop("worker_id", "")) or None,

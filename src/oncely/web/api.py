@@ -18,7 +18,6 @@ from starlette.routing import Route
 
 from oncely import readmodel
 from oncely.errors import ConfigError, NotFound
-from oncely.observe.doctor import examine
 from oncely.store.base import JobFilter, JobState
 from oncely.web.context import Dashboard, dashboard
 
@@ -123,7 +122,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              lambda d, r: readmodel.fleet_events(d.store, _int(r, "limit", 50, 1000)),
              query=("limit",)),
     Endpoint("GET", "/api/doctor", "The doctor's findings (what `oncely doctor` prints)",
-             lambda d, r: examine(d.app).to_dict()),
+             lambda d, r: d.app.doctor().to_dict()),
 )
 
 

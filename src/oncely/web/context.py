@@ -1,5 +1,5 @@
 """What every request handler of the dashboard reaches: the app, its store and clock, the guard
-and the few actions the dashboard may take (through the same store calls as the CLI)."""
+and the few actions the dashboard may take (through the App's facade, as the CLI)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 from starlette.requests import Request
 
 from oncely import readmodel
-from oncely.store.base import JobState, Store
+from oncely.store.base import Store
 from oncely.web.auth import Guard
 
 if TYPE_CHECKING:
@@ -35,15 +35,11 @@ class Dashboard:
         return self.app.clock.now()
 
     def retry(self, job_id: int) -> dict[str, Any]:
-        job = self.store.job_retry(job_id, self.now())
-        self.store.notify_work(job.queue)
-        self.app.events.emit("job.retry_requested", job_id=job.id, task=job.task, by="dashboard")
+        job = self.app.retry_job(job_id, by="dashboard")
         return readmodel.job_summary(job)
 
     def cancel(self, job_id: int, reason: str) -> dict[str, Any]:
-        job = self.store.job_cancel(job_id, self.now(), reason)
-        self.app.events.emit("job.cancel_requested", job_id=job.id, task=job.task,
-                             running=job.state == JobState.RUNNING, by="dashboard")
+        job = self.app.cancel_job(job_id, reason, by="dashboard")
         return readmodel.job_summary(job)
 
 

@@ -71,13 +71,13 @@ class Completer(threading.Thread):
 
     def _flush(self, batch: list[Item]) -> None:
         worker = self.worker
-        clock = worker.app.clock
+        clock = worker.runtime.clock
         deadline = min(running.lease_deadline for running, _ in batch)
         delay = 0.05
         while True:
             now = clock.now()
             try:
-                applied: list[bool | None] = list(worker.app.store.job_finish_many(
+                applied: list[bool | None] = list(worker.runtime.store.job_finish_many(
                     [outcome.finish(running.job, now) for running, outcome in batch]
                 ))
                 worker.note_store_ok()

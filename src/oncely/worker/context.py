@@ -34,6 +34,7 @@ from oncely.store.base import ErrorKind, Job
 
 if TYPE_CHECKING:
     from oncely.app import App
+    from oncely.runtime import Runtime
 
 log = logging.getLogger("oncely.job")
 
@@ -44,8 +45,9 @@ _EVENT_LOCK = threading.Lock()
 class JobContext:
     # Built once per claimed job on the worker's hot path: what a handler rarely touches (the
     # cancel event it may wait on, its logger) is created on first use.
-    def __init__(self, app: App, job: Job, worker_id: str) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, job: Job, worker_id: str) -> None:
+        self.runtime = runtime
+        self.app: App = runtime.app  # the application, for handlers (enqueue follow-up jobs)
         self.job = job
         self.worker_id = worker_id
         self._cancel_event: threading.Event | None = None
@@ -107,12 +109,12 @@ class JobContext:
         return self.job.args
 
     def now(self) -> datetime:
-        return self.app.clock.now()
+        return self.runtime.clock.now()
 
     # fencing -----------------------------------------------------------------------------
     def check_fence(self) -> None:
         """Raise FenceRejected unless this attempt still holds the current fence."""
-        if self.lease_lost.is_set() or not self.app.store.job_fence_current(
+        if self.lease_lost.is_set() or not self.runtime.store.job_fence_current(
             self.job.id, self.job.fence, self.now()
         ):
             self._rejected()
@@ -123,13 +125,14 @@ class JobContext:
         if self.lease_lost.is_set():
             self._rejected()
         try:
-            with self.app.store.fenced_transaction(self.job.id, self.job.fence, self.now()) as conn:
+            store = self.runtime.store
+            with store.fenced_transaction(self.job.id, self.job.fence, self.now()) as conn:
                 yield conn
         except FenceRejected:
             self._rejected()
 
     def _rejected(self) -> None:
-        self.app.events.emit(
+        self.runtime.events.emit(
             "fence.rejected", job_id=self.job.id, fence=self.job.fence, task=self.job.task
         )
         raise FenceRejected(self.job.id, self.job.fence)
@@ -146,7 +149,7 @@ class JobContext:
 
     def checkpoint(self, data: Any) -> None:
         """Save progress under the fence; a later attempt reads it as ``last_checkpoint``."""
-        if not self.app.store.job_checkpoint(self.job.id, self.job.fence, data, self.now()):
+        if not self.runtime.store.job_checkpoint(self.job.id, self.job.fence, data, self.now()):
             self._rejected()
         self._checkpoint = data
 

@@ -56,7 +56,7 @@ class LeaseKeeper(threading.Thread):
     def run(self) -> None:
         threading.Thread(target=self._renew_loop, name=f"{self.name}-renewer",
                          daemon=True).start()
-        clock = self.worker.app.clock
+        clock = self.worker.runtime.clock
         while not self.stop_event.wait(TICK):
             try:
                 self.enforce(clock.monotonic())
@@ -64,13 +64,13 @@ class LeaseKeeper(threading.Thread):
                 log.exception("lease keeper tick failed")
 
     def _renew_loop(self) -> None:
-        clock = self.worker.app.clock
+        clock = self.worker.runtime.clock
         while not self.stop_event.wait(TICK):
             try:
                 mono = clock.monotonic()
                 if mono >= self._next_renew or self.renew_now.is_set():
                     self.renew_now.clear()
-                    self.renew(mono, leases=self.worker.app.settings.heartbeat)
+                    self.renew(mono, leases=self.worker.renews_leases)
             except Exception:  # the renewer must survive anything a tick throws
                 log.exception("lease renewal failed")
 
@@ -83,14 +83,14 @@ class LeaseKeeper(threading.Thread):
             targets = [r for r in targets if not r.finished and leases]
             if only is None:
                 self._next_renew = mono + self.interval
-            sent = worker.app.clock.monotonic()
-            now = worker.app.clock.now()
+            sent = worker.runtime.clock.monotonic()
+            now = worker.runtime.clock.now()
             try:
                 if only is None:
-                    worker.app.store.worker_heartbeat(worker.worker_id, now)
+                    worker.runtime.store.worker_heartbeat(worker.worker_id, now)
                 if not targets:
                     return False
-                answers = worker.app.store.lease_renew(
+                answers = worker.runtime.store.lease_renew(
                     worker.worker_id,
                     now,
                     worker.lease_ttl,
@@ -116,8 +116,8 @@ class LeaseKeeper(threading.Thread):
         for running in self.worker.running_jobs():
             if running.finished:
                 continue
-            if mono >= running.lease_deadline and self.worker.app.settings.heartbeat:
-                self.worker.app.events.emit(
+            if mono >= running.lease_deadline and self.worker.renews_leases:
+                self.worker.runtime.events.emit(
                     "lease.self_fenced", job_id=running.job.id, fence=running.job.fence
                 )
                 self.lose(running, "lease could not be renewed before its deadline")

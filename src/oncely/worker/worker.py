@@ -26,12 +26,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Protocol
 
-from oncely.app import App
+from oncely.controls import register_controls
 from oncely.errors import StoreError
-from oncely.queues import register_controls
+from oncely.runtime import Runtime
 from oncely.store.base import (
     ClaimResult,
     ErrorKind,
@@ -55,22 +56,50 @@ CLAIM_GATHER = 0.003  # seconds a busy worker waits for more free handler slots 
 MIN_LIMITED_WAIT = 0.002  # a rate window that opens "now" is re-tried after this, not at once
 
 
+class Service(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+# Builds the worker's maintenance (the App passes the supervisor of :mod:`oncely.maintenance`,
+# which sits above the worker: the worker only starts and stops what it is given).
+MaintenanceFactory = Callable[[Runtime, str], Service]
+
+
+class HasRuntime(Protocol):
+    @property
+    def runtime(self) -> Runtime: ...
+
+
 class Worker:
+    """One worker process's claim loop, handler threads, lease keeper and maintenance.
+
+    ``app.worker()`` builds one with the app's maintenance; ``Worker(app.runtime, …)`` (or
+    ``Worker(app, …)``) builds one from what it needs, running maintenance only when given a
+    ``maintenance`` factory."""
+
+    # The keeper renews every running job's lease and stops a job whose lease it cannot renew
+    # (self-fencing). A subclass may turn this off to show what a queue without heartbeats does
+    # (leases run out under running jobs, which keep running); no setting exposes it.
+    renews_leases = True
+
     def __init__(
         self,
-        app: App,
+        runtime: Runtime | HasRuntime,
         *,
         concurrency: int | None = None,
         queues: Sequence[str] | None = None,
         worker_id: str | None = None,
-        maintenance: bool = True,
+        maintenance: MaintenanceFactory | None = None,
     ) -> None:
-        self.app = app
-        self.concurrency = concurrency or app.settings.concurrency
+        if not isinstance(runtime, Runtime):
+            runtime = runtime.runtime
+        self.runtime = runtime
+        self.concurrency = concurrency or runtime.settings.concurrency
         self.queues = tuple(queues) if queues else None
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.lease_ttl = app.settings.lease_ttl
-        self.maintenance_enabled = maintenance
+        self.lease_ttl = runtime.settings.lease_ttl
+        self.maintenance = maintenance
         self._jobs: dict[int, Running] = {}
         self._lock = threading.Lock()
         self._inbox: queue.SimpleQueue[Running | None] = queue.SimpleQueue()
@@ -82,7 +111,7 @@ class Worker:
         self._keeper = LeaseKeeper(self)
         self._completer = Completer(self)
         self._threads: list[threading.Thread] = []
-        self._supervisor: object | None = None
+        self._supervisor: Service | None = None
         self._background: threading.Thread | None = None
 
     # public control ------------------------------------------------------------------------
@@ -127,7 +156,7 @@ class Worker:
 
     # start and stop ------------------------------------------------------------------------
     def _start(self) -> None:
-        app, now = self.app, self.app.clock.now()
+        app, now = self.runtime, self.runtime.clock.now()
         store = app.store  # opens and migrates; errors surface to the caller
         store.worker_register(
             WorkerInfo(self.worker_id, socket.gethostname(), os.getpid(), self.queues,
@@ -138,10 +167,8 @@ class Worker:
             self._spawn_handler()
         self._keeper.start()
         self._completer.start()
-        if self.maintenance_enabled:
-            from oncely.maintenance.supervisor import Supervisor
-
-            supervisor = Supervisor(app, self.worker_id)
+        if self.maintenance is not None:
+            supervisor = self.maintenance(self.runtime, self.worker_id)
             supervisor.start()
             self._supervisor = supervisor
         app.events.emit(
@@ -155,7 +182,7 @@ class Worker:
         thread.start()
 
     def _shutdown(self) -> None:
-        app = self.app
+        app = self.runtime
         app.events.emit("worker.stopping", worker_id=self.worker_id, running=len(self._jobs))
         deadline = time.monotonic() + app.settings.shutdown_grace
         while self._jobs and not self._forced.is_set() and time.monotonic() < deadline:
@@ -176,7 +203,7 @@ class Worker:
         for _ in self._threads:
             self._inbox.put(None)
         if self._supervisor is not None:
-            self._supervisor.stop()  # type: ignore[attr-defined]
+            self._supervisor.stop()
         self._keeper.stop_event.set()
         try:
             app.store.worker_deregister(self.worker_id)
@@ -188,17 +215,17 @@ class Worker:
     def _release(self, running: Running) -> None:
         if not running.claim_finish():
             return
-        now = self.app.clock.now()
+        now = self.runtime.clock.now()
         job = running.job
         note = "released by graceful shutdown of worker " + self.worker_id
         error = JobError(job.attempt, now, ErrorKind.SHUTDOWN, note)
         self._record(running, Outcome(JobState.RETRYABLE, error=error, retry_at=now,
                                       refund_attempt=True))
-        self.app.events.emit("job.released", job_id=job.id, task=job.task)
+        self.runtime.events.emit("job.released", job_id=job.id, task=job.task)
 
     # claiming ------------------------------------------------------------------------------
     def _claim_loop(self) -> None:
-        app, settings = self.app, self.app.settings
+        app, settings = self.runtime, self.runtime.settings
         backoff = 0.0
         backlog = False  # the last claim was full: more jobs are probably waiting
         batch = max(1, self.concurrency // 2)
@@ -236,23 +263,23 @@ class Worker:
     def _idle_wait(self, result: ClaimResult) -> float:
         """How long an empty claim waits for a wake-up: the poll interval, or less when a rate
         window that held jobs back opens sooner (wake-ups do not announce that)."""
-        poll = self.app.settings.poll_interval
+        poll = self.runtime.settings.poll_interval
         opens = earliest(result.waits)
         if opens is None:
             return poll
-        return min(poll, max(MIN_LIMITED_WAIT, (opens - self.app.clock.now()).total_seconds()))
+        return min(poll, max(MIN_LIMITED_WAIT, (opens - self.runtime.clock.now()).total_seconds()))
 
     def _dispatch(self, job: Job, claim_sent: float) -> None:
-        ctx = JobContext(self.app, job, self.worker_id)
+        ctx = JobContext(self.runtime, job, self.worker_id)
         deadline = claim_sent + self.lease_ttl - safety_margin(self.lease_ttl)
         running = Running(job, ctx, lease_deadline=deadline)
-        ctx.heartbeat_hook = lambda: self._keeper.renew(self.app.clock.monotonic(), running)
+        ctx.heartbeat_hook = lambda: self._keeper.renew(self.runtime.clock.monotonic(), running)
         with self._lock:
             self._jobs[job.id] = running
         wait = max(0.0, (job.started_at - job.run_at).total_seconds()) if job.started_at else 0.0
-        self.app.events.emit("job.claimed", job_id=job.id, task=job.task, fence=job.fence,
-                             attempt=job.attempt, worker_id=self.worker_id, queue=job.queue,
-                             wait=round(wait, 6))
+        self.runtime.events.emit("job.claimed", job_id=job.id, task=job.task, fence=job.fence,
+                                 attempt=job.attempt, worker_id=self.worker_id, queue=job.queue,
+                                 wait=round(wait, 6))
         self._inbox.put(running)
 
     # running -------------------------------------------------------------------------------
@@ -266,7 +293,7 @@ class Worker:
 
     def _execute(self, running: Running) -> bool:
         """Run one job; False when the thread was replaced meanwhile and should exit."""
-        app, job = self.app, running.job
+        app, job = self.runtime, running.job
         if running.finished:
             return True  # the lease was lost before the handler started
         task = app.tasks.get(job.task)
@@ -293,8 +320,8 @@ class Worker:
         """Called by the keeper: the handler ignored its timeout; record it and move on."""
         if not running.claim_finish():
             return
-        job, now = running.job, self.app.clock.now()
-        task = self.app.tasks.get(job.task)
+        job, now = running.job, self.runtime.clock.now()
+        task = self.runtime.tasks.get(job.task)
         message = f"timed out after {job.timeout:g}s and did not stop; abandoned"
         self._record(running, failure(task, job, now, ErrorKind.TIMEOUT, message, None))
         running.replaced = True
@@ -305,8 +332,8 @@ class Worker:
         if not running.claim_finish():
             return
         self._forget(running)
-        self.app.events.emit("lease.lost", job_id=running.job.id, fence=running.job.fence,
-                             reason=why)
+        self.runtime.events.emit("lease.lost", job_id=running.job.id, fence=running.job.fence,
+                                 reason=why)
         if running.started is not None:
             running.replaced = True
             self._spawn_handler()
@@ -317,7 +344,7 @@ class Worker:
     def recorded(self, running: Running, outcome: Outcome, applied: bool | None) -> None:
         """Called by the completer once the outcome was written (True), refused by the fence
         (False) or given up because the store stayed unreachable (None)."""
-        app, job = self.app, running.job
+        app, job = self.runtime, running.job
         self._forget(running)
         if applied is None:
             app.events.emit("job.unrecorded", job_id=job.id, task=job.task,
@@ -345,11 +372,11 @@ class Worker:
     def note_store_error(self, exc: StoreError) -> None:
         if self._store_down_since is None:
             self._store_down_since = time.monotonic()
-            self.app.events.emit("store.unavailable", worker_id=self.worker_id, error=str(exc))
+            self.runtime.events.emit("store.unavailable", worker_id=self.worker_id, error=str(exc))
 
     def note_store_ok(self) -> None:
         if self._store_down_since is not None:
             down = time.monotonic() - self._store_down_since
             self._store_down_since = None
-            self.app.events.emit("store.recovered", worker_id=self.worker_id,
-                                 down_seconds=round(down, 3))
+            self.runtime.events.emit("store.recovered", worker_id=self.worker_id,
+                                     down_seconds=round(down, 3))

@@ -30,8 +30,12 @@ replicas did when they created their queue object:
 * ``guarded`` — ``app.trigger(schedule)`` for both schedules: "run it now", once for the fleet;
 * ``unsafe`` — ``task.enqueue()`` for both tasks: one more immediate job per process start, with
   no unique key. The schedules also get the rest of the incident's configuration: overlap
-  ``allow``, no singleton, five attempts with exponential backoff from 5 s. The lease TTL and
-  ``ONCELY_HEARTBEAT=0`` (no renewal, no self-fencing) come from the environment.
+  ``allow``, no singleton, five attempts with exponential backoff from 5 s, and workers without
+  heartbeats (:class:`IncidentWorker`: leases never renewed, no self-fencing). The lease TTL
+  comes from the environment.
+
+These unsafe switches are the demo's own: task options and schedule definitions it rewrites, and
+a Worker subclass it gives the app (``app.worker_class``); the engine has no setting for them.
 """
 
 from __future__ import annotations
@@ -65,9 +69,17 @@ def mode_from_env() -> str:
     return mode
 
 
+class IncidentWorker(oncely.Worker):
+    """A worker of the incident's queue: it never renews a lease, so a run longer than the
+    lease is handed to another worker while it keeps running (and nothing stops it)."""
+
+    renews_leases = False
+
+
 def make_unsafe(app: oncely.App) -> None:
     """Give both billing schedules the incident's queue settings: overlap allowed, no mutual
-    exclusion, retries x5."""
+    exclusion, retries x5, no heartbeats."""
+    app.worker_class = IncidentWorker
     for name in SCHEDULES:
         spec = app.schedules[name]
         app.schedules[name] = dataclasses.replace(spec, overlap=oncely.Overlap.ALLOW)
@@ -104,7 +116,7 @@ def warm_up(app: oncely.App) -> None:
     runtime = metering_of(app)
     runtime.ensure_schema()
     now = app.clock.now()
-    stripe_store.ensure_schema(app.store, int(now.timestamp() * 1000))
+    stripe_store.ensure_schema(app, int(now.timestamp() * 1000))
     hour = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     runtime.source.usage_by_project(hour, hour + timedelta(hours=1), "hour")
     metering = getattr(app.tasks[STRIPE_TASK].fn, "__self__", None)

@@ -17,13 +17,11 @@ schedules' execution counts — the watchdog's and the report's — hold only th
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
 import oncely
-from oncely.maintenance.enqueuer import register_schedules
-from oncely.store.base import JobState
-from oncely.testing import run_job, wait_until, worker_running
 from oncely_billing import metering_of
 from oncely_billing.demo.plan import DEMO_STRIPE_KEY, STRIPE_RATE, Plan, scale_timeouts
 from oncely_billing.demo.stripe_stub import StripeStub
@@ -35,7 +33,8 @@ DECLARED_BEFORE = timedelta(hours=1)
 RAN_BEFORE = timedelta(minutes=30)
 RECOUNT_TASK = "sim.initial-recount"
 BILLING_TASK = "sim.initial-billing"
-FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+FINISHED = ("succeeded", "failed", "cancelled")
+NOTIFY_TIMEOUT = 120.0  # real seconds the recount's emails may take
 
 
 def run(plan: Plan, app: oncely.App, clock: oncely.FrozenClock) -> dict[str, Any]:
@@ -45,7 +44,7 @@ def run(plan: Plan, app: oncely.App, clock: oncely.FrozenClock) -> dict[str, Any
     try:
         settings = StripeSettings(api_key=DEMO_STRIPE_KEY, api_base=stub.url, rate=STRIPE_RATE)
         stripe = install_stripe_usage_metering(app, metering_of(app).source, settings=settings)
-        register_schedules(app)
+        app.register_schedules()
         scale_timeouts(app, plan.speed)  # the notification jobs the recount enqueues
         clock.set(plan.origin - RAN_BEFORE)
         recount = run_task(app, RECOUNT_TASK, lambda ctx: run_free_tier(
@@ -64,11 +63,11 @@ def run_task(app: oncely.App, name: str, body: Any) -> dict[str, Any]:
         return body(ctx)
 
     task = app.task(name=name, queue="sim")(handler)
-    outcome = run_job(task, lease_ttl=24 * 3600.0)
-    if outcome.state != JobState.SUCCEEDED:
-        error = outcome.job.errors[-1].message if outcome.job.errors else outcome.state
+    job = app.run_now(task, by="demo")  # under its lease, in this process
+    if job.state != oncely.JobState.SUCCEEDED:
+        error = job.errors[-1].message if job.errors else job.state
         raise oncely.OncelyError(f"{name} failed before the day started: {error}")
-    return dict(outcome.result or {})
+    return dict(job.result or {})
 
 
 def deliver_notifications(app: oncely.App) -> int:
@@ -76,12 +75,19 @@ def deliver_notifications(app: oncely.App) -> int:
     queue = metering_of(app).settings.notify_queue
 
     def waiting() -> int:
-        return sum(row.count for row in app.store.job_counts()
-                   if row.queue == queue and row.state not in FINISHED)
+        counts = app.read.job_counts().get(queue, {})
+        return sum(count for state, count in counts.items() if state not in FINISHED)
 
     pending = waiting()
     if pending:
-        with worker_running(app, concurrency=4, queues=[queue], maintenance=False):
-            wait_until(lambda: not waiting(), timeout=120, interval=0.02,
-                       message="the recount's notifications were sent")
+        worker = app.worker(concurrency=4, queues=[queue], maintenance=False).start()
+        try:
+            deadline = time.monotonic() + NOTIFY_TIMEOUT
+            while waiting():
+                if time.monotonic() > deadline:
+                    raise oncely.OncelyError("the recount's notifications were not sent within "
+                                             f"{NOTIFY_TIMEOUT:g} s")
+                time.sleep(0.02)
+        finally:
+            worker.stop(timeout=30)
     return pending

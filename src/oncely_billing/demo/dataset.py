@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import oncely
-from oncely_billing import build_app, seed
+from oncely_billing import build_app, db, seed
 from oncely_billing.demo import before
 from oncely_billing.demo.plan import HEAVY_FRACTION, Plan
 from oncely_billing.settings import SmtpSettings
@@ -180,13 +180,13 @@ def prepare_store(plan: Plan, data: Dataset, url: str, smtp: SmtpSettings,
 
 
 def keep_customers(app: oncely.App, keep: int) -> int:
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         conn.execute(TRIM_CUSTOMERS.format(keep=int(keep)))
         row = conn.execute(COUNT_CUSTOMERS).fetchone()
     return int(row[0])
 
 
 def install_write_log(app: oncely.App) -> None:
-    with app.store.transaction() as conn:
-        for statement in WRITE_LOG[app.store.dialect]:
+    with db.connection(app) as conn:
+        for statement in WRITE_LOG[app.dialect]:
             conn.execute(statement)

@@ -22,15 +22,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import oncely
-from oncely.schedules import ScheduleSpec, latest_slot, slots_between
-from oncely.store.base import JobFilter, JobState, SlotOutcome
-from oncely.store.observability import FENCE_REJECTED, LEASE_TAKEN_OVER, Execution
-from oncely_billing import THRESHOLDS_SCHEDULE
+from oncely_billing import THRESHOLDS_SCHEDULE, db
 from oncely_billing.demo.phase import PhaseRun
 from oncely_billing.demo.plan import Plan
 from oncely_billing.meter import SCHEDULE_NAME as STRIPE_SCHEDULE
 
 SCHEDULES = (THRESHOLDS_SCHEDULE, STRIPE_SCHEDULE)
+# Events the store records for the whole fleet (docs/events.md), read through app.read.
+FENCE_REJECTED, LEASE_TAKEN_OVER = "fence.rejected", "lease.taken_over"
 HOUR = timedelta(hours=1)
 WRITES_PER_HOUR = {
     "sqlite": "SELECT CAST(at / 3600 AS INTEGER), COUNT(*), COUNT(DISTINCT org_id) "
@@ -54,11 +53,11 @@ def hours_of(plan: Plan) -> list[datetime]:
 def measure(plan: Plan, run: PhaseRun) -> dict[str, Any]:
     app = oncely.App(run.url, clock=oncely.FrozenClock(plan.end))
     try:
-        store = app.store
-        events = store.event_counts(plan.origin - HOUR)
-        anomalies = store.anomaly_list(open_only=False, limit=1000)
-        failed = Counter(job.task for job in store.job_list(
-            JobFilter(state=JobState.FAILED, limit=100_000)))
+        read = app.read
+        events = read.fleet_event_counts(plan.origin - HOUR)
+        anomalies = read.anomalies(open_only=False, limit=1000)
+        failed = Counter(job.task for job in read.jobs(state=oncely.JobState.FAILED,
+                                                       limit=100_000))
         return {
             "schedules": {name: schedule_figures(app, plan, run, name) for name in SCHEDULES},
             "org_writes": org_writes(app, plan),
@@ -85,22 +84,21 @@ def anomaly_row(anomaly: Any) -> dict[str, Any]:
 
 
 def schedule_figures(app: oncely.App, plan: Plan, run: PhaseRun, name: str) -> dict[str, Any]:
-    store = app.store
-    row = store.schedule_get(name)
-    if row is None:
+    read = app.read
+    spec = read.schedule(name)
+    if spec is None:
         raise oncely.OncelyError(f"schedule {name!r} was never registered in the {run.config.name}"
                                  " phase: did the workers start? (see the logs)")
-    spec = ScheduleSpec.from_spec_dict(row.spec)
-    first = latest_slot(spec, plan.origin)
+    first = read.latest_slot(spec, plan.origin)
     assert first is not None
-    slots = [first, *slots_between(spec, first, plan.end)]
-    attempts = store.execution_list(task=spec.task, limit=1_000_000)
+    slots = [first, *read.slots(spec, first, plan.end)]
+    attempts = read.executions(task=spec.task, limit=1_000_000)
     cut = {e.id for e in attempts if e.worker_id in run.cut_workers
            and e.error_kind == "lease_expired"}
     released = {e.id for e in attempts if e.outcome == "released"}
     runs = [e for e in attempts if e.id not in cut and e.id not in released]
     per_slot = Counter(e.slot for e in runs if e.slot is not None)
-    ledger = {r.slot: r.outcome for r in store.ledger_list(name, limit=100_000)}
+    ledger = {r.slot: r.outcome for r in read.ledger(name, limit=100_000)}
     outcomes = Counter(str(ledger[slot]) for slot in slots if slot in ledger)
     span = (plan.origin - 2 * HOUR, plan.end + 2 * HOUR)
     return {
@@ -117,17 +115,17 @@ def schedule_figures(app: oncely.App, plan: Plan, run: PhaseRun, name: str) -> d
         "not_tied_to_a_slot": sum(1 for e in runs if e.slot is None),
         "max_runs_per_slot": max(per_slot.values(), default=0),
         "slots_run_more_than_once": sum(1 for count in per_slot.values() if count > 1),
-        "overlapping_starts": store.execution_overlaps(spec.task, *span),
-        "jobs": len(store.job_list(JobFilter(task=spec.task, limit=100_000))),
+        "overlapping_starts": read.execution_overlaps(spec.task, *span),
+        "jobs": len(read.jobs(task=spec.task, limit=100_000)),
         "ledger": dict(outcomes),
         "slots_missing_from_ledger": sum(1 for slot in slots if slot not in ledger),
         "slots_not_ran": [slot.isoformat() for slot in slots
-                          if ledger.get(slot) != SlotOutcome.RAN],
+                          if ledger.get(slot) != oncely.SlotOutcome.RAN],
         "per_hour": per_hour(plan, slots, runs),
     }
 
 
-def per_hour(plan: Plan, slots: list[datetime], runs: list[Execution]) -> list[dict[str, Any]]:
+def per_hour(plan: Plan, slots: list[datetime], runs: list[Any]) -> list[dict[str, Any]]:
     """Per clock hour: the slots it holds, and the runs of those slots (or, for a run tied to no
     slot, the runs that started in it)."""
     table: dict[datetime, dict[str, Any]] = {
@@ -145,8 +143,8 @@ def per_hour(plan: Plan, slots: list[datetime], runs: list[Execution]) -> list[d
 
 
 def org_writes(app: oncely.App, plan: Plan) -> dict[str, Any]:
-    sql = WRITES_PER_HOUR[app.store.dialect].format(since=float(plan.origin.timestamp()))
-    with app.store.transaction() as conn:
+    sql = WRITES_PER_HOUR[app.dialect].format(since=float(plan.origin.timestamp()))
+    with db.connection(app) as conn:
         rows = conn.execute(sql).fetchall()
     found = {int(hour): (int(writes), int(orgs)) for hour, writes, orgs in rows}
     table: list[dict[str, Any]] = []
@@ -170,12 +168,11 @@ def org_writes(app: oncely.App, plan: Plan) -> dict[str, Any]:
 def stripe_hours(app: oncely.App, plan: Plan, run: PhaseRun) -> dict[str, Any]:
     """Hours that fell due in the day (one per slot of the Stripe schedule after its start) and
     how many of them Stripe accepted events for."""
-    row = app.store.schedule_get(STRIPE_SCHEDULE)
+    spec = app.read.schedule(STRIPE_SCHEDULE)
     due: list[datetime] = []
-    if row is not None:
-        spec = ScheduleSpec.from_spec_dict(row.spec)
+    if spec is not None:
         due = [slot.replace(minute=0, second=0, microsecond=0) - HOUR  # due 65 min after
-               for slot in slots_between(spec, plan.origin, plan.end)]
+               for slot in app.read.slots(spec, plan.origin, plan.end)]
     billed = set(run.stripe.get("hours", []))
     return {
         "hours_due": len(due),
@@ -187,7 +184,7 @@ def stripe_hours(app: oncely.App, plan: Plan, run: PhaseRun) -> dict[str, Any]:
 
 def grouped(app: oncely.App, name: str) -> dict[str, int]:
     """A ``GROUP BY`` count from a metering table (empty if the table does not exist yet)."""
-    with contextlib.suppress(Exception), app.store.transaction() as conn:
+    with contextlib.suppress(Exception), db.connection(app) as conn:
         return {str(key): int(count) for key, count in conn.execute(GROUPED[name]).fetchall()}
     return {}
 

@@ -19,9 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import oncely
-from oncely.maintenance.watchdog import Watchdog
-from oncely.observe.doctor import examine
-from oncely.store.base import JobFilter, JobState
 from oncely_billing import THRESHOLDS_TASK
 from oncely_billing.demo.fleet import Fleet, Member, holds_write_lock, pid_of
 from oncely_billing.demo.plan import (
@@ -76,7 +73,7 @@ class Driver:
         self.run.notes.append(Note(self.clock.now().isoformat(timespec="seconds"), what))
 
     def running(self, task: str) -> list[oncely.Job]:
-        return self.monitor.store.job_list(JobFilter(state=JobState.RUNNING, task=task, limit=20))
+        return self.monitor.read.jobs(state=oncely.JobState.RUNNING, task=task, limit=20)
 
     def holder(self, tasks: tuple[str, ...]) -> tuple[oncely.Job, Member] | None:
         """A running job of one of ``tasks`` and the live worker running it."""
@@ -308,10 +305,10 @@ def final_checks(plan: Plan, run: PhaseRun) -> None:
     app = oncely.App(run.url, clock=oncely.FrozenClock(plan.end), settings=settings)
     config = watchdog_config(plan.sim(1.0), windows=(3600.0, plan.sim_seconds + 3600.0))
     try:
-        result = Watchdog(app, config).run_once()
+        result = app.run_watchdog(config)
         run.watchdog = [{"kind": str(f.kind), "summary": f.summary, "severity": f.severity,
                          "ratio": f.ratio, "advice": f.advice} for f in result.findings]
-        report = examine(app, config)
+        report = app.doctor(config)
         run.doctor = {"healthy": report.healthy,
                       "findings": [asdict(f) for f in report.findings
                                    if f.severity in ("problem", "warning")]}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import oncely
-from oncely.observe.diagnose import WatchdogConfig
+from oncely import WatchdogConfig
 
 # The simulated day starts just after a :35 slot, on a fixed date: the same seed gives the same
 # dataset and the same day, run after run.
@@ -176,7 +176,6 @@ class PhaseConfig:
             "ONCELY_SIM_MODE": self.name,
             "ONCELY_SIM_SCALE": f"{plan.sim(1.0):g}",
             "ONCELY_LEASE_TTL": f"{self.lease_ttl:g}",
-            "ONCELY_HEARTBEAT": "1" if self.heartbeat else "0",
             "ONCELY_LEADER_TTL": f"{plan.sim(LEADER_TTL_REAL):g}",
             "ONCELY_MAINTENANCE_INTERVAL": f"{plan.sim(MAINTENANCE_REAL):g}",
             "ONCELY_WATCHDOG_INTERVAL": f"{plan.sim(WATCHDOG_REAL):g}",

@@ -8,12 +8,12 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
 from rich.table import Table
 
 import oncely
-from oncely.readmodel import mask_url
 from oncely_billing.demo.dataset import Dataset, Prepared
 from oncely_billing.demo.phase import PhaseRun
 from oncely_billing.demo.plan import STRIPE_RATE, STRIPE_RATE_DEFAULT, Plan
@@ -22,6 +22,15 @@ PHASES = ("unsafe", "guarded")
 TITLES = {"unsafe": "unsafe (incident config)", "guarded": "guarded (oncely defaults)"}
 SCHEDULE_TITLES = {"free-tier-thresholds": "free-tier job (:35)",
                    "metering-stripe-usage": "Stripe job (:05)"}
+
+
+def masked(url: str) -> str:
+    """The phase's store URL without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def summary(plan: Plan, dataset: Dataset, prepared: dict[str, Prepared],
@@ -34,7 +43,7 @@ def summary(plan: Plan, dataset: Dataset, prepared: dict[str, Prepared],
         run = runs[name]
         phases[name] = {
             "config": run.config.describe(plan),
-            "store": mask_url(run.url),
+            "store": masked(run.url),
             "real_seconds": round(run.real_seconds, 1),
             "worker_starts": run.worker_starts,
             "timeline": [{"at": note.at, "what": note.what} for note in run.notes],
