@@ -23,8 +23,8 @@ from oncely.observe.diagnose import WatchdogConfig
 from oncely.queues import Keep, Retention
 from oncely.retry import Retry
 from oncely.schedules import ScheduleSpec
-from oncely.store.base import Job, JobState, Overlap, SlotOutcome
 from oncely.tasks import JobHandle, Task
+from oncely.types import Job, JobState, Overlap, SlotOutcome
 from oncely.worker import JobContext, Worker
 
 __version__ = "0.1.0"

@@ -36,9 +36,10 @@ from oncely.retry import NO_RETRY, Retry
 from oncely.runtime import Runtime
 from oncely.schedules import ScheduleSpec
 from oncely.store import open_store
-from oncely.store.base import Overlap, Store
+from oncely.store.base import Store
 from oncely.tasks import JobHandle, Task, TaskOptions, check_name
 from oncely.transaction import Transaction
+from oncely.types import Overlap
 from oncely.worker import Worker
 
 log = logging.getLogger("oncely")

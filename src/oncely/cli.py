@@ -33,7 +33,8 @@ from oncely.cli_plugins import PluginGroup
 from oncely.config import DEFAULT_DATABASE_URL, Settings
 from oncely.errors import ArgsNotJSON, ConfigError, OncelyError
 from oncely.observe.events import log_subscriber
-from oncely.store.base import JobFilter, JobState
+from oncely.store.base import JobFilter
+from oncely.types import JobState
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -32,8 +32,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from oncely.errors import ConfigError
-from oncely.store.base import JobState
 from oncely.store.limits import ControlKind, ControlUpsert
+from oncely.types import JobState
 
 if TYPE_CHECKING:
     from oncely.config import Settings

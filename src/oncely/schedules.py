@@ -56,7 +56,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from oncely.cron import check_cron, cron_instants, cron_period
 from oncely.errors import ArgsNotJSON, InvalidSchedule
-from oncely.store.base import Overlap
+from oncely.types import Overlap
 
 CatchUp = Literal["none", "latest", "all"]
 DstPolicy = Literal["skip", "shift"]

@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 from oncely.errors import ArgsNotJSON, ConfigError
 from oncely.queues import Rate
 from oncely.retry import NO_RETRY, Retry
-from oncely.store.base import Job, JobInsert, JobState, Overlap
+from oncely.store.base import JobInsert
 from oncely.store.limits import concurrency_key
+from oncely.types import Job, JobState, Overlap
 
 if TYPE_CHECKING:
     from oncely.app import App

@@ -21,8 +21,9 @@ from typing import Any
 
 from oncely.app import App
 from oncely.clock import FrozenClock
-from oncely.store.base import Job, JobClaimParams, JobFilter, JobState
+from oncely.store.base import JobClaimParams, JobFilter
 from oncely.tasks import Task
+from oncely.types import Job, JobState
 from oncely.worker.context import JobContext
 from oncely.worker.execute import Outcome, outcome_of
 from oncely.worker.worker import Worker

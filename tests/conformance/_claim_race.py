@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Any
 
 from oncely.store import open_store
-from oncely.store.base import JobClaimParams, JobFinish, JobState
+from oncely.store.base import JobClaimParams, JobFinish
+from oncely.types import JobState
 
 
 def claim_until_empty(url: str, worker_id: str, now_iso: str, barrier: Any, results: Any) -> None:

@@ -22,18 +22,14 @@ from oncely.clock import FrozenClock
 from oncely.store import open_store
 from oncely.store.base import (
     ClaimResult,
-    ErrorKind,
-    Job,
     JobClaimParams,
-    JobError,
     JobFinish,
     JobInsert,
-    JobState,
-    Overlap,
     SlotEnqueue,
     SlotResult,
     Store,
 )
+from oncely.types import ErrorKind, Job, JobError, JobState, Overlap
 
 POSTGRES_ENV = "ONCELY_TEST_POSTGRES_URL"
 START = "2026-03-02T09:00:00+00:00"

@@ -7,14 +7,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from oncely.errors import ConfigError, NotFound
-from oncely.store.base import (
-    ErrorKind,
-    JobClaimParams,
-    JobFinish,
-    JobInsert,
-    JobState,
-    LeaseRenewal,
-)
+from oncely.store.base import JobClaimParams, JobFinish, JobInsert, LeaseRenewal
+from oncely.types import ErrorKind, JobState
 
 if TYPE_CHECKING:
     from conftest import Kit

@@ -8,17 +8,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from oncely.errors import FenceRejected
-from oncely.store.base import (
-    WAITING_STATES,
-    ErrorKind,
-    JobFilter,
-    JobFinish,
-    JobInsert,
-    JobState,
-    LeaseRenewal,
-    Overlap,
-    SlotOutcome,
-)
+from oncely.store.base import JobFilter, JobFinish, JobInsert, LeaseRenewal
+from oncely.types import WAITING_STATES, ErrorKind, JobState, Overlap, SlotOutcome
 
 if TYPE_CHECKING:
     from conftest import Kit

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from oncely.store.base import ErrorKind, JobState, SlotEnqueue, SlotOutcome
+from oncely.store.base import SlotEnqueue
 from oncely.store.observability import (
     FENCE_REJECTED,
     LEASE_TAKEN_OVER,
@@ -17,6 +17,7 @@ from oncely.store.observability import (
     ExecutionWindow,
     FleetEventInsert,
 )
+from oncely.types import ErrorKind, JobState, SlotOutcome
 
 if TYPE_CHECKING:
     from conftest import Kit

@@ -13,14 +13,12 @@ from oncely.store.base import (
     JobFilter,
     JobFinish,
     JobInsert,
-    JobState,
-    Overlap,
     PruneParams,
     RetryFailed,
-    SlotOutcome,
     UpsertOutcome,
 )
 from oncely.store.limits import ControlKind, ControlUpsert, Gate, WaitReason
+from oncely.types import JobState, Overlap, SlotOutcome
 
 if TYPE_CHECKING:
     from conftest import Kit

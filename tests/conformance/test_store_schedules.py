@@ -11,14 +11,13 @@ from oncely.store.base import (
     LEADER_LEASE_KEY,
     JobFilter,
     JobInsert,
-    JobState,
     PruneParams,
     ScheduleUpsert,
     SlotEnqueue,
-    SlotOutcome,
     UpsertOutcome,
     WorkerInfo,
 )
+from oncely.types import JobState, SlotOutcome
 
 if TYPE_CHECKING:
     from conftest import Kit

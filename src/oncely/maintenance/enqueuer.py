@@ -21,7 +21,8 @@ from datetime import datetime, timedelta
 
 from oncely.runtime import Runtime
 from oncely.schedules import ScheduleSpec, jitter_for, plan_slots
-from oncely.store.base import ScheduleUpsert, SlotEnqueue, SlotOutcome, UpsertOutcome
+from oncely.store.base import ScheduleUpsert, SlotEnqueue, UpsertOutcome
+from oncely.types import SlotOutcome
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from oncely.runtime import Runtime
-from oncely.store.base import ErrorKind, JobFinish, JobState
+from oncely.store.base import JobFinish
+from oncely.types import ErrorKind, JobState
 from oncely.worker.execute import failure
 
 

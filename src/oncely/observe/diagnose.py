@@ -33,8 +33,9 @@ from typing import Any
 from oncely.errors import InvalidSchedule
 from oncely.observe.fmt import plural, span, window_phrase
 from oncely.schedules import ScheduleSpec, expected_count, period_hint
-from oncely.store.base import JobFilter, JobState, ScheduleRow, SlotOutcome, Store
+from oncely.store.base import JobFilter, ScheduleRow, Store
 from oncely.store.observability import AnomalyKind, AnomalyRaise, ExecutionWindow
+from oncely.types import JobState, SlotOutcome
 
 HOUR = 3600.0
 MAX_WINDOW = 7 * 86400.0

@@ -39,7 +39,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from oncely import readmodel
-from oncely.store.base import JobState, Store
+from oncely.store.base import Store
+from oncely.types import JobState
 
 WINDOW = 3600.0
 WINDOW_LABEL = "1h"

@@ -29,31 +29,22 @@ from typing import Any
 
 import psycopg
 
+from oncely import lifecycle
 from oncely.store import _pg_controls as controls
 from oncely.store._pg_jobs import Row, errors_json, execute, fetch, fetch_one, to_job
 from oncely.store.base import (
     LEADER_LEASE_KEY,
     ClaimResult,
-    ErrorKind,
-    Job,
     JobClaimParams,
-    JobError,
     JobFinish,
-    JobState,
     LeaderState,
     LeaseRenewal,
     LeaseRow,
     RenewResult,
-    SlotOutcome,
 )
 from oncely.store.rows import dump_json, lease_from_row, utc
+from oncely.types import ErrorKind, Job, JobError, JobState
 
-_FINISH_TARGETS = (JobState.SUCCEEDED, JobState.RETRYABLE, JobState.FAILED, JobState.CANCELLED)
-_SLOT_OUTCOME = {
-    JobState.SUCCEEDED: SlotOutcome.RAN,
-    JobState.FAILED: SlotOutcome.FAILED,
-    JobState.CANCELLED: SlotOutcome.FAILED,
-}
 _MIN_SCAN = 32  # singleton candidates looked at per claim, at least
 
 
@@ -221,8 +212,7 @@ def _skip(
         return []
     errors = []
     for row, holder in victims:
-        by = "another job" if holder is None else f"job {holder}"
-        note = f"skipped: {by} still holds singleton key {row['singleton_key']!r} (overlap=skip)"
+        note = lifecycle.skipped_note(row["singleton_key"], holder)
         error = JobError(attempt=0, at=now, kind=ErrorKind.CANCELLED, message=note)
         errors.append(errors_json(error))
     values = {"now": now, "job_ids": [int(row["id"]) for row, _ in victims], "errors": errors}
@@ -234,7 +224,7 @@ def _skip(
 
 def finish_job(conn: psycopg.Connection[Any], params: JobFinish) -> bool:
     """Apply a fenced transition out of ``running``; False when the fence is not current."""
-    if params.state not in _FINISH_TARGETS:
+    if params.state not in lifecycle.FINISH_TARGETS:
         raise ValueError(f"a running job cannot finish as {params.state!r}")
     now = utc(params.now)
     target = fetch_one(
@@ -260,7 +250,7 @@ def finish_job(conn: psycopg.Connection[Any], params: JobFinish) -> bool:
     retry_at = None
     if params.state == JobState.RETRYABLE:
         retry_at = now if params.retry_at is None else utc(params.retry_at)
-    outcome = _SLOT_OUTCOME.get(params.state)
+    outcome = lifecycle.slot_outcome(params.state)
     values = {
         "job_id": params.job_id,
         "fence": params.fence,
@@ -272,7 +262,7 @@ def finish_job(conn: psycopg.Connection[Any], params: JobFinish) -> bool:
         "run_at": retry_at,
         "refund": params.refund_attempt,
         "outcome": None if outcome is None else str(outcome),
-        "note": _ledger_note(params),
+        "note": lifecycle.finish_note(params.state, params.error),
     }
     return bool(fetch(conn, "job_finish", values))
 
@@ -316,14 +306,6 @@ def finish_jobs(
         done = finish_plain(conn, [p for p in batch if is_plain_success(p)])
     return [params.job_id in done or finish_job(conn, params) for params in batch]
 
-
-def _ledger_note(params: JobFinish) -> str | None:
-    message = None if params.error is None else params.error.message
-    if params.state == JobState.CANCELLED:
-        return f"cancelled: {message}" if message else "cancelled"
-    if params.state == JobState.FAILED:
-        return message
-    return None
 
 
 # leases -----------------------------------------------------------------------------------------

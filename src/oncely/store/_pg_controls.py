@@ -22,14 +22,7 @@ import psycopg
 
 from oncely.errors import ConfigError
 from oncely.store._pg_jobs import Row, execute, fetch, fetch_one, retry_job
-from oncely.store.base import (
-    Job,
-    JobClaimParams,
-    JobState,
-    RetryFailed,
-    RetryFailedResult,
-    UpsertOutcome,
-)
+from oncely.store.base import JobClaimParams, RetryFailed, RetryFailedResult, UpsertOutcome
 from oncely.store.limits import (
     Control,
     ControlKind,
@@ -41,6 +34,7 @@ from oncely.store.limits import (
     usage_request,
 )
 from oncely.store.rows import dump_json, utc
+from oncely.types import Job, JobState
 
 _MAX_PAGES = 4  # candidate pages one claim reads for its limited jobs, at most
 

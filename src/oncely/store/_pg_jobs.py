@@ -16,24 +16,19 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from oncely import lifecycle
 from oncely.errors import ConfigError, NotFound, StoreError
 from oncely.store._pg_engine import Q
 from oncely.store.base import (
-    FINISHED_STATES,
-    ErrorKind,
-    Job,
-    JobError,
     JobFilter,
     JobInsert,
     JobInsertResult,
-    JobState,
-    Overlap,
     PruneParams,
     QueueCount,
-    SlotOutcome,
     iter_chunks,
 )
 from oncely.store.rows import dump_error, dump_json, job_from_row, utc
+from oncely.types import FINISHED_STATES, ErrorKind, Job, JobError, JobState, Overlap, SlotOutcome
 
 Row = dict[str, Any]
 INSERT_CHUNK = 5000  # rows per INSERT statement of job_insert_many
@@ -296,7 +291,7 @@ def cancel_job(conn: psycopg.Connection[Any], job_id: int, now: datetime, reason
     if row is None:
         return job
     cancelled = to_job(row)
-    set_slot_outcome(conn, cancelled, SlotOutcome.FAILED, f"cancelled: {reason}", now)
+    set_slot_outcome(conn, cancelled, SlotOutcome.FAILED, lifecycle.cancelled_note(reason), now)
     return cancelled
 
 
@@ -307,10 +302,7 @@ def retry_job(conn: psycopg.Connection[Any], job_id: int, now: datetime) -> Job:
     if job.state == JobState.AVAILABLE:
         return job
     if job.state in (JobState.RUNNING, JobState.SUCCEEDED):
-        raise ConfigError(
-            f"job {job_id} is {job.state}; only failed, cancelled, retryable or scheduled jobs "
-            "can be retried"
-        )
+        raise ConfigError(lifecycle.retry_refusal(job_id, job.state))
     try:
         row = fetch_one(conn, "job_retry", {"id": job_id, "now": now})
     except psycopg.errors.UniqueViolation:
@@ -322,7 +314,7 @@ def retry_job(conn: psycopg.Connection[Any], job_id: int, now: datetime) -> Job:
         return job
     retried = to_job(row)
     if job.state in FINISHED_STATES:
-        set_slot_outcome(conn, retried, SlotOutcome.ENQUEUED, "retried by hand", now)
+        set_slot_outcome(conn, retried, SlotOutcome.ENQUEUED, lifecycle.RETRIED_BY_HAND, now)
     return retried
 
 

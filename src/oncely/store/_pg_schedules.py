@@ -10,13 +10,13 @@ from typing import Any
 
 import psycopg
 
+from oncely import lifecycle
 from oncely.errors import StoreError
 from oncely.store._pg_jobs import execute, fetch, fetch_one, insert_job
 from oncely.store.base import (
     ScheduleRow,
     ScheduleUpsert,
     SlotEnqueue,
-    SlotOutcome,
     SlotRecord,
     SlotResult,
     UpsertOutcome,
@@ -24,6 +24,7 @@ from oncely.store.base import (
     WorkerRow,
 )
 from oncely.store.rows import dump_json, schedule_from_row, slot_from_row, utc, worker_from_row
+from oncely.types import SlotOutcome
 
 
 def upsert_schedule(conn: psycopg.Connection[Any], params: ScheduleUpsert) -> UpsertOutcome:
@@ -98,7 +99,7 @@ def enqueue_slot(conn: psycopg.Connection[Any], params: SlotEnqueue) -> SlotResu
         execute(conn, "slot_link_job", {**key, **link, "now": now})
         return SlotResult(created=True, job_id=result.job.id)
     # The job's unique key is taken by an unfinished job: this slot merges into that run.
-    note = f"coalesced into job {result.job.id} (unique key {params.job.unique_key!r})"
+    note = lifecycle.coalesced_note(result.job.id, params.job.unique_key)
     link = {"job_id": None, "outcome": str(SlotOutcome.COALESCED), "note": note}
     execute(conn, "slot_link_job", {**key, **link, "now": now})
     return SlotResult(created=True, job_id=None)

@@ -16,34 +16,23 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from oncely import lifecycle
 from oncely.errors import StoreError
 from oncely.store import _sqlite_controls as controls
 from oncely.store._sqlite_jobs import Q, fetch_one, set_ledger_outcome, set_slot_outcome, to_job
 from oncely.store.base import (
     LEADER_LEASE_KEY,
     ClaimResult,
-    ErrorKind,
-    Job,
     JobClaimParams,
-    JobError,
     JobFinish,
-    JobState,
     LeaderState,
     LeaseRenewal,
     LeaseRow,
-    Overlap,
     RenewResult,
-    SlotOutcome,
 )
 from oncely.store.limits import Gate
 from oncely.store.rows import as_datetime, dump_error, dump_json, lease_from_row, to_epoch
-
-_FINISH_TARGETS = (JobState.SUCCEEDED, JobState.RETRYABLE, JobState.FAILED, JobState.CANCELLED)
-_SLOT_OUTCOME = {
-    JobState.SUCCEEDED: SlotOutcome.RAN,
-    JobState.FAILED: SlotOutcome.FAILED,
-    JobState.CANCELLED: SlotOutcome.FAILED,
-}
+from oncely.types import ErrorKind, Job, JobError, JobState, Overlap, SlotOutcome
 
 
 @dataclass
@@ -194,8 +183,7 @@ def _start_plain(conn: sqlite3.Connection, claim: _Claim, job_ids: list[int]) ->
 
 def _skip(conn: sqlite3.Connection, claim: _Claim, job_id: int, key: str) -> Job:
     holder = claim.held.get(key)
-    by = f"job {holder}" if holder is not None else "another job"
-    note = f"skipped: {by} still holds singleton key {key!r} (overlap=skip)"
+    note = lifecycle.skipped_note(key, holder)
     error = JobError(attempt=0, at=claim.params.now, kind=ErrorKind.CANCELLED, message=note)
     row = fetch_one(
         conn, "job_skip_overlap", {"id": job_id, "now": claim.now, "error": dump_error(error)}
@@ -209,7 +197,7 @@ def _skip(conn: sqlite3.Connection, claim: _Claim, job_id: int, key: str) -> Job
 
 def finish_job(conn: sqlite3.Connection, params: JobFinish) -> bool:
     """Apply a fenced transition out of ``running``; False when the fence is not current."""
-    if params.state not in _FINISH_TARGETS:
+    if params.state not in lifecycle.FINISH_TARGETS:
         raise ValueError(f"a running job cannot finish as {params.state!r}")
     now = to_epoch(params.now)
     target = fetch_one(
@@ -242,7 +230,7 @@ def finish_job(conn: sqlite3.Connection, params: JobFinish) -> bool:
     )
     if target["singleton_key"] is not None:
         conn.execute(Q["lease_release"], {"key": target["singleton_key"], "fence": params.fence})
-    outcome = _SLOT_OUTCOME.get(params.state)
+    outcome = lifecycle.slot_outcome(params.state)
     if outcome is not None and target["schedule"] is not None:
         set_ledger_outcome(
             conn,
@@ -250,19 +238,11 @@ def finish_job(conn: sqlite3.Connection, params: JobFinish) -> bool:
             target["slot"],
             params.job_id,
             outcome,
-            _ledger_note(params),
+            lifecycle.finish_note(params.state, params.error),
             now,
         )
     return True
 
-
-def _ledger_note(params: JobFinish) -> str | None:
-    message = None if params.error is None else params.error.message
-    if params.state == JobState.CANCELLED:
-        return f"cancelled: {message}" if message else "cancelled"
-    if params.state == JobState.FAILED:
-        return message
-    return None
 
 
 def renew_leases(

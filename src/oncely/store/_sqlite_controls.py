@@ -15,14 +15,7 @@ from datetime import datetime
 
 from oncely.errors import ConfigError
 from oncely.store._sqlite_jobs import Q, fetch_one, retry_job
-from oncely.store.base import (
-    Job,
-    JobClaimParams,
-    JobState,
-    RetryFailed,
-    RetryFailedResult,
-    UpsertOutcome,
-)
+from oncely.store.base import JobClaimParams, RetryFailed, RetryFailedResult, UpsertOutcome
 from oncely.store.limits import (
     Control,
     ControlKind,
@@ -34,6 +27,7 @@ from oncely.store.limits import (
     usage_request,
 )
 from oncely.store.rows import as_datetime, dump_json, load_json, to_epoch
+from oncely.types import Job, JobState
 
 
 def to_control(row: sqlite3.Row) -> Control:

@@ -11,21 +11,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from oncely import lifecycle
 from oncely.errors import ConfigError, NotFound, StoreError
-from oncely.store.base import (
-    FINISHED_STATES,
-    ErrorKind,
-    Job,
-    JobError,
-    JobFilter,
-    JobInsert,
-    JobInsertResult,
-    JobState,
-    Overlap,
-    PruneParams,
-    QueueCount,
-    SlotOutcome,
-)
+from oncely.store.base import JobFilter, JobInsert, JobInsertResult, PruneParams, QueueCount
 from oncely.store.rows import (
     as_datetime,
     as_required_datetime,
@@ -36,6 +24,7 @@ from oncely.store.rows import (
     to_epoch_or_none,
 )
 from oncely.store.sqlfiles import load_queries
+from oncely.types import FINISHED_STATES, ErrorKind, Job, JobError, JobState, Overlap, SlotOutcome
 
 Q = load_queries("sqlite")
 
@@ -203,7 +192,7 @@ def cancel_job(conn: sqlite3.Connection, job_id: int, now: datetime, reason: str
     if row is None:
         return job
     cancelled = to_job(row)
-    set_slot_outcome(conn, cancelled, SlotOutcome.FAILED, f"cancelled: {reason}", now_ts)
+    set_slot_outcome(conn, cancelled, SlotOutcome.FAILED, lifecycle.cancelled_note(reason), now_ts)
     return cancelled
 
 
@@ -213,10 +202,7 @@ def retry_job(conn: sqlite3.Connection, job_id: int, now: datetime) -> Job:
     if job.state == JobState.AVAILABLE:
         return job
     if job.state in (JobState.RUNNING, JobState.SUCCEEDED):
-        raise ConfigError(
-            f"job {job_id} is {job.state}; only failed, cancelled, retryable or scheduled jobs "
-            "can be retried"
-        )
+        raise ConfigError(lifecycle.retry_refusal(job_id, job.state))
     now_ts = to_epoch(now)
     try:
         row = fetch_one(conn, "job_retry", {"id": job_id, "now": now_ts})
@@ -229,7 +215,7 @@ def retry_job(conn: sqlite3.Connection, job_id: int, now: datetime) -> Job:
         return job
     retried = to_job(row)
     if job.state in FINISHED_STATES:
-        set_slot_outcome(conn, retried, SlotOutcome.ENQUEUED, "retried by hand", now_ts)
+        set_slot_outcome(conn, retried, SlotOutcome.ENQUEUED, lifecycle.RETRIED_BY_HAND, now_ts)
     return retried
 
 

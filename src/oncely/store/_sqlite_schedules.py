@@ -8,12 +8,12 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
+from oncely import lifecycle
 from oncely.store._sqlite_jobs import Q, fetch_one, insert_job
 from oncely.store.base import (
     ScheduleRow,
     ScheduleUpsert,
     SlotEnqueue,
-    SlotOutcome,
     SlotRecord,
     SlotResult,
     UpsertOutcome,
@@ -28,6 +28,7 @@ from oncely.store.rows import (
     to_epoch_or_none,
     worker_from_row,
 )
+from oncely.types import SlotOutcome
 
 
 def upsert_schedule(conn: sqlite3.Connection, params: ScheduleUpsert) -> UpsertOutcome:
@@ -96,7 +97,7 @@ def enqueue_slot(conn: sqlite3.Connection, params: SlotEnqueue) -> SlotResult:
         conn.execute(Q["slot_link_job"], {**key, **link, "now": now})
         return SlotResult(created=True, job_id=result.job.id)
     # The job's unique key is taken by an unfinished job: this slot merges into that run.
-    note = f"coalesced into job {result.job.id} (unique key {params.job.unique_key!r})"
+    note = lifecycle.coalesced_note(result.job.id, params.job.unique_key)
     link = {"job_id": None, "outcome": str(SlotOutcome.COALESCED), "note": note}
     conn.execute(Q["slot_link_job"], {**key, **link, "now": now})
     return SlotResult(created=True, job_id=None)

@@ -37,13 +37,11 @@ from oncely.store._pg_engine import Conn, Engine, Q, parse_url
 from oncely.store._pg_listen import Listener
 from oncely.store.base import (
     ClaimResult,
-    Job,
     JobClaimParams,
     JobFilter,
     JobFinish,
     JobInsert,
     JobInsertResult,
-    JobState,
     LeaderState,
     LeaseRenewal,
     LeaseRow,
@@ -76,6 +74,7 @@ from oncely.store.observability import (
     LedgerCount,
     WaitingGroup,
 )
+from oncely.types import Job, JobState
 
 DIALECT = "postgresql"
 MIGRATIONS = "postgres"  # the folder name under store/migrations

@@ -13,18 +13,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from oncely.errors import ArgsNotJSON
-from oncely.store.base import (
-    ErrorKind,
-    Job,
-    JobError,
-    JobState,
-    LeaseRow,
-    Overlap,
-    ScheduleRow,
-    SlotOutcome,
-    SlotRecord,
-    WorkerRow,
-)
+from oncely.store.base import LeaseRow, ScheduleRow, SlotRecord, WorkerRow
+from oncely.types import ErrorKind, Job, JobError, JobState, Overlap, SlotOutcome
 
 
 class RowLike(Protocol):

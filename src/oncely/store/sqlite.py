@@ -26,13 +26,11 @@ from oncely.store import _sqlite_schedules as schedules
 from oncely.store._sqlite_engine import BUSY_BUDGET, Engine, parse_url, split_script
 from oncely.store.base import (
     ClaimResult,
-    Job,
     JobClaimParams,
     JobFilter,
     JobFinish,
     JobInsert,
     JobInsertResult,
-    JobState,
     LeaderState,
     LeaseRenewal,
     LeaseRow,
@@ -65,6 +63,7 @@ from oncely.store.observability import (
     LedgerCount,
     WaitingGroup,
 )
+from oncely.types import Job, JobState
 
 DIALECT = "sqlite"
 Q = jobs.Q

@@ -18,7 +18,8 @@ from starlette.routing import Route
 
 from oncely import readmodel
 from oncely.errors import ConfigError, NotFound
-from oncely.store.base import JobFilter, JobState
+from oncely.store.base import JobFilter
+from oncely.types import JobState
 from oncely.web.context import Dashboard, dashboard
 
 Handler = Callable[[Dashboard, Request], Any]

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from oncely import readmodel
 from oncely.errors import ConfigError, NotFound, OncelyError
 from oncely.observe.fmt import ratio, span
-from oncely.store.base import JobState
+from oncely.types import JobState
 from oncely.web.api import job_filter
 from oncely.web.auth import SESSION_COOKIE
 from oncely.web.charts import timeline_svg

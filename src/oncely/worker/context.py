@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from oncely.errors import Cancel, FenceRejected
-from oncely.store.base import ErrorKind, Job
+from oncely.types import ErrorKind, Job
 
 if TYPE_CHECKING:
     from oncely.app import App

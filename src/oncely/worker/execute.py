@@ -28,8 +28,9 @@ from typing import Any
 
 from oncely.errors import Cancel, FenceRejected
 from oncely.retry import Retry
-from oncely.store.base import ErrorKind, Job, JobError, JobFinish, JobState
+from oncely.store.base import JobFinish
 from oncely.tasks import Task
+from oncely.types import ErrorKind, Job, JobError, JobState
 from oncely.worker.context import JobContext
 
 

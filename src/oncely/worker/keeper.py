@@ -24,7 +24,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from oncely.errors import StoreError
-from oncely.store.base import ErrorKind, LeaseRenewal
+from oncely.store.base import LeaseRenewal
+from oncely.types import ErrorKind
 
 if TYPE_CHECKING:
     from oncely.worker.running import Running

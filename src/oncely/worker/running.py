@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from oncely.store.base import Job
+from oncely.types import Job
 from oncely.worker.context import JobContext
 
 
