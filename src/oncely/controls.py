@@ -9,7 +9,7 @@ from datetime import datetime
 from oncely.queues import hash_document
 from oncely.runtime import Runtime
 from oncely.store.base import RetryFailed, UpsertOutcome
-from oncely.store.limits import ControlKind, ControlUpsert
+from oncely.store.controls import ControlKind, ControlUpsert
 from oncely.tasks import Task
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from oncely.observe.events import EventBus
     from oncely.runtime import Runtime
     from oncely.store.base import Store
-    from oncely.store.limits import Control
+    from oncely.store.controls import Control
 
 
 class Operations:

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from oncely.errors import ConfigError
-from oncely.store.limits import ControlKind, ControlUpsert
+from oncely.store.controls import ControlKind, ControlUpsert
 from oncely.types import JobState
 
 if TYPE_CHECKING:

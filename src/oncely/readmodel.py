@@ -14,7 +14,7 @@ from oncely.observe import diagnose
 from oncely.observe.notify import anomaly_to_dict
 from oncely.schedules import ScheduleSpec, expected_count, next_slot, period_hint
 from oncely.store.base import LEADER_LEASE_KEY, JobFilter, Store
-from oncely.store.limits import ControlKind, Gate, LimitWait, scope_of
+from oncely.store.controls import ControlKind, Gate, LimitWait, scope_of
 from oncely.store.observability import FENCE_REJECTED, LEASE_TAKEN_OVER, ExecutionWindow
 from oncely.types import WAITING_STATES, Job, JobState
 

@@ -37,7 +37,7 @@ from oncely.errors import ArgsNotJSON, ConfigError
 from oncely.queues import Rate
 from oncely.retry import NO_RETRY, Retry
 from oncely.store.base import JobInsert
-from oncely.store.limits import concurrency_key
+from oncely.store.controls import concurrency_key
 from oncely.types import Job, JobState, Overlap
 
 if TYPE_CHECKING:

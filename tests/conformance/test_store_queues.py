@@ -17,7 +17,7 @@ from oncely.store.base import (
     RetryFailed,
     UpsertOutcome,
 )
-from oncely.store.limits import ControlKind, ControlUpsert, Gate, WaitReason
+from oncely.store.controls import ControlKind, ControlUpsert, Gate, WaitReason
 from oncely.types import JobState, Overlap, SlotOutcome
 
 if TYPE_CHECKING:

@@ -266,7 +266,7 @@ def _waiting_for_advisory_lock(store: PostgresStore) -> bool:
 
 @pytest.mark.parametrize("path", ["one-statement", "full"])
 def test_a_pause_committed_while_a_claim_waits_holds_that_claim(open_store, path) -> None:
-    from oncely.store import _pg_claim
+    from oncely.store.postgres import claim as _pg_claim
 
     store = open_store()
     observer = open_store(schema=store.schema)

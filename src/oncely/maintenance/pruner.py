@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from oncely.queues import Keep, default_retention, retention_for
 from oncely.runtime import Runtime
 from oncely.store.base import PruneParams
-from oncely.store.limits import ControlKind
+from oncely.store.controls import ControlKind
 from oncely.types import JobState
 
 

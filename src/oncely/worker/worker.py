@@ -34,7 +34,7 @@ from oncely.controls import register_controls
 from oncely.errors import StoreError
 from oncely.runtime import Runtime
 from oncely.store.base import ClaimResult, JobClaimParams, WorkerInfo
-from oncely.store.limits import earliest
+from oncely.store.controls import earliest
 from oncely.types import ErrorKind, Job, JobError, JobState
 from oncely.worker.completer import Completer
 from oncely.worker.context import JobContext

@@ -1,0 +1,1 @@
+"""Store operations written once against a :class:`~oncely.store.dialect.Dialect`."""

@@ -1,0 +1,234 @@
+"""The frozen dataclasses that go in and out of the storage seam
+(:class:`~oncely.store.base.Store`): one parameter object per operation that needs more than a few
+values, one row type per thing it lists. :mod:`oncely.store.base` names them all; import them
+from there.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from oncely import sql
+from oncely.store.controls import LimitWait
+from oncely.types import Job, JobError, JobState, Overlap, SlotOutcome
+
+
+@dataclass(frozen=True)
+class JobInsert:
+    """One job to enqueue. ``run_at`` None means now; args must already be JSON-safe."""
+
+    task: str
+    queue: str = "default"
+    args: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    run_at: datetime | None = None
+    max_attempts: int = 1
+    unique_key: str | None = None
+    singleton_key: str | None = None
+    overlap: Overlap = Overlap.SKIP
+    timeout: float | None = None
+    concurrency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class JobInsertResult:
+    job: Job
+    created: bool  # False: an unfinished job with the same unique_key already existed
+
+
+@dataclass(frozen=True)
+class JobClaimParams:
+    worker_id: str
+    now: datetime
+    limit: int
+    lease_ttl: float
+    queues: tuple[str, ...] | None = None  # None: every queue
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    jobs: list[Job]
+    skipped_overlap: list[Job] = field(default_factory=list)
+    # scopes whose controls held due jobs back in this claim (see "Queue controls")
+    waits: list[LimitWait] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JobFinish:
+    """A fenced transition out of ``running``.
+
+    ``state`` is the target: succeeded, retryable (needs ``retry_at``), failed or cancelled.
+    ``refund_attempt`` (graceful release) gives the attempt back. ``require_expired_lease``
+    (the rescuer) applies the transition only if the lease is still expired at ``now``.
+    """
+
+    job_id: int
+    fence: int
+    now: datetime
+    state: JobState
+    result: Any = None
+    error: JobError | None = None
+    retry_at: datetime | None = None
+    refund_attempt: bool = False
+    require_expired_lease: bool = False
+
+
+@dataclass(frozen=True)
+class LeaseRenewal:
+    job_id: int
+    fence: int
+
+
+@dataclass(frozen=True)
+class RenewResult:
+    renewed: bool
+    cancel_requested: bool = False
+    lease_expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    state: JobState | None = None
+    queue: str | None = None
+    task: str | None = None
+    schedule: str | None = None
+    limit: int = 50
+    before_id: int | None = None  # keyset pagination: newest first, ids below this one
+
+
+@dataclass(frozen=True)
+class QueueCount:
+    queue: str
+    state: JobState
+    count: int
+
+
+@dataclass(frozen=True)
+class PruneParams:
+    state: JobState  # a finished state
+    finished_before: datetime | None = None  # delete finished before this instant
+    keep_last: int | None = None  # ...but always keep the newest N of this state
+    queue: str | None = None
+    limit: int = 1000  # rows per call: pruning works in batches
+
+
+@dataclass(frozen=True)
+class RetryFailed:
+    """One batch of dead letters to bring back: failed jobs (of ``queue``/``task`` when given)
+    with ids above ``after_id``, oldest first."""
+
+    now: datetime
+    queue: str | None = None
+    task: str | None = None
+    after_id: int = 0
+    limit: int = 500
+
+
+@dataclass(frozen=True)
+class RetryFailedResult:
+    retried: list[Job]
+    # left failed: another unfinished job holds their unique key
+    conflicts: list[int] = field(default_factory=list)
+    last_id: int | None = None  # the highest id this batch looked at (None: nothing left)
+
+
+@dataclass(frozen=True)
+class ScheduleUpsert:
+    name: str
+    task: str
+    spec: dict[str, Any]  # the schedule's full definition, JSON-safe
+    spec_hash: str
+    now: datetime
+
+
+class UpsertOutcome(enum.StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class ScheduleRow:
+    name: str
+    task: str
+    spec: dict[str, Any]
+    spec_hash: str
+    cursor: datetime | None  # the newest slot the enqueuer has dealt with
+    created_at: datetime
+    updated_at: datetime
+    declared_at: datetime  # last time a worker registered it
+
+
+@dataclass(frozen=True)
+class SlotEnqueue:
+    """Record one slot. With ``job`` set: ledger row ``enqueued`` plus its job; otherwise a ledger
+    row with ``outcome`` (missed, coalesced, skipped_overlap) and no job."""
+
+    schedule: str
+    slot: datetime
+    now: datetime
+    job: JobInsert | None = None
+    outcome: SlotOutcome = SlotOutcome.ENQUEUED
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class SlotResult:
+    created: bool  # False: the slot had been recorded already (by anyone)
+    job_id: int | None
+
+
+@dataclass(frozen=True)
+class SlotRecord:
+    schedule: str
+    slot: datetime
+    outcome: SlotOutcome
+    job_id: int | None
+    recorded_at: datetime
+    updated_at: datetime
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class LeaderState:
+    leader_id: str | None
+    term: int
+    expires_at: datetime | None
+    is_leader: bool
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    key: str
+    fence: int
+    owner: str | None
+    job_id: int | None
+    acquired_at: datetime | None
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    worker_id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...] | None
+    concurrency: int
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    worker_id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...] | None
+    concurrency: int
+    started_at: datetime
+    last_seen_at: datetime
+
+
+MigrateResult = sql.MigrateResult

@@ -1,0 +1,102 @@
+"""The SQLite dialect: the :class:`~oncely.store.dialect.Dialect` over one
+:class:`~oncely.store.sqlite.engine.Engine`.
+
+Instants are epoch seconds (``REAL``), JSON columns text, list parameters JSON text read with
+``json_each``. There are no row locks: every write is one ``BEGIN IMMEDIATE`` transaction that
+holds SQLite's single write lock until it commits, so a ``…_for_update`` query is the plain read
+and the controls and migrations need no lock of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from oncely import sql
+from oncely.store.dialect import Dialect, Params, queries_of
+from oncely.store.rows import dump_error, job_from_row, to_epoch
+from oncely.store.sqlite.engine import Engine
+from oncely.types import Job, JobError
+
+T = TypeVar("T")
+
+PACKAGE = "oncely.store.sqlite"
+QUERIES = queries_of(PACKAGE)
+
+
+def fetch(conn: sqlite3.Connection, name: str, params: Params | None = None) -> list[sqlite3.Row]:
+    # fetchall: a half-read RETURNING statement would stay open and block COMMIT.
+    return conn.execute(QUERIES[name], params or {}).fetchall()
+
+
+def fetch_one(conn: sqlite3.Connection, name: str, params: Params | None = None) -> Any:
+    rows = fetch(conn, name, params)
+    return rows[0] if rows else None
+
+
+def to_job(row: sqlite3.Row) -> Job:
+    return job_from_row(row, json_text=True)
+
+
+class SQLiteDialect(Dialect):
+    name = "sqlite"
+    package = PACKAGE
+    json_text = True
+    unique_violation = sqlite3.IntegrityError
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+
+    # transactions ------------------------------------------------------------------------------
+
+    def write(self, work: Callable[[Any], T]) -> T:
+        return self.engine.write(work)
+
+    def read(self, work: Callable[[Any], T]) -> T:
+        return self.engine.read(work)
+
+    def joined(self, conn: Any, work: Callable[[Any], T]) -> T:
+        with self.engine.joined(conn):
+            return work(conn)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        with self.engine.transaction() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # codec and SQL -------------------------------------------------------------------------------
+
+    def instant(self, value: datetime) -> float:
+        return to_epoch(value)
+
+    def array(self, values: Sequence[Any]) -> str:
+        return json.dumps(list(values))
+
+    def error_param(self, error: JobError | None) -> str | None:
+        return dump_error(error)  # one object, appended with json_insert
+
+    def fetch(self, conn: Any, name: str, params: Params | None = None) -> list[Any]:
+        return fetch(conn, name, params)
+
+    def execute(self, conn: Any, name: str, params: Params | None = None) -> int:
+        return int(conn.execute(QUERIES[name], params or {}).rowcount)
+
+    # locks and migrations ------------------------------------------------------------------------
+
+    def lock(self, conn: Any) -> None:
+        """Nothing to take: the write lock held since ``BEGIN IMMEDIATE`` serialises migrators."""
+
+    def lock_controls(self, conn: Any) -> None:
+        """Nothing to take: the write lock held since ``BEGIN IMMEDIATE`` excludes every claim."""
+
+    def run(self, conn: Any, script: str) -> None:
+        for statement in sql.split_statements(script):
+            conn.execute(statement)

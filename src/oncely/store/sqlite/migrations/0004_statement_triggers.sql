@@ -1,0 +1,6 @@
+-- oncely schema, version 4 (SQLite): no change.
+-- Every dialect numbers its migrations alike, so one version means the same step everywhere and
+-- a database records which steps it has. Version 4 replaced PostgreSQL's per-row execution
+-- triggers with statement triggers (transition tables); SQLite has no statement triggers, and its
+-- row triggers (version 2) cost no extra round trip in an embedded database, so they stay.
+-- SQLite databases migrated by oncely 0.1 stopped at version 3 and take this step as a no-op.

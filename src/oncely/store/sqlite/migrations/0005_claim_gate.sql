@@ -1,0 +1,6 @@
+-- oncely schema, version 5 (SQLite): no change.
+-- Version 5 added PostgreSQL's one-statement claim gate (a function that takes the shared
+-- controls lock before the claim reads the controls). A SQLite claim holds the database's write
+-- lock for its whole transaction, which already orders it after every pause and limit change, so
+-- there is nothing to add. SQLite databases migrated by oncely 0.1 stopped at version 3 and take
+-- this step as a no-op.

@@ -1,0 +1,115 @@
+-- Claiming and finishing jobs. Both run inside one BEGIN IMMEDIATE transaction.
+
+-- name: job_claim_candidates
+-- Due waiting jobs in claim order, a page at a time: ids and sort keys only, so the scan stays
+-- on the oncely_jobs_claim index. The keyset continues after the last row of the previous page.
+-- The index leads with queue, so the queues that have waiting jobs are found first by a loose
+-- index scan; SQLite then reads each queue in index order instead of sorting every waiting job.
+WITH RECURSIVE waiting(queue) AS (
+    SELECT MIN(queue) FROM oncely_jobs
+    WHERE state IN ('scheduled', 'available', 'retryable')
+    UNION ALL
+    SELECT (SELECT MIN(queue) FROM oncely_jobs
+            WHERE state IN ('scheduled', 'available', 'retryable') AND queue > waiting.queue)
+    FROM waiting WHERE waiting.queue IS NOT NULL
+)
+SELECT id, priority, run_at FROM oncely_jobs
+WHERE state IN ('scheduled', 'available', 'retryable')
+  AND queue IN (SELECT queue FROM waiting)
+  AND run_at <= :now
+  AND (:after_id IS NULL
+       OR (-priority, run_at, id) > (-:after_priority, :after_run_at, :after_id))
+ORDER BY priority DESC, run_at, id
+LIMIT :page;
+
+-- name: job_claim_candidates_in_queues
+SELECT id, priority, run_at FROM oncely_jobs
+WHERE state IN ('scheduled', 'available', 'retryable')
+  AND queue IN (SELECT value FROM json_each(:queues))
+  AND run_at <= :now
+  AND (:after_id IS NULL
+       OR (-priority, run_at, id) > (-:after_priority, :after_run_at, :after_id))
+ORDER BY priority DESC, run_at, id
+LIMIT :page;
+
+-- name: job_claim_candidates_limited
+-- The scan when controls apply: only the queues that have room (:queues), leaving out the tasks
+-- and concurrency keys that have none.
+SELECT id, priority, run_at FROM oncely_jobs
+WHERE state IN ('scheduled', 'available', 'retryable')
+  AND queue IN (SELECT value FROM json_each(:queues))
+  AND run_at <= :now
+  AND task NOT IN (SELECT value FROM json_each(:blocked_tasks))
+  AND (concurrency_key IS NULL
+       OR concurrency_key NOT IN (SELECT value FROM json_each(:blocked_keys)))
+  AND (:after_id IS NULL
+       OR (-priority, run_at, id) > (-:after_priority, :after_run_at, :after_id))
+ORDER BY priority DESC, run_at, id
+LIMIT :page;
+
+-- name: job_get_waiting_queues
+-- Queues with waiting jobs, by a loose scan of the claim index (for job_claim_candidates_limited
+-- over every queue: an explicit list keeps its scan on the index, a NOT IN over queues does not).
+WITH RECURSIVE waiting(queue) AS (
+    SELECT MIN(queue) FROM oncely_jobs
+    WHERE state IN ('scheduled', 'available', 'retryable')
+    UNION ALL
+    SELECT (SELECT MIN(queue) FROM oncely_jobs
+            WHERE state IN ('scheduled', 'available', 'retryable') AND queue > waiting.queue)
+    FROM waiting WHERE waiting.queue IS NOT NULL
+)
+SELECT queue FROM waiting WHERE queue IS NOT NULL;
+
+-- name: job_claim_details
+SELECT id, queue, task, concurrency_key, singleton_key, overlap, schedule, slot, attempt
+FROM oncely_jobs
+WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- name: job_claim_start
+-- :fence is the singleton key's new fence, or NULL to advance the job's own.
+UPDATE oncely_jobs
+SET state = 'running', attempt = attempt + 1, lease_owner = :owner,
+    lease_expires_at = :lease_expires_at, fence = COALESCE(:fence, fence + 1), started_at = :now
+WHERE id = :id
+RETURNING *;
+
+-- name: job_claim_start_many
+-- Jobs without a singleton key, started together: each advances its own fence.
+UPDATE oncely_jobs
+SET state = 'running', attempt = attempt + 1, lease_owner = :owner,
+    lease_expires_at = :lease_expires_at, fence = fence + 1, started_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids))
+RETURNING *;
+
+-- name: job_skip_overlap
+UPDATE oncely_jobs
+SET state = 'cancelled', finished_at = :now,
+    errors = json_insert(errors, '$[#]', json(:error))
+WHERE id = :id
+RETURNING *;
+
+-- name: job_finish_target
+-- The job a finish may touch. A rescue (:require_expired) re-checks expiry and the job's own
+-- fence only: once an expired key lease was granted to another job, the old holder must still be
+-- rescuable, or it would stay running forever.
+SELECT id, singleton_key, schedule, slot FROM oncely_jobs AS j
+WHERE j.id = :job_id AND j.state = 'running' AND j.fence = :fence
+  AND CASE WHEN :require_expired
+           THEN j.lease_expires_at <= :now
+           ELSE j.singleton_key IS NULL OR EXISTS (
+                SELECT 1 FROM oncely_leases AS l
+                WHERE l.key = j.singleton_key AND l.fence = :fence)
+      END;
+
+-- name: job_finish
+UPDATE oncely_jobs
+SET state = :state,
+    finished_at = :finished_at,
+    result = :result,
+    errors = CASE WHEN :error IS NULL THEN errors
+                  ELSE json_insert(errors, '$[#]', json(:error)) END,
+    run_at = COALESCE(:run_at, run_at),
+    attempt = CASE WHEN :refund THEN MAX(attempt - 1, 0) ELSE attempt END,
+    lease_owner = NULL,
+    lease_expires_at = NULL
+WHERE id = :job_id;
