@@ -2,8 +2,10 @@
 
 SQL lives in ``sql/<dialect>/*.sql``: files named ``NNNN_description.sql`` are migrations (see
 :mod:`oncely_billing.migrations`); every other file holds blocks that start with a
-``-- name: <query_name>`` line and run to the next one. Dialects: ``sqlite`` and ``postgres`` for
-the job store (chosen by ``app.dialect``), ``duckdb`` and ``clickhouse`` for usage sources.
+``-- name: <query_name>`` line and run to the next one. Both are read by :mod:`oncely.sql`, the
+engine's public loader, so the two packages parse SQL files one way. Dialects: ``sqlite`` and
+``postgres`` for the job store (chosen by ``app.dialect``), ``duckdb`` and ``clickhouse`` for
+usage sources.
 
 Conventions shared by both job-store dialects, so Python code never branches on the dialect:
 
@@ -18,17 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from functools import cache
-from importlib import resources
 from typing import Any
 
 import oncely
+import oncely.sql
 
-_NAME = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
-_MIGRATION = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 EPOCH_DAY0 = date(1970, 1, 1)
 
 
@@ -46,52 +45,20 @@ def sql_dialect(app: oncely.App) -> str:
     return "postgres" if dialect.startswith("postgres") else "sqlite"
 
 
-def parse_queries(text: str) -> dict[str, str]:
-    queries: dict[str, str] = {}
-    matches = list(_NAME.finditer(text))
-    for index, match in enumerate(matches):
-        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
-        name = match.group(1)
-        if name in queries:
-            raise ValueError(f"query {name!r} is defined twice")
-        queries[name] = text[match.end() : end].strip()
-    return queries
+@cache
+def queries(dialect: str) -> oncely.sql.Queries:
+    """The named queries of ``sql/<dialect>/`` (migration files left out)."""
+    return oncely.sql.load_queries("oncely_billing", f"sql/{dialect}")
 
 
 @cache
-def queries(dialect: str) -> dict[str, str]:
-    found: dict[str, str] = {}
-    folder = resources.files("oncely_billing").joinpath("sql", dialect)
-    for entry in sorted(folder.iterdir(), key=lambda item: item.name):
-        if not entry.name.endswith(".sql") or _MIGRATION.match(entry.name):
-            continue
-        for name, body in parse_queries(entry.read_text(encoding="utf-8")).items():
-            if name in found:
-                raise ValueError(f"metering query {name!r} is defined in two {dialect} files")
-            found[name] = body
-    return found
-
-
-@cache
-def migration_files(dialect: str) -> tuple[tuple[int, str, str], ...]:
-    """(version, name, script) of every migration of ``dialect``, numbered 1..N."""
-    folder = resources.files("oncely_billing").joinpath("sql", dialect)
-    found = []
-    for entry in folder.iterdir():
-        match = _MIGRATION.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), match.group(2), entry.read_text("utf-8")))
-    found.sort()
-    if [item[0] for item in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"metering {dialect} migrations are not numbered 1..N")
-    return tuple(found)
+def migration_files(dialect: str) -> tuple[oncely.sql.Migration, ...]:
+    """Every migration of ``dialect``, numbered 1..N."""
+    return oncely.sql.load_migrations("oncely_billing", f"sql/{dialect}")
 
 
 def q(dialect: str, name: str) -> str:
-    try:
-        return queries(dialect)[name]
-    except KeyError:
-        raise KeyError(f"no metering query {name!r} for dialect {dialect!r}") from None
+    return queries(dialect)[name]
 
 
 def run(conn: Any, dialect: str, name: str, params: Mapping[str, Any] | None = None) -> Any:

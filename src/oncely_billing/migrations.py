@@ -9,26 +9,59 @@ several processes apply each version once.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import oncely
+import oncely.sql
 from oncely_billing import db
 
 # apps whose store (by URL) this process migrated already
+T = TypeVar("T")
+
 _migrated: weakref.WeakKeyDictionary[oncely.App, str] = weakref.WeakKeyDictionary()
 _migrated_lock = threading.Lock()
 
 
+MeteringMigrateResult = oncely.sql.MigrateResult
+
+
 @dataclass(frozen=True)
-class MeteringMigrateResult:
-    from_version: int
-    to_version: int
-    applied: tuple[str, ...]
+class _Ledger:
+    """The metering's record of applied versions (:class:`oncely.sql.MigrationLedger`), kept
+    with the dialect's named queries."""
+
+    dialect: str
+
+    def lock(self, conn: Any) -> None:
+        db.run(conn, self.dialect, "migrate_lock")
+
+    def prepare(self, conn: Any) -> None:
+        db.run(conn, self.dialect, "migrations_table_create")
+
+    def version(self, conn: Any) -> int:
+        row = db.fetch_one(conn, self.dialect, "migrations_current_version")
+        return int(row[0]) if row else 0
+
+    def run(self, conn: Any, script: str) -> None:
+        for statement in split_statements(script, self.dialect):
+            conn.execute(statement)
+
+    def record(self, conn: Any, migration: oncely.sql.Migration) -> None:
+        params = {"version": migration.version, "name": migration.name, "now": time.time()}
+        db.run(conn, self.dialect, "migration_record", params)
+
+
+def _in_transaction(app: oncely.App) -> Callable[[Callable[[Any], T]], T]:
+    def run(work: Callable[[Any], T]) -> T:
+        with db.connection(app) as conn:
+            return work(conn)
+
+    return run
 
 
 def latest_version(dialect: str) -> int:
@@ -36,31 +69,22 @@ def latest_version(dialect: str) -> int:
 
 
 def current_version(app: oncely.App) -> int:
-    dialect = db.sql_dialect(app)
-    with db.connection(app) as conn:
-        db.run(conn, dialect, "migrate_lock")  # concurrent CREATE IF NOT EXISTS can collide
-        db.run(conn, dialect, "migrations_table_create")
-        row = db.fetch_one(conn, dialect, "migrations_current_version")
-    return int(row[0]) if row else 0
+    ledger = _Ledger(db.sql_dialect(app))
+
+    def current(conn: Any) -> int:
+        ledger.lock(conn)  # concurrent CREATE IF NOT EXISTS can collide
+        ledger.prepare(conn)
+        return ledger.version(conn)
+
+    return _in_transaction(app)(current)
 
 
 def migrate(app: oncely.App) -> MeteringMigrateResult:
     """Apply the missing metering migrations; refuse a schema newer than this code."""
     dialect = db.sql_dialect(app)
-    before = current_version(app)
-    latest = latest_version(dialect)
-    if before > latest:
-        raise oncely.SchemaMismatch(
-            f"the metering schema is version {before}, newer than this oncely ({latest}); "
-            "upgrade oncely"
-        )
-    applied: list[str] = []
-    for version, name, script in db.migration_files(dialect):
-        if version <= before:
-            continue
-        if _apply(app, dialect, version, name, script):
-            applied.append(f"{version:04d}_{name}")
-    return MeteringMigrateResult(before, current_version(app), tuple(applied))
+    return oncely.sql.migrate(
+        _in_transaction(app), _Ledger(dialect), db.migration_files(dialect), "the metering schema"
+    )
 
 
 def ensure_schema(app: oncely.App) -> None:
@@ -73,38 +97,12 @@ def ensure_schema(app: oncely.App) -> None:
             _migrated[app] = app.url
 
 
-def _apply(app: oncely.App, dialect: str, version: int, name: str, script: str) -> bool:
-    with db.connection(app) as conn:
-        db.run(conn, dialect, "migrate_lock")
-        row = db.fetch_one(conn, dialect, "migrations_current_version")
-        if row and int(row[0]) >= version:
-            return False  # another process applied it while we waited for the lock
-        for statement in split_statements(script, dialect):
-            conn.execute(statement)
-        params = {"version": version, "name": name, "now": time.time()}
-        db.run(conn, dialect, "migration_record", params)
-    return True
-
-
 def split_statements(script: str, dialect: str) -> list[str]:
-    """The statements of a script, to run one by one inside our own transaction."""
+    """The statements of a script, to run one by one inside our own transaction (PostgreSQL
+    takes a whole script in one call)."""
     if dialect != "sqlite":
         return [script]
-    statements: list[str] = []
-    start = 0
-    for index, char in enumerate(script):
-        if char == ";" and sqlite3.complete_statement(script[start : index + 1]):
-            statement = script[start : index + 1].strip()
-            if _has_code(statement):
-                statements.append(statement)
-            start = index + 1
-    if _has_code(script[start:]):
-        statements.append(script[start:].strip())
-    return statements
-
-
-def _has_code(text: str) -> bool:
-    return any(line.strip() and not line.strip().startswith("--") for line in text.splitlines())
+    return oncely.sql.split_statements(script)
 
 
 def run_script(conn: Any, dialect: str, name: str) -> None:
