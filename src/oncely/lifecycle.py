@@ -44,6 +44,7 @@ __all__ = [
     "RetryAction",
     "cancel_action",
     "cancelled_note",
+    "check_finish_target",
     "coalesced_note",
     "finish_note",
     "retry_action",
@@ -102,6 +103,12 @@ SLOT_OUTCOME: Mapping[JobState, SlotOutcome] = {
 }
 
 RETRIED_BY_HAND = "retried by hand"
+
+
+def check_finish_target(state: JobState) -> None:
+    """Refuse (ValueError: a programming error) a fenced finish to a state not in the table."""
+    if state not in FINISH_TARGETS:
+        raise ValueError(f"a running job cannot finish as {state!r}")
 
 
 def slot_outcome(state: JobState) -> SlotOutcome | None:

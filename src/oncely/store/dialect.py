@@ -125,10 +125,10 @@ class Dialect(ABC):
         self.execute(conn, "migrations_create_table")
 
     def version(self, conn: Any) -> int:
-        exists = self.fetch_one(conn, "migrations_table_exists")
+        exists = self.fetch_one(conn, "migrations_check_table")
         if exists is None or not exists["present"]:
             return 0
-        row = self.fetch_one(conn, "migrations_current_version")
+        row = self.fetch_one(conn, "migrations_get_version")
         return 0 if row is None else int(row["version"])
 
     @abstractmethod

@@ -1,6 +1,6 @@
 """Queue controls, written once for every dialect: declarations, pause and listing. What a claim
-does with them (its gate, usage and rate-ring log) is the dialect's own (``sqlite/gate.py``,
-``postgres/gate.py``); the rules are in :mod:`oncely.store.base` ("Queue controls") and the
+does with them (its gate, usage and rate-ring log) is the dialect's own (``sqlite/controls.py``,
+``postgres/controls.py``); the rules are in :mod:`oncely.store.base` ("Queue controls") and the
 arithmetic in :mod:`oncely.store.controls`.
 """
 

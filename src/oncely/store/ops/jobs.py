@@ -18,6 +18,7 @@ from oncely.errors import ConfigError, NotFound, StoreError
 from oncely.lifecycle import CancelAction, RetryAction
 from oncely.store.base import (
     JobFilter,
+    JobFinish,
     JobInsert,
     JobInsertResult,
     PruneParams,
@@ -142,13 +143,24 @@ def list_jobs(d: Dialect, conn: Any, flt: JobFilter) -> list[Job]:
 def count_jobs(d: Dialect, conn: Any) -> list[QueueCount]:
     return [
         QueueCount(queue=row["queue"], state=JobState(row["state"]), count=int(row["count"]))
-        for row in d.fetch(conn, "job_counts")
+        for row in d.fetch(conn, "job_count_by_state")
     ]
 
 
 def get_expired_jobs(d: Dialect, conn: Any, now: datetime, limit: int) -> list[Job]:
     rows = d.fetch(conn, "job_get_expired", {"now": d.instant(now), "limit": limit})
     return [to_job(d, row) for row in rows]
+
+
+def finish_target_values(params: JobFinish, now: Any) -> dict[str, Any]:
+    """The parameters of ``job_get_finish_target``, which finds the job a fenced finish may move
+    (running under that fence; for the rescuer, with its lease still expired at ``now``)."""
+    return {
+        "job_id": params.job_id,
+        "fence": params.fence,
+        "now": now,
+        "require_expired": params.require_expired_lease,
+    }
 
 
 # the slot ledger --------------------------------------------------------------------------------
@@ -267,7 +279,7 @@ def retry_failed(d: Dialect, conn: Any, params: RetryFailed) -> RetryFailedResul
 
 def fence_live(d: Dialect, conn: Any, job_id: int, fence: int, now: datetime) -> bool:
     params = {"job_id": job_id, "fence": fence, "now": d.instant(now)}
-    return d.fetch_one(conn, "job_fence_live", params) is not None
+    return d.fetch_one(conn, "job_check_fence", params) is not None
 
 
 def checkpoint_job(

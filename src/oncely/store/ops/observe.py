@@ -41,12 +41,12 @@ def execution_counts(d: Dialect, conn: Any, window: ExecutionWindow) -> list[Exe
         "task": window.task,
         "bucket": window.bucket_seconds,
     }
-    return [execution_count_from_row(row) for row in d.fetch(conn, "execution_counts", values)]
+    return [execution_count_from_row(row) for row in d.fetch(conn, "execution_count", values)]
 
 
 def execution_overlaps(d: Dialect, conn: Any, task: str, since: datetime, until: datetime) -> int:
     values = {"task": task, "since": d.instant(since), "until": d.instant(until)}
-    row = d.fetch_one(conn, "execution_overlaps", values)
+    row = d.fetch_one(conn, "execution_count_overlaps", values)
     return 0 if row is None else int(row["overlaps"])
 
 
@@ -58,18 +58,19 @@ def execution_list(
 
 
 def execution_durations(d: Dialect, conn: Any, task: str, limit: int) -> list[float]:
-    rows = d.fetch(conn, "execution_durations", {"task": task, "limit": limit})
+    rows = d.fetch(conn, "execution_list_durations", {"task": task, "limit": limit})
     return [max(0.0, float(row["seconds"])) for row in rows]
 
 
 def ledger_counts(d: Dialect, conn: Any, since: datetime, until: datetime, schedule: str | None
 ) -> list[LedgerCount]:
     values = {"since": d.instant(since), "until": d.instant(until), "schedule": schedule}
-    return [ledger_count_from_row(row) for row in d.fetch(conn, "ledger_counts", values)]
+    return [ledger_count_from_row(row) for row in d.fetch(conn, "ledger_count", values)]
 
 
 def job_waiting(d: Dialect, conn: Any, now: datetime) -> list[WaitingGroup]:
-    return [waiting_from_row(row) for row in d.fetch(conn, "job_waiting", {"now": d.instant(now)})]
+    rows = d.fetch(conn, "job_count_waiting", {"now": d.instant(now)})
+    return [waiting_from_row(row) for row in rows]
 
 
 def event_record(d: Dialect, conn: Any, params: FleetEventInsert) -> None:
@@ -85,7 +86,7 @@ def event_record(d: Dialect, conn: Any, params: FleetEventInsert) -> None:
 
 
 def event_counts(d: Dialect, conn: Any, since: datetime) -> dict[str, int]:
-    rows = d.fetch(conn, "event_counts", {"since": d.instant(since)})
+    rows = d.fetch(conn, "event_count_by_name", {"since": d.instant(since)})
     return {row["name"]: int(row["count"]) for row in rows}
 
 

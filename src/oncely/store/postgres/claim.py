@@ -13,7 +13,7 @@ A claim is one transaction of at most four statements, none of which waits for a
    start their jobs with the new fences, in one statement;
 4. skip: cancel the skipped jobs and mark their slots ``skipped_overlap``.
 
-With queue controls (``gate.py``) the claim first reads them under the shared controls
+With queue controls (``controls.py``) the claim first reads them under the shared controls
 lock. When some apply, it locks their rows, admits the limited jobs through its gate in claim
 order, and lets those rank among the singleton grants ("ahead" of plain jobs) so the claim as a
 whole still follows priority order; the statements above then leave limited scopes out. Its
@@ -39,7 +39,8 @@ from oncely.store.base import (
     LeaseRenewal,
     RenewResult,
 )
-from oncely.store.postgres import gate as controls
+from oncely.store.ops.jobs import finish_target_values
+from oncely.store.postgres import controls
 from oncely.store.postgres.dialect import Row, errors_json, fetch, fetch_one, to_job
 from oncely.store.rows import dump_json, lease_from_row, utc
 from oncely.types import ErrorKind, Job, JobError, JobState
@@ -115,7 +116,7 @@ def _plan_singletons(conn: psycopg.Connection[Any], common: dict[str, Any], limi
     plan = _Plan()
     seen: set[str] = set()
     scan = max(limit * 2, _MIN_SCAN)
-    for row in fetch(conn, "job_claim_singleton_candidates", {**common, "scan": scan}):
+    for row in fetch(conn, "job_list_singleton_candidates", {**common, "scan": scan}):
         key: str = row["singleton_key"]
         if row["key_held"]:
             if row["skippable"]:
@@ -223,19 +224,9 @@ def _skip(
 
 def finish_job(conn: psycopg.Connection[Any], params: JobFinish) -> bool:
     """Apply a fenced transition out of ``running``; False when the fence is not current."""
-    if params.state not in lifecycle.FINISH_TARGETS:
-        raise ValueError(f"a running job cannot finish as {params.state!r}")
+    lifecycle.check_finish_target(params.state)
     now = utc(params.now)
-    target = fetch_one(
-        conn,
-        "job_finish_target",
-        {
-            "job_id": params.job_id,
-            "fence": params.fence,
-            "now": now,
-            "require_expired": params.require_expired_lease,
-        },
-    )
+    target = fetch_one(conn, "job_get_finish_target", finish_target_values(params, now))
     if target is None:
         return False
     key = target["singleton_key"]
@@ -289,7 +280,7 @@ def finish_plain(conn: psycopg.Connection[Any], batch: Sequence[JobFinish]) -> s
     done = {int(row["id"]) for row in rows}
     rest = [p for p in batch if p.job_id not in done]
     if rest:  # rare: recorded by an earlier try, or really refused
-        again = fetch(conn, "job_finish_plain_done", {
+        again = fetch(conn, "job_find_plain_finished", {
             "job_ids": [p.job_id for p in rest], "fences": [p.fence for p in rest],
         })
         done.update(int(row["id"]) for row in again)
@@ -335,7 +326,7 @@ def renew_leases(
     if lost:
         flags = {
             int(row["id"]): bool(row["cancel_requested"])
-            for row in fetch(conn, "job_cancel_requested", {"job_ids": lost})
+            for row in fetch(conn, "job_get_cancel_requested", {"job_ids": lost})
         }
         for job_id in lost:
             results[job_id] = RenewResult(renewed=False, cancel_requested=flags.get(job_id, False))

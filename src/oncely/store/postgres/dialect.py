@@ -113,7 +113,7 @@ class PostgresDialect(Dialect):
         execute(conn, "migrate_lock", {"schema": self.schema})
 
     def prepare(self, conn: Any) -> None:
-        exists = fetch_one(conn, "schema_exists", {"schema": self.schema})
+        exists = fetch_one(conn, "schema_check_exists", {"schema": self.schema})
         # CREATE SCHEMA needs the CREATE privilege on the database even when the schema exists.
         if exists is None or not exists["present"]:
             statement = pgsql.SQL(QUERIES["schema_create"]).format(

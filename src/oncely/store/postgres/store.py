@@ -14,7 +14,7 @@ Claims lock rows with ``FOR UPDATE SKIP LOCKED`` and skip lease rows others hold
 never wait for one another; every writer locks a job row before a lease row, so they cannot
 deadlock. Idle workers sleep in ``LISTEN oncely_jobs`` and wake when an enqueue, retry or
 retryable finish commits. What differs from SQLite is here: the claim, finish and lease cycle
-(``claim.py``; the controls' part of a claim in ``gate.py``), the bulk enqueue and the fenced
+(``claim.py``; the controls' part of a claim in ``controls.py``), the bulk enqueue and the fenced
 transaction's row locks (``jobs.py``), LISTEN (``listen.py``); the pool in ``engine.py``.
 """
 
@@ -38,7 +38,7 @@ from oncely.store.base import (
     RenewResult,
 )
 from oncely.store.controls import Control, ControlUsage
-from oncely.store.postgres import claim, gate, jobs
+from oncely.store.postgres import claim, controls, jobs
 from oncely.store.postgres.dialect import PostgresDialect, fetch
 from oncely.store.postgres.engine import Engine
 from oncely.store.postgres.listen import Listener
@@ -98,7 +98,7 @@ class PostgresStore(SQLStore[PostgresDialect]):
     def read_usage(
         self, conn: Any, active: Sequence[Control], keys: Sequence[str] = (), depth: int = 1
     ) -> ControlUsage:
-        return gate.read_usage(conn, active, keys, depth)
+        return controls.read_usage(conn, active, keys, depth)
 
     def lease_renew(
         self, worker_id: str, now: datetime, ttl: float, leases: Sequence[LeaseRenewal]

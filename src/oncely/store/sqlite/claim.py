@@ -4,7 +4,7 @@ lease renewal and leader election. The state machine is in :mod:`oncely.store.ba
 Every function runs inside one ``BEGIN IMMEDIATE`` transaction opened by the caller, which holds
 SQLite's single write lock: the reads and writes of one claim cannot interleave with another
 process's claim. That is also what makes queue controls atomic: a claim counts running jobs and
-logged starts, admits candidates through its gate (``gate.py``) and logs its starts
+logged starts, admits candidates through its gate (``controls.py``) and logs its starts
 before any other claim can look.
 """
 
@@ -28,9 +28,9 @@ from oncely.store.base import (
     RenewResult,
 )
 from oncely.store.controls import Gate
-from oncely.store.ops.jobs import set_ledger_outcome, set_slot_outcome
+from oncely.store.ops.jobs import finish_target_values, set_ledger_outcome, set_slot_outcome
 from oncely.store.rows import as_datetime, dump_error, dump_json, to_epoch
-from oncely.store.sqlite import gate as controls
+from oncely.store.sqlite import controls
 from oncely.store.sqlite.dialect import QUERIES, SQLiteDialect, fetch, fetch_one, to_job
 from oncely.types import ErrorKind, Job, JobError, JobState, Overlap, SlotOutcome
 
@@ -84,10 +84,12 @@ def _candidates(
     # A little more than the limit: a few candidates may be skipped for held singleton keys;
     # more pages follow by keyset if many are.
     page = params.limit + 8
-    query = "job_claim_candidates" if params.queues is None else "job_claim_candidates_in_queues"
+    query = "job_list_claim_candidates"
+    if params.queues is not None:
+        query = "job_list_claim_candidates_in_queues"
     queues = list(params.queues or ())
     if gate is not None:
-        query = "job_claim_candidates_limited"
+        query = "job_list_claim_candidates_limited"
         if params.queues is None:
             queues = [row["queue"] for row in fetch(conn, "job_get_waiting_queues")]
     values: dict[str, object] = {
@@ -112,7 +114,7 @@ def _candidates(
         ids = [int(row["id"]) for row in keys]
         details = {
             int(row["id"]): row
-            for row in fetch(conn, "job_claim_details", {"ids": json.dumps(ids)})
+            for row in fetch(conn, "job_get_claim_details", {"ids": json.dumps(ids)})
         }
         yield from (details[job_id] for job_id in ids if job_id in details)
         if len(keys) < page:
@@ -198,19 +200,9 @@ def _skip(conn: sqlite3.Connection, claim: _Claim, job_id: int, key: str) -> Job
 
 def finish_job(d: SQLiteDialect, conn: sqlite3.Connection, params: JobFinish) -> bool:
     """Apply a fenced transition out of ``running``; False when the fence is not current."""
-    if params.state not in lifecycle.FINISH_TARGETS:
-        raise ValueError(f"a running job cannot finish as {params.state!r}")
+    lifecycle.check_finish_target(params.state)
     now = to_epoch(params.now)
-    target = fetch_one(
-        conn,
-        "job_finish_target",
-        {
-            "job_id": params.job_id,
-            "fence": params.fence,
-            "now": now,
-            "require_expired": params.require_expired_lease,
-        },
-    )
+    target = fetch_one(conn, "job_get_finish_target", finish_target_values(params, now))
     if target is None:
         return False
     retry_at = None
@@ -265,7 +257,7 @@ def renew_leases(
         }
         row = fetch_one(conn, "job_lease_renew", values)
         if row is None:
-            status = fetch_one(conn, "job_lease_status", {"job_id": lease.job_id})
+            status = fetch_one(conn, "job_get_lease_status", {"job_id": lease.job_id})
             cancel = bool(status is not None and status["cancel_requested"])
             results[lease.job_id] = RenewResult(renewed=False, cancel_requested=cancel)
             continue

@@ -5,7 +5,7 @@ write is one ``BEGIN IMMEDIATE`` transaction: SQLite then holds its single write
 whole claim, finish or enqueue, which is what makes them atomic across processes. Contention is
 absorbed by a bounded, jittered retry (:class:`~oncely.errors.StoreBusy` after about 30 s). What
 differs from PostgreSQL is here: the claim, finish and lease cycle (``claim.py``, the controls'
-part of a claim in ``gate.py``), the fenced transaction and waiting for work (``data_version``).
+part of a claim in ``controls.py``), the fenced transaction and waiting for work (``data_version``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from oncely.store.base import (
 )
 from oncely.store.controls import Control, ControlUsage
 from oncely.store.ops import jobs
-from oncely.store.sqlite import claim, gate
+from oncely.store.sqlite import claim, controls
 from oncely.store.sqlite.dialect import SQLiteDialect
 from oncely.store.sqlite.engine import BUSY_BUDGET, Engine, parse_url
 from oncely.store.sqlstore import SQLStore
@@ -62,7 +62,7 @@ class SQLiteStore(SQLStore[SQLiteDialect]):
     def read_usage(
         self, conn: Any, active: Sequence[Control], keys: Sequence[str] = (), depth: int = 1
     ) -> ControlUsage:
-        return gate.read_usage(conn, active, keys, depth)
+        return controls.read_usage(conn, active, keys, depth)
 
     def lease_renew(
         self, worker_id: str, now: datetime, ttl: float, leases: Sequence[LeaseRenewal]

@@ -2,10 +2,10 @@
 -- Lock order, everywhere: job rows first, then lease rows (claimers take lease rows sorted by
 -- key), so claims, finishes, renewals and fenced transactions cannot deadlock one another.
 
--- name: job_claim_singleton_candidates
+-- name: job_list_singleton_candidates
 -- Due singleton jobs in claim order, with their key's lease as it stands. Here and in the plain
 -- statements, jobs of limited queues and tasks (excluded_*; empty when no control applies) are
--- left to the limited part of the claim (gate.py). The best candidate of
+-- left to the limited part of the claim (controls.py). The best candidate of
 -- each key comes with every first run of a slot whose overlap is skip (the claim may skip those);
 -- candidates of a key that is held and that would only wait are not locked at all.
 SELECT j.id, j.priority, j.run_at, j.singleton_key, j.schedule, j.slot,
@@ -247,7 +247,7 @@ WITH skipped AS (
 )
 SELECT * FROM skipped;
 
--- name: job_finish_target
+-- name: job_get_finish_target
 -- The job a finish may touch, locked. A rescue (require_expired) re-checks expiry and the
 -- job's own fence only: once an expired key lease was granted to another job, the old holder
 -- must still be rescuable, or it would stay running forever.
@@ -312,7 +312,7 @@ WHERE j.id = d.job_id AND j.fence = d.fence AND (j.state = 'running') IS TRUE
   AND j.singleton_key IS NULL AND j.schedule IS NULL
 RETURNING j.id;
 
--- name: job_finish_plain_done
+-- name: job_find_plain_finished
 -- Of the successes job_finish_plain_many did not take, those already recorded under the same
 -- fence: only this attempt can have written that (an earlier try whose reply was lost), so
 -- they count as recorded, not as refused by the fence.
@@ -351,7 +351,7 @@ FROM kept
 WHERE j.id = kept.id
 RETURNING j.id, j.cancel_requested, j.lease_expires_at;
 
--- name: job_cancel_requested
+-- name: job_get_cancel_requested
 SELECT id, cancel_requested FROM oncely_jobs WHERE id = ANY(%(job_ids)s::bigint[]);
 
 -- name: lease_get

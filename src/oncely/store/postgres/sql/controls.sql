@@ -9,7 +9,7 @@
 -- committed while this claim waited.
 SELECT pg_advisory_xact_lock_shared(hashtextextended(current_schema() || '.oncely_controls', 0));
 
--- name: control_claim_read
+-- name: control_list_for_claim
 SELECT * FROM oncely_controls
 WHERE paused OR max_running IS NOT NULL OR max_per_key IS NOT NULL OR rate_limit IS NOT NULL;
 
@@ -63,7 +63,7 @@ VALUES ('queue', %(name)s, %(paused)s, %(now)s)
 ON CONFLICT (kind, name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at
 RETURNING *;
 
--- name: control_usage
+-- name: control_read_usage
 -- Everything a gate counts, in one statement (after control_lock_rows, so it sees what the
 -- previous holder of those rows committed): running jobs per queue, the rate rings' entries in
 -- the slots the next starts would take, running jobs per concurrency key.
@@ -99,7 +99,7 @@ UPDATE oncely_controls AS c SET rate_seq = c.rate_seq + a.count
 FROM unnest(%(kinds)s::text[], %(names)s::text[], %(counts)s::bigint[]) AS a(kind, name, count)
 WHERE c.kind = a.kind AND c.name = a.name;
 
--- name: job_claim_limited_candidates
+-- name: job_list_limited_candidates
 -- Due waiting jobs of limited queues and tasks, in claim order, locked (SKIP LOCKED) with their
 -- singleton key's lease as it stands. Each queue to look in is read along oncely_jobs_claim in
 -- claim order (a LATERAL scan per queue, so a backlog is never sorted whole): the limited queues

@@ -77,7 +77,7 @@ WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
--- name: job_counts
+-- name: job_count_by_state
 SELECT queue, state, COUNT(*) AS count FROM oncely_jobs
 GROUP BY queue, state
 ORDER BY queue, state;
@@ -112,7 +112,7 @@ WHERE state = 'running' AND lease_expires_at <= %(now)s
 ORDER BY lease_expires_at, id
 LIMIT %(limit)s;
 
--- name: job_fence_live
+-- name: job_check_fence
 -- A fence is live while the job runs with it, its lease is unexpired and, for a singleton job,
 -- the key's lease row still carries it.
 SELECT 1 AS live FROM oncely_jobs AS j

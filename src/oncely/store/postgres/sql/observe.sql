@@ -1,7 +1,7 @@
 -- Observability: executions (written by triggers, see migration 0002), ledger and queue counts,
 -- fleet events and anomalies.
 
--- name: execution_counts
+-- name: execution_count
 -- Bucket i holds [since + i * bucket, since + (i + 1) * bucket) (a timeline's cells).
 SELECT task, queue, schedule,
        CASE WHEN %(bucket)s::float8 IS NULL THEN NULL
@@ -21,7 +21,7 @@ WHERE started_at > %(since)s AND started_at <= %(until)s
 GROUP BY task, queue, schedule, 4
 ORDER BY task, queue, schedule NULLS FIRST, 4;
 
--- name: execution_overlaps
+-- name: execution_count_overlaps
 -- Attempts started in the window while an earlier attempt of the same task had not ended: one
 -- pass in start order keeps the latest end seen so far (a running attempt never ends). Attempts
 -- that started more than one window length before the window are not considered.
@@ -44,13 +44,13 @@ WHERE (%(job_id)s::bigint IS NULL OR job_id = %(job_id)s::bigint)
 ORDER BY started_at DESC, id DESC
 LIMIT %(limit)s;
 
--- name: execution_durations
+-- name: execution_list_durations
 SELECT extract(epoch FROM ended_at - started_at)::float8 AS seconds FROM oncely_executions
 WHERE task = %(task)s AND outcome = 'succeeded' AND ended_at IS NOT NULL
 ORDER BY started_at DESC, id DESC
 LIMIT %(limit)s;
 
--- name: ledger_counts
+-- name: ledger_count
 SELECT schedule, outcome, COUNT(*) AS count, MIN(slot) AS first_slot, MAX(slot) AS last_slot
 FROM oncely_slots
 WHERE slot > %(since)s AND slot <= %(until)s
@@ -58,7 +58,7 @@ WHERE slot > %(since)s AND slot <= %(until)s
 GROUP BY schedule, outcome
 ORDER BY schedule, outcome;
 
--- name: job_waiting
+-- name: job_count_waiting
 SELECT queue, task, COUNT(*) AS count, MIN(run_at) AS oldest_run_at FROM oncely_jobs
 WHERE state IN ('scheduled', 'available', 'retryable') AND run_at <= %(now)s
 GROUP BY queue, task
@@ -68,7 +68,7 @@ ORDER BY queue, task;
 INSERT INTO oncely_events (name, at, job_id, task, subject, detail)
 VALUES (%(name)s, %(at)s, %(job_id)s, %(task)s, %(subject)s, %(detail)s::jsonb);
 
--- name: event_counts
+-- name: event_count_by_name
 SELECT name, COUNT(*) AS count FROM oncely_events
 WHERE at >= %(since)s
 GROUP BY name

@@ -5,13 +5,13 @@
 -- Serialises migrators of the same schema for the rest of the transaction.
 SELECT pg_advisory_xact_lock(hashtextextended('oncely.migrate.' || %(schema)s, 0));
 
--- name: schema_exists
+-- name: schema_check_exists
 SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %(schema)s) AS present;
 
 -- name: schema_create
 CREATE SCHEMA IF NOT EXISTS {schema};
 
--- name: migrations_table_exists
+-- name: migrations_check_table
 SELECT to_regclass('oncely_schema_migrations') IS NOT NULL AS present;
 
 -- name: migrations_create_table
@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS oncely_schema_migrations (
     applied_at TIMESTAMPTZ NOT NULL
 );
 
--- name: migrations_current_version
+-- name: migrations_get_version
 SELECT COALESCE(MAX(version), 0) AS version FROM oncely_schema_migrations;
 
 -- name: migrations_record

@@ -1,6 +1,6 @@
 -- Claiming and finishing jobs. Both run inside one BEGIN IMMEDIATE transaction.
 
--- name: job_claim_candidates
+-- name: job_list_claim_candidates
 -- Due waiting jobs in claim order, a page at a time: ids and sort keys only, so the scan stays
 -- on the oncely_jobs_claim index. The keyset continues after the last row of the previous page.
 -- The index leads with queue, so the queues that have waiting jobs are found first by a loose
@@ -22,7 +22,7 @@ WHERE state IN ('scheduled', 'available', 'retryable')
 ORDER BY priority DESC, run_at, id
 LIMIT :page;
 
--- name: job_claim_candidates_in_queues
+-- name: job_list_claim_candidates_in_queues
 SELECT id, priority, run_at FROM oncely_jobs
 WHERE state IN ('scheduled', 'available', 'retryable')
   AND queue IN (SELECT value FROM json_each(:queues))
@@ -32,7 +32,7 @@ WHERE state IN ('scheduled', 'available', 'retryable')
 ORDER BY priority DESC, run_at, id
 LIMIT :page;
 
--- name: job_claim_candidates_limited
+-- name: job_list_claim_candidates_limited
 -- The scan when controls apply: only the queues that have room (:queues), leaving out the tasks
 -- and concurrency keys that have none.
 SELECT id, priority, run_at FROM oncely_jobs
@@ -60,7 +60,7 @@ WITH RECURSIVE waiting(queue) AS (
 )
 SELECT queue FROM waiting WHERE queue IS NOT NULL;
 
--- name: job_claim_details
+-- name: job_get_claim_details
 SELECT id, queue, task, concurrency_key, singleton_key, overlap, schedule, slot, attempt
 FROM oncely_jobs
 WHERE id IN (SELECT value FROM json_each(:ids));
@@ -88,7 +88,7 @@ SET state = 'cancelled', finished_at = :now,
 WHERE id = :id
 RETURNING *;
 
--- name: job_finish_target
+-- name: job_get_finish_target
 -- The job a finish may touch. A rescue (:require_expired) re-checks expiry and the job's own
 -- fence only: once an expired key lease was granted to another job, the old holder must still be
 -- rescuable, or it would stay running forever.

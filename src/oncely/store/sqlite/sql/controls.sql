@@ -3,7 +3,7 @@
 -- name: control_list
 SELECT * FROM oncely_controls ORDER BY kind, name;
 
--- name: control_active
+-- name: control_list_active
 -- What a claim enforces: only the columns it needs (every claim reads this).
 SELECT kind, name, paused, max_running, max_per_key, rate_limit, rate_window, rate_seq
 FROM oncely_controls
@@ -39,7 +39,7 @@ VALUES ('queue', :name, :paused, :now)
 ON CONFLICT (kind, name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at
 RETURNING *;
 
--- name: control_running_queues
+-- name: control_count_running_queues
 SELECT queue AS name, COUNT(*) AS running FROM oncely_jobs
 WHERE state = 'running' AND queue IN (SELECT value FROM json_each(:queues))
 GROUP BY queue;
@@ -51,7 +51,7 @@ FROM json_each(:slots) AS r
 JOIN oncely_starts AS s
   ON s.scope = json_extract(r.value, '$[0]') AND s.slot = json_extract(r.value, '$[1]');
 
--- name: control_running_keys
+-- name: control_count_running_keys
 SELECT concurrency_key AS name, COUNT(*) AS running FROM oncely_jobs
 WHERE state = 'running' AND concurrency_key IS NOT NULL
   AND (task IN (SELECT value FROM json_each(:tasks))

@@ -33,7 +33,7 @@ WHERE (:state IS NULL OR state = :state)
 ORDER BY id DESC
 LIMIT :limit;
 
--- name: job_counts
+-- name: job_count_by_state
 SELECT queue, state, COUNT(*) AS count FROM oncely_jobs
 GROUP BY queue, state
 ORDER BY queue, state;
@@ -65,7 +65,7 @@ WHERE state = 'running' AND lease_expires_at <= :now
 ORDER BY lease_expires_at, id
 LIMIT :limit;
 
--- name: job_fence_live
+-- name: job_check_fence
 -- A fence is live while the job runs with it, its lease is unexpired and, for a singleton job,
 -- the key's lease row still carries it.
 SELECT 1 FROM oncely_jobs AS j

@@ -39,5 +39,5 @@ WHERE id = :job_id AND state = 'running' AND fence = :fence AND lease_owner = :o
         WHERE l.key = oncely_jobs.singleton_key AND l.fence = :fence))
 RETURNING singleton_key, cancel_requested, lease_expires_at;
 
--- name: job_lease_status
+-- name: job_get_lease_status
 SELECT cancel_requested FROM oncely_jobs WHERE id = :job_id;

@@ -1,7 +1,7 @@
 -- Observability: executions (written by triggers, see migration 0002), ledger and queue counts,
 -- fleet events and anomalies. Instants are epoch seconds.
 
--- name: execution_counts
+-- name: execution_count
 -- Bucket i holds [since + i * bucket, since + (i + 1) * bucket) (a timeline's cells).
 SELECT task, queue, schedule,
        CASE WHEN :bucket IS NULL THEN NULL
@@ -19,7 +19,7 @@ WHERE started_at > :since AND started_at <= :until
 GROUP BY task, queue, schedule, bucket
 ORDER BY task, queue, schedule NULLS FIRST, bucket;
 
--- name: execution_overlaps
+-- name: execution_count_overlaps
 -- Attempts started in the window while an earlier attempt of the same task had not ended: one
 -- pass in start order keeps the latest end seen so far (a running attempt never ends). Attempts
 -- that started more than one window length before the window are not considered.
@@ -40,13 +40,13 @@ WHERE (:job_id IS NULL OR job_id = :job_id)
 ORDER BY started_at DESC, id DESC
 LIMIT :limit;
 
--- name: execution_durations
+-- name: execution_list_durations
 SELECT ended_at - started_at AS seconds FROM oncely_executions
 WHERE task = :task AND outcome = 'succeeded' AND ended_at IS NOT NULL
 ORDER BY started_at DESC, id DESC
 LIMIT :limit;
 
--- name: ledger_counts
+-- name: ledger_count
 SELECT schedule, outcome, COUNT(*) AS count, MIN(slot) AS first_slot, MAX(slot) AS last_slot
 FROM oncely_slots
 WHERE slot > :since AND slot <= :until
@@ -54,7 +54,7 @@ WHERE slot > :since AND slot <= :until
 GROUP BY schedule, outcome
 ORDER BY schedule, outcome;
 
--- name: job_waiting
+-- name: job_count_waiting
 SELECT queue, task, COUNT(*) AS count, MIN(run_at) AS oldest_run_at FROM oncely_jobs
 WHERE state IN ('scheduled', 'available', 'retryable') AND run_at <= :now
 GROUP BY queue, task
@@ -64,7 +64,7 @@ ORDER BY queue, task;
 INSERT INTO oncely_events (name, at, job_id, task, subject, detail)
 VALUES (:name, :at, :job_id, :task, :subject, :detail);
 
--- name: event_counts
+-- name: event_count_by_name
 SELECT name, COUNT(*) AS count FROM oncely_events
 WHERE at >= :since
 GROUP BY name

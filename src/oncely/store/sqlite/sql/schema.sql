@@ -1,6 +1,6 @@
 -- Bookkeeping of applied migrations (the tables themselves live in store/sqlite/migrations).
 
--- name: migrations_table_exists
+-- name: migrations_check_table
 SELECT COUNT(*) > 0 AS present FROM sqlite_master
 WHERE type = 'table' AND name = 'oncely_schema_migrations';
 
@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS oncely_schema_migrations (
     applied_at REAL NOT NULL
 );
 
--- name: migrations_current_version
+-- name: migrations_get_version
 SELECT COALESCE(MAX(version), 0) AS version FROM oncely_schema_migrations;
 
 -- name: migrations_record

@@ -4,7 +4,7 @@ in ``store/ops``).
 
 The rules are in :mod:`oncely.store.base` ("Queue controls"), the arithmetic in
 :mod:`oncely.store.controls`. A claim reads the active controls under the shared controls lock
-(``control_claim_lock``, then ``control_claim_read`` in a statement of its own, so its
+(``control_claim_lock``, then ``control_list_for_claim`` in a statement of its own, so its
 snapshot sees what was committed before the lock was granted). When some apply to it, it locks
 their rows ``FOR UPDATE`` before any job row — so claimers of a limited scope take turns — counts
 their usage in a later statement (which sees what the previous holder committed), and plans the
@@ -56,7 +56,7 @@ def read_usage(
     running: dict[str, int] = {}
     ring: dict[str, dict[int, datetime]] = {}
     key_running: dict[str, int] = {}
-    for row in fetch(conn, "control_usage", values):
+    for row in fetch(conn, "control_read_usage", values):
         name, count = row["name"], int(row["count"])
         if row["what"] == "queue":
             running[name] = count
@@ -71,7 +71,7 @@ def open_gate(conn: psycopg.Connection[Any], params: JobClaimParams) -> Gate | N
     """Take the shared controls lock; with controls that apply to this claim, lock their rows
     and return its gate (None: the unlimited fast path)."""
     execute(conn, "control_claim_lock", {})
-    active = [to_control(row, json_text=False) for row in fetch(conn, "control_claim_read")]
+    active = [to_control(row, json_text=False) for row in fetch(conn, "control_list_for_claim")]
     controls = relevant(active, params.queues)
     if not controls:
         return None
@@ -117,7 +117,7 @@ def plan_limited(
     for _ in range(_MAX_PAGES):
         values.update(blocked_queues=gate.blocked_queues, blocked_tasks=gate.blocked_tasks,
                       blocked_keys=sorted(gate.blocked_keys))
-        rows = fetch(conn, "job_claim_limited_candidates", values)
+        rows = fetch(conn, "job_list_limited_candidates", values)
         for row in rows:
             if len(plan.plain) + len(plan.grants) >= limit:
                 return plan

@@ -30,7 +30,7 @@ from oncely.types import Job
 
 
 def to_claim_control(row: sqlite3.Row) -> Control:
-    """A control as a claim needs it (``control_active``: no retention, no timestamps)."""
+    """A control as a claim needs it (``control_list_active``: no retention, no timestamps)."""
     return Control(ControlKind(row["kind"]), row["name"], bool(row["paused"]), row["max_running"],
                    row["max_per_key"], row["rate_limit"], row["rate_window"],
                    rate_seq=int(row["rate_seq"]))
@@ -45,7 +45,7 @@ def read_usage(
     queues, slots, tasks = usage_request(controls, depth)
     running: dict[str, int] = {}
     if queues:
-        rows = conn.execute(QUERIES["control_running_queues"], {"queues": json.dumps(queues)})
+        rows = conn.execute(QUERIES["control_count_running_queues"], {"queues": json.dumps(queues)})
         running = {row["name"]: int(row["running"]) for row in rows.fetchall()}
     ring: dict[str, dict[int, datetime]] = {}
     if slots:
@@ -57,14 +57,15 @@ def read_usage(
     key_running: dict[str, int] = {}
     if tasks or keys:
         values = {"tasks": json.dumps(tasks), "keys": json.dumps(list(keys))}
-        rows = conn.execute(QUERIES["control_running_keys"], values)
+        rows = conn.execute(QUERIES["control_count_running_keys"], values)
         key_running = {row["name"]: int(row["running"]) for row in rows.fetchall()}
     return ControlUsage(running, ring, key_running)
 
 
 def open_gate(conn: sqlite3.Connection, params: JobClaimParams) -> Gate | None:
     """The claim's gate, or None when no control applies to it (the unlimited fast path)."""
-    active = [to_claim_control(row) for row in conn.execute(QUERIES["control_active"]).fetchall()]
+    rows = conn.execute(QUERIES["control_list_active"]).fetchall()
+    active = [to_claim_control(row) for row in rows]
     controls = relevant(active, params.queues)
     if not controls:
         return None
