@@ -224,7 +224,8 @@ def _skip(
 
 def finish_job(conn: psycopg.Connection[Any], params: JobFinish) -> bool:
     """Apply a fenced transition out of ``running``; False when the fence is not current."""
-    lifecycle.check_finish_target(params.state)
+    if params.state not in lifecycle.FINISH_TARGETS:  # the hot path: only a membership test
+        lifecycle.check_finish_target(params.state)
     now = utc(params.now)
     target = fetch_one(conn, "job_get_finish_target", finish_target_values(params, now))
     if target is None:
@@ -240,7 +241,7 @@ def finish_job(conn: psycopg.Connection[Any], params: JobFinish) -> bool:
     retry_at = None
     if params.state == JobState.RETRYABLE:
         retry_at = now if params.retry_at is None else utc(params.retry_at)
-    outcome = lifecycle.slot_outcome(params.state)
+    outcome = lifecycle.SLOT_OUTCOME.get(params.state)
     values = {
         "job_id": params.job_id,
         "fence": params.fence,

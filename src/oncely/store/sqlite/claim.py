@@ -200,7 +200,8 @@ def _skip(conn: sqlite3.Connection, claim: _Claim, job_id: int, key: str) -> Job
 
 def finish_job(d: SQLiteDialect, conn: sqlite3.Connection, params: JobFinish) -> bool:
     """Apply a fenced transition out of ``running``; False when the fence is not current."""
-    lifecycle.check_finish_target(params.state)
+    if params.state not in lifecycle.FINISH_TARGETS:  # the hot path: only a membership test
+        lifecycle.check_finish_target(params.state)
     now = to_epoch(params.now)
     target = fetch_one(conn, "job_get_finish_target", finish_target_values(params, now))
     if target is None:
@@ -224,7 +225,7 @@ def finish_job(d: SQLiteDialect, conn: sqlite3.Connection, params: JobFinish) ->
     if target["singleton_key"] is not None:
         values = {"key": target["singleton_key"], "fence": params.fence}
         conn.execute(QUERIES["lease_release"], values)
-    outcome = lifecycle.slot_outcome(params.state)
+    outcome = lifecycle.SLOT_OUTCOME.get(params.state)
     if outcome is not None and target["schedule"] is not None:
         set_ledger_outcome(
             d,

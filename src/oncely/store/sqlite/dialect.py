@@ -34,7 +34,7 @@ def fetch(conn: sqlite3.Connection, name: str, params: Params | None = None) -> 
 
 
 def fetch_one(conn: sqlite3.Connection, name: str, params: Params | None = None) -> Any:
-    rows = fetch(conn, name, params)
+    rows = conn.execute(QUERIES[name], params or {}).fetchall()  # on every finish: no extra call
     return rows[0] if rows else None
 
 
