@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 from oncely.controls import retry_dead_letters
 from oncely.errors import NotFound
 from oncely.observe.diagnose import WatchdogConfig
-from oncely.store.base import Job, JobState, UpsertOutcome
+from oncely.store.base import UpsertOutcome
 from oncely.tasks import Task, check_name
+from oncely.types import Job, JobState
 
 if TYPE_CHECKING:
     from oncely.clock import Clock

@@ -12,8 +12,9 @@ from datetime import datetime
 
 from oncely.runtime import Runtime
 from oncely.schedules import ScheduleSpec, latest_slot, slots_between
-from oncely.store.base import Job, JobFilter, JobState, SlotRecord
+from oncely.store.base import JobFilter, SlotRecord
 from oncely.store.observability import Anomaly, Execution
+from oncely.types import Job, JobState
 
 
 class Reads:

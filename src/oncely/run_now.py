@@ -36,8 +36,9 @@ from typing import Any
 
 from oncely.errors import ConfigError, SingletonBusy
 from oncely.runtime import Runtime
-from oncely.store.base import FINISHED_STATES, Job, JobClaimParams, JobState, Overlap, PruneParams
+from oncely.store.base import JobClaimParams, PruneParams
 from oncely.tasks import Task
+from oncely.types import FINISHED_STATES, Job, JobState, Overlap
 from oncely.worker.worker import Worker
 
 RUN_NOW_QUEUE = "oncely-run-now"

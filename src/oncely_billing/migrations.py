@@ -2,9 +2,10 @@
 
 The scripts are ``sql/<dialect>/NNNN_description.sql``; applied versions are recorded in the
 metering's own table ``oncely_metering_migrations`` (the engine's migrations are separate and
-applied by the engine). Each migration runs in one transaction with the record of it, under a
-lock (SQLite's write lock; a PostgreSQL advisory lock), so concurrent ``migrate`` calls from
-several processes apply each version once.
+applied by the engine). The engine's public runner (:func:`oncely.sql.migrate`) applies them:
+each migration in one transaction with the record of it, under a lock (SQLite's write lock; a
+PostgreSQL advisory lock), so concurrent ``migrate`` calls from several processes apply each
+version once.
 """
 
 from __future__ import annotations
