@@ -25,21 +25,23 @@ from typing import Any
 
 from oncely.clock import Clock, clock_from_spec
 from oncely.config import Settings
-from oncely.errors import ConfigError, UnknownTask
+from oncely.errors import ConfigError, OncelyError, UnknownTask
 from oncely.observe.diagnose import WatchdogConfig
 from oncely.observe.events import EventBus
 from oncely.observe.recorder import fleet_recorder
 from oncely.operations import Operations
 from oncely.queues import QueueSpec, Rate, Retention, positive
 from oncely.reads import Reads
+from oncely.redaction import mask_text
 from oncely.retry import NO_RETRY, Retry
 from oncely.runtime import Runtime
 from oncely.schedules import ScheduleSpec
 from oncely.store import open_store
 from oncely.store.base import Store
-from oncely.tasks import JobHandle, Task, TaskOptions, check_name
+from oncely.tasks import JobHandle, Task, TaskOptions
 from oncely.transaction import Transaction
 from oncely.types import Overlap
+from oncely.validate import check_database_url, check_name
 from oncely.worker import Worker
 
 log = logging.getLogger("oncely")
@@ -84,11 +86,18 @@ class App(Operations):
         if self._store is None:
             with self._store_lock:
                 if self._store is None:
-                    store = open_store(self.url)
-                    if self.auto_migrate:
-                        self._ensure_schema(store)
-                    self._store = store
+                    self._store = self._open_store()
         return self._store
+
+    def _open_store(self) -> Store:
+        try:
+            store = open_store(check_database_url(self.url))
+            if self.auto_migrate:
+                self._ensure_schema(store)
+        except OncelyError as exc:  # whatever the store says of its URL, never its password
+            exc.args = (mask_text(str(exc), self.url),)
+            raise
+        return store
 
     def _ensure_schema(self, store: Store) -> None:
         from oncely.store.migrations import latest_version
@@ -296,7 +305,9 @@ class App(Operations):
             enabled=enabled,
             misfire_grace=misfire_grace,
         )
-        resolved.build_insert(spec.args, self.clock.now(), scheduled=True)  # validates args now
+        # validates the args, queue and priority now, not when the first slot is due
+        resolved.build_insert(spec.args, self.clock.now(), queue=spec.queue,
+                              priority=spec.priority or None, scheduled=True)
         existing = self.schedules.get(name)
         if existing is not None and existing != spec:
             raise ConfigError(f"schedule {name!r} is declared twice with different definitions")

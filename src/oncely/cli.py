@@ -17,24 +17,25 @@ User mistakes print one line, ``oncely: error: <what to fix>``, never a tracebac
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
 
-from oncely import cli_queues, readmodel
+from oncely import cli_input, cli_queues, readmodel
 from oncely.app import App
+from oncely.cli_input import id_of, load_app, name_of, stored_text
 from oncely.cli_plugins import PluginGroup
 from oncely.config import DEFAULT_DATABASE_URL, Settings
 from oncely.errors import ArgsNotJSON, ConfigError, OncelyError
 from oncely.observe.events import log_subscriber
+from oncely.redaction import mask_text
 from oncely.store.base import JobFilter
 from oncely.types import JobState
+from oncely.validate import check_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,6 +54,9 @@ class Env:
         self._app: App | None = None
 
     def app(self, required: bool = False) -> App:
+        if self.database_url is not None and not self.database_url.strip():
+            raise ConfigError("--database-url is empty: give a URL such as "
+                              "sqlite:///path/oncely.db, or leave the option out")
         if self._app is None:
             if self.app_path:
                 self._app = load_app(self.app_path)
@@ -70,50 +74,11 @@ class Env:
         emit(self, rows, columns, title)
 
 
-def load_app(path: str) -> App:
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"--app {path!r} must look like 'package.module:app'")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"--app {path!r}: cannot import {module_name!r} ({exc})") from None
-    found = getattr(module, attr, None)
-    if callable(found) and not isinstance(found, App):
-        found = found()
-    if not isinstance(found, App):
-        raise ConfigError(f"--app {path!r}: {attr!r} in {module_name!r} is not an oncely.App")
-    return found
-
-
 def emit(
     env: Env, rows: Any, columns: Sequence[str] | None = None, title: str | None = None
 ) -> None:
     """Print rows as JSON (--json) or as a table (or key/value pairs for one dict)."""
-    if env.as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(soft_wrap=True)
-    if isinstance(rows, dict):
-        table = Table(show_header=False, title=title)
-        for key, value in rows.items():
-            shown = json.dumps(value, default=str) if isinstance(value, dict | list) else value
-            table.add_row(key, "" if shown is None else str(shown))
-        console.print(table)
-        return
-    table = Table(title=title)
-    cols = list(columns or (rows[0].keys() if rows else []))
-    for col in cols:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*("" if row.get(col) is None else str(row.get(col)) for col in cols))
-    console.print(table)
-    if not rows:
-        click.echo("(none)")
+    cli_input.emit(env.as_json, rows, columns, title)
 
 
 @click.group(cls=PluginGroup, epilog=EXIT_CODES)
@@ -173,7 +138,8 @@ def worker(env: Env, concurrency: int | None, queues: str | None, metrics_port: 
         from oncely.observe.metrics import serve_process_metrics
 
         serve_process_metrics(app.events, metrics_port, metrics_host)
-    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    names = ([check_name("queue", q.strip()) for q in queues.split(",") if q.strip()]
+             if queues else None)
     code = app.worker(concurrency=concurrency, queues=names).run()
     raise SystemExit(code)
 
@@ -181,10 +147,11 @@ def worker(env: Env, concurrency: int | None, queues: str | None, metrics_port: 
 @cli.command()
 @click.argument("task")
 @click.option("--args", "args_json", default="{}", help="Job arguments as a JSON object.")
-@click.option("--delay", type=float, help="Seconds from now before it may run.")
-@click.option("--priority", type=int)
+@click.option("--delay", type=float, help="Seconds from now before it may run (finite, at most "
+              "100 years).")
+@click.option("--priority", type=int, help="Higher runs first (a 32-bit whole number).")
 @click.option("--unique-key", help="Dedup key: no second job while one with it is unfinished.")
-@click.option("--queue", help="Override the task's queue.")
+@click.option("--queue", callback=name_of("queue"), help="Override the task's queue.")
 @click.pass_obj
 def enqueue(env: Env, task: str, args_json: str, delay: float | None, priority: int | None,
             unique_key: str | None, queue: str | None) -> None:
@@ -193,6 +160,8 @@ def enqueue(env: Env, task: str, args_json: str, delay: float | None, priority: 
         args = json.loads(args_json)
     except json.JSONDecodeError as exc:
         raise ArgsNotJSON(f"--args is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise ArgsNotJSON("--args is nested too deeply") from None
     if not isinstance(args, dict):
         raise ArgsNotJSON("--args must be a JSON object such as '{\"org_id\": 42}'")
     app = env.app(required=True)
@@ -213,9 +182,9 @@ def jobs() -> None:
 
 @jobs.command("list")
 @click.option("--state", type=click.Choice([s.value for s in JobState]))
-@click.option("--queue")
-@click.option("--task")
-@click.option("--schedule")
+@click.option("--queue", callback=name_of("queue"))
+@click.option("--task", callback=name_of("task"))
+@click.option("--schedule", callback=name_of("schedule"))
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
 @click.pass_obj
 def jobs_list(env: Env, state: str | None, queue: str | None, task: str | None,
@@ -228,7 +197,7 @@ def jobs_list(env: Env, state: str | None, queue: str | None, task: str | None,
 
 
 @jobs.command("show")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=int, callback=id_of("job"))
 @click.pass_obj
 def jobs_show(env: Env, job_id: int) -> None:
     """Everything about one job, with its error history."""
@@ -237,11 +206,12 @@ def jobs_show(env: Env, job_id: int) -> None:
 
 
 @jobs.command("retry")
-@click.argument("job_id", type=int, required=False)
+@click.argument("job_id", type=int, callback=id_of("job"), required=False)
 @click.option("--all", "retry_all", is_flag=True,
               help="Every failed job (dead letter), or those of --queue and --task.")
-@click.option("--queue", help="With --all: only this queue's failed jobs.")
-@click.option("--task", help="With --all: only this task's failed jobs.")
+@click.option("--queue", callback=name_of("queue"),
+              help="With --all: only this queue's failed jobs.")
+@click.option("--task", callback=name_of("task"), help="With --all: only this task's failed jobs.")
 @click.pass_obj
 def jobs_retry(env: Env, job_id: int | None, retry_all: bool, queue: str | None,
                task: str | None) -> None:
@@ -260,8 +230,9 @@ def jobs_retry(env: Env, job_id: int | None, retry_all: bool, queue: str | None,
 
 
 @jobs.command("cancel")
-@click.argument("job_id", type=int)
-@click.option("--reason", default="cancelled from the command line", show_default=True)
+@click.argument("job_id", type=int, callback=id_of("job"))
+@click.option("--reason", callback=stored_text, default="cancelled from the command line",
+              show_default=True)
 @click.pass_obj
 def jobs_cancel(env: Env, job_id: int, reason: str) -> None:
     """Cancel a waiting job, or ask a running one to stop."""
@@ -283,7 +254,7 @@ def schedules(env: Env) -> None:
 
 
 @cli.command()
-@click.argument("schedule")
+@click.argument("schedule", callback=name_of("schedule"))
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
 @click.pass_obj
 def ledger(env: Env, schedule: str, limit: int) -> None:
@@ -324,14 +295,23 @@ def doctor(env: Env, as_json: bool) -> None:
 @click.option("--port", default=8700, show_default=True, type=click.IntRange(1, 65535),
               envvar="ONCELY_DASHBOARD_PORT", show_envvar=True)
 @click.option("--token", envvar="ONCELY_DASHBOARD_TOKEN", show_envvar=True,
-              help="Allow retry/cancel for whoever signs in with it (prefer the env variable).")
+              help="Allow retry/cancel for whoever signs in with it; at least 16 characters "
+                   "(prefer the env variable).")
+@click.option("--auth", type=click.Choice(["actions", "reads"]), default="actions",
+              envvar="ONCELY_DASHBOARD_AUTH", show_envvar=True, show_default=True,
+              help="What needs the token: actions only, or reads too.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              envvar="ONCELY_DASHBOARD_ALLOWED_HOSTS", show_envvar=True,
+              help="A host name clients reach the dashboard by (repeatable; the bind address "
+                   "and localhost are always allowed). See docs/security.md.")
 @click.pass_obj
-def dashboard(env: Env, host: str, port: int, token: str | None) -> None:
+def dashboard(env: Env, host: str, port: int, token: str | None, auth: str,
+              allowed_hosts: tuple[str, ...]) -> None:
     """Serve the web dashboard, its JSON API and the fleet's /metrics (read-only without a
     token)."""
     from oncely.web.server import serve
 
-    serve(env.app(), host, port, token)
+    serve(env.app(), host, port, token, allowed_hosts, auth)
 
 
 @cli.group(invoke_without_command=True)
@@ -358,7 +338,7 @@ def anomalies_check(env: Env) -> None:
 
 
 @anomalies.command("resolve")
-@click.argument("anomaly_id", type=int)
+@click.argument("anomaly_id", type=int, callback=id_of("anomaly"))
 @click.pass_obj
 def anomalies_resolve(env: Env, anomaly_id: int) -> None:
     """Close an open anomaly by hand (the watchdog reopens it if the condition persists)."""
@@ -369,6 +349,14 @@ def anomalies_resolve(env: Env, anomaly_id: int) -> None:
 cli.add_command(cli_queues.queues)
 
 
+def _click_message(exc: click.ClickException) -> str:
+    """Click's complaint as one line, with where to read the usage."""
+    message = " ".join(exc.format_message().split())
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        message += f" (see '{exc.ctx.command_path} --help')"
+    return cli_input.printable(message)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="oncely",
@@ -377,10 +365,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo("oncely: interrupted", err=True)
         raise SystemExit(130) from None
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"oncely: error: {_click_message(exc)}", err=True)
         raise SystemExit(exc.exit_code) from None
     except OncelyError as exc:
-        click.echo(f"oncely: error: {exc}", err=True)
+        click.echo(f"oncely: error: {cli_input.printable(mask_text(str(exc)))}", err=True)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -14,7 +14,8 @@ import click
 
 from oncely import readmodel
 from oncely.app import App
-from oncely.tasks import check_name
+from oncely.cli_input import name_of
+from oncely.validate import check_name
 
 
 class Env(Protocol):
@@ -74,7 +75,7 @@ def _table_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @queues.command("pause")
-@click.argument("queue")
+@click.argument("queue", callback=name_of("queue"))
 @click.pass_obj
 def queues_pause(env: Env, queue: str) -> None:
     """Stop starting jobs of QUEUE, on every worker; running jobs finish."""
@@ -86,7 +87,7 @@ def queues_pause(env: Env, queue: str) -> None:
 
 
 @queues.command("resume")
-@click.argument("queue")
+@click.argument("queue", callback=name_of("queue"))
 @click.pass_obj
 def queues_resume(env: Env, queue: str) -> None:
     """Start jobs of QUEUE again."""

@@ -15,6 +15,7 @@ Monotonic time is separate from wall time on purpose: lease deadlines kept by a 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -130,11 +131,23 @@ class WarpClock:
 
 
 def clock_from_spec(spec: str | None) -> Clock:
-    """Build a clock from ``system`` or a ``warp:ORIGIN:SPEED:REAL_ORIGIN`` string."""
+    """Build a clock from ``system`` or a ``warp:ORIGIN:SPEED:REAL_ORIGIN`` string (the value of
+    ``ONCELY_CLOCK``); ConfigError for anything else."""
+    from oncely.errors import ConfigError
+
     if not spec or spec == "system":
         return SystemClock()
+    usage = "use 'system' or 'warp:ORIGIN:SPEED:REAL' (ISO time, speed > 0, epoch seconds)"
     if spec.startswith("warp:"):
-        body = spec[len("warp:") :]
-        origin_text, speed_text, real_text = body.rsplit(":", 2)
-        return WarpClock(datetime.fromisoformat(origin_text), float(speed_text), float(real_text))
-    raise ValueError(f"unknown clock spec {spec!r}; use 'system' or 'warp:ORIGIN:SPEED:REAL'")
+        try:
+            origin_text, speed_text, real_text = spec[len("warp:") :].rsplit(":", 2)
+            origin, speed, real = (datetime.fromisoformat(origin_text), float(speed_text),
+                                   float(real_text))
+            if not (math.isfinite(speed) and math.isfinite(real) and speed > 0):
+                raise ValueError(spec)
+            clock = WarpClock(origin, speed, real)
+            clock.now()  # an origin and speed that overflow a datetime fail here, not later
+        except (ValueError, OverflowError):
+            raise ConfigError(f"ONCELY_CLOCK={spec[:80]!r} is not a valid clock; {usage}") from None
+        return clock
+    raise ConfigError(f"unknown clock spec ONCELY_CLOCK={spec[:80]!r}; {usage}")

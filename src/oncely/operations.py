@@ -13,8 +13,9 @@ from oncely.controls import retry_dead_letters
 from oncely.errors import NotFound
 from oncely.observe.diagnose import WatchdogConfig
 from oncely.store.base import UpsertOutcome
-from oncely.tasks import Task, check_name
+from oncely.tasks import Task
 from oncely.types import Job, JobState
+from oncely.validate import check_name
 
 if TYPE_CHECKING:
     from oncely.clock import Clock

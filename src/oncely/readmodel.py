@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from oncely.errors import InvalidSchedule, NotFound
 from oncely.observe import diagnose
 from oncely.observe.notify import anomaly_to_dict
+from oncely.redaction import REDACTED as REDACTED
+from oncely.redaction import mask_url as mask_url
+from oncely.redaction import redact as redact
 from oncely.schedules import ScheduleSpec, expected_count, next_slot, period_hint
 from oncely.store.base import LEADER_LEASE_KEY, JobFilter, Store
 from oncely.store.controls import ControlKind, Gate, LimitWait, scope_of
@@ -148,36 +150,14 @@ def workers(store: Store) -> list[dict[str, Any]]:
 
 # observability: fleet, queues, schedules against their expected runs, anomalies -------------
 
-_SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "authorization",
-                 "credential", "private_key", "cookie", "session")
-REDACTED = "***"
 RATE_WINDOW = 900.0  # seconds of executions behind the per-queue rate
 _TICK = timedelta(microseconds=1)
-
-
-def redact(value: Any) -> Any:
-    """``value`` with the values of secret-looking keys (password, token, api_key …) hidden."""
-    if isinstance(value, dict):
-        return {key: REDACTED if any(w in str(key).lower() for w in _SECRET_WORDS)
-                else redact(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [redact(item) for item in value]
-    return value
 
 
 def redact_job(detail: dict[str, Any]) -> dict[str, Any]:
     """A job view with the secret-looking values of its args, result and checkpoint hidden."""
     return detail | {key: redact(detail[key]) for key in ("args", "result", "checkpoint")
                      if key in detail}
-
-
-def mask_url(url: str) -> str:
-    """A store URL fit to show: any password replaced."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", f":{REDACTED}@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def queue_health(store: Store, now: datetime) -> list[dict[str, Any]]:

@@ -26,43 +26,26 @@ same key enqueues a new job.
 from __future__ import annotations
 
 import inspect
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from oncely.errors import ArgsNotJSON, ConfigError
+from oncely.errors import ConfigError
 from oncely.queues import Rate
 from oncely.retry import NO_RETRY, Retry
 from oncely.store.base import JobInsert
 from oncely.store.controls import concurrency_key
 from oncely.types import Job, JobState, Overlap
+from oncely.validate import INT32, check_delay, check_int, check_name, dump_args
 
 if TYPE_CHECKING:
     from oncely.app import App
 
-_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
 ENQUEUE_OPTIONS = frozenset(
     {"run_at", "delay", "priority", "unique_key", "queue", "connection", "max_attempts"}
 )
-
-
-def check_name(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(
-            f"{kind} name {name!r} is invalid: use 1-200 letters, digits, '_', '.', ':' or '-'"
-        )
-    return name
-
-
-def dump_args(task_name: str, args: dict[str, Any]) -> dict[str, Any]:
-    """Return ``args`` as stored (a JSON round trip), or raise ArgsNotJSON saying which one."""
-    try:
-        return dict(json.loads(json.dumps(args, allow_nan=False)))
-    except (TypeError, ValueError) as exc:
-        raise ArgsNotJSON(f"arguments of {task_name!r} must be JSON-serialisable: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -153,23 +136,27 @@ class Task:
             raise ConfigError("give either run_at or delay, not both")
         if delay is not None:
             seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-            run_at = now + timedelta(seconds=seconds)
+            run_at = now + timedelta(seconds=check_delay(seconds))
         if run_at is not None and run_at.tzinfo is None:
             raise ConfigError("run_at must be timezone-aware (e.g. datetime.now(UTC))")
         stored = dump_args(self.name, args)
         key = None if overlap == Overlap.ALLOW else self.singleton_key(stored, scheduled)
+        concurrency = self.concurrency_key(stored)
         return JobInsert(
             task=self.name,
-            queue=queue or self.options.queue,
+            queue=check_name("queue", self.options.queue if queue is None else queue),
             args=stored,
-            priority=self.options.priority if priority is None else priority,
+            priority=check_int("priority", self.options.priority if priority is None
+                               else priority, *INT32),
             run_at=run_at,
-            max_attempts=max_attempts or self.options.retry.max_attempts,
-            unique_key=unique_key,
-            singleton_key=key,
+            max_attempts=check_int("max_attempts", max_attempts
+                                   or self.options.retry.max_attempts, 1, INT32[1]),
+            unique_key=None if unique_key is None else check_name("unique key", unique_key),
+            singleton_key=None if key is None else check_name("singleton key", key),
             overlap=overlap,
             timeout=self.options.timeout,
-            concurrency_key=self.concurrency_key(stored),
+            concurrency_key=None if concurrency is None
+            else check_name("concurrency key", concurrency),
         )
 
     def enqueue(self, **args: Any) -> JobHandle:

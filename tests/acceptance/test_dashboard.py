@@ -133,7 +133,7 @@ def test_api_actions_take_a_bearer_token(app: oncely.App) -> None:
     web = client(app, TOKEN)
     job_id = failed_job(app)
     assert web.post(f"/api/jobs/{job_id}/retry",
-                    headers={"Authorization": "Bearer nope"}).status_code == 403
+                    headers={"Authorization": "Bearer nope"}).status_code == 401
     answer = web.post(f"/api/jobs/{job_id}/retry", headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 200 and answer.json()["state"] == "available"
     assert web.post("/api/jobs/999999/retry",

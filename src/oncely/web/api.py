@@ -2,7 +2,9 @@
 
 Every endpoint is declared once in :data:`ENDPOINTS`; the routes and the OpenAPI 3.1 document at
 ``/api/openapi.json`` are both built from that list, so they cannot drift apart. Actions need
-``Authorization: Bearer <token>`` (the dashboard's token); reads need nothing.
+``Authorization: Bearer <token>`` (the dashboard's token); reads need it only when the dashboard
+runs with ``--auth reads``. Path ids and names, and filters, are validated here: a bad one is a
+400 (or a 404 for an id or name no store can hold), never a 500.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from starlette.routing import Route
 
 from oncely import readmodel
 from oncely.errors import ConfigError, NotFound
+from oncely.redaction import mask_text
 from oncely.store.base import JobFilter
 from oncely.types import JobState
+from oncely.validate import ID_MAX, check_name
 from oncely.web.context import Dashboard, dashboard
 
 Handler = Callable[[Dashboard, Request], Any]
@@ -41,22 +45,50 @@ def _int(request: Request, name: str, default: int, high: int = 10_000) -> int:
     if raw is None or raw == "":
         return default
     try:
+        if not raw.isascii() or len(raw) > 20:
+            raise ValueError(raw)
         return max(1, min(int(raw), high))
     except ValueError:
         raise ConfigError(f"query parameter {name} must be an integer") from None
+
+
+def path_id(request: Request, name: str = "job_id", what: str = "job") -> int:
+    """The id in the path; one no store can hold (beyond 64 bits) is simply not found."""
+    value = int(request.path_params[name])
+    if not 1 <= value <= ID_MAX:
+        raise NotFound(f"{what} {value} does not exist")
+    return value
+
+
+def path_name(request: Request, kind: str = "schedule") -> str:
+    """The name in the path; one no store can hold is simply not found."""
+    name = str(request.path_params["name"])
+    try:
+        return check_name(kind, name)
+    except ConfigError:
+        raise NotFound(f"{kind} {ascii(name)[:80]} does not exist") from None
+
+
+def _name_param(request: Request, kind: str) -> str | None:
+    value = request.query_params.get(kind) or None
+    return None if value is None else check_name(kind, value)
 
 
 def job_filter(request: Request, limit: int = 50) -> JobFilter:
     params = request.query_params
     state = params.get("state") or None
     if state is not None and state not in {s.value for s in JobState}:
-        raise ConfigError(f"unknown state {state!r}; use one of {', '.join(s for s in JobState)}")
-    before = params.get("before")
+        raise ConfigError(f"unknown state {ascii(state)[:40]}; use one of "
+                          f"{', '.join(s for s in JobState)}")
+    before = params.get("before") or None
+    if before is not None and not (before.isascii() and before.isdigit()
+                                   and 1 <= int(before) <= ID_MAX):
+        raise ConfigError(f"query parameter before must be a job id (1 to {ID_MAX})")
     return JobFilter(
-        state=JobState(state) if state else None, queue=params.get("queue") or None,
-        task=params.get("task") or None, schedule=params.get("schedule") or None,
+        state=JobState(state) if state else None, queue=_name_param(request, "queue"),
+        task=_name_param(request, "task"), schedule=_name_param(request, "schedule"),
         limit=_int(request, "limit", limit, 1000),
-        before_id=int(before) if before and before.isdigit() else None,
+        before_id=None if before is None else int(before),
     )
 
 
@@ -69,25 +101,25 @@ def _jobs(d: Dashboard, r: Request) -> Any:
 
 
 def _job(d: Dashboard, r: Request) -> Any:
-    job_id = int(r.path_params["job_id"])
+    job_id = path_id(r)
     return readmodel.redact_job(readmodel.job_detail(d.store, job_id)) | {
         "attempts": readmodel.job_attempts(d.store, job_id)}
 
 
 def _retry(d: Dashboard, r: Request) -> Any:
-    return d.retry(int(r.path_params["job_id"]))
+    return d.retry(path_id(r))
 
 
 def _cancel(d: Dashboard, r: Request) -> Any:
-    return d.cancel(int(r.path_params["job_id"]), "cancelled through the dashboard API")
+    return d.cancel(path_id(r), "cancelled through the dashboard API")
 
 
 def _schedule(d: Dashboard, r: Request) -> Any:
-    return readmodel.schedule_detail(d.store, r.path_params["name"], d.now())
+    return readmodel.schedule_detail(d.store, path_name(r), d.now())
 
 
 def _timeline(d: Dashboard, r: Request) -> Any:
-    return readmodel.schedule_timeline(d.store, r.path_params["name"], d.now(),
+    return readmodel.schedule_timeline(d.store, path_name(r), d.now(),
                                        _int(r, "buckets", 24, 200))
 
 
@@ -137,9 +169,9 @@ def _route(endpoint: Endpoint) -> Route:
         try:
             body = await run_in_threadpool(endpoint.handler, dash, request)
         except NotFound as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
+            return JSONResponse({"error": mask_text(str(exc))}, status_code=404)
         except ConfigError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return JSONResponse({"error": mask_text(str(exc))}, status_code=400)
         return JSONResponse(body)
 
     path = endpoint.path.replace("{job_id}", "{job_id:int}")
@@ -161,7 +193,11 @@ def openapi(request: Request) -> JSONResponse:
         }
         if endpoint.action:
             operation["security"] = [{"bearer": []}]
-            operation["responses"]["403"] = {"description": "no or wrong token"}
+            operation["responses"]["403"] = {"description": "no token sent, or read-only"}
+        operation["responses"].update({
+            "400": {"description": "a malformed parameter"},
+            "401": {"description": "wrong token (or none, with --auth reads)"},
+            "429": {"description": "too many wrong tokens: wait Retry-After seconds"}})
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
     return JSONResponse({
         "openapi": "3.1.0",

@@ -1,20 +1,33 @@
 """The dashboard application: pages, ``/api/``, ``/metrics`` and static files in one Starlette app.
 
-``create_app(app, token=None)`` wraps an :class:`oncely.App`; it adds the routes that installed
-packages register under the ``oncely.web`` entry-point group. Every response carries
-headers that keep the pages in their own frame and origin (no inline script, no framing, no
-sniffing); nothing is fetched from a CDN.
+``create_app(app, token=None, allowed_hosts=(), auth="actions")`` wraps an :class:`oncely.App`;
+it adds the routes that installed packages register under the ``oncely.web`` entry-point group.
+Every response carries headers that keep the pages in their own frame and origin (no inline
+script, no framing, no sniffing); nothing is fetched from a CDN.
+
+Before any route sees a request:
+
+* its ``Host`` must be one the dashboard is served as (the loopback names, the bind address and
+  each ``allowed_hosts`` entry), else 400: a page on another site that re-points its own name at
+  127.0.0.1 (DNS rebinding) sends its own name as the Host and is refused;
+* a ``Bearer`` token is checked once, under the sign-in throttle (429 while it holds, 401 when
+  wrong);
+* with ``auth="reads"``, a request without a session or the bearer token gets 401 (API) or the
+  sign-in page (HTML).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from oncely.observe.fleet import fleet_registry
 from oncely.plugins import WEB_GROUP, plugin_entry_points
 from oncely.web import api, pages
+from oncely.web.auth import BEARER_OK
 from oncely.web.context import Dashboard, dashboard
 
 if TYPE_CHECKING:
@@ -57,6 +71,62 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+OPEN_PATHS = ("/login", "/healthz", "/static/")  # reachable without a token under auth="reads"
+
+
+def host_names(hosts: Sequence[str]) -> list[str]:
+    """Host header values to accept: the loopback names plus ``hosts`` (IPv6 in brackets)."""
+    names = list(LOOPBACK_HOSTS)
+    for host in hosts:
+        name = host.strip().lower()
+        if ":" in name and not name.startswith("["):
+            name = f"[{name}]"
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+class Gate:
+    """The bearer check and, with ``auth="reads"``, the sign-in every read needs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        guard = dashboard(request).guard
+        refused = self._refusal(request, guard)
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _refusal(request: Request, guard: Any) -> Response | None:
+        given = guard.bearer(request)
+        if given is not None and guard.enabled:
+            wait = guard.wait(request)
+            if wait > 0:
+                return JSONResponse({"error": "too many wrong tokens: try again later"}, 429,
+                                    headers={"retry-after": str(math.ceil(wait))})
+            if not guard.check_token_of(request, given, "bearer"):
+                return JSONResponse({"error": "wrong token"}, 401,
+                                    headers={"www-authenticate": "Bearer"})
+            request.scope[BEARER_OK] = True
+        path = request.url.path
+        if guard.may_read(request) or path.startswith(OPEN_PATHS):
+            return None
+        if path.startswith(("/api/", "/metrics")):
+            return JSONResponse({"error": "this dashboard needs its token for reads too: send "
+                                 "Authorization: Bearer <token>"}, 401,
+                                headers={"www-authenticate": "Bearer"})
+        return RedirectResponse("/login", status_code=303)
+
+
 def metrics(request: Request) -> Response:
     registry = request.app.state.metrics_registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -80,8 +150,9 @@ def extra_routes(app: App) -> list[BaseRoute]:
     return found
 
 
-def create_app(app: App, token: str | None = None) -> Starlette:
-    dash = Dashboard(app, token)
+def create_app(app: App, token: str | None = None, allowed_hosts: Sequence[str] = (),
+               auth: str = "actions") -> Starlette:
+    dash = Dashboard(app, token, auth)
     routes: list[BaseRoute] = [
         *pages.routes(),
         *api.routes(),
@@ -94,5 +165,8 @@ def create_app(app: App, token: str | None = None) -> Starlette:
     web.state.dashboard = dash
     web.state.metrics_registry = fleet_registry(lambda: app.store, app.clock.now,
                                                 dash.stale_after)
-    web.add_middleware(SecurityHeaders)
+    web.add_middleware(Gate)
+    web.add_middleware(TrustedHostMiddleware, allowed_hosts=host_names(allowed_hosts),
+                       www_redirect=False)
+    web.add_middleware(SecurityHeaders)  # the last added is the outermost: every answer has them
     return web

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 
 
 class Dashboard:
-    def __init__(self, app: App, token: str | None) -> None:
+    def __init__(self, app: App, token: str | None, auth: str = "actions") -> None:
         self.app = app
-        self.guard = Guard(token)
+        self.guard = Guard(token, auth)
         self.stale_after = app.settings.lease_ttl * 3
         try:
             self.version = version("oncely")

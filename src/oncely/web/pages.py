@@ -8,7 +8,7 @@ never repeats them.
 
 from __future__ import annotations
 
-import asyncio
+import math
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -23,8 +23,9 @@ from starlette.routing import Route
 from oncely import readmodel
 from oncely.errors import ConfigError, NotFound, OncelyError
 from oncely.observe.fmt import ratio, span
+from oncely.redaction import mask_text
 from oncely.types import JobState
-from oncely.web.api import job_filter
+from oncely.web.api import job_filter, path_id, path_name
 from oncely.web.auth import SESSION_COOKIE
 from oncely.web.charts import timeline_svg
 from oncely.web.context import Dashboard, dashboard
@@ -33,8 +34,6 @@ ENV = Environment(loader=PackageLoader("oncely.web", "templates"),
                   autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
 ENV.filters["span"] = span
 ENV.filters["ratio"] = ratio
-
-FAILED_SIGN_IN_PAUSE = 0.3  # seconds: slows down guessing
 
 DONE = {"retried": "Job requeued: it runs again as soon as a worker is free.",
         "cancelled": "Cancellation recorded.", "resolved": "Anomaly resolved.",
@@ -68,9 +67,11 @@ def page(template: str, build: Callable[[Dashboard, Request], dict[str, Any]]) -
         try:
             context = await run_in_threadpool(build, dash, request)
         except NotFound as exc:
-            return render(request, "error.html", 404, title="Not found", message=str(exc))
+            return render(request, "error.html", 404, title="Not found",
+                          message=mask_text(str(exc)))
         except ConfigError as exc:
-            return render(request, "error.html", 400, title="Bad request", message=str(exc))
+            return render(request, "error.html", 400, title="Bad request",
+                          message=mask_text(str(exc)))
         return render(request, template, **context)
 
     return endpoint
@@ -108,7 +109,7 @@ def _jobs(d: Dashboard, r: Request) -> dict[str, Any]:
 
 
 def _job(d: Dashboard, r: Request) -> dict[str, Any]:
-    job_id = int(r.path_params["job_id"])
+    job_id = path_id(r)
     detail = readmodel.redact_job(readmodel.job_detail(d.store, job_id))
     state = detail["state"]
     return {"title": f"Job {job_id}", "job": detail,
@@ -125,7 +126,7 @@ def _schedules(d: Dashboard, r: Request) -> dict[str, Any]:
 
 
 def _schedule(d: Dashboard, r: Request) -> dict[str, Any]:
-    name = r.path_params["name"]
+    name = path_name(r)
     now = d.now()
     detail = readmodel.schedule_detail(d.store, name, now)
     timeline = readmodel.schedule_timeline(d.store, name, now)
@@ -173,37 +174,46 @@ def action(do: Callable[[Dashboard, Request], str]) -> Any:
         try:
             target = await run_in_threadpool(do, dash, request)
         except NotFound as exc:
-            return render(request, "error.html", 404, title="Not found", message=str(exc))
+            return render(request, "error.html", 404, title="Not found",
+                          message=mask_text(str(exc)))
         except OncelyError as exc:
-            return render(request, "error.html", 409, title="Not done", message=str(exc))
+            return render(request, "error.html", 409, title="Not done",
+                          message=mask_text(str(exc)))
         return RedirectResponse(target, status_code=303)
 
     return endpoint
 
 
 def _retry(d: Dashboard, r: Request) -> str:
-    job = d.retry(int(r.path_params["job_id"]))
+    job = d.retry(path_id(r))
     return f"/jobs/{job['id']}?done=retried"
 
 
 def _cancel(d: Dashboard, r: Request) -> str:
-    job = d.cancel(int(r.path_params["job_id"]), "cancelled from the dashboard")
+    job = d.cancel(path_id(r), "cancelled from the dashboard")
     return f"/jobs/{job['id']}?done=cancelled"
 
 
 def _resolve(d: Dashboard, r: Request) -> str:
-    d.store.anomaly_resolve(int(r.path_params["anomaly_id"]), d.now())
+    d.store.anomaly_resolve(path_id(r, "anomaly_id", "anomaly"), d.now())
     return "/anomalies?done=resolved"
 
 
 async def login(request: Request) -> Response:
     dash = dashboard(request)
     if request.method == "GET":
-        return render(request, "login.html", title="Sign in", failed=False)
+        return render(request, "login.html", title="Sign in", failed=False, wait=0)
     form = await _form(request)
-    if not dash.guard.same_origin(request) or not dash.guard.token_matches(form.get("token")):
-        await asyncio.sleep(FAILED_SIGN_IN_PAUSE)
-        return render(request, "login.html", 403, title="Sign in", failed=True)
+    guard = dash.guard
+    wait = guard.wait(request)
+    if wait > 0:  # the token is not even compared: guessing waits for the buckets to refill
+        refused = render(request, "login.html", 429, title="Sign in", failed=True,
+                         wait=math.ceil(wait))
+        refused.headers["retry-after"] = str(math.ceil(wait))
+        return refused
+    if not guard.same_origin(request) or not guard.check_token_of(request, form.get("token"),
+                                                                  "sign-in form"):
+        return render(request, "login.html", 403, title="Sign in", failed=True, wait=0)
     response = RedirectResponse("/?done=signed-in", status_code=303)
     response.set_cookie(SESSION_COOKIE, dash.guard.new_session(), httponly=True,
                         samesite="strict", secure=request.url.scheme == "https", path="/")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from oncely.errors import ConfigError
@@ -23,7 +25,8 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def serve(app: App, host: str = "127.0.0.1", port: int = 8700, token: str | None = None) -> None:
+def serve(app: App, host: str = "127.0.0.1", port: int = 8700, token: str | None = None,
+          allowed_hosts: Sequence[str] = (), auth: str = "actions") -> None:
     try:
         import uvicorn
 
@@ -31,11 +34,26 @@ def serve(app: App, host: str = "127.0.0.1", port: int = 8700, token: str | None
     except ImportError as exc:
         raise ConfigError(f"the dashboard needs its extra ({exc.name} is missing): "
                           "pip install 'oncely[web]'") from None
+    _check_address(host, port)
+    web = create_app(app, token, [host, *allowed_hosts], auth)  # checks token and auth first
     if not _loopback(host):
         log.warning("dashboard bound to %s: anyone who can reach it can read job data%s", host,
-                    "" if token else "; it stays read-only (no --token)")
+                    " without the token (use --auth reads)" if auth != "reads" else "")
+        if not allowed_hosts:
+            log.warning("only Host headers naming %s or the loopback are answered: add the "
+                        "names clients use with --allowed-host", host)
     app.store.check_schema()
     mode = "actions enabled (sign in with the token)" if token else "read-only"
-    log.info("oncely dashboard on http://%s:%d (%s)", host, port, mode)
-    uvicorn.run(create_app(app, token), host=host, port=port, log_level="warning",
-                server_header=False)
+    log.info("oncely dashboard on http://%s:%d (%s%s)", host, port, mode,
+             "; reads need the token" if auth == "reads" else "")
+    uvicorn.run(web, host=host, port=port, log_level="warning", server_header=False)
+
+
+def _check_address(host: str, port: int) -> None:
+    """Refuse an address no socket can be bound to with one line, before uvicorn would log its
+    own traceback."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError) as exc:
+        raise ConfigError(f"--host {ascii(host)[:80]} is not an address to listen on: "
+                          f"{exc}") from None

@@ -1,0 +1,200 @@
+"""The checks every value passes before it reaches a store, wherever it comes from.
+
+The library (``enqueue``, ``enqueue_many``, schedules, queue declarations), the command line and
+the dashboard's API all call these, so a value either store would refuse, or would store but no
+command could address again, is refused at the edge with a :class:`~oncely.errors.ConfigError`
+(exit code 2 on the command line, 400 over HTTP) naming what to fix — the same on SQLite and
+PostgreSQL.
+
+Limits:
+
+=====================================  =====================================================
+value                                  accepted
+=====================================  =====================================================
+queue, task and schedule names         1-200 characters: ASCII letters, digits, ``_ . : -``
+unique, singleton and concurrency keys 1-1000 bytes of UTF-8 text, no control characters
+job args                               a JSON object; no NUL character and no lone surrogate
+                                       in any key or string (PostgreSQL stores neither)
+priority                               a whole number from -2147483648 to 2147483647
+max_attempts                           a whole number from 1 to 2147483647
+delay                                  a finite number of seconds, at most 100 years
+ids (jobs, anomalies)                  a whole number from 1 to 9223372036854775807
+=====================================  =====================================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from oncely.errors import ArgsNotJSON, ConfigError
+
+NAME_MAX = 200
+KEY_MAX_BYTES = 1000
+INT32 = (-(2**31), 2**31 - 1)
+ID_MAX = 2**63 - 1
+DELAY_MAX = 100 * 366 * 86400.0  # seconds
+
+_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_NAME_KINDS = ("queue", "task", "schedule")
+
+
+def check_name(kind: str, name: object) -> str:
+    """``name`` if it is a valid name of ``kind`` (``queue``, ``task``, ``schedule``, or a key:
+    ``unique key``, ``singleton key``, ``concurrency key``), else ConfigError saying why."""
+    if kind in _NAME_KINDS:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigError(f"{kind} name {_shown(name)} is invalid: use 1-{NAME_MAX} letters, "
+                              "digits, '_', '.', ':' or '-'")
+        return name
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{kind} {_shown(name)} is invalid: it must be a non-empty string")
+    bad = _CONTROL.search(name) or _SURROGATE.search(name)
+    if bad:
+        raise ConfigError(f"{kind} {_shown(name)} is invalid: it contains the character "
+                          f"{bad.group()!a}; control characters and lone surrogates "
+                          "cannot be stored")
+    if len(name.encode()) > KEY_MAX_BYTES:
+        raise ConfigError(f"{kind} {_shown(name)} is too long: at most {KEY_MAX_BYTES} bytes "
+                          "of UTF-8")
+    return name
+
+
+def check_text(what: str, text: str) -> str:
+    """``text`` unless it holds a NUL character or a lone surrogate (neither store keeps both)."""
+    if "\x00" in text or _SURROGATE.search(text):
+        raise ConfigError(f"{what} contains a NUL character or a lone surrogate "
+                          f"({_shown(text)}); neither can be stored")
+    return text
+
+
+def dump_args(task_name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` as stored (a JSON round trip), or ArgsNotJSON saying what cannot be stored."""
+    try:
+        text = json.dumps(args, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ArgsNotJSON(f"arguments of {task_name!r} must be JSON-serialisable: {exc}") from None
+    # json escapes NUL as \u0000 and leaves a lone surrogate raw: look closer only then.
+    if "\\u0000" in text or _SURROGATE.search(text):
+        where = _unstorable(args, "args")
+        if where is not None:
+            raise ArgsNotJSON(f"arguments of {task_name!r} cannot be stored: {where} holds a NUL "
+                              "character or a lone surrogate")
+    return dict(json.loads(text))
+
+
+def _unstorable(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        return path if "\x00" in value or _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{path}[{key!r}]"
+            if isinstance(key, str) and ("\x00" in key or _SURROGATE.search(key)):
+                return f"the key {inner}"
+            found = _unstorable(item, inner)
+            if found:
+                return found
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _unstorable(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def check_int(what: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{what} must be a whole number from {low} to {high}, "
+                          f"got {_shown(value)}")
+    return value
+
+
+def check_delay(value: float) -> float:
+    if not math.isfinite(value) or abs(value) > DELAY_MAX:
+        raise ConfigError(f"delay must be a finite number of seconds, at most {DELAY_MAX:.0f} "
+                          f"(100 years), got {value!r}")
+    return value
+
+
+def check_id(what: str, value: object) -> int:
+    return check_int(f"{what} id", value, 1, ID_MAX)
+
+
+def _shown(value: object, limit: int = 60) -> str:
+    """A value quoted for a one-line message: escaped (no terminal control reaches the screen)
+    and cut to ``limit`` characters."""
+    text = ascii(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# database URLs ----------------------------------------------------------------------------------
+
+_SCHEMES = ("sqlite", "postgresql", "postgres")
+_LIBPQ_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby",
+                             "prefer-standby"),
+    "load_balance_hosts": ("disable", "random"),
+    "sslnegotiation": ("postgres", "direct"),
+}
+_LIBPQ_WHOLE_NUMBERS = ("connect_timeout", "keepalives", "keepalives_idle",
+                        "keepalives_interval", "keepalives_count", "tcp_user_timeout")
+
+
+def check_database_url(url: object) -> str:
+    """``url`` if oncely can try to open it, else InvalidURL naming the part to fix (the URL
+    itself is quoted masked). Parameters libpq would only refuse when connecting (a port out of
+    range, an unknown ``sslmode``) are checked here, so they read as a mistake, not an outage."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    from oncely.errors import InvalidURL
+    from oncely.redaction import mask_url
+
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidURL("the database URL is empty; use sqlite:///path/oncely.db or "
+                         "postgresql://user@host/db")
+    shown = _shown(mask_url(url.strip()), 120)
+    if "\x00" in url or _SURROGATE.search(url):
+        raise InvalidURL(f"the database URL {shown} contains a NUL or undecodable character")
+    try:
+        parts = urlsplit(url.strip())
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError as exc:
+        raise InvalidURL(f"malformed database URL {shown}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise InvalidURL(f"unsupported database URL scheme {scheme or '(none)'!r} in {shown}; "
+                         "use sqlite:///path/oncely.db or postgresql://user@host/db")
+    if scheme != "sqlite":
+        _check_libpq_parts(parts.netloc.rpartition("@")[2], query, shown)
+    return url
+
+
+def _check_libpq_parts(hostports: str, query: list[tuple[str, str]], shown: str) -> None:
+    from oncely.errors import InvalidURL
+
+    ports = [value for key, value in query if key == "port"]
+    for hostport in hostports.split(","):  # libpq takes host1:port1,host2:port2
+        host, sep, port = hostport.rpartition(":")
+        if sep and not host.endswith("]") and host.count(":"):  # a bare IPv6 address, no port
+            continue
+        if sep:
+            ports.append(port)
+    for port in (p for value in ports for p in value.split(",")):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise InvalidURL(f"invalid port {port[:20]!r} in the database URL {shown}: use a "
+                             "number from 1 to 65535")
+    for key, value in query:
+        choices = _LIBPQ_CHOICES.get(key)
+        if choices is not None and value not in choices:
+            raise InvalidURL(f"invalid {key}={value[:40]!r} in the database URL {shown}: use "
+                             f"one of {', '.join(choices)}")
+        if key in _LIBPQ_WHOLE_NUMBERS and not value.isdigit():
+            raise InvalidURL(f"invalid {key}={value[:40]!r} in the database URL {shown}: use a "
+                             "whole number")
