@@ -311,6 +311,9 @@ def dashboard(env: Env, host: str, port: int, token: str | None, auth: str,
     token)."""
     from oncely.web.server import serve
 
+    if token is not None and not token:
+        raise ConfigError("--token is empty: give the token, or leave the option out for a "
+                          "read-only dashboard")
     serve(env.app(), host, port, token, allowed_hosts, auth)
 
 

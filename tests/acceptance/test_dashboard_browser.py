@@ -145,3 +145,31 @@ def test_pages_load_and_retry_requeues_a_failed_job(
     assert page.locator("#job-state").inner_text() == "available"
     assert app.store.job_get(failed.id).state == JobState.AVAILABLE
     shot(page, tmp_path, "job-retried")
+
+
+def test_a_page_reached_through_dns_rebinding_gets_no_data(base_url: str, tmp_path: Path) -> None:
+    """Chromium resolves attacker.example to 127.0.0.1 (as a rebinding DNS server would), so the
+    attacker's page and its fetches are same-origin with the dashboard's socket: the dashboard
+    refuses them by their Host header; the loopback name still works."""
+    from playwright.sync_api import sync_playwright
+
+    port = base_url.rsplit(":", 1)[1]
+    rebound = f"http://attacker.example:{port}"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=[*CHROMIUM_ARGS, "--host-resolver-rules=MAP attacker.example 127.0.0.1"])
+        tab = browser.new_page()
+        for path in ("/", "/api/jobs", "/api/doctor", "/jobs?state=failed"):
+            answer = tab.goto(rebound + path)
+            assert answer is not None and answer.status == 400, path
+            assert "Invalid host header" in tab.content()
+            assert "analytics query timed out" not in tab.content()
+        # a script on the attacker's page reading the API it now shares an origin with
+        status = tab.evaluate("fetch('/api/jobs').then(r => r.status)")
+        assert status == 400
+        shot(tab, tmp_path, "rebinding-refused")
+        answer = tab.goto(f"{base_url}/jobs?state=failed")
+        assert answer is not None and answer.status == 200
+        assert "analytics query timed out" in tab.content()
+        browser.close()

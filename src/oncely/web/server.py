@@ -34,8 +34,8 @@ def serve(app: App, host: str = "127.0.0.1", port: int = 8700, token: str | None
     except ImportError as exc:
         raise ConfigError(f"the dashboard needs its extra ({exc.name} is missing): "
                           "pip install 'oncely[web]'") from None
-    _check_address(host, port)
     web = create_app(app, token, [host, *allowed_hosts], auth)  # checks token and auth first
+    _check_address(host, port)
     if not _loopback(host):
         log.warning("dashboard bound to %s: anyone who can reach it can read job data%s", host,
                     " without the token (use --auth reads)" if auth != "reads" else "")
@@ -50,10 +50,18 @@ def serve(app: App, host: str = "127.0.0.1", port: int = 8700, token: str | None
 
 
 def _check_address(host: str, port: int) -> None:
-    """Refuse an address no socket can be bound to with one line, before uvicorn would log its
-    own traceback."""
+    """Refuse an address that cannot be listened on with one line (exit 2), before uvicorn
+    would: it logs the error and exits 3, which is our code for a store failure."""
     try:
-        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
     except (OSError, UnicodeError, ValueError) as exc:
         raise ConfigError(f"--host {ascii(host)[:80]} is not an address to listen on: "
                           f"{exc}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose "
+                              "another --port or --host") from None
