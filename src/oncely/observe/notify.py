@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from oncely.errors import ConfigError
+from oncely.redaction import mask_url
 from oncely.store.observability import Anomaly
 
 Emit = Callable[..., Any]
@@ -71,7 +72,7 @@ class WebhookNotifier:
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"the watchdog webhook URL must start with http:// or https://, "
-                              f"got {url!r} (ONCELY_WATCHDOG_WEBHOOK_URL)")
+                              f"got {mask_url(url)!r} (ONCELY_WATCHDOG_WEBHOOK_URL)")
         self.url = url
         self.attempts = max(1, attempts)
         self.backoff = backoff

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from oncely.observe.fleet import fleet_registry
 from oncely.plugins import WEB_GROUP, plugin_entry_points
 from oncely.web import api, pages
-from oncely.web.auth import BEARER_OK
+from oncely.web.auth import BEARER_OK, Guard
 from oncely.web.context import Dashboard, dashboard
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class Gate:
         await self.app(scope, receive, send)
 
     @staticmethod
-    def _refusal(request: Request, guard: Any) -> Response | None:
+    def _refusal(request: Request, guard: Guard) -> Response | None:
         given = guard.bearer(request)
         if given is not None and guard.enabled:
             wait = guard.wait(request)
