@@ -169,7 +169,8 @@ PAGES = ["/", "/jobs", "/jobs/{}", "/schedules", "/schedules/{}", "/workers", "/
          "/login", "/api/overview", "/api/queues", "/api/jobs", "/api/jobs/{}",
          "/api/schedules", "/api/schedules/rates", "/api/schedules/{}",
          "/api/schedules/{}/timeline", "/api/workers", "/api/leases", "/api/anomalies",
-         "/api/events", "/api/doctor", "/api/openapi.json", "/metrics", "/healthz"]
+         "/api/events", "/api/doctor", "/api/openapi.json", "/metrics", "/healthz",
+         "/api/orgs/{}/ingestion"]  # an installed add-on's route (oncely_billing)
 ACTIONS = ["/jobs/{}/retry", "/jobs/{}/cancel", "/anomalies/{}/resolve", "/api/jobs/{}/retry",
            "/api/jobs/{}/cancel", "/login", "/logout"]
 QUERY_KEYS = ["state", "queue", "task", "schedule", "limit", "before", "buckets", "all", "done"]

@@ -32,8 +32,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from oncely.errors import ConfigError, NotFound, OncelyError
 from oncely.observe.fleet import fleet_registry
 from oncely.plugins import WEB_GROUP, plugin_entry_points
+from oncely.redaction import mask_text
 from oncely.web import api, pages
 from oncely.web.auth import BEARER_OK, Guard
 from oncely.web.context import Dashboard, dashboard
@@ -127,6 +129,16 @@ class Gate:
         return RedirectResponse("/login", status_code=303)
 
 
+async def oncely_error(request: Request, exc: Exception) -> Response:
+    """An oncely error no route handled itself (an add-on's route, a store failure): its one
+    line, masked, with the status it stands for — not a 500 with a traceback in the log."""
+    status = 404 if isinstance(exc, NotFound) else 400 if isinstance(exc, ConfigError) else 503
+    if status == 503:
+        log.warning("dashboard: %s %s failed: %s", request.method, request.url.path,
+                    mask_text(str(exc)))
+    return JSONResponse({"error": mask_text(str(exc))}, status_code=status)
+
+
 def metrics(request: Request) -> Response:
     registry = request.app.state.metrics_registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -161,7 +173,7 @@ def create_app(app: App, token: str | None = None, allowed_hosts: Sequence[str] 
         Mount("/static", StaticFiles(packages=[("oncely.web", "static")]), name="static"),
         *extra_routes(app),
     ]
-    web = Starlette(routes=routes)
+    web = Starlette(routes=routes, exception_handlers={OncelyError: oncely_error})
     web.state.dashboard = dash
     web.state.metrics_registry = fleet_registry(lambda: app.store, app.clock.now,
                                                 dash.stale_after)
