@@ -19,6 +19,7 @@ priority                               a whole number from -2147483648 to 214748
 max_attempts                           a whole number from 1 to 2147483647
 delay                                  a finite number of seconds, at most 100 years
 ids (jobs, anomalies)                  a whole number from 1 to 9223372036854775807
+database URL                           see :func:`check_database_url`
 =====================================  =====================================================
 """
 
@@ -28,8 +29,10 @@ import json
 import math
 import re
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
-from oncely.errors import ArgsNotJSON, ConfigError
+from oncely.errors import ArgsNotJSON, ConfigError, InvalidURL
+from oncely.redaction import mask_url
 
 NAME_MAX = 200
 KEY_MAX_BYTES = 1000
@@ -151,11 +154,6 @@ def check_database_url(url: object) -> str:
     """``url`` if oncely can try to open it, else InvalidURL naming the part to fix (the URL
     itself is quoted masked). Parameters libpq would only refuse when connecting (a port out of
     range, an unknown ``sslmode``) are checked here, so they read as a mistake, not an outage."""
-    from urllib.parse import parse_qsl, urlsplit
-
-    from oncely.errors import InvalidURL
-    from oncely.redaction import mask_url
-
     if not isinstance(url, str) or not url.strip():
         raise InvalidURL("the database URL is empty; use sqlite:///path/oncely.db or "
                          "postgresql://user@host/db")
@@ -177,8 +175,6 @@ def check_database_url(url: object) -> str:
 
 
 def _check_libpq_parts(hostports: str, query: list[tuple[str, str]], shown: str) -> None:
-    from oncely.errors import InvalidURL
-
     ports = [value for key, value in query if key == "port"]
     for hostport in hostports.split(","):  # libpq takes host1:port1,host2:port2
         host, sep, port = hostport.rpartition(":")
