@@ -18,3 +18,8 @@ app = oncely.App(os.environ.get("ONCELY_DATABASE_URL") or "sqlite:///oncely.db",
 @app.task(name="noop")
 def noop(ctx: oncely.JobContext) -> None:
     return None
+
+
+@app.task(name="noop_process", isolation="process")
+def noop_process(ctx: oncely.JobContext) -> None:
+    return None

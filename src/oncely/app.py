@@ -162,6 +162,7 @@ class App(Operations):
         limit: tuple[int, float | timedelta] | None = None,
         concurrency_key: str | None = None,
         max_per_key: int | None = None,
+        isolation: str = "thread",
     ) -> Any:
         """Register a handler as a task: bare (``@app.task``) it returns the Task; with options
         (``@app.task(queue=…)``) it returns the decorator that does. ``limit``,
@@ -179,7 +180,8 @@ class App(Operations):
                                   f'"org:{{org_id}}", got {concurrency_key!r}')
             options = TaskOptions(queue, retry or NO_RETRY, timeout, singleton, priority,
                                   Rate.parse(owner, limit), concurrency_key,
-                                  per_key or (1 if concurrency_key is not None else None))
+                                  per_key or (1 if concurrency_key is not None else None),
+                                  isolation)
             task = Task(self, task_name, func, options)
             self.tasks[task_name] = task
             return task

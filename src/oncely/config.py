@@ -28,10 +28,15 @@ Each option's environment variable is ``ONCELY_`` plus its name in capitals
 (``ONCELY_LEASE_TTL``). The ``keep_*`` options are the retention of every queue that does not
 declare its own (per queue: ``app.queue(name, retention=…)``); a finished job goes when it is
 older than its state's age or beyond its state's count, whichever comes first.
+
+Every duration (the ``*_ttl``, ``*_interval``, ``*_seconds`` and ``shutdown_grace`` options) must
+be a positive, finite number of seconds: NaN, infinity, zero and negatives are refused with one
+line naming the setting (exit code 2 on the command line).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -39,6 +44,13 @@ from typing import Any
 from oncely.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///oncely.db"
+# Every duration in seconds: each must be positive and finite (NaN or infinity would store no
+# expiry or overflow a timestamp; zero would spin or expire everything at once).
+DURATIONS = (
+    "lease_ttl", "poll_interval", "shutdown_grace", "leader_ttl", "maintenance_interval",
+    "enqueue_interval", "keep_succeeded_seconds", "keep_failed_seconds", "keep_cancelled_seconds",
+    "ledger_keep_seconds", "watchdog_interval",
+)
 
 
 @dataclass(frozen=True)
@@ -62,27 +74,23 @@ class Settings:
     watchdog_webhook_url: str = ""
 
     def __post_init__(self) -> None:
-        positive = (
-            "lease_ttl",
-            "poll_interval",
-            "leader_ttl",
-            "maintenance_interval",
-            "enqueue_interval",
-            "watchdog_interval",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"setting {name} must be positive, got {getattr(self, name)!r}")
-        if self.concurrency < 1:
-            raise ConfigError(f"setting concurrency must be >= 1, got {self.concurrency!r}")
-        if self.shutdown_grace < 0:
-            raise ConfigError("setting shutdown_grace must not be negative")
-        for name in ("keep_succeeded_seconds", "keep_succeeded", "keep_failed_seconds",
-                     "keep_failed", "keep_cancelled_seconds", "keep_cancelled"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"setting {name} must not be negative")
+        for name in DURATIONS:
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not 0 < value < math.inf):  # also refuses NaN (no comparison holds)
+                raise ConfigError(f"setting {name} (ONCELY_{name.upper()}) must be a positive, "
+                                  f"finite number of seconds, got {value!r}")
+        if not _whole(self.concurrency) or self.concurrency < 1:
+            raise ConfigError(f"setting concurrency (ONCELY_CONCURRENCY) must be a whole number "
+                              f">= 1, got {self.concurrency!r}")
+        for name in ("keep_succeeded", "keep_failed", "keep_cancelled"):
+            value = getattr(self, name)
+            if not _whole(value) or value < 0:
+                raise ConfigError(f"setting {name} (ONCELY_{name.upper()}) must be a whole "
+                                  f"number >= 0, got {value!r}")
         if self.lease_ttl < 1.0:
-            raise ConfigError("setting lease_ttl must be at least 1 second")
+            raise ConfigError("setting lease_ttl (ONCELY_LEASE_TTL) must be at least 1 second, "
+                              f"got {self.lease_ttl!r}")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -99,6 +107,10 @@ class Settings:
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **{key: value for key, value in changes.items() if value is not None})
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _parse(name: str, type_name: str, raw: str) -> Any:

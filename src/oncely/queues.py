@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -61,9 +62,11 @@ class Keep:
         if self.age is None and self.count is None:
             raise ConfigError("Keep() needs an age, a count or both: retention is never unbounded")
         if self.age is not None and (
-            not isinstance(self.age, int | float | timedelta) or _seconds(self.age) < 0
+            not isinstance(self.age, int | float | timedelta) or isinstance(self.age, bool)
+            or not 0 < _seconds(self.age) < math.inf
         ):
-            raise ConfigError(f"Keep(age=…) must be seconds or a timedelta >= 0, got {self.age!r}")
+            raise ConfigError(f"Keep(age=…) must be a positive, finite number of seconds or a "
+                              f"timedelta, got {self.age!r}")
         if self.count is not None and (not _whole(self.count) or self.count < 0):
             raise ConfigError(f"Keep(count=…) must be a whole number >= 0, got {self.count!r}")
 

@@ -22,6 +22,7 @@ capped at ``max_delay``. With ``jitter=True`` the delay is drawn uniformly from 
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import datetime, timedelta
 from typing import Literal
@@ -50,10 +51,11 @@ class Retry(HandlerSignal):
             raise ConfigError(f"Retry(attempts={attempts!r}): attempts must be an integer >= 1")
         if backoff not in _BACKOFFS:
             raise ConfigError(f"Retry(backoff={backoff!r}): use one of {', '.join(_BACKOFFS)}")
-        if base_delay < 0 or max_delay < 0:
-            raise ConfigError("Retry delays must not be negative")
-        if delay is not None and delay < 0:
-            raise ConfigError(f"Retry(delay={delay!r}): delay must not be negative")
+        for option, value in (("base_delay", base_delay), ("max_delay", max_delay),
+                              ("delay", delay)):
+            if value is not None and not _seconds_ok(value):
+                raise ConfigError(f"Retry({option}={value!r}): {option} must be a finite number "
+                                  "of seconds >= 0")
         self.attempts = attempts
         self.backoff: Backoff = backoff
         self.base_delay = float(base_delay)
@@ -96,6 +98,11 @@ class Retry(HandlerSignal):
             f"Retry(attempts={self.attempts!r}, backoff={self.backoff!r}, "
             f"base_delay={self.base_delay!r}, max_delay={self.max_delay!r}, jitter={self.jitter!r})"
         )
+
+
+def _seconds_ok(value: object) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
 
 
 NO_RETRY = Retry(attempts=1)

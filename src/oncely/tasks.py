@@ -4,7 +4,13 @@ A handler is a plain function ``def handler(ctx, **args)`` (``async def`` works 
 
 * ``queue`` — the queue its jobs go to (default ``"default"``);
 * ``retry`` — a :class:`~oncely.retry.Retry` policy (default: one attempt, no retry);
-* ``timeout`` — seconds an attempt may run before it is stopped and counted as failed;
+* ``timeout`` — seconds an attempt may run before it is stopped and counted as failed (a
+  positive, finite number). A handler in a thread is asked to stop (``ctx.cancelled``); one that
+  ignores it keeps its job, its lease and its singleton key until it returns (the worker goes on
+  with a new handler thread);
+* ``isolation`` — ``"thread"`` (the default: the handler runs in one of the worker's threads) or
+  ``"process"``: each attempt runs in a child process that is killed at its timeout, on a lost
+  lease, on cancel and at shutdown (:mod:`oncely.worker.isolation` says what its context offers);
 * ``singleton`` — ``True`` (one running job per task), a key template such as ``"org:{org_id}"``
   (one per distinct value, formatted from the job's args), or ``None`` (the default: singleton
   when the task is scheduled — its slot runs and its manual jobs share the key, so a "run it
@@ -26,6 +32,7 @@ same key enqueues a new job.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +65,10 @@ class TaskOptions:
     limit: Rate | None = None
     concurrency_key: str | None = None
     max_per_key: int | None = None
+    isolation: str = "thread"
+
+
+ISOLATIONS = ("thread", "process")
 
 
 class Task:
@@ -71,8 +82,17 @@ class Task:
         self.fn = fn
         self.options = options
         self.is_async = inspect.iscoroutinefunction(fn)
-        if options.timeout is not None and options.timeout <= 0:
-            raise ConfigError(f"task {name!r}: timeout must be positive")
+        timeout = options.timeout
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, int | float)
+                                    or not math.isfinite(timeout) or timeout <= 0):
+            raise ConfigError(f"task {name!r}: timeout must be a positive, finite number of "
+                              f"seconds, got {timeout!r}")
+        if options.isolation not in ISOLATIONS:
+            raise ConfigError(f"task {name!r}: isolation must be one of {', '.join(ISOLATIONS)}, "
+                              f"got {options.isolation!r}")
+        if options.isolation == "process":
+            _check_importable(name, fn)
         if isinstance(options.singleton, str):
             _template_fields(name, options.singleton)
         self._defaults: dict[str, Any] = {}
@@ -164,6 +184,18 @@ class Task:
         ``queue``, ``max_attempts``, ``connection``) are taken out; the rest are the job's args."""
         options = {key: args.pop(key) for key in list(args) if key in ENQUEUE_OPTIONS}
         return self.app.enqueue_job(self.name, args, **options)
+
+
+def _check_importable(task_name: str, fn: Any) -> None:
+    """ConfigError unless a child process can import ``fn`` by module and name (what
+    ``isolation="process"`` needs: :mod:`oncely.worker.isolation`)."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or module == "__main__" or "<locals>" in qualname:
+        raise ConfigError(
+            f"task {task_name!r}: isolation=\"process\" needs a handler defined at module "
+            "level in an importable module (not inside a function, not in __main__), so that "
+            "its child process can import it"
+        )
 
 
 def _template_fields(task_name: str, template: str) -> None:

@@ -98,3 +98,28 @@ def test_the_command_exits_1_with_json_and_0_when_healthy(tmp_path) -> None:
     ok = doctor(empty)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "no problem found" in ok.stdout and "healthy" in ok.stdout.splitlines()[-1]
+
+
+def test_a_handler_wedged_past_its_timeout_is_a_problem(any_url: str) -> None:
+    """A handler thread that ignores its timeout keeps its job running (its worker renews the
+    lease until the code stops): the doctor must not call that healthy."""
+    app = oncely.App(any_url, clock=oncely.FrozenClock(START))
+
+    @app.task(name="wedged", timeout=5)
+    def wedged(ctx: oncely.JobContext) -> None: ...
+
+    try:
+        handle = wedged.enqueue()
+        live_worker(app)
+        app.store.job_claim(JobClaimParams("w1", app.clock.now(), 1, 120.0))
+        app.clock.advance(timedelta(seconds=60))
+        live_worker(app)  # still alive, still renewing
+        report = examine(app)
+    finally:
+        app.close()
+    assert not report.healthy
+    [wedge] = [f for f in report.findings if f.check == f"job:{handle.id}"]
+    assert wedge.summary == (f"job {handle.id} (wedged) has run 55s past its timeout of 5s: its "
+                             "handler ignores the request to stop, and worker w1 keeps the job "
+                             "(and its singleton key) until the code returns")
+    assert 'isolation="process"' in wedge.advice

@@ -31,7 +31,7 @@ from tests.apps import chaos
 from tests.conftest import Workers, read_effects
 
 import oncely
-from oncely.store.base import JobFilter, JobState, SlotOutcome
+from oncely.store.base import LEADER_LEASE_KEY, JobFilter, JobState, SlotOutcome
 from oncely.testing import wait_until
 
 # Fleets of worker processes: one at a time (one xdist worker), so they do not starve each other.
@@ -137,7 +137,8 @@ def fresh_running_job(app: oncely.App, fleet: Fleet, max_age: float = 0.15,
 
 def leader_index(app: oncely.App, fleet: Fleet) -> int | None:
     for lease in app.store.lease_list():
-        if lease.key == "leader" and lease.expires_at and lease.expires_at > datetime.now(UTC):
+        live = lease.expires_at is not None and lease.expires_at > datetime.now(UTC)
+        if lease.key == LEADER_LEASE_KEY and live:
             return fleet.index_of(owner_pid(lease.owner))
     return None
 

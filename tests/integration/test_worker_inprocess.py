@@ -148,8 +148,13 @@ def test_timeout_stops_a_cooperative_handler_and_counts_as_failure(app):
     assert job.errors[-1].kind == ErrorKind.TIMEOUT
 
 
-def test_timeout_abandons_a_handler_that_ignores_it(app):
+def test_a_handler_that_ignores_its_timeout_keeps_its_job_until_it_stops(app):
+    """The stuck thread is written off (the worker goes on with other jobs), but its job stays
+    running — lease renewed, singleton key held — until the code really returns; only then is
+    the timeout recorded."""
     release = threading.Event()
+    events: list[str] = []
+    app.events.subscribe(lambda event: events.append(event.name))
 
     @app.task(name="stuck", timeout=0.1)
     def stuck(ctx):
@@ -161,12 +166,16 @@ def test_timeout_abandons_a_handler_that_ignores_it(app):
 
     handle = stuck.enqueue()
     with worker_running(app, concurrency=1):
-        job = wait_until(lambda: finished(app, handle), timeout=15)
+        wait_until(lambda: "job.overrunning" in events, timeout=15)
         # The stuck thread was written off: the worker still runs other jobs.
         second = after.enqueue()
         assert wait_until(lambda: finished(app, second)).result == "ran"
+        assert handle.refresh().state == JobState.RUNNING, "the job left the worker's hands"
         release.set()
+        job = wait_until(lambda: finished(app, handle), timeout=15)
     assert job.state == JobState.FAILED and job.errors[-1].kind == ErrorKind.TIMEOUT
+    assert "ignored the request to stop" in job.errors[-1].message
+    assert "job.overrun_ended" in events
 
 
 def test_cancelling_a_running_job_stops_it_cooperatively(app):

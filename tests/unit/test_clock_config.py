@@ -1,10 +1,15 @@
+import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from tests.conftest import ROOT
 
-from oncely import ConfigError, FrozenClock, Settings, WarpClock
+from oncely import ConfigError, FrozenClock, Keep, Settings, WarpClock
 from oncely.clock import clock_from_spec
+from oncely.config import DURATIONS
 
 
 def test_frozen_clock_moves_only_when_told():
@@ -42,3 +47,29 @@ def test_settings_read_env_and_validate():
         Settings.from_env({"ONCELY_LEASE_TTL": "soon"})
     with pytest.raises(ConfigError, match="concurrency"):
         Settings(concurrency=0)
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf", "0", "-1"])
+@pytest.mark.parametrize("name", DURATIONS)
+def test_every_duration_refuses_nan_infinity_zero_and_negatives(name, raw):
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({f"ONCELY_{name.upper()}": raw})
+    assert str(refused.value) == (f"setting {name} (ONCELY_{name.upper()}) must be a positive, "
+                                  f"finite number of seconds, got {float(raw)!r}")
+
+
+def test_a_bad_duration_stops_the_worker_with_one_line_and_exit_code_2():
+    env = {**os.environ, "ONCELY_LEASE_TTL": "nan", "ONCELY_DATABASE_URL": "sqlite:///:memory:"}
+    done = subprocess.run([sys.executable, "-m", "oncely", "--app", "tests.apps.basic:app",
+                           "worker"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "oncely: error: setting lease_ttl (ONCELY_LEASE_TTL) must be a positive, finite number "
+        "of seconds, got nan"]
+
+
+def test_queue_retention_ages_must_be_positive_and_finite():
+    for bad in (float("nan"), float("inf"), 0, -5):
+        with pytest.raises(ConfigError, match="Keep\\(age=…\\) must be a positive, finite"):
+            Keep(age=bad)

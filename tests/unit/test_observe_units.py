@@ -43,7 +43,9 @@ def test_windows_follow_the_period() -> None:
 
 
 def test_invalid_watchdog_settings_are_refused() -> None:
-    for bad in ({"too_many_ratio": 1.0}, {"min_excess": 0}, {"windows": (0,)}):
+    for bad in ({"too_many_ratio": 1.0}, {"min_excess": 0}, {"windows": (0,)},
+                {"too_many_ratio": float("nan")}, {"windows": (float("inf"),)},
+                {"settle_seconds": float("nan")}, {"stuck_min_seconds": -1.0}):
         with pytest.raises(ValueError):
             WatchdogConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="http"):

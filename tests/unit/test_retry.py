@@ -48,8 +48,10 @@ def test_explicit_delay_wins_and_next_retry_at_adds_it():
     [
         ({"attempts": 0}, "attempts must be an integer >= 1"),
         ({"backoff": "quadratic"}, "use one of fixed, linear, exponential"),
-        ({"base_delay": -1}, "must not be negative"),
-        ({"delay": -5}, "delay must not be negative"),
+        ({"base_delay": -1}, "base_delay must be a finite number of seconds >= 0"),
+        ({"delay": -5}, "delay must be a finite number of seconds >= 0"),
+        ({"delay": float("nan")}, "delay must be a finite number of seconds >= 0"),
+        ({"max_delay": float("inf")}, "max_delay must be a finite number of seconds >= 0"),
     ],
 )
 def test_invalid_policies_say_what_to_fix(kwargs, fragment):

@@ -15,7 +15,9 @@ For every schedule the number of executions a window should hold follows from it
   ``missed``, ``coalesced`` or ``skipped_overlap`` in the ledger.
 * **stuck** — a running job whose lease is still being renewed, running longer than
   ``stuck_factor`` times its task's usual (median) duration and at least ``stuck_min_seconds``
-  more than it.
+  more than it; or running more than ``OVERRUN_SLACK`` seconds past its task's timeout: its
+  handler ignored the request to stop, and its worker keeps the job (and its singleton key) until
+  the code returns — a wedged handler that no timeout can free.
 * **pressure** — due jobs of a schedule's task waiting longer than the schedule's period.
 
 Every function reads the store through its typed methods and returns :class:`Finding` objects;
@@ -24,6 +26,7 @@ the watchdog stores them as anomalies, the doctor prints them.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,9 +38,12 @@ from oncely.observe.fmt import plural, span, window_phrase
 from oncely.schedules import ScheduleSpec, expected_count, period_hint
 from oncely.store.base import JobFilter, ScheduleRow, Store
 from oncely.store.observability import AnomalyKind, AnomalyRaise, ExecutionWindow
-from oncely.types import JobState, SlotOutcome
+from oncely.types import Job, JobState, SlotOutcome
 
 HOUR = 3600.0
+# Past its timeout a handler gets a grace of at most 2 s to stop, then the worker reports it as
+# overrunning; a job running this long past its timeout is wedged, not slow to stop.
+OVERRUN_SLACK = 10.0
 MAX_WINDOW = 7 * 86400.0
 
 
@@ -54,10 +60,18 @@ class WatchdogConfig:
     pressure_min_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.too_many_ratio <= 1 or self.stuck_factor <= 1 or self.min_excess < 1:
-            raise ValueError("too_many_ratio and stuck_factor must exceed 1, min_excess be >= 1")
-        if any(w <= 0 for w in self.windows):
-            raise ValueError("watchdog windows must be positive numbers of seconds")
+        # Written so that NaN fails every check (no comparison with NaN holds).
+        ratios = (self.too_many_ratio, self.stuck_factor)
+        if not all(1 < r < math.inf for r in ratios) or not self.min_excess >= 1:
+            raise ValueError("too_many_ratio and stuck_factor must exceed 1 (and be finite), "
+                             "min_excess be >= 1")
+        if not all(0 < w < math.inf for w in self.windows):
+            raise ValueError("watchdog windows must be positive, finite numbers of seconds")
+        for name in ("settle_seconds", "stuck_min_seconds", "pressure_min_seconds",
+                     "pressure_factor"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"WatchdogConfig({name}=…) must be a finite number >= 0, "
+                                 f"got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -258,6 +272,10 @@ def check_stuck(store: Store, now: datetime, config: WatchdogConfig) -> list[Fin
     for job in store.job_list(JobFilter(state=JobState.RUNNING, limit=1000)):
         if job.started_at is None or job.lease_expires_at is None or job.lease_expires_at <= now:
             continue  # an expired lease is the rescuer's business, not a stuck run
+        elapsed = (now - job.started_at).total_seconds()
+        if job.timeout is not None and elapsed > job.timeout + OVERRUN_SLACK:
+            findings.append(_overrun(job, elapsed))
+            continue
         if job.task not in usual:
             samples = store.execution_durations(job.task, 50)
             enough = len(samples) >= config.min_duration_samples
@@ -265,7 +283,6 @@ def check_stuck(store: Store, now: datetime, config: WatchdogConfig) -> list[Fin
         typical = usual[job.task]
         if typical is None:
             continue
-        elapsed = (now - job.started_at).total_seconds()
         if elapsed <= max(typical * config.stuck_factor, typical + config.stuck_min_seconds):
             continue
         times = elapsed / max(typical, 0.001)
@@ -282,6 +299,22 @@ def check_stuck(store: Store, now: datetime, config: WatchdogConfig) -> list[Fin
                     "the task a timeout; a long job should checkpoint so a retry resumes"),
         ))
     return findings
+
+
+def _overrun(job: Job, elapsed: float) -> Finding:
+    timeout = job.timeout or 0.0
+    return Finding(
+        AnomalyKind.STUCK, f"job:{job.id}",
+        f"job {job.id} ({job.task}) has run {span(elapsed - timeout)} past its timeout of "
+        f"{span(timeout)}: its handler ignores the request to stop, and worker {job.lease_owner} "
+        "keeps the job (and its singleton key) until the code returns",
+        severity="warning", schedule=job.schedule, ratio=round(elapsed / max(timeout, 0.001), 3),
+        evidence={"job_id": job.id, "task": job.task, "started_at": job.started_at.isoformat()
+                  if job.started_at else None, "running_seconds": elapsed,
+                  "timeout_seconds": timeout, "worker": job.lease_owner, "fence": job.fence},
+        advice=("declare the task with isolation=\"process\" so the worker can kill it at its "
+                f"timeout, or restart worker {job.lease_owner} (the job is then retried)"),
+    )
 
 
 def check_pressure(

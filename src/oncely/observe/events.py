@@ -44,6 +44,8 @@ _INFO_EVENTS = frozenset(
         "job.rescued",
         "job.failed",
         "job.released",
+        "job.overrunning",
+        "job.overrun_ended",
         "fence.rejected",
         "schedule.registered",
         "schedule.updated",

@@ -113,7 +113,9 @@ before the age limit (``job_prune`` with ``queue`` and ``finished_before``).
 Leader
 ======
 
-The leader is the holder of the lease row ``leader``; its fence is the leader's **term**.
+The leader is the holder of the lease row ``@leader``; its fence is the leader's **term**. The key
+starts with ``@``, which no task name — and so no singleton or concurrency key — can start with:
+a task may be called ``leader`` without meeting the leader's row.
 ``leader_elect`` grants the row if it is free or expired, renews it if the caller holds it, and
 otherwise reports who does.
 """
@@ -213,7 +215,9 @@ __all__ = [
     "iter_chunks",
 ]
 
-LEADER_LEASE_KEY = "leader"
+# Internal lease keys start with "@": every singleton or concurrency key starts with a task name,
+# and task names never do (tasks.check_name), so no task can reach them.
+LEADER_LEASE_KEY = "@leader"
 
 
 

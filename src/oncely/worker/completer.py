@@ -6,9 +6,14 @@ on its own. Under load that turns N small write transactions into one, which is 
 embedded SQLite store. A job's handler slot is freed only after its outcome is recorded, so the
 claim loop never has more jobs in hand than its concurrency.
 
-If the store is unreachable the batch is retried with backoff until the earliest lease deadline
-in it passes; then the worker gives those outcomes up and the rescuer retries the jobs once their
-leases expire (at-least-once, with fences guarding what the handler wrote).
+If the store is unreachable (or contended) the batch is retried with backoff until the earliest
+lease deadline in it passes; then the worker gives those outcomes up and the rescuer retries the
+jobs once their leases expire (at-least-once, with fences guarding what the handler wrote).
+
+One job's outcome never costs another its record. What the store cannot hold is refused in the
+handler thread already (:mod:`oncely.worker.storable`); should the store still refuse the batch
+for any other reason than an outage, its outcomes are written one by one, and a job whose own
+outcome is refused is written as ``failed`` with ``outcome not storable: …`` instead.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from oncely.errors import StoreError
-from oncely.worker.execute import Outcome
+from oncely.errors import StoreBusy, StoreUnavailable
+from oncely.types import ErrorKind, JobError, JobState
+from oncely.worker.execute import Outcome, describe
 from oncely.worker.running import Running
 
 if TYPE_CHECKING:
@@ -29,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("oncely.worker")
 
 MAX_BATCH = 256
+# Store errors worth retrying: the store is unreachable or contended. Any other error is about
+# what was written, and would only fail again.
+TRANSIENT = (StoreUnavailable, StoreBusy)
 Item = tuple[Running, Outcome]
 
 
@@ -70,34 +79,84 @@ class Completer(threading.Thread):
                 return
 
     def _flush(self, batch: list[Item]) -> None:
+        applied = self._write_batch(batch)
+        if applied is None:
+            applied = [self._write_one(running, outcome) for running, outcome in batch]
+        for (running, outcome), ok in zip(batch, applied, strict=True):
+            try:
+                self.worker.recorded(running, outcome, ok)
+            except Exception:  # one job's bookkeeping must not keep the others' slots
+                log.exception("after recording job %d", running.job.id)
+
+    def _write_batch(self, batch: list[Item]) -> list[bool | None] | None:
+        """Write the batch in one call: per job True (written), False (fence refused) or None
+        (given up: the store stayed unreachable until the earliest lease deadline). None for the
+        whole batch when the store refused it for another reason: one job's row it cannot hold,
+        or a bug; retrying the batch would fail the same way, so the caller writes job by job."""
         worker = self.worker
         clock = worker.runtime.clock
         deadline = min(running.lease_deadline for running, _ in batch)
         delay = 0.05
         while True:
-            now = clock.now()
             try:
+                now = clock.now()
                 applied: list[bool | None] = list(worker.runtime.store.job_finish_many(
                     [outcome.finish(running.job, now) for running, outcome in batch]
                 ))
                 worker.note_store_ok()
-                break
-            except StoreError as exc:
+                return applied
+            except TRANSIENT as exc:
                 worker.note_store_error(exc)
                 if clock.monotonic() >= deadline:
                     log.error("could not record %d job outcomes before their lease deadline; "
                               "the rescuer will retry those jobs", len(batch))
-                    applied = [None] * len(batch)
-                    break
+                    return [None] * len(batch)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
-            except Exception:
-                # Not a store outage but a bug: retrying will not help. Give the outcomes up as
-                # if the store were unreachable, so the handler slots are freed and the leases
-                # lapse for the rescuer — never keep them in hand for ever.
-                log.exception("recording %d job outcomes failed; the rescuer will retry those "
-                              "jobs", len(batch))
-                applied = [None] * len(batch)
+            except Exception as exc:
+                log.warning("recording %d job outcomes together failed (%s); recording them one "
+                            "by one", len(batch), describe(exc))
+                return None
+
+    def _write_one(self, running: Running, outcome: Outcome) -> bool | None:
+        """Write one outcome; if the store refuses it (not an outage), write the job as failed
+        with the reason instead, so that job alone carries the consequence."""
+        worker, job = self.worker, running.job
+        try:
+            return self._finish_retrying(running, outcome)
+        except Exception as exc:
+            reason = f"outcome not storable: {describe(exc)}"
+            log.error("job %d: %s; recording it as failed", job.id, reason)
+        error = JobError(job.attempt, worker.runtime.clock.now(), ErrorKind.ERROR, reason)
+        replacement = Outcome(JobState.FAILED, error=error)
+        try:
+            return self._finish_retrying(running, replacement)
+        except Exception:
+            log.exception("job %d: could not record even its failure; the rescuer will retry "
+                          "it once its lease expires", job.id)
+            return None
+
+    def _finish_retrying(self, running: Running, outcome: Outcome) -> bool | None:
+        """One fenced finish, retried while the store is unreachable (until the job's lease
+        deadline: None). Other errors are raised."""
+        worker, job = self.worker, running.job
+        clock, store = worker.runtime.clock, worker.runtime.store
+        delay = 0.05
+        while True:
+            try:
+                applied = store.job_finish(outcome.finish(job, clock.now()))
+                worker.note_store_ok()
                 break
-        for (running, outcome), ok in zip(batch, applied, strict=True):
-            worker.recorded(running, outcome, ok)
+            except TRANSIENT as exc:
+                worker.note_store_error(exc)
+                if clock.monotonic() >= running.lease_deadline:
+                    return None
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        if not applied:
+            # A batch the store took in part (PostgreSQL writes plain successes first) may
+            # already hold this outcome under this fence: that is not a rejection.
+            stored = store.job_get(job.id)
+            applied = (stored is not None and stored.fence == job.fence
+                       and stored.state == outcome.state)
+        return applied

@@ -18,6 +18,10 @@ It carries the job's identity and its **fence**, and the means to act safely whi
   taken-over attempt starts with the last saved value and can resume.
 * ``ctx.cancelled`` / ``ctx.raise_if_cancelled()`` — cooperative cancellation: set when a human
   cancels the job, when its timeout passes, when the worker shuts down or when the lease is lost.
+  A thread cannot be stopped from outside: a handler that ignores this keeps its job (and its
+  singleton key) until it returns. Tasks declared with ``isolation="process"`` run in a child
+  process the worker kills instead (:mod:`oncely.worker.isolation`, which lists what of this
+  context a child process has).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from oncely.errors import Cancel, FenceRejected
 from oncely.types import ErrorKind, Job
+from oncely.worker.storable import checked_checkpoint
 
 if TYPE_CHECKING:
     from oncely.app import App
@@ -148,7 +153,9 @@ class JobContext:
         return self._checkpoint
 
     def checkpoint(self, data: Any) -> None:
-        """Save progress under the fence; a later attempt reads it as ``last_checkpoint``."""
+        """Save progress under the fence; a later attempt reads it as ``last_checkpoint``.
+        Raises ArgsNotJSON, naming the reason, for data the store cannot hold."""
+        data = checked_checkpoint(data, self.job.id)
         if not self.runtime.store.job_checkpoint(self.job.id, self.job.fence, data, self.now()):
             self._rejected()
         self._checkpoint = data

@@ -7,22 +7,28 @@ worker would record.
 the handler                               outcome
 ========================================  ===============================================
 returns ``value``                         ``succeeded`` with ``value`` as result (JSON)
+returns what no store can hold            ``failed``: ``result not storable: …`` (see
+                                          :mod:`oncely.worker.storable`)
 raises ``oncely.Retry(delay=d)``          ``retryable`` after ``d`` (or the policy's delay);
                                           ``failed`` when no attempts are left
 raises ``oncely.Cancel(reason)``          ``cancelled``
 raises ``FenceRejected``                  abandoned: nothing is recorded (the fence moved on)
 raises anything else, or times out        ``retryable`` per the task's policy, else ``failed``
+(``BaseException`` included: ``SystemExit``,
+``KeyboardInterrupt``, ``GeneratorExit``…)
 ========================================  ===============================================
 
 A job whose cancellation was requested ends ``cancelled`` if the handler raised anything.
+Nothing a handler raises escapes :func:`outcome_of`: the handler thread survives it, and an
+exception whose ``str()`` fails is recorded by its type's name. Error texts are cleaned of what the
+store cannot hold when the outcome is turned into a store call (:meth:`Outcome.finish`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +38,7 @@ from oncely.store.base import JobFinish
 from oncely.tasks import Task
 from oncely.types import ErrorKind, Job, JobError, JobState
 from oncely.worker.context import JobContext
+from oncely.worker.storable import NotStorable, clean_text, storable
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ class Outcome:
             now=now,
             state=self.state,
             result=self.result,
-            error=self.error,
+            error=clean_error(self.error),
             retry_at=self.retry_at,
             refund_attempt=self.refund_attempt,
         )
@@ -69,14 +76,33 @@ def call_handler(task: Task, ctx: JobContext) -> Any:
     return task.fn(ctx, **ctx.job.args)
 
 
-def json_result(value: Any) -> Any:
-    """The value as it will be stored; something JSON cannot hold is kept as its repr."""
-    if value is None or type(value) in (str, int, bool):
-        return value  # stored as is (the common case: a handler that returns nothing)
+def clean_error(error: JobError | None) -> JobError | None:
+    """The error with texts the store can hold (NUL and lone surrogates escaped)."""
+    if error is None:
+        return None
+    message = clean_text(error.message if isinstance(error.message, str) else repr(error.message))
+    tb = error.traceback if isinstance(error.traceback, str | None) else repr(error.traceback)
+    tb = None if tb is None else clean_text(tb)
+    if message is error.message and tb is error.traceback:
+        return error
+    return replace(error, message=message, traceback=tb)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message``; the type's name alone when the message is empty or ``str()`` fails."""
+    name = type(exc).__name__
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError):
-        return {"repr": repr(value)}
+        text = str(exc)
+    except BaseException:  # a broken __str__ must not take the handler thread down
+        return f"{name} (its message could not be read)"
+    return f"{name}: {text}" if text else name
+
+
+def format_traceback() -> str | None:
+    try:
+        return traceback.format_exc()
+    except BaseException:
+        return None
 
 
 def failure(
@@ -112,13 +138,36 @@ def outcome_of(task: Task, ctx: JobContext, now_fn: Any) -> Outcome:
             return stopped(task, ctx, now_fn(), cancel.reason, None)
         error = JobError(job.attempt, now_fn(), ErrorKind.CANCELLED, cancel.reason)
         return Outcome(JobState.CANCELLED, error=error)
-    except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}"
+    except BaseException as exc:  # SystemExit and the like too: the thread must survive them
+        message, tb = describe(exc), format_traceback()
         if ctx.cancelled:
             # Raising after a stop request is how a handler honours it.
-            return stopped(task, ctx, now_fn(), message, traceback.format_exc())
-        return failure(task, job, now_fn(), ErrorKind.ERROR, message, traceback.format_exc())
-    return Outcome(JobState.SUCCEEDED, result=json_result(value))
+            return stopped(task, ctx, now_fn(), message, tb)
+        return failure(task, job, now_fn(), ErrorKind.ERROR, message, tb)
+    return succeeded(job, value, now_fn)
+
+
+def succeeded(job: Job, value: Any, now_fn: Any) -> Outcome:
+    """Success with ``value`` as it will be stored, or — when no store can hold it — failure of
+    this job alone, for good (running it again would return the same)."""
+    try:
+        return Outcome(JobState.SUCCEEDED, result=storable(value))
+    except NotStorable as exc:
+        return Outcome(JobState.FAILED, error=JobError(job.attempt, now_fn(), ErrorKind.ERROR,
+                                                        str(exc)))
+    except BaseException as exc:  # a result whose encoding runs user code that raises
+        message = f"result not storable: {describe(exc)}"
+        return Outcome(JobState.FAILED, error=JobError(job.attempt, now_fn(), ErrorKind.ERROR,
+                                                        message))
+
+
+def overran(task: Task, job: Job, now: datetime, ran: float, outcome: Outcome) -> Outcome:
+    """The outcome of a handler that returned at last after it overran its timeout: a timeout,
+    whatever it returned, retried per the task's policy."""
+    ended = "returned" if outcome.error is None else outcome.error.message
+    message = (f"timed out after {job.timeout or 0:g}s and ignored the request to stop; the "
+               f"worker kept its lease until the handler stopped after {ran:.1f}s ({ended})")
+    return failure(task, job, now, ErrorKind.TIMEOUT, message, None)
 
 
 def stopped(task: Task, ctx: JobContext, now: datetime, message: str, tb: str | None) -> Outcome:

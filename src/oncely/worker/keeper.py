@@ -13,8 +13,11 @@ plus the TTL, minus a safety margin. Then:
 * renewals that fail because the store is unreachable until the deadline passes → self-fencing:
   the same, before anyone else may take the job over;
 * ``cancel_requested`` in a renewal answer → the handler is asked to stop (cooperative);
-* a job past its task's timeout is asked to stop and, after a short grace, abandoned and recorded
-  as a timeout failure (retried per its policy).
+* a job past its task's timeout is asked to stop; a thread that still runs after a short grace
+  is written off and replaced (the job is *overrunning*), but its lease is still renewed here —
+  the job and its singleton key stay taken until the code really stops, and only then is the
+  timeout recorded (retried per its policy). A process-isolated handler is killed instead
+  (:mod:`oncely.worker.isolation`). The whole state machine is in :mod:`oncely.worker.running`.
 """
 
 from __future__ import annotations
@@ -122,12 +125,14 @@ class LeaseKeeper(threading.Thread):
                     "lease.self_fenced", job_id=running.job.id, fence=running.job.fence
                 )
                 self.lose(running, "lease could not be renewed before its deadline")
-            elif running.timeout_at is not None and mono >= running.timeout_at:
+            elif (running.timeout_at is not None and mono >= running.timeout_at
+                  and not running.overrunning):
                 if running.abandon_at is None:
                     timeout = running.job.timeout or 0.0
                     running.ctx.request_cancel(f"timed out after {timeout:g}s", ErrorKind.TIMEOUT)
                     running.abandon_at = mono + min(TIMEOUT_GRACE, max(timeout, 0.1))
-                elif mono >= running.abandon_at:
+                elif mono >= running.abandon_at and not running.isolated:
+                    # a process-isolated handler is killed by its own thread instead
                     self.worker.abandon_timed_out(running)
 
     def lose(self, running: Running, why: str) -> None:

@@ -35,10 +35,12 @@ from oncely.errors import StoreError
 from oncely.runtime import Runtime
 from oncely.store.base import ClaimResult, JobClaimParams, WorkerInfo
 from oncely.store.controls import earliest
+from oncely.tasks import Task
 from oncely.types import ErrorKind, Job, JobError, JobState
 from oncely.worker.completer import Completer
 from oncely.worker.context import JobContext
-from oncely.worker.execute import Outcome, failure, outcome_of
+from oncely.worker.execute import Outcome, failure, outcome_of, overran
+from oncely.worker.isolation import run_in_process
 from oncely.worker.keeper import LeaseKeeper, safety_margin
 from oncely.worker.running import Running
 
@@ -93,7 +95,8 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease_ttl = runtime.settings.lease_ttl
         self.maintenance = maintenance
-        self._jobs: dict[int, Running] = {}
+        self._jobs: dict[int, Running] = {}  # jobs that hold a handler slot
+        self._overrun: dict[int, Running] = {}  # code past its timeout: lease kept, slot freed
         self._lock = threading.Lock()
         self._inbox: queue.SimpleQueue[Running | None] = queue.SimpleQueue()
         self._capacity = threading.Event()
@@ -137,8 +140,9 @@ class Worker:
             self._background.join(timeout)
 
     def running_jobs(self) -> list[Running]:
+        """Every job whose lease this worker holds (and renews)."""
         with self._lock:
-            return list(self._jobs.values())
+            return [*self._jobs.values(), *self._overrun.values()]
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._stopping.is_set():
@@ -186,7 +190,11 @@ class Worker:
         settle = time.monotonic() + (0.0 if self._forced.is_set() else 1.0)
         while self._jobs and time.monotonic() < settle:
             time.sleep(0.01)
-        for running in self.running_jobs():
+        with self._lock:
+            # An overrunning handler ignores stop requests: its job keeps its lease until this
+            # process exits (which ends the code), then the rescuer retries it.
+            holding_slots = list(self._jobs.values())
+        for running in holding_slots:
             self._release(running)
         # Handler threads that won the race to record their own outcome are finishing it now.
         recorded_by = time.monotonic() + 5.0
@@ -206,6 +214,7 @@ class Worker:
         self._stopped.set()
 
     def _release(self, running: Running) -> None:
+        running.kill_process()  # a process-isolated handler is gone before its job is given back
         if not running.claim_finish():
             return
         now = self.runtime.clock.now()
@@ -281,7 +290,13 @@ class Worker:
             running = self._inbox.get()
             if running is None:
                 return
-            if not self._execute(running):
+            try:
+                keep = self._execute(running)
+            except BaseException:  # the handler slot must survive anything
+                log.exception("running job %d failed unexpectedly", running.job.id)
+                self._fail_unexpectedly(running)
+                keep = not running.replaced
+            if not keep:
                 return  # this thread was replaced after its job was abandoned
 
     def _execute(self, running: Running) -> bool:
@@ -296,10 +311,16 @@ class Worker:
                               None)
         else:
             running.started = app.clock.monotonic()
-            if job.timeout:
+            running.isolated = task.options.isolation == "process"
+            if job.timeout and not running.isolated:  # a child's counts from its own start
                 running.timeout_at = running.started + job.timeout
             app.events.emit("job.started", job_id=job.id, task=job.task, attempt=job.attempt)
-            outcome = outcome_of(task, running.ctx, app.clock.now)
+            if running.isolated:
+                outcome = run_in_process(task, running, app.clock.now)
+            else:
+                outcome = outcome_of(task, running.ctx, app.clock.now)
+            if running.overrunning:
+                outcome = self._overran(task, running, outcome)
         if running.claim_finish():
             if outcome.abandoned:
                 self._forget(running)
@@ -310,15 +331,35 @@ class Worker:
         return not running.replaced
 
     def abandon_timed_out(self, running: Running) -> None:
-        """Called by the keeper: the handler ignored its timeout; record it and move on."""
+        """Called by the keeper: the handler ignored its timeout. Its thread is written off and
+        replaced, so the worker keeps its concurrency; the job keeps its lease (renewed) and its
+        singleton key until the code really stops, and is recorded then (see running.py)."""
+        with self._lock:
+            if running.finished or running.overrunning or running.job.id not in self._jobs:
+                return
+            running.overrunning = running.replaced = True
+            self._overrun[running.job.id] = self._jobs.pop(running.job.id)
+        job = running.job
+        self.runtime.events.emit("job.overrunning", job_id=job.id, task=job.task,
+                                 timeout=job.timeout, worker_id=self.worker_id)
+        self._capacity.set()
+        self._spawn_handler()  # the stuck thread no longer counts against concurrency
+
+    def _overran(self, task: Task, running: Running, outcome: Outcome) -> Outcome:
+        job, app = running.job, self.runtime
+        ran = app.clock.monotonic() - (running.started or 0.0)
+        app.events.emit("job.overrun_ended", job_id=job.id, task=job.task,
+                        duration=round(ran, 3), worker_id=self.worker_id)
+        return overran(task, job, app.clock.now(), ran, outcome)
+
+    def _fail_unexpectedly(self, running: Running) -> None:
+        """Record a failure for a job whose execution broke outside its handler."""
         if not running.claim_finish():
             return
-        job, now = running.job, self.runtime.clock.now()
-        task = self.runtime.tasks.get(job.task)
-        message = f"timed out after {job.timeout:g}s and did not stop; abandoned"
-        self._record(running, failure(task, job, now, ErrorKind.TIMEOUT, message, None))
-        running.replaced = True
-        self._spawn_handler()  # the stuck thread no longer counts against concurrency
+        job = running.job
+        message = "the worker failed while running this job (see the worker's log)"
+        self._record(running, failure(self.runtime.tasks.get(job.task), job,
+                                      self.runtime.clock.now(), ErrorKind.ERROR, message, None))
 
     def give_up(self, running: Running, why: str) -> None:
         """Called by the keeper when the lease is lost: never record an outcome for this job."""
@@ -327,7 +368,7 @@ class Worker:
         self._forget(running)
         self.runtime.events.emit("lease.lost", job_id=running.job.id, fence=running.job.fence,
                                  reason=why)
-        if running.started is not None:
+        if running.started is not None and not running.replaced:
             running.replaced = True
             self._spawn_handler()
 
@@ -359,6 +400,7 @@ class Worker:
     def _forget(self, running: Running) -> None:
         with self._lock:
             self._jobs.pop(running.job.id, None)
+            self._overrun.pop(running.job.id, None)
         self._capacity.set()
 
     # store health --------------------------------------------------------------------------
