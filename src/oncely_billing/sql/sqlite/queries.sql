@@ -267,3 +267,17 @@ WHERE id = :org_id
 
 -- name: project_delete
 UPDATE metering_projects SET deleted_at = :now WHERE id = :project_id AND deleted_at IS NULL
+
+-- name: outbox_sweep_due
+-- Pending rows old enough that their first send job had its chance, not looked at recently.
+SELECT id, sweeps FROM metering_notification_outbox
+WHERE status = 'pending' AND created_at <= :settled
+  AND (next_sweep_at IS NULL OR next_sweep_at <= :now)
+ORDER BY id LIMIT :limit
+
+-- name: outbox_sweep_mark
+UPDATE metering_notification_outbox SET sweeps = sweeps + :added, next_sweep_at = :next_at
+WHERE id = :outbox_id
+
+-- name: outbox_pending_count
+SELECT COUNT(*) FROM metering_notification_outbox WHERE status = 'pending'
