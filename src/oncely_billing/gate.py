@@ -135,7 +135,7 @@ class IngestionGate:
             return self._fail_open(org_id, cached, today)
         try:
             answer = self._budgeted(lambda: self._lookup(org_id, today))
-        except Exception as exc:  # noqa: BLE001 - any store trouble fails open, by design
+        except Exception as exc:
             self._store_failed(now, exc)
             return self._fail_open(org_id, cached, today)
         with self._lock:
@@ -179,7 +179,7 @@ class IngestionGate:
         def probe() -> None:
             try:
                 outcome.append((True, read()))
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+            except BaseException as exc:
                 outcome.append((False, exc))
             finally:
                 self._probes.release()
@@ -202,7 +202,7 @@ class IngestionGate:
             return
         try:
             generation = self._budgeted(self._read_generation)
-        except Exception as exc:  # noqa: BLE001 - keep the cache; check() fails open
+        except Exception as exc:
             self._store_failed(now, exc)
             return
         if generation != self._generation:

@@ -50,7 +50,8 @@ def backoff(settings: MeteringSettings, sweeps: int) -> float:
                      settings.notify_sweep_base_delay * 2.0 ** min(sweeps, 30)))
 
 
-def sweep(ctx: oncely.JobContext, settings: MeteringSettings, send_task: oncely.Task) -> SweepResult:
+def sweep(ctx: oncely.JobContext, settings: MeteringSettings,
+          send_task: oncely.Task) -> SweepResult:
     """Re-queue the pending outbox rows whose send job ended (the sweeper task's body)."""
     app = ctx.app
     migrations.ensure_schema(app)

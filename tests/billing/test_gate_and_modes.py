@@ -53,7 +53,6 @@ def test_paying_unblocks_at_once_and_the_job_clears_the_state(
     app = make_app(store_url, None, clock, events)
     load_scenario(app, events)
     run_thresholds(app)
-    runtime = metering_of(app)
     assert not ingestion_allowed(3, app=app)
     status, body = ingestion_status(app, 3)
     assert status == 403 and body["ingestion"] == "blocked"
