@@ -83,9 +83,10 @@ def install_sweeper(app: oncely.App, settings: MeteringSettings,
     def sweep_notifications(ctx: oncely.JobContext) -> dict[str, Any]:
         return sweep(ctx, settings, send_task).__dict__.copy()
 
-    task = app.task(name=SWEEP_TASK, queue=settings.notify_queue, singleton=True, timeout=600.0,
-                    retry=oncely.Retry(attempts=2, backoff="exponential", base_delay=30.0,
-                                       jitter=True))(sweep_notifications)
+    register = app.task(name=SWEEP_TASK, queue=settings.notify_queue, singleton=True,
+                        timeout=600.0, retry=oncely.Retry(attempts=2, backoff="exponential",
+                                                          base_delay=30.0, jitter=True))
+    task: oncely.Task = register(sweep_notifications)
     app.schedule(SWEEP_SCHEDULE, task, every=timedelta(minutes=5), overlap="skip",
                  catch_up="latest")
     return task

@@ -101,7 +101,7 @@ class ServerRunner:
         """``clickhouse://user:password@host:8123/database`` (``clickhouses://`` for HTTPS)."""
         parts = urlsplit(url)
         secure = parts.scheme == "clickhouses"
-        options = {
+        options: dict[str, Any] = {
             "host": parts.hostname or "localhost",
             "port": parts.port or (8443 if secure else 8123),
             "username": unquote(parts.username or "default"),

@@ -7,13 +7,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 import oncely
-from oncely.testing import FrozenClock
+from oncely.testing import FrozenClock, assert_enqueued, wait_until
 from oncely_billing import stripe_fleet
 from oncely_billing.demo.stripe_stub import StripeStub
+from oncely_billing.meter import TASK_NAME
 from oncely_billing.resilience import CircuitBreaker, CircuitOpen
 from oncely_billing.stripe_client import StripeMeterClient, StripeUnavailable
 
@@ -117,3 +120,35 @@ def test_the_next_run_on_another_worker_inherits_the_breaker_and_the_rate(
         harness.app.close()
 
 
+
+
+def test_three_worker_processes_share_one_stripe_rate(
+    workers: Any, store_url: str, tmp_path: Path
+) -> None:
+    from tests.apps import stripe_fleet as fleet
+
+    with StripeStub() as stub:  # the real clock: the workers run on it
+        # Stripe's side counts a 429 beyond 1.5x the configured rate in any rolling second: a
+        # fleet sending 3x (one full-rate throttle per worker) would be refused at once.
+        stub.configure(rate_limit=fleet.RATE * 1.5)
+        app, _ = fleet.make(store_url, stub.url)
+        app.enqueue_job(TASK_NAME, {}, unique_key="fleet-test-start")
+        env = {"ONCELY_STRIPE_API_BASE": stub.url}
+        for _ in range(3):
+            workers.start(store_url, str(tmp_path / "effects.db"), "--queues", "billing",
+                          app="tests.apps.stripe_fleet:app", env=env)
+
+        def all_hours_reported() -> bool:
+            runs = assert_enqueued(app, TASK_NAME)
+            return (stub.stats().accepted >= fleet.HOURS * fleet.ORGS * 2
+                    and all(job.state.finished for job in runs))
+
+        wait_until(all_hours_reported, timeout=180, interval=0.2,
+                   message="every due hour reported by the fleet")
+        workers.stop_all()
+        stats = stub.stats()
+        runs = assert_enqueued(app, TASK_NAME)
+        app.close()
+    assert stats.accepted == fleet.HOURS * fleet.ORGS * 2 and stats.duplicates == 0
+    assert stats.rate_limited == 0  # never above the one configured rate
+    assert len(runs) == fleet.HOURS and all(r.state == oncely.JobState.SUCCEEDED for r in runs)
