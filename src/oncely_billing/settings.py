@@ -12,7 +12,8 @@ gate_ttl                    ONCELY_METERING_GATE_TTL                30 seconds
 gate_refresh                ONCELY_METERING_GATE_REFRESH            1 second (generation check)
 gate_timeout                ONCELY_METERING_GATE_TIMEOUT            0.5 s budget per store read
 gate_retry                  ONCELY_METERING_GATE_RETRY              5 s failing open after trouble
-notify_sweep_max_delay      ONCELY_METERING_NOTIFY_SWEEP_MAX_DELAY  3600 s between re-sends
+notify_sweep_base_delay     …_NOTIFY_SWEEP_BASE_DELAY               60 s, doubled per re-send
+notify_sweep_max_delay      …_NOTIFY_SWEEP_MAX_DELAY                3600 s at most between them
 smtp.host / port            ONCELY_SMTP_HOST / ONCELY_SMTP_PORT     localhost / 25
 smtp.tls                    ONCELY_SMTP_TLS                         none (or starttls, ssl)
 smtp.username / password    ONCELY_SMTP_USERNAME / _PASSWORD        unset
