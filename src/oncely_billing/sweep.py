@@ -2,9 +2,11 @@
 
 The ``send-notification`` job of an outbox row retries for about a quarter of an hour and then
 fails for good; an SMTP outage longer than that would leave the row ``pending`` forever (the
-threshold job never writes the row again: its insert is ``ON CONFLICT DO NOTHING``). The sweeper
-task (``metering.sweep-notifications``, schedule ``notification-sweep``, every 5 minutes,
-singleton) closes that gap. Per pending row older than ``SETTLE`` and due for a look
+threshold job never writes the row again: its insert is ``ON CONFLICT DO NOTHING``). The sweep
+closes that gap. It runs at the start of every free-tier threshold run (hourly, before the usage
+source is read, so an outage of the source does not stop it), in its own fenced transaction, and
+as the task ``metering.sweep-notifications`` (singleton) for anyone who wants it more often
+(``oncely`` can schedule or trigger it). Per pending row older than ``SETTLE`` and due for a look
 (``next_sweep_at``):
 
 * it enqueues a send job under the row's unique key ``metering-notify:{outbox_id}``. The engine
@@ -14,7 +16,7 @@ singleton) closes that gap. Per pending row older than ``SETTLE`` and due for a 
 * the new job starts after a backoff of ``notify_sweep_base_delay * 2**sweeps`` seconds, capped
   at ``notify_sweep_max_delay`` (60 s, 2 min, 4 min … 1 h), and the row records the sweep.
 
-So however long SMTP is down, every pending row keeps one send job alive at most an hour apart,
+So however long SMTP is down, every pending row gets a new send job at least hourly,
 and each (organization, cycle, threshold) is sent once SMTP is back (``notify.deliver`` sends
 only while the row is ``pending`` and marks it ``sent`` under its fence). The sweep of all rows
 is one fenced transaction; rows are read in pages of ``LIMIT``.
@@ -31,7 +33,6 @@ from oncely_billing import db, migrations
 from oncely_billing.settings import MeteringSettings
 
 SWEEP_TASK = "metering.sweep-notifications"
-SWEEP_SCHEDULE = "notification-sweep"
 SETTLE = timedelta(minutes=2)  # a fresh row's own send job has not even started yet
 LIMIT = 5000
 
@@ -87,6 +88,4 @@ def install_sweeper(app: oncely.App, settings: MeteringSettings,
                         timeout=600.0, retry=oncely.Retry(attempts=2, backoff="exponential",
                                                           base_delay=30.0, jitter=True))
     task: oncely.Task = register(sweep_notifications)
-    app.schedule(SWEEP_SCHEDULE, task, every=timedelta(minutes=5), overlap="skip",
-                 catch_up="latest")
     return task

@@ -18,6 +18,9 @@ One run:
    ``send-notification`` jobs and the gate's generation bump. A chunk that fails is recorded in
    ``metering_chunk_failures`` and retried by the next run; the other chunks still commit.
 
+Before step 1 the run sweeps the notification outbox (:mod:`oncely_billing.sweep`): pending
+rows whose send job ended get a new one.
+
 Every write goes through ``ctx.fenced()``: once another attempt holds the lease, this one's
 writes raise :class:`oncely.FenceRejected` and change nothing.
 """
@@ -38,6 +41,7 @@ from oncely_billing.cycle import Cycle, cycles_by_anchor_day, earliest_cycle_sta
 from oncely_billing.notify import BLOCKED_KIND, SEND_TASK, WARNING_KIND
 from oncely_billing.settings import MeteringSettings
 from oncely_billing.states import Decision, Observation, ThresholdState, decide
+from oncely_billing.sweep import sweep
 
 if TYPE_CHECKING:
     from oncely_billing.runtime import Metering
@@ -127,6 +131,7 @@ class RunStats:
     failed_chunks: int = 0
     retried_orgs: int = 0
     notifications: int = 0
+    notifications_requeued: int = 0
     blocked: int = 0
     unblocked: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -304,6 +309,9 @@ def run_free_tier(ctx: oncely.JobContext, rt: Metering, full: bool = False) -> d
     rt.ensure_schema()
     started = time.perf_counter()
     stats = RunStats()
+    # first, before the usage source can fail the run: no notification stays pending for good
+    swept = sweep(ctx, rt.settings, ctx.app.get_task(SEND_TASK))
+    stats.notifications_requeued = swept.requeued
     checkpoint = ctx.last_checkpoint if isinstance(ctx.last_checkpoint, dict) else {}
     resumable = checkpoint.get("stage") == "rollup_done" and isinstance(
         checkpoint.get("as_of"), float | int)
