@@ -221,6 +221,15 @@ def orgs_show(obj: Context, org_id: int) -> None:
     obj.emit(data, title=f"organization {org_id}")
 
 
+@metering.command("metrics")
+@click.pass_obj
+def metrics_command(obj: Context) -> None:
+    """Billing figures: emails, org states, Stripe events, watermark lag, last runs."""
+    from oncely_billing.metrics import snapshot
+
+    obj.emit(snapshot(obj.runtime().app), title="billing")
+
+
 stripe_cli.register(metering)
 
 

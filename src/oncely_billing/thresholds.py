@@ -51,6 +51,7 @@ log = logging.getLogger("oncely_billing.thresholds")
 THRESHOLDS_TASK = "metering.free-tier-thresholds"
 THRESHOLDS_SCHEDULE = "free-tier-thresholds"
 PROGRESS_KEY = "free_tier.progress"
+LAST_RUN_KEY = "free_tier.last_run"
 RESUME_WITHIN = timedelta(minutes=30)
 
 
@@ -304,6 +305,17 @@ def _resolve_failures(ctx: oncely.JobContext, ids: list[int]) -> None:
         })
 
 
+def _record_last_run(ctx: oncely.JobContext, stats: RunStats) -> None:
+    """The figures ``oncely_billing.metrics`` shows for the last run."""
+    figures = {"finished_at": ctx.now().isoformat(), "duration": stats.timings["total"],
+               "org_rows_written": stats.org_rows_written, "notifications": stats.notifications,
+               "notifications_requeued": stats.notifications_requeued,
+               "blocked": stats.blocked, "unblocked": stats.unblocked, "mode": stats.mode}
+    with ctx.fenced() as conn:
+        db.run(conn, db.sql_dialect(ctx.app), "state_put", {
+            "key": LAST_RUN_KEY, "value": json.dumps(figures), "now": ctx.now().timestamp()})
+
+
 def run_free_tier(ctx: oncely.JobContext, rt: Metering, full: bool = False) -> dict[str, Any]:
     """The job's handler body; returns the run's figures (stored as the job's result)."""
     rt.ensure_schema()
@@ -334,5 +346,6 @@ def run_free_tier(ctx: oncely.JobContext, rt: Metering, full: bool = False) -> d
     apply(ctx, rt, candidates, stats)
     stats.timings["write"] = round(time.perf_counter() - mark, 3)
     stats.timings["total"] = round(time.perf_counter() - started, 3)
+    _record_last_run(ctx, stats)
     log.info("free-tier run: %s", stats, extra={"event": "free_tier.run"})
     return stats.__dict__.copy()

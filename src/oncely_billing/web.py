@@ -47,14 +47,30 @@ def ingestion_status(app: oncely.App, org_id: int) -> tuple[int, dict[str, Any]]
 
 
 def routes(app: oncely.App) -> list[Route]:
-    """Starlette routes of the metering API (today: the ingestion gate)."""
+    """Starlette routes of the metering API: the ingestion gate and the billing figures
+    (``/metrics/billing`` for Prometheus, ``/api/billing/metrics`` as JSON)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import JSONResponse
+    from starlette.responses import Response as PlainResponse
     from starlette.routing import Route
+
+    from oncely_billing import metrics
 
     async def ingestion(request: Request) -> Response:
         org_id = int(request.path_params["org_id"])
         status, body = await run_in_threadpool(ingestion_status, app, org_id)
         return JSONResponse(body, status_code=status)
 
-    return [Route(PATH, ingestion, methods=["GET"], name="metering-ingestion")]
+    registry = metrics.registry(app)
+
+    async def prometheus(request: Request) -> Response:
+        text = await run_in_threadpool(generate_latest, registry)
+        return PlainResponse(text, media_type=CONTENT_TYPE_LATEST)
+
+    async def figures(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(metrics.snapshot, app))
+
+    return [Route(PATH, ingestion, methods=["GET"], name="metering-ingestion"),
+            Route("/metrics/billing", prometheus, methods=["GET"], name="billing-metrics"),
+            Route("/api/billing/metrics", figures, methods=["GET"], name="billing-figures")]

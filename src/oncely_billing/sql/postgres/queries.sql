@@ -286,3 +286,15 @@ WHERE id = %(outbox_id)s
 
 -- name: outbox_pending_count
 SELECT COUNT(*) FROM metering_notification_outbox WHERE status = 'pending'
+
+-- name: billing_outbox_counts
+-- Notifications by status; "failing": pending rows whose last send attempt failed.
+SELECT status, COUNT(*), SUM(CASE WHEN last_error IS NOT NULL THEN 1 ELSE 0 END)
+FROM metering_notification_outbox GROUP BY status
+
+-- name: billing_org_states
+SELECT threshold_state, COUNT(*) FROM metering_organizations
+WHERE threshold_state IS NOT NULL GROUP BY threshold_state
+
+-- name: billing_stripe_delivery_counts
+SELECT status, COUNT(*) FROM oncely_stripe_deliveries GROUP BY status
