@@ -43,7 +43,7 @@ def snapshot(app: oncely.App) -> dict[str, Any]:
     """Every billing figure, JSON-safe."""
     migrations.ensure_schema(app)
     dialect = db.sql_dialect(app)
-    with app.store.transaction() as conn:
+    with db.connection(app) as conn:
         outbox = db.fetch_all(conn, dialect, "billing_outbox_counts")
         states = db.fetch_all(conn, dialect, "billing_org_states")
         row = db.fetch_one(conn, dialect, "state_get", {"key": LAST_RUN_KEY})
@@ -67,8 +67,8 @@ def _stripe(app: oncely.App) -> dict[str, Any]:
     from oncely_billing.meter import to_ms
 
     now = app.clock.now()
-    queries = stripe_store.ensure_schema(app.store, to_ms(now))
-    with app.store.transaction() as conn:
+    queries = stripe_store.ensure_schema(app, to_ms(now))
+    with db.connection(app) as conn:
         counts = queries.all(conn, "billing_stripe_delivery_counts")
         mark = queries.one(conn, "stripe_watermark_get", stream=stripe_store.STREAM)
         last = queries.one(conn, "stripe_run_last")

@@ -218,7 +218,7 @@ def _replace_store(app: oncely.App, building: Path, path: Path, *, clear: bool,
              ("members_insert_batch", models.MEMBER_COLUMNS, "seed_members"))
     source = _connect(building, read_only=True)
     try:
-        with app.store.transaction() as conn:
+        with db.connection(app) as conn:
             if clear:
                 run_script(conn, dialect, "metering_data_clear")
             for number, (insert, columns, select) in enumerate(steps):
