@@ -16,6 +16,7 @@ import click
 
 import oncely
 from oncely_billing import models, notify, stripe_cli
+from oncely_billing.errors import UsageSourceError, UsageSourceUnavailable
 from oncely_billing.migrations import migrate as metering_migrate
 from oncely_billing.runtime import (
     DEFAULT_USAGE_URL,
@@ -165,9 +166,24 @@ def run_thresholds(obj: Context, full: bool, enqueue: bool) -> None:
             f"a free-tier run is in progress (the job is a singleton); try again when it ends "
             f"({exc})") from None
     if job.state != oncely.JobState.SUCCEEDED:
-        error = job.errors[-1].message if job.errors else job.state
-        raise click.ClickException(f"the run ended {job.state.value}: {error}")
+        raise _run_failure(job.state, job.errors[-1].message if job.errors
+                           else "no error recorded")
     obj.emit(job.result, title=f"free-tier run (job {job.id})")
+
+
+_SOURCE_ERRORS: dict[str, type[oncely.OncelyError]] = {
+    "UsageSourceError": UsageSourceError, "UsageSourceUnavailable": UsageSourceUnavailable,
+}
+
+
+def _run_failure(state: oncely.JobState, message: str) -> Exception:
+    """One line for a failed run: a usage-source failure keeps its own exit code (3)."""
+    kind, _, detail = message.partition(": ")
+    first_line = (detail or message).splitlines()[0] if (detail or message) else ""
+    error = _SOURCE_ERRORS.get(kind)
+    if error is not None:
+        return error(f"the free-tier run failed, nothing was written: {first_line}")
+    return click.ClickException(f"the run ended {state.value}: {message.splitlines()[0]}")
 
 
 @metering.group()
@@ -203,6 +219,15 @@ def orgs_show(obj: Context, org_id: int) -> None:
         "notifications": notify.notifications_for(app, org_id),
     }
     obj.emit(data, title=f"organization {org_id}")
+
+
+@metering.command("metrics")
+@click.pass_obj
+def metrics_command(obj: Context) -> None:
+    """Billing figures: emails, org states, Stripe events, watermark lag, last runs."""
+    from oncely_billing.metrics import snapshot
+
+    obj.emit(snapshot(obj.runtime().app), title="billing")
 
 
 stripe_cli.register(metering)

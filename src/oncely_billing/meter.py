@@ -48,7 +48,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import oncely
-from oncely_billing import db, stripe_store
+from oncely_billing import db, stripe_fleet, stripe_store
+from oncely_billing.resilience import CircuitOpen
 from oncely_billing.stripe_client import (
     MeterEvent,
     Outcome,
@@ -201,6 +202,8 @@ class StripeMetering:
             log.error("Stripe circuit breaker opened: Stripe is failing; calls paused",
                       extra={"event": "metering.stripe.breaker_open"})
         self.app.events.emit("metering.stripe.breaker", previous=previous, state=state)
+        if self._client is not None:  # hand the state on to whichever worker runs next
+            stripe_fleet.breaker_changed(self.app, self._client, state, self.app.clock.now())
 
     # the job -----------------------------------------------------------------------------
     def run(self, ctx: oncely.JobContext) -> dict[str, Any]:
@@ -254,14 +257,21 @@ class _Run:
             self._start_watermark()
         plan = Plan.make(self.watermark, self.ctx.now(), self.config)
         client = self.metering.client()
+        try:
+            stripe_fleet.before_run(self.metering.app, client, self.ctx.now())
+        except CircuitOpen as exc:
+            raise StripeUnavailable(str(exc)) from exc
         threads = client.settings.concurrency
-        with ThreadPoolExecutor(threads, thread_name_prefix="stripe-send") as pool:
-            self._resend_reset_failures(client, pool)
-            if plan.lost:
-                self._record_lost(plan.lost)
-            todo = plan.due[: self.config.hours_per_run]
-            for hour in todo:
-                self._report_hour(hour, client, pool)
+        try:
+            with ThreadPoolExecutor(threads, thread_name_prefix="stripe-send") as pool:
+                self._resend_reset_failures(client, pool)
+                if plan.lost:
+                    self._record_lost(plan.lost)
+                todo = plan.due[: self.config.hours_per_run]
+                for hour in todo:
+                    self._report_hour(hour, client, pool)
+        finally:
+            stripe_fleet.after_run(self.metering.app, client, self.ctx.now())
         behind = len(plan.due) > len(todo)
         if behind:
             self._enqueue_follow_up()

@@ -10,6 +10,7 @@ usage source.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -178,17 +179,31 @@ def set_billing(
     app: oncely.App, org_id: int, *, plan: str = "free", subscription_status: str | None = None,
     plan_override: str | None = None, external_billing: str | None = None,
 ) -> None:
-    """Change an organization's billing fields (what a billing webhook would do); call
-    ``metering_of(app).gate.invalidate([org_id])`` afterwards if the gate runs in this process."""
+    """Change an organization's billing fields (what a billing webhook would do).
+
+    The change bumps the ingestion gate's generation in the same transaction, so every
+    process's gate drops its cached answers within ``gate_refresh`` (1 s): paying unblocks
+    everywhere at once. This process's gate forgets the organization at once too."""
     ensure_schema(app)
+    dialect = db.sql_dialect(app)
+    now = app.clock.now().timestamp()
     with db.connection(app) as conn:
-        cursor = db.run(conn, db.sql_dialect(app), "org_set_billing", {
+        cursor = db.run(conn, dialect, "org_set_billing", {
             "org_id": org_id, "plan": plan, "subscription_status": subscription_status,
-            "plan_override": plan_override, "external_billing": external_billing,
-            "now": app.clock.now().timestamp(),
+            "plan_override": plan_override, "external_billing": external_billing, "now": now,
         })
         if cursor.rowcount == 0:
             raise UnknownOrganization(f"organization {org_id} does not exist")
+        db.run(conn, dialect, "gate_generation_bump", {"now": now})
+    _forget_in_this_process(app, org_id)
+
+
+def _forget_in_this_process(app: oncely.App, org_id: int) -> None:
+    from oncely_billing.runtime import metering_of
+
+    # the billing workloads may not be installed on this app: then there is no gate to tell
+    with contextlib.suppress(oncely.ConfigError):
+        metering_of(app).gate.invalidate([org_id])
 
 
 def delete_project(app: oncely.App, project_id: int) -> bool:

@@ -8,14 +8,24 @@ however often the job runs; the state and the promise to email commit together o
 Delivery (this module) sends one message to the organization's owners and admins through SMTP
 (stdlib ``smtplib``; host, port, TLS and credentials from ``ONCELY_SMTP_*``) and marks the row
 ``sent`` under the job's fence. A failed send is recorded on the row and retried by the task's
-retry policy (jittered exponential backoff). The Message-ID is derived from the outbox id, so a
-send that succeeded just before a crash and is repeated can be recognised as a duplicate.
+retry policy (jittered exponential backoff); when those retries are spent, the sweeper
+(:mod:`oncely_billing.sweep`) hands the row to a new send job, with backoff, for as long as the
+row stays ``pending``.
+
+The one window for a duplicate: the SMTP server accepted the message (end of DATA) but the
+row's ``sent`` mark did not commit (the process died, the store failed, or the lease was lost in
+between). The mark is written right after the server's acceptance, *before* the SMTP ``QUIT``,
+so the window is one store round trip; a later attempt then sends the message again. Every
+message carries a stable ``Message-ID`` derived from the outbox row (organization, cycle start,
+threshold, row id), so the copy is the same message to any receiver that deduplicates by it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from email.message import EmailMessage
@@ -87,7 +97,7 @@ def compose(
     message["From"] = settings.smtp.sender
     message["To"] = ", ".join(formataddr((r.name or "", r.email)) for r in to)
     message["Date"] = formatdate(usegmt=True)
-    message["Message-ID"] = f"<metering-outbox-{note.outbox_id}.org-{note.org_id}@oncely>"
+    message["Message-ID"] = message_id(note, settings.smtp.sender)
     message["X-Oncely-Notification"] = f"{note.org_id}:{note.cycle_start}:{note.threshold}"
     lines = [
         "Hello,",
@@ -123,20 +133,34 @@ def compose(
     return message
 
 
-def send(message: EmailMessage, smtp: SmtpSettings) -> None:
-    """Deliver one message through the configured SMTP server."""
+def message_id(note: Notification, sender: str) -> str:
+    """The same Message-ID for every copy of one outbox row's email."""
+    domain = sender.rpartition("@")[2].strip(" >") or "oncely"
+    return (f"<billing.{note.org_id}.{note.cycle_start:%Y%m%d}.{note.threshold}."
+            f"{note.outbox_id}@{domain}>")
+
+
+def send(message: EmailMessage, smtp: SmtpSettings,
+         on_accepted: Callable[[], None] = lambda: None) -> None:
+    """Deliver one message through the configured SMTP server; ``on_accepted`` runs as soon
+    as the server took it, before QUIT (a failed QUIT does not undo the delivery)."""
     context = ssl.create_default_context()
     client: smtplib.SMTP
     if smtp.tls == "ssl":
         client = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout, context=context)
     else:
         client = smtplib.SMTP(smtp.host, smtp.port, timeout=smtp.timeout)
-    with client:
+    try:
         if smtp.tls == "starttls":
             client.starttls(context=context)
         if smtp.username:
             client.login(smtp.username, smtp.password or "")
         client.send_message(message)
+        on_accepted()
+    finally:
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            client.quit()
+        client.close()
 
 
 def deliver(ctx: oncely.JobContext, settings: MeteringSettings, outbox_id: int) -> dict[str, Any]:
@@ -150,21 +174,26 @@ def deliver(ctx: oncely.JobContext, settings: MeteringSettings, outbox_id: int) 
         return {"outbox_id": outbox_id, "status": note.status, "sent": False}
     to = recipients(app, note.org_id)
     status = "sent" if to else "no_recipients"
-    if to:
+
+    def mark() -> None:
+        with ctx.fenced() as conn:
+            db.run(conn, dialect, "outbox_finish", {
+                "outbox_id": outbox_id, "status": status, "now": ctx.now().timestamp(),
+                "recipients": ", ".join(r.email for r in to) or None,
+            })
+
+    if not to:
+        mark()
+    else:
         message = compose(note, to, settings)
         ctx.check_fence()  # a zombie attempt must not send what a newer one is sending
         try:
-            send(message, settings.smtp)
+            send(message, settings.smtp, on_accepted=mark)  # marked before QUIT: see above
         except (smtplib.SMTPException, OSError) as exc:
             with ctx.fenced() as conn:
                 db.run(conn, dialect, "outbox_attempt",
                        {"outbox_id": outbox_id, "error": f"{type(exc).__name__}: {exc}"[:500]})
             raise
-    with ctx.fenced() as conn:
-        db.run(conn, dialect, "outbox_finish", {
-            "outbox_id": outbox_id, "status": status, "now": ctx.now().timestamp(),
-            "recipients": ", ".join(r.email for r in to) or None,
-        })
     return {"outbox_id": outbox_id, "status": status, "recipients": [r.email for r in to]}
 
 

@@ -7,7 +7,9 @@ One mechanism for every outside call, so the billing jobs fail the same understa
   ``attempts`` times, and only while the :class:`CircuitBreaker` allows calls;
 * :class:`CircuitBreaker` — after ``failure_threshold`` consecutive failures it **opens** and
   refuses calls at once (:class:`CircuitOpen`) for ``reset_after`` seconds; then it is
-  **half-open**: one trial call goes through; success closes it, failure opens it again::
+  **half-open**: exactly one trial call goes through, however many threads ask (the others are
+  refused as if open until the trial reports, or for ``reset_after`` if it never does);
+  success closes it, failure opens it again::
 
       closed ──N failures in a row──► open ──reset_after──► half_open ──success──► closed
                                         ▲                       │
@@ -53,24 +55,52 @@ class CircuitBreaker:
     opened_at: float = 0.0
     on_change: Callable[[str, str], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _trial_at: float | None = field(default=None, repr=False)  # the half-open trial's start
 
-    def before_call(self) -> None:
+    def __post_init__(self) -> None:
+        self._trial_done = threading.Condition(self._lock)
+
+    def before_call(self, wait_for_trial: float = 0.0) -> None:
+        """Raise :class:`CircuitOpen` unless a call may go out now. While a half-open trial is
+        out, wait up to ``wait_for_trial`` seconds for its verdict (a pool of senders then
+        carries on after one successful trial instead of failing)."""
         with self._lock:
+            if self.state == "half_open" and self._trial_at is not None and wait_for_trial > 0:
+                self._trial_done.wait_for(lambda: self._trial_at is None, wait_for_trial)
+            if self.state == "closed":
+                return
+            now = self.monotonic()
             if self.state == "open":
-                waited = self.monotonic() - self.opened_at
+                waited = now - self.opened_at
                 if waited < self.reset_after:
                     raise CircuitOpen(self.name, self.reset_after - waited)
                 self._set("half_open")
+            elif self._trial_at is not None and now - self._trial_at < self.reset_after:
+                raise CircuitOpen(self.name, self.reset_after - (now - self._trial_at))
+            self._trial_at = now  # this caller is the one trial
+
+    def trip(self, remaining: float) -> None:
+        """Open the breaker as if it had opened ``reset_after - remaining`` seconds ago (a
+        state learnt from elsewhere: ``remaining`` 0 means the next call is the one trial)."""
+        with self._lock:
+            self.opened_at = self.monotonic() - max(0.0, self.reset_after - remaining)
+            self._trial_at = None
+            if self.state != "open":
+                self._set("open")
 
     def record_success(self) -> None:
         with self._lock:
             self.failures = 0
+            self._trial_at = None
+            self._trial_done.notify_all()
             if self.state != "closed":
                 self._set("closed")
 
     def record_failure(self) -> None:
         with self._lock:
             self.failures += 1
+            self._trial_at = None
+            self._trial_done.notify_all()
             if self.state == "half_open" or self.failures >= self.failure_threshold:
                 self.opened_at = self.monotonic()
                 if self.state != "open":

@@ -24,6 +24,7 @@ import oncely
 from oncely_billing import migrations, notify
 from oncely_billing.gate import IngestionGate
 from oncely_billing.settings import MeteringSettings
+from oncely_billing.sweep import SWEEP_TASK, install_sweeper
 from oncely_billing.thresholds import THRESHOLDS_SCHEDULE, THRESHOLDS_TASK, run_free_tier
 from oncely_billing.usage import DuckDBUsageSource, GuardedSource, SQLUsageSource, UsageSource
 
@@ -56,8 +57,12 @@ class Metering:
     def send_task(self) -> oncely.Task:
         return self.app.tasks[notify.SEND_TASK]
 
+    @property
+    def sweep_task(self) -> oncely.Task:
+        return self.app.tasks[SWEEP_TASK]
+
     def ingestion_allowed(self, org_id: int) -> bool:
-        self.ensure_schema()
+        # no schema check here: the gate does it under its time budget and fails open
         return self.gate.allowed(org_id)
 
 
@@ -84,11 +89,12 @@ def install(
         name=THRESHOLDS_TASK, queue=settings.queue, singleton=True, timeout=settings.job_timeout,
         retry=oncely.Retry(attempts=3, backoff="exponential", base_delay=60.0, jitter=True),
     )(free_tier_thresholds)
-    app.task(
+    send_task = app.task(
         name=notify.SEND_TASK, queue=settings.notify_queue, timeout=120.0,
         retry=oncely.Retry(attempts=6, backoff="exponential", base_delay=30.0, max_delay=3600.0,
                            jitter=True),
     )(send_notification)
+    install_sweeper(app, settings, send_task)
     app.schedule(THRESHOLDS_SCHEDULE, thresholds, cron=settings.thresholds_cron, tz="UTC",
                  overlap="skip", catch_up="latest")
     if os.environ.get("ONCELY_STRIPE_API_KEY"):

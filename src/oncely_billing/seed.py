@@ -20,6 +20,7 @@ The organizations, projects and members are then written to the job store in set
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from typing import Any
 
 import oncely
 from oncely_billing import db, models
-from oncely_billing.migrations import ensure_schema
+from oncely_billing.migrations import ensure_schema, run_script
 
 Progress = Callable[[str, int, int], None]  # (step, done, total)
 EVENT_TABLES = ("traces", "observations", "scores")
@@ -154,30 +155,83 @@ def summary(path: str | Path, end: datetime, usage_seconds: float = 0.0,
                       end, usage_seconds, store_seconds)
 
 
+def check_usage_path(usage_path: str | Path) -> Path:
+    """The ``--usage`` path, or a ConfigError naming what is wrong with it (nothing touched)."""
+    path = Path(usage_path)
+    if path.is_dir():
+        raise oncely.ConfigError(f"--usage {path} is a folder: give a file such as "
+                                 f"{path / 'usage.duckdb'}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise oncely.ConfigError(f"--usage {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise oncely.ConfigError(f"--usage {path}: the folder {folder} is not writable")
+    return path
+
+
 def seed(
     app: oncely.App, usage_path: str | Path, *, orgs: int, seed: int = 1,
     end: datetime | None = None, days: int = 32, heavy_fraction: float = 0.002,
     replace: bool = False, progress: Progress | None = None,
 ) -> SeedReport:
-    """Build the dataset: events into ``usage_path`` (DuckDB), the rest into the job store."""
+    """Build the dataset: events into ``usage_path`` (DuckDB), the rest into the job store.
+
+    Nothing is destroyed before everything was checked and built: the inputs are validated,
+    the new usage file is built beside the old one under a temporary name, and the store's
+    metering rows are deleted and rewritten in one transaction, inside which the new file
+    takes the old one's name just before the commit. A failure anywhere leaves both as they
+    were.
+    """
+    path = check_usage_path(usage_path)
+    if orgs < 1 or days < 1:
+        raise oncely.ConfigError("seed needs at least one organization and one day")
     ensure_schema(app)
-    path = Path(usage_path)
     existing = models.count_organizations(app)
     if (path.exists() or existing) and not replace:
         what = f"{path} exists" if path.exists() else f"the store has {existing} organizations"
         raise oncely.ConfigError(f"refusing to seed: {what}; pass --replace to start over")
-    if path.exists():
-        path.unlink()
-    if existing:
-        models.clear(app)
     end = end or app.clock.now()
-    started = time.perf_counter()
-    build_usage(path, orgs=orgs, seed=seed, end=end, days=days,
-                heavy_fraction=heavy_fraction, progress=progress)
-    usage_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    load_store(app, path, progress)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".seeding", dir=path.parent)
+    os.close(fd)
+    building = Path(name)
+    building.unlink()  # DuckDB creates the file itself
+    try:
+        started = time.perf_counter()
+        build_usage(building, orgs=orgs, seed=seed, end=end, days=days,
+                    heavy_fraction=heavy_fraction, progress=progress)
+        usage_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        _replace_store(app, building, path, clear=bool(existing), progress=progress)
+    finally:
+        building.unlink(missing_ok=True)
     return summary(path, end, usage_seconds, time.perf_counter() - started)
+
+
+def _replace_store(app: oncely.App, building: Path, path: Path, *, clear: bool,
+                   progress: Progress | None) -> None:
+    """Swap the store's metering rows and the usage file for the new ones, all or nothing."""
+    report = progress or (lambda step, done, total: None)
+    dialect = db.sql_dialect(app)
+    now = app.clock.now().timestamp()
+    steps = (("orgs_insert_batch", models.ORG_COLUMNS, "seed_orgs_rows"),
+             ("projects_insert_batch", models.PROJECT_COLUMNS, "seed_projects_rows"),
+             ("members_insert_batch", models.MEMBER_COLUMNS, "seed_members"))
+    source = _connect(building, read_only=True)
+    try:
+        with db.connection(app) as conn:
+            if clear:
+                run_script(conn, dialect, "metering_data_clear")
+            for number, (insert, columns, select) in enumerate(steps):
+                report("job store", number, len(steps))
+                rows = source.execute(db.q("duckdb", select)).fetchall()
+                for chunk in db.chunks(rows, models.BATCH):
+                    db.run(conn, dialect, insert,
+                           {**db.batch_params(dialect, columns, chunk), "now": now})
+            source.close()
+            os.replace(building, path)  # last step before the commit
+        report("job store", len(steps), len(steps))
+    finally:
+        source.close()
 
 
 def copy_events_to_store(app: oncely.App, usage_path: str | Path, batch: int = 5000) -> int:

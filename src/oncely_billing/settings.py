@@ -9,6 +9,11 @@ reconcile_hour              ONCELY_METERING_RECONCILE_HOUR          3 (UTC)
 source_timeout              ONCELY_METERING_SOURCE_TIMEOUT          120 seconds per usage query
 source_attempts             ONCELY_METERING_SOURCE_ATTEMPTS         4
 gate_ttl                    ONCELY_METERING_GATE_TTL                30 seconds
+gate_refresh                ONCELY_METERING_GATE_REFRESH            1 second (generation check)
+gate_timeout                ONCELY_METERING_GATE_TIMEOUT            0.5 s budget per store read
+gate_retry                  ONCELY_METERING_GATE_RETRY              5 s failing open after trouble
+notify_sweep_base_delay     …_NOTIFY_SWEEP_BASE_DELAY               60 s, doubled per re-send
+notify_sweep_max_delay      …_NOTIFY_SWEEP_MAX_DELAY                3600 s at most between them
 smtp.host / port            ONCELY_SMTP_HOST / ONCELY_SMTP_PORT     localhost / 25
 smtp.tls                    ONCELY_SMTP_TLS                         none (or starttls, ssl)
 smtp.username / password    ONCELY_SMTP_USERNAME / _PASSWORD        unset
@@ -107,6 +112,10 @@ class MeteringSettings:
     breaker_reset: float = 60.0
     gate_ttl: float = 30.0
     gate_refresh: float = 1.0
+    gate_timeout: float = 0.5
+    gate_retry: float = 5.0
+    notify_sweep_base_delay: float = 60.0
+    notify_sweep_max_delay: float = 3600.0
     queue: str = "billing"
     notify_queue: str = "notifications"
     thresholds_cron: str = "35 * * * *"
@@ -122,6 +131,8 @@ class MeteringSettings:
             raise oncely.ConfigError("reconcile_hour must be an hour of the day, 0..23")
         if self.source_timeout <= 0 or self.source_attempts < 1:
             raise oncely.ConfigError("source_timeout must be positive and source_attempts >= 1")
+        if self.gate_timeout <= 0 or self.gate_retry < 0:
+            raise oncely.ConfigError("gate_timeout must be positive and gate_retry >= 0")
 
     def limits_for(self, plan: str | None) -> PlanLimits:
         return self.plans.get(plan or "free") or self.plans["free"]

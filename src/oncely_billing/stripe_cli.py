@@ -153,8 +153,9 @@ def retry_failures_command(code: str | None, org_id: str | None, yes: bool) -> N
     """Send refused meter events again on the next run (after fixing their cause)."""
     what = " ".join(filter(None, [f"code {code}" if code else "", f"org {org_id}" if org_id
                                   else ""])) or "every failed event"
-    if not yes:
-        click.confirm(f"Send again {what} on the next Stripe metering run?", abort=True)
+    if not yes and not click.confirm(f"Send again {what} on the next Stripe metering run?"):
+        click.echo("nothing changed")  # a deliberate "no" is not an interruption (exit 0)
+        return
     app = _app()
     now_ms = to_ms(app.clock.now())
     queries = stripe_store.ensure_schema(app, now_ms)

@@ -292,7 +292,7 @@ class StripeMeterClient:
         def post() -> Any:
             nonlocal attempts
             attempts += 1
-            self.breaker.before_call()
+            self.breaker.before_call(wait_for_trial=self.settings.timeout + 1.0)
             self.throttle.acquire()
             self._count(calls=1)
             try:

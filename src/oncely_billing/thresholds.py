@@ -18,6 +18,9 @@ One run:
    ``send-notification`` jobs and the gate's generation bump. A chunk that fails is recorded in
    ``metering_chunk_failures`` and retried by the next run; the other chunks still commit.
 
+Before step 1 the run sweeps the notification outbox (:mod:`oncely_billing.sweep`): pending
+rows whose send job ended get a new one.
+
 Every write goes through ``ctx.fenced()``: once another attempt holds the lease, this one's
 writes raise :class:`oncely.FenceRejected` and change nothing.
 """
@@ -38,6 +41,7 @@ from oncely_billing.cycle import Cycle, cycles_by_anchor_day, earliest_cycle_sta
 from oncely_billing.notify import BLOCKED_KIND, SEND_TASK, WARNING_KIND
 from oncely_billing.settings import MeteringSettings
 from oncely_billing.states import Decision, Observation, ThresholdState, decide
+from oncely_billing.sweep import sweep
 
 if TYPE_CHECKING:
     from oncely_billing.runtime import Metering
@@ -47,6 +51,7 @@ log = logging.getLogger("oncely_billing.thresholds")
 THRESHOLDS_TASK = "metering.free-tier-thresholds"
 THRESHOLDS_SCHEDULE = "free-tier-thresholds"
 PROGRESS_KEY = "free_tier.progress"
+LAST_RUN_KEY = "free_tier.last_run"
 RESUME_WITHIN = timedelta(minutes=30)
 
 
@@ -127,6 +132,7 @@ class RunStats:
     failed_chunks: int = 0
     retried_orgs: int = 0
     notifications: int = 0
+    notifications_requeued: int = 0
     blocked: int = 0
     unblocked: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -299,11 +305,25 @@ def _resolve_failures(ctx: oncely.JobContext, ids: list[int]) -> None:
         })
 
 
+def _record_last_run(ctx: oncely.JobContext, stats: RunStats) -> None:
+    """The figures ``oncely_billing.metrics`` shows for the last run."""
+    figures = {"finished_at": ctx.now().isoformat(), "duration": stats.timings["total"],
+               "org_rows_written": stats.org_rows_written, "notifications": stats.notifications,
+               "notifications_requeued": stats.notifications_requeued,
+               "blocked": stats.blocked, "unblocked": stats.unblocked, "mode": stats.mode}
+    with ctx.fenced() as conn:
+        db.run(conn, db.sql_dialect(ctx.app), "state_put", {
+            "key": LAST_RUN_KEY, "value": json.dumps(figures), "now": ctx.now().timestamp()})
+
+
 def run_free_tier(ctx: oncely.JobContext, rt: Metering, full: bool = False) -> dict[str, Any]:
     """The job's handler body; returns the run's figures (stored as the job's result)."""
     rt.ensure_schema()
     started = time.perf_counter()
     stats = RunStats()
+    # first, before the usage source can fail the run: no notification stays pending for good
+    swept = sweep(ctx, rt.settings, ctx.app.get_task(SEND_TASK))
+    stats.notifications_requeued = swept.requeued
     checkpoint = ctx.last_checkpoint if isinstance(ctx.last_checkpoint, dict) else {}
     resumable = checkpoint.get("stage") == "rollup_done" and isinstance(
         checkpoint.get("as_of"), float | int)
@@ -326,5 +346,6 @@ def run_free_tier(ctx: oncely.JobContext, rt: Metering, full: bool = False) -> d
     apply(ctx, rt, candidates, stats)
     stats.timings["write"] = round(time.perf_counter() - mark, 3)
     stats.timings["total"] = round(time.perf_counter() - started, 3)
+    _record_last_run(ctx, stats)
     log.info("free-tier run: %s", stats, extra={"event": "free_tier.run"})
     return stats.__dict__.copy()

@@ -225,6 +225,11 @@ class DuckDBUsageSource(GuardedSource):
     ) -> UsageCounts:
         import duckdb
 
+        if self.read_only and not Path(self.path).is_file():
+            # not a transient failure: retrying cannot make the file appear
+            raise UsageSourceError(
+                f"usage file {self.path} does not exist: create it with `oncely metering seed` "
+                "or point --usage / ONCELY_METERING_USAGE_URL at the right file")
         conn = duckdb.connect(self.path, read_only=self.read_only, config=self.config)
         done = threading.Event()
 

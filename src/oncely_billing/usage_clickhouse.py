@@ -10,7 +10,9 @@ Only one chdb database directory can be open per process at a time (a chdb limit
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -71,28 +73,54 @@ class ChdbRunner:
 
 
 class ServerRunner:
-    """ClickHouse SQL on a server, through clickhouse-connect."""
+    """ClickHouse SQL on a server, through clickhouse-connect.
 
-    def __init__(self, client: Any, name: str = "clickhouse") -> None:
-        self.client = client
+    The connection is made on first use, not when the runner is built: an unreachable server
+    fails the run that needs it (retryable, like any transient source error), never the
+    construction of an app or the start of a worker.
+    """
+
+    def __init__(self, client: Any = None, name: str = "clickhouse",
+                 connect: Callable[[], Any] | None = None) -> None:
+        self._client = client
+        self._connect = connect
+        self._lock = threading.Lock()
         self.name = name
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                if self._connect is None:
+                    raise UsageSourceError(f"{self.name}: no client and no way to connect")
+                self._client = self._connect()
+            return self._client
 
     @classmethod
     def from_url(cls, url: str) -> ServerRunner:
         """``clickhouse://user:password@host:8123/database`` (``clickhouses://`` for HTTPS)."""
-        import clickhouse_connect
-
         parts = urlsplit(url)
         secure = parts.scheme == "clickhouses"
-        client = clickhouse_connect.get_client(
-            host=parts.hostname or "localhost",
-            port=parts.port or (8443 if secure else 8123),
-            username=unquote(parts.username or "default"),
-            password=unquote(parts.password or ""),
-            database=parts.path.lstrip("/") or "default",
-            secure=secure,
-        )
-        return cls(client, name=f"clickhouse://{parts.hostname}:{parts.port or ''}{parts.path}")
+        options: dict[str, Any] = {
+            "host": parts.hostname or "localhost",
+            "port": parts.port or (8443 if secure else 8123),
+            "username": unquote(parts.username or "default"),
+            "password": unquote(parts.password or ""),
+            "database": parts.path.lstrip("/") or "default",
+            "secure": secure,
+        }
+
+        def connect() -> Any:
+            import clickhouse_connect
+
+            # The driver logs every failed request at ERROR before raising it; the source
+            # reports that same failure once, in its own words.
+            logging.getLogger("clickhouse_connect.driver").setLevel(logging.CRITICAL)
+
+            return clickhouse_connect.get_client(**options)
+
+        name = f"clickhouse://{options['host']}:{options['port']}{parts.path}"
+        return cls(name=name, connect=connect)
 
     def select(self, sql: str, params: dict[str, Any], timeout: float) -> UsageCounts:
         result = self.client.query(
@@ -111,7 +139,10 @@ class ServerRunner:
         self.client.raw_insert(table, insert_block=data, fmt="Parquet")
 
     def close(self) -> None:
-        self.client.close()
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
 
 class ClickHouseUsageSource(GuardedSource):

@@ -52,7 +52,7 @@ def test_attached_to_a_parent_group(tmp_path: Path) -> None:
 
     parent.add_command(metering)
     result = CliRunner().invoke(parent, ["metering", "migrate"], catch_exceptions=False)
-    assert result.exit_code == 0 and json.loads(result.output)["to_version"] == 1
+    assert result.exit_code == 0 and json.loads(result.output)["to_version"] == 2
     assert (tmp_path / "o.db").exists()
 
 

@@ -267,3 +267,29 @@ WHERE id = :org_id
 
 -- name: project_delete
 UPDATE metering_projects SET deleted_at = :now WHERE id = :project_id AND deleted_at IS NULL
+
+-- name: outbox_sweep_due
+-- Pending rows old enough that their first send job had its chance, not looked at recently.
+SELECT id, sweeps FROM metering_notification_outbox
+WHERE status = 'pending' AND created_at <= :settled
+  AND (next_sweep_at IS NULL OR next_sweep_at <= :now)
+ORDER BY id LIMIT :limit
+
+-- name: outbox_sweep_mark
+UPDATE metering_notification_outbox SET sweeps = sweeps + :added, next_sweep_at = :next_at
+WHERE id = :outbox_id
+
+-- name: outbox_pending_count
+SELECT COUNT(*) FROM metering_notification_outbox WHERE status = 'pending'
+
+-- name: billing_outbox_counts
+-- Notifications by status; "failing": pending rows whose last send attempt failed.
+SELECT status, COUNT(*), SUM(CASE WHEN last_error IS NOT NULL THEN 1 ELSE 0 END)
+FROM metering_notification_outbox GROUP BY status
+
+-- name: billing_org_states
+SELECT threshold_state, COUNT(*) FROM metering_organizations
+WHERE threshold_state IS NOT NULL GROUP BY threshold_state
+
+-- name: billing_stripe_delivery_counts
+SELECT status, COUNT(*) FROM oncely_stripe_deliveries GROUP BY status
