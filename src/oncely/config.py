@@ -22,6 +22,7 @@ keep_cancelled             10000                            cancelled: newest ke
 ledger_keep_seconds        2592000                          ledger retention
 watchdog_interval          60                               watchdog period
 watchdog_webhook_url       (none)                           anomalies POSTed here
+max_rescues                3                                rescues of one job, then failed
 =========================  ===============================  ========================
 
 Each option's environment variable is ``ONCELY_`` plus its name in capitals
@@ -60,6 +61,8 @@ class Settings:
     ledger_keep_seconds: float = 2592000.0
     watchdog_interval: float = 60.0
     watchdog_webhook_url: str = ""
+    # An attempt lost to a dead or silent worker is given back; this bounds how often (then failed).
+    max_rescues: int = 3
 
     def __post_init__(self) -> None:
         positive = (
@@ -73,6 +76,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"setting {name} must be positive, got {getattr(self, name)!r}")
+        if self.max_rescues < 0:
+            raise ConfigError(f"setting max_rescues must be >= 0, got {self.max_rescues!r}")
         if self.concurrency < 1:
             raise ConfigError(f"setting concurrency must be >= 1, got {self.concurrency!r}")
         if self.shutdown_grace < 0:
