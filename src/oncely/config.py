@@ -22,6 +22,7 @@ keep_cancelled             10000                            cancelled: newest ke
 ledger_keep_seconds        2592000                          ledger retention
 watchdog_interval          60                               watchdog period
 watchdog_webhook_url       (none)                           anomalies POSTed here
+max_rescues                3                                rescues of one job, then failed
 =========================  ===============================  ========================
 
 Each option's environment variable is ``ONCELY_`` plus its name in capitals
@@ -72,6 +73,8 @@ class Settings:
     ledger_keep_seconds: float = 2592000.0
     watchdog_interval: float = 60.0
     watchdog_webhook_url: str = ""
+    # An attempt lost to a dead or silent worker is given back; this bounds how often (then failed).
+    max_rescues: int = 3
 
     def __post_init__(self) -> None:
         for name in DURATIONS:
@@ -83,7 +86,7 @@ class Settings:
         if not _whole(self.concurrency) or self.concurrency < 1:
             raise ConfigError(f"setting concurrency (ONCELY_CONCURRENCY) must be a whole number "
                               f">= 1, got {self.concurrency!r}")
-        for name in ("keep_succeeded", "keep_failed", "keep_cancelled"):
+        for name in ("keep_succeeded", "keep_failed", "keep_cancelled", "max_rescues"):
             value = getattr(self, name)
             if not _whole(value) or value < 0:
                 raise ConfigError(f"setting {name} (ONCELY_{name.upper()}) must be a whole "

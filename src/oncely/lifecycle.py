@@ -17,7 +17,9 @@ alone); a conformance test walks :data:`TRANSITIONS` against every store.
                                           │    ──CANCEL───► cancelled        slot: failed
                                           │    ──RETRY────► retryable
                                           ├──RELEASE (graceful shutdown)──► retryable, refunded
-                                          └──RESCUE (lease expired)──────► retryable | failed
+                                          └──RESCUE (lease expired, or owner
+                                             proven gone)──► retryable, attempt given back
+                                                           | failed (past max_rescues)
 
     scheduled | available ──SKIP_OVERLAP (first run of a slot, key held)──► cancelled
                                                                    slot: skipped_overlap
@@ -64,7 +66,7 @@ class JobEvent(enum.StrEnum):
     CANCEL = "cancel"  # the handler, or a requested cancellation, stopped it
     RETRY = "retry"  # failed with attempts left
     RELEASE = "release"  # a graceful shutdown handed it back; the attempt is refunded
-    RESCUE = "rescue"  # its lease expired: retried or failed by the rescuer
+    RESCUE = "rescue"  # its lease expired or its worker is gone: retried (refunded) or failed
     CANCEL_WAITING = "cancel_waiting"  # a human cancelled it before it ran
     REQUEST_CANCEL = "request_cancel"  # a human asked its worker to stop it
     RETRY_BY_HAND = "retry_by_hand"  # a human gave it one more attempt, now

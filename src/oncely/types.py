@@ -51,6 +51,7 @@ class ErrorKind(enum.StrEnum):
     TIMEOUT = "timeout"  # the handler outlived the task's timeout
     LEASE_EXPIRED = "lease_expired"  # the rescuer found the lease expired (worker died or paused)
     LEASE_LOST = "lease_lost"  # the worker could not renew and stopped the job itself
+    WORKER_GONE = "worker_gone"  # rescued at once: its worker's liveness lock was released
     SHUTDOWN = "shutdown"  # released by a graceful shutdown
     RETRY = "retry"  # the handler raised oncely.Retry
     CANCELLED = "cancelled"  # cancelled by a human or by the handler

@@ -17,6 +17,7 @@ from oncely.store.base import (
     JobFilter,
     JobFinish,
     JobState,
+    LeaseRenewal,
     SlotOutcome,
     UpsertOutcome,
 )
@@ -147,18 +148,53 @@ def test_rescuer_retries_a_job_whose_worker_died_and_fences_the_zombie(any_url, 
         JobFinish(zombie.id, zombie.fence, clock.now(), JobState.SUCCEEDED))
     clock.advance(5)
     (again,) = claim(app, "w2").jobs
-    assert again.id == handle.id and again.fence > zombie.fence and again.attempt == 2
+    # The lost attempt was given back: this is the job's first attempt still.
+    assert again.id == handle.id and again.fence > zombie.fence and again.attempt == 1
+    assert job.errors[-1].message.startswith("rescued (1 of 3)")
 
 
-def test_rescue_of_a_job_out_of_attempts_fails_its_slot(any_url, clock):
+def test_rescues_give_the_attempt_back_until_the_rescue_budget_is_spent(any_url, clock):
+    """A slot job whose worker dies on every run is rescued and re-run max_rescues times,
+    without using its retry budget (one attempt), then failed with every rescue in its history;
+    its ledger row says so all along."""
+    app = make_app(any_url, clock)
+    app.settings = app.settings.with_(max_rescues=2)
+    app.register_schedules()
+    clock.advance(1)
+    SlotEnqueuer(app.runtime).run_once()
+    for number in (1, 2):
+        (job,) = claim(app, f"dead-{number}").jobs
+        assert job.attempt == 1
+        clock.advance(11)
+        assert Rescuer(app.runtime).run_once().retried == [job.id]
+        (record,) = app.store.ledger_list("every-second")
+        assert record.outcome == SlotOutcome.ENQUEUED
+        assert record.note is not None and record.note.startswith(f"rescued ({number} of 2)")
+    (job,) = claim(app, "dead-3").jobs
+    clock.advance(11)
+    assert Rescuer(app.runtime).run_once().failed == [job.id]
+    final = app.store.job_get(job.id)
+    assert final is not None and final.state == JobState.FAILED and final.attempt == 1
+    assert [e.kind for e in final.errors] == [ErrorKind.LEASE_EXPIRED] * 3
+    assert all(e.message.startswith("rescued") for e in final.errors)
+    (record,) = app.store.ledger_list("every-second")
+    assert record.outcome == SlotOutcome.FAILED
+    assert record.note is not None and record.note.startswith("rescued 2 times already")
+
+
+def test_a_rescued_slot_that_runs_keeps_the_rescue_on_its_ledger_row(any_url, clock):
     app = make_app(any_url, clock)
     app.register_schedules()
     clock.advance(1)
     SlotEnqueuer(app.runtime).run_once()
-    (job,) = claim(app, "dead").jobs
+    claim(app, "dead")
     clock.advance(11)
-    assert Rescuer(app.runtime).run_once().failed == [job.id]
-    assert ledger(app)[job.slot] == SlotOutcome.FAILED
+    Rescuer(app.runtime).run_once()
+    (again,) = claim(app, "w2").jobs
+    assert app.store.job_finish(JobFinish(again.id, again.fence, clock.now(), JobState.SUCCEEDED))
+    (record,) = app.store.ledger_list("every-second")
+    assert record.outcome == SlotOutcome.RAN
+    assert record.note is not None and record.note.startswith("rescued (1 of 3)")
 
 
 def test_a_zombie_cannot_write_through_its_fence_after_a_takeover(any_url, clock):
@@ -220,3 +256,42 @@ def test_trigger_runs_the_current_slot_once_for_the_whole_fleet(any_url, clock):
     assert len(apps[0].store.job_list(JobFilter())) == 1
     with pytest.raises(oncely.ConfigError, match="unknown schedule 'nope'"):
         apps[0].trigger("nope")
+
+
+def test_a_slot_waits_for_a_holder_that_missed_its_renewals_and_skips_for_a_live_one(any_url,
+                                                                                      clock):
+    """A claim skips a slot (overlap=skip) only for a holder that renews on time. A holder whose
+    lease runs out within a third of the TTL has missed a renewal: the slot waits for the lease
+    to expire, then runs, and the old holder is rescued."""
+    app = make_app(any_url, clock, every=9)  # lease TTL 10 s
+    app.register_schedules()
+    clock.advance(9)
+    SlotEnqueuer(app.runtime).run_once()
+    (frozen,) = claim(app, "frozen").jobs  # its lease runs out 10 s from now, never renewed
+    clock.advance(9)  # the next slot: 1 s of the holder's lease left
+    SlotEnqueuer(app.runtime).run_once()
+    result = claim(app, "w2")
+    assert result.jobs == [] and result.skipped_overlap == []  # it waits, not skipped
+    clock.advance(1.5)  # the holder's lease ran out
+    (second,) = claim(app, "w2").jobs
+    assert second.slot is not None and second.slot > frozen.slot  # type: ignore[operator]
+    assert Rescuer(app.runtime).run_once().retried == [frozen.id]
+    # The rescued first run of the old slot meets a live holder: skipped, by the overlap policy.
+    assert [job.id for job in claim(app, "w3").skipped_overlap] == [frozen.id]
+    assert ledger(app)[frozen.slot] == SlotOutcome.SKIPPED_OVERLAP
+
+
+def test_a_slot_is_skipped_for_a_holder_that_renews(any_url, clock):
+    app = make_app(any_url, clock, every=9)
+    app.register_schedules()
+    clock.advance(9)
+    SlotEnqueuer(app.runtime).run_once()
+    (holder,) = claim(app, "alive").jobs
+    clock.advance(6)
+    renewed = app.store.lease_renew("alive", clock.now(), 10.0,
+                                    [LeaseRenewal(holder.id, holder.fence)])
+    assert renewed[holder.id].renewed
+    clock.advance(3)  # the next slot: 7 s of the holder's lease left
+    SlotEnqueuer(app.runtime).run_once()
+    result = claim(app, "w2")
+    assert result.jobs == [] and len(result.skipped_overlap) == 1

@@ -4,7 +4,8 @@
   every worker: the ledger's uniqueness makes duplicates impossible, and slots keep flowing while
   leadership changes hands);
 * :class:`~oncely.maintenance.leader.LeaderElector` — holds or seeks the leader lease;
-* :class:`~oncely.maintenance.rescuer.Rescuer` — expired leases → retry or failure (leader);
+* :class:`~oncely.maintenance.rescuer.Rescuer` — jobs of provably gone workers and expired leases
+  → retry with the attempt given back, or failure past ``max_rescues`` (every worker: fenced);
 * :class:`~oncely.maintenance.pruner.Pruner` — retention of finished jobs (leader).
 
 :class:`~oncely.maintenance.supervisor.Supervisor` runs them in one thread per worker.

@@ -1,48 +1,69 @@
-"""The rescuer: running jobs whose lease expired (their worker died or froze) go back to work.
+"""The rescuer: running jobs whose worker died or went silent go back to work.
 
-Each expired job gets a ``lease_expired`` error naming its last owner and is retried per its
-task's policy, or failed when no attempts are left (its slot then ends ``failed``). The transition
-re-checks the expiry and the fence in the store, so a worker whose renewal won the race keeps its
-job, and a second rescuer running at the same moment changes nothing.
+Every worker runs it, often (every maintenance tick, about every half second): it is cheap (two
+indexed look-ups when there is nothing to do) and safe to run anywhere at once, because each
+rescue is a fenced transition that re-checks its condition inside the store. It takes over:
+
+* jobs whose owner is **provably gone** (:meth:`Store.worker_owners_gone
+  <oncely.store.base.Store.worker_owners_gone>`: its liveness lock was released, see
+  :mod:`oncely.worker.liveness`) — at once, without waiting for their leases to run out;
+* jobs whose **lease expired** — the owner may be alive but frozen or cut off; the lease TTL is
+  the bound for those.
+
+A rescued job is retried at once with its attempt given back (a lost attempt is not the handler's
+failure), up to ``max_rescues`` times; the rescue after that fails it (see
+:mod:`oncely.store.rescue`). Each rescue is reported as a ``job.rescued`` event.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from oncely.runtime import Runtime
-from oncely.store.base import JobFinish
-from oncely.types import ErrorKind, JobState
-from oncely.worker.execute import failure
+from oncely.store.rescue import JobRescue
+from oncely.types import Job
 
 
 @dataclass(frozen=True)
 class RescueResult:
     retried: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    owners_gone: list[str] = field(default_factory=list)
 
 
 class Rescuer:
-    def __init__(self, runtime: Runtime, batch: int = 200) -> None:
+    def __init__(self, runtime: Runtime, batch: int = 200, worker_id: str = "") -> None:
         self.runtime = runtime
         self.batch = batch
+        self.worker_id = worker_id  # this worker: never proven gone by itself
 
     def run_once(self) -> RescueResult:
-        runtime = self.runtime
-        now = runtime.clock.now()
-        retried: list[int] = []
-        failed: list[int] = []
-        for job in runtime.store.job_expired(now, self.batch):
+        app = self.runtime
+        result = RescueResult()
+        gone = app.store.worker_owners_gone(self.worker_id)
+        for owner in gone:
+            result.owners_gone.append(owner)
+            for job in app.store.job_running_of(owner, self.batch):
+                self._rescue(job, app.clock.now(), result, owner)
+        now = app.clock.now()
+        for job in app.store.job_expired(now, self.batch):
+            self._rescue(job, now, result, None)
+        return result
+
+    def _rescue(self, job: Job, now: datetime, result: RescueResult, gone: str | None) -> None:
+        if gone is not None:
+            reason = f"worker {gone} is gone (its liveness lock was released)"
+        else:
             expired = job.lease_expires_at.isoformat() if job.lease_expires_at else "?"
-            message = f"lease expired at {expired}; worker {job.lease_owner} presumed dead"
-            outcome = failure(runtime.tasks.get(job.task), job, now, ErrorKind.LEASE_EXPIRED,
-                              message, None)
-            params = JobFinish(job.id, job.fence, now, outcome.state or JobState.FAILED,
-                               error=outcome.error, retry_at=outcome.retry_at,
-                               require_expired_lease=True)
-            if not runtime.store.job_finish(params):
-                continue
-            (retried if outcome.state == JobState.RETRYABLE else failed).append(job.id)
-            runtime.events.emit("job.rescued", job_id=job.id, task=job.task, fence=job.fence,
-                                owner=job.lease_owner, outcome=str(outcome.state))
-        return RescueResult(retried, failed)
+            reason = f"lease expired at {expired}; worker {job.lease_owner} presumed dead"
+        params = JobRescue(job.id, job.fence, now, reason, self.runtime.settings.max_rescues,
+                           owner=gone)
+        outcome = self.runtime.store.job_rescue(params)
+        if outcome is None:
+            return  # renewed, finished or claimed again meanwhile
+        (result.retried if outcome.state == "retryable" else result.failed).append(job.id)
+        self.runtime.events.emit("job.rescued", job_id=job.id, task=job.task, fence=job.fence,
+                             owner=job.lease_owner, outcome=str(outcome.state),
+                             reason="worker_gone" if gone else "lease_expired",
+                             rescues=outcome.rescues)

@@ -1,10 +1,11 @@
 """Runs a worker's maintenance services in one thread.
 
 Every worker enqueues slots (every ``enqueue_interval``, and also the moment a declared
-schedule's next slot falls due, so a slot is not enqueued up to an interval late) and takes part
-in leader elections (every ``leader_ttl / 3``). Only the leader runs the rescuer (on every tick:
-one indexed look-up of expired leases, so a dead worker's job is back in play within its lease
-TTL plus one tick, not plus a whole ``maintenance_interval``), the pruner (every
+schedule's next slot falls due, so a slot is not enqueued up to an interval late), takes part
+in leader elections (every ``leader_ttl / 3``) and runs the rescuer on every tick (a couple of
+indexed look-ups: a provably dead worker's job is back in play within a tick, a silent one's
+within its lease TTL plus a tick; any worker may rescue, rescues are fenced). Only the leader
+runs the pruner (every
 ``maintenance_interval``, jittered so a fleet does not pulse) and the watchdog (every
 ``watchdog_interval``). Each run is reported as a ``maintenance.ran`` event (or
 ``maintenance.failed``). Losing leadership stops them at the next tick; shutting down resigns
@@ -31,6 +32,7 @@ from oncely.schedules import next_slot
 log = logging.getLogger("oncely.maintenance")
 
 SLOT_WAKE_LAG = 0.002  # seconds past a slot's instant to wake: after it, never before it
+RESCUE_INTERVAL = 0.5  # the longest tick: how soon a provably dead worker's jobs are rescued
 
 
 class Supervisor:
@@ -39,7 +41,7 @@ class Supervisor:
         self.worker_id = worker_id
         self.enqueuer = SlotEnqueuer(runtime)
         self.elector = LeaderElector(runtime, worker_id)
-        self.rescuer = Rescuer(runtime)
+        self.rescuer = Rescuer(runtime, worker_id=worker_id)
         self.pruner = Pruner(runtime)
         self.watchdog = Watchdog(runtime)
         self._stop = threading.Event()
@@ -65,8 +67,7 @@ class Supervisor:
             if mono >= next_election:
                 self._guard("leader", self.elector.run_once)
                 next_election = mono + settings.leader_ttl / 3
-            if self.elector.is_leader:
-                self._guard("rescuer", self.rescuer.run_once)
+            self._guard("rescuer", self.rescuer.run_once)  # every worker: see rescuer.py
             if self.elector.is_leader and mono >= next_maintenance:
                 self._guard("pruner", self.pruner.run_once)
                 jitter = random.uniform(0.9, 1.1)
@@ -77,10 +78,10 @@ class Supervisor:
                 self._guard("watchdog", self.watchdog.run_once)
                 next_watchdog = mono + settings.watchdog_interval
             try:
-                pause = self._pause(settings.enqueue_interval)
+                pause = self._pause(min(settings.enqueue_interval, RESCUE_INTERVAL))
             except Exception:  # the loop must outlive any schedule arithmetic
                 log.exception("maintenance: could not compute the next wake-up")
-                pause = settings.enqueue_interval
+                pause = min(settings.enqueue_interval, RESCUE_INTERVAL)
             self._stop.wait(pause)
 
     def _pause(self, interval: float) -> float:

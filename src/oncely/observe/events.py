@@ -37,6 +37,8 @@ _INFO_EVENTS = frozenset(
         "worker.started",
         "worker.stopping",
         "worker.stopped",
+        "worker.liveness_lost",
+        "worker.liveness_restored",
         "leader.elected",
         "leader.lost",
         "lease.lost",

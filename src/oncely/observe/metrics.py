@@ -14,7 +14,7 @@ oncely_job_duration_seconds                        histogram  queue, task
 oncely_job_wait_seconds                            histogram  queue, task
 oncely_worker_running_jobs                         gauge
 oncely_jobs_enqueued_total                         counter    task
-oncely_jobs_rescued_total                          counter    task, outcome
+oncely_jobs_rescued_total                          counter    task, outcome, reason
 oncely_jobs_released_total                         counter    task
 oncely_leases_lost_total                           counter    reason (lost, self_fenced)
 oncely_fence_rejections_total                      counter    task
@@ -62,8 +62,9 @@ class ProcessMetrics:
                              registry=r)
         self.enqueued = Counter("oncely_jobs_enqueued", "Jobs this process enqueued", ["task"],
                                 registry=r)
-        self.rescued = Counter("oncely_jobs_rescued", "Expired leases this process rescued",
-                               ["task", "outcome"], registry=r)
+        self.rescued = Counter("oncely_jobs_rescued",
+                               "Jobs of gone or silent workers this process rescued",
+                               ["task", "outcome", "reason"], registry=r)
         self.released = Counter("oncely_jobs_released", "Jobs released at shutdown", ["task"],
                                 registry=r)
         self.leases_lost = Counter("oncely_leases_lost", "Leases this process lost",
@@ -106,7 +107,7 @@ class ProcessMetrics:
             "job.claimed": self._claimed,
             "job.enqueued": lambda f: self.enqueued.labels(str(f.get("task"))).inc(),
             "job.rescued": lambda f: self.rescued.labels(
-                str(f.get("task")), str(f.get("outcome"))).inc(),
+                str(f.get("task")), str(f.get("outcome")), str(f.get("reason"))).inc(),
             "job.released": lambda f: self.released.labels(str(f.get("task"))).inc(),
             "job.abandoned": self._gone,
             "job.unrecorded": self._gone,

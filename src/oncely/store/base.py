@@ -35,17 +35,20 @@ Every running job holds a lease: ``lease_owner`` and ``lease_expires_at`` on its
   to ``running`` happen in the same transaction; the job's ``fence`` is the key's new fence.
   A job without a key gets ``fence = previous fence + 1`` on its own row.
 * If a key's lease is held and the candidate is a scheduled slot on its first attempt whose
-  ``overlap`` is ``skip``, the claim ends that job ``cancelled`` and its slot ``skipped_overlap``.
-  With ``buffer_one`` it waits. Retries always wait. ``allow`` jobs carry no singleton key.
+  ``overlap`` is ``skip``, the claim ends that job ``cancelled`` and its slot ``skipped_overlap``
+  — unless the holder has missed a renewal (its lease runs out within a third of the TTL,
+  :func:`oncely.store.rescue.holder_overdue`): then the candidate waits for the lease to run
+  out. A rescued first run (its attempt given back) counts as a first run. With ``buffer_one``
+  it waits. Retries always wait. ``allow`` jobs carry no singleton key.
 * The fence of job J is **current** while J is ``running`` with that fence and, for a singleton
   job, the key's lease row still has that fence. ``finish`` and ``release`` apply only to a current
   fence, so a zombie (a worker paused past its lease whose job was taken over or rescued) cannot
   complete or retry its job. ``fenced_transaction`` additionally requires the lease unexpired.
 * ``lease_renew`` succeeds only for a current fence with the same owner; a worker that cannot renew
   before its own monotonic deadline stops the job itself (self-fencing).
-* ``job_expired`` lists running jobs whose lease has expired; the rescuer then calls
-  ``job_finish(..., require_expired_lease=True)``, which re-checks expiry inside the transaction so
-  a renewal that won the race keeps the job.
+* ``job_expired`` lists running jobs whose lease has expired, ``worker_owners_gone`` the owners
+  whose liveness lock is free; the rescuer then calls ``job_rescue``, which re-checks expiry (or
+  the owner) inside the transaction so a renewal that won the race keeps the job.
 
 Slots
 =====
@@ -125,7 +128,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from oncely.store.controls import Control, ControlUpsert, ControlUsage
 from oncely.store.observability import (
@@ -215,6 +218,9 @@ __all__ = [
     "iter_chunks",
 ]
 
+if TYPE_CHECKING:
+    from oncely.store.rescue import JobRescue, LivenessHold, RescueOutcome
+
 # Internal lease keys start with "@": every singleton or concurrency key starts with a task name,
 # and task names never do (tasks.check_name), so no task can reach them.
 LEADER_LEASE_KEY = "@leader"
@@ -302,6 +308,16 @@ class Store(Protocol):
     def worker_heartbeat(self, worker_id: str, now: datetime) -> None: ...
     def worker_deregister(self, worker_id: str) -> None: ...
     def worker_list(self) -> list[WorkerRow]: ...
+
+    # rescue and liveness (see oncely.store.rescue) ---------------------------------------
+    def job_rescue(self, params: JobRescue) -> RescueOutcome | None:
+        """Rescue a running job whose lease expired or whose owner is gone; None when the job
+        moved on (renewed, finished, claimed again)."""
+    def job_running_of(self, owner: str, limit: int = 200) -> list[Job]: ...
+    def worker_owners_gone(self, worker_id: str) -> list[str]:
+        """Owners (other than ``worker_id``) of running jobs whose liveness lock is free."""
+    def liveness_hold(self, worker_id: str) -> LivenessHold:
+        """Take the worker's liveness lock and record it in its (registered) worker row."""
 
     # transactions and wake-ups -----------------------------------------------------------
     def transaction(self) -> contextlib.AbstractContextManager[Any]:

@@ -42,6 +42,7 @@ from oncely.worker.context import JobContext
 from oncely.worker.execute import Outcome, failure, outcome_of, overran
 from oncely.worker.isolation import run_in_process
 from oncely.worker.keeper import LeaseKeeper, safety_margin
+from oncely.worker.liveness import Liveness
 from oncely.worker.running import Running
 
 log = logging.getLogger("oncely.worker")
@@ -105,6 +106,7 @@ class Worker:
         self._stopped = threading.Event()
         self._store_down_since: float | None = None
         self._keeper = LeaseKeeper(self)
+        self._liveness = Liveness(self, self._keeper)
         self._completer = Completer(self)
         self._threads: list[threading.Thread] = []
         self._supervisor: Service | None = None
@@ -159,10 +161,12 @@ class Worker:
             WorkerInfo(self.worker_id, socket.gethostname(), os.getpid(), self.queues,
                        self.concurrency, now)
         )
+        self._liveness.acquire()  # before the first claim: the fleet can then prove us dead
         register_controls(app)  # before the first claim, so it claims under the app's limits
         for _ in range(self.concurrency):
             self._spawn_handler()
         self._keeper.start()
+        self._liveness.start()
         self._completer.start()
         if self.maintenance is not None:
             supervisor = self.maintenance(self.runtime, self.worker_id)
@@ -210,6 +214,7 @@ class Worker:
             app.store.worker_deregister(self.worker_id)
         except StoreError as exc:
             log.warning("could not deregister worker: %s", exc)
+        self._liveness.stop()
         app.events.emit("worker.stopped", worker_id=self.worker_id)
         self._stopped.set()
 
@@ -241,6 +246,9 @@ class Worker:
                 free = self.concurrency - len(self._jobs)
                 if free <= 0:
                     continue
+            if not self._liveness.held.is_set():  # fenced itself: no claims until it holds again
+                self._liveness.held.wait(settings.poll_interval)
+                continue
             started = app.clock.monotonic()
             params = JobClaimParams(self.worker_id, app.clock.now(), free, self.lease_ttl,
                                     self.queues)

@@ -30,6 +30,8 @@ from oncely_billing.meter import SCHEDULE_NAME as STRIPE_SCHEDULE
 SCHEDULES = (THRESHOLDS_SCHEDULE, STRIPE_SCHEDULE)
 # Events the store records for the whole fleet (docs/events.md), read through app.read.
 FENCE_REJECTED, LEASE_TAKEN_OVER = "fence.rejected", "lease.taken_over"
+# attempts another worker took over: its worker was proven gone, or its lease expired
+RESCUED = ("worker_gone", "lease_expired")
 HOUR = timedelta(hours=1)
 WRITES_PER_HOUR = {
     "sqlite": "SELECT CAST(at / 3600 AS INTEGER), COUNT(*), COUNT(DISTINCT org_id) "
@@ -94,7 +96,7 @@ def schedule_figures(app: oncely.App, plan: Plan, run: PhaseRun, name: str) -> d
     slots = [first, *read.slots(spec, first, plan.end)]
     attempts = read.executions(task=spec.task, limit=1_000_000)
     cut = {e.id for e in attempts if e.worker_id in run.cut_workers
-           and e.error_kind == "lease_expired"}
+           and e.error_kind in RESCUED}
     released = {e.id for e in attempts if e.outcome == "released"}
     runs = [e for e in attempts if e.id not in cut and e.id not in released]
     per_slot = Counter(e.slot for e in runs if e.slot is not None)
@@ -108,7 +110,7 @@ def schedule_figures(app: oncely.App, plan: Plan, run: PhaseRun, name: str) -> d
         "runs": len(runs),
         "ratio": round(len(runs) / len(slots), 3),
         "attempts_started": len(attempts),
-        "handed_over": sum(1 for e in attempts if e.error_kind == "lease_expired"),
+        "handed_over": sum(1 for e in attempts if e.error_kind in RESCUED),
         "cut_by_demo": len(cut),
         "released_by_shutdown": len(released),
         "retries": sum(1 for e in runs if e.attempt > 1),

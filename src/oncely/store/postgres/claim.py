@@ -70,6 +70,8 @@ def _common(params: JobClaimParams) -> dict[str, Any]:
         "now": now,
         "owner": params.worker_id,
         "lease_expires_at": now + timedelta(seconds=params.lease_ttl),
+        # a key's holder whose lease runs out before this has missed a renewal (holder_overdue)
+        "overdue_before": now + timedelta(seconds=params.lease_ttl / 3),
         "queues": None if params.queues is None else list(params.queues),
         "excluded_queues": [],
         "excluded_tasks": [],

@@ -29,6 +29,7 @@ from oncely.store.base import (
 )
 from oncely.store.controls import Gate
 from oncely.store.ops.jobs import finish_target_values, set_ledger_outcome, set_slot_outcome
+from oncely.store.rescue import holder_overdue
 from oncely.store.rows import as_datetime, dump_error, dump_json, to_epoch
 from oncely.store.sqlite import controls
 from oncely.store.sqlite.dialect import QUERIES, SQLiteDialect, fetch, fetch_one, to_job
@@ -45,6 +46,8 @@ class _Claim:
     skipped: list[Job] = field(default_factory=list)
     # singleton keys this claim found held, with the job holding them when known
     held: dict[str, int | None] = field(default_factory=dict)
+    # held keys whose holder missed a renewal: their candidates wait instead of being skipped
+    overdue: set[str] = field(default_factory=set)
 
 
 def claim_jobs(d: SQLiteDialect, conn: sqlite3.Connection, params: JobClaimParams) -> ClaimResult:
@@ -147,8 +150,12 @@ def _consider(conn: sqlite3.Connection, claim: _Claim, candidate: sqlite3.Row) -
             return True
         holder = fetch_one(conn, "lease_get", {"key": key})
         claim.held[key] = None if holder is None else holder["job_id"]
+        if holder is not None and holder["expires_at"] is not None and holder_overdue(
+            float(holder["expires_at"]) - claim.now, claim.params.lease_ttl
+        ):
+            claim.overdue.add(key)
     first_run_of_slot = candidate["schedule"] is not None and candidate["attempt"] == 0
-    if first_run_of_slot and candidate["overlap"] == Overlap.SKIP:
+    if first_run_of_slot and candidate["overlap"] == Overlap.SKIP and key not in claim.overdue:
         claim.skipped.append(_skip(conn, claim, job_id, key))
     # Otherwise (buffer_one, retries, plain singleton jobs) the job waits for the key.
     return False

@@ -6,11 +6,15 @@
 -- Due singleton jobs in claim order, with their key's lease as it stands. Here and in the plain
 -- statements, jobs of limited queues and tasks (excluded_*; empty when no control applies) are
 -- left to the limited part of the claim (controls.py). The best candidate of
--- each key comes with every first run of a slot whose overlap is skip (the claim may skip those);
--- candidates of a key that is held and that would only wait are not locked at all.
+-- each key comes with every first run of a slot whose overlap is skip (the claim may skip those;
+-- a rescued first run counts as one); candidates of a key that is held and that would only wait
+-- are not locked at all. A slot is not skippable while its key's holder is overdue (its lease
+-- runs out before overdue_before, see oncely.store.rescue.holder_overdue): it waits instead.
 SELECT j.id, j.priority, j.run_at, j.singleton_key, j.schedule, j.slot,
        (j.overlap = 'skip' AND j.schedule IS NOT NULL AND j.attempt = 0
-        AND j.state <> 'retryable') AS skippable,
+        AND (j.state <> 'retryable' OR j.rescues > 0)
+        AND NOT COALESCE(l.owner IS NOT NULL AND l.expires_at > %(now)s
+                         AND l.expires_at < %(overdue_before)s, false)) AS skippable,
        (l.owner IS NOT NULL AND l.expires_at > %(now)s) AS key_held,
        l.job_id AS key_holder
 FROM oncely_jobs AS j
@@ -34,7 +38,7 @@ WHERE j.id IN (
   AND j.run_at <= %(now)s
   AND (l.owner IS NULL OR l.expires_at IS NULL OR l.expires_at <= %(now)s
        OR (j.overlap = 'skip' AND j.schedule IS NOT NULL AND j.attempt = 0
-           AND j.state <> 'retryable'))
+           AND (j.state <> 'retryable' OR j.rescues > 0)))
 ORDER BY j.priority DESC, j.run_at, j.id
 LIMIT %(scan)s
 FOR UPDATE OF j SKIP LOCKED;
@@ -266,7 +270,8 @@ SELECT key FROM oncely_leases WHERE key = %(key)s AND fence = %(fence)s FOR UPDA
 
 -- name: job_finish
 -- Applies the transition, frees the key's lease if this job's fence still holds it, and records
--- the slot's outcome (only the slot's own job may).
+-- the slot's outcome (only the slot's own job may). A job back in its queue, or one that freed a
+-- singleton key another job may be waiting for, wakes idle claimers.
 WITH job AS (
     UPDATE oncely_jobs
     SET state = %(state)s,
@@ -285,13 +290,13 @@ WITH job AS (
     WHERE l.key = job.singleton_key AND l.fence = %(fence)s
 ), ledger AS (
     UPDATE oncely_slots AS slot
-    SET outcome = %(outcome)s, note = %(note)s, updated_at = %(now)s
+    SET outcome = %(outcome)s, note = COALESCE(%(note)s, slot.note), updated_at = %(now)s
     FROM job
     WHERE %(outcome)s::text IS NOT NULL
       AND slot.schedule = job.schedule AND slot.slot = job.slot AND slot.job_id = job.id
 )
 SELECT job.id,
-       CASE WHEN job.state = 'retryable'
+       CASE WHEN job.state = 'retryable' OR job.singleton_key IS NOT NULL
             THEN pg_notify('oncely_jobs', current_schema() || ':' || job.queue) END AS woke
 FROM job;
 

@@ -133,7 +133,7 @@ WITH RECURSIVE waiting(queue) AS (
           AND (j.concurrency_key IS NULL OR j.concurrency_key <> ALL(%(blocked_keys)s::text[]))
           AND (j.singleton_key IS NULL
                OR (j.overlap = 'skip' AND j.schedule IS NOT NULL AND j.attempt = 0
-                   AND j.state <> 'retryable')
+                   AND (j.state <> 'retryable' OR j.rescues > 0))
                OR NOT EXISTS (SELECT 1 FROM oncely_leases AS l
                               WHERE l.key = j.singleton_key AND l.owner IS NOT NULL
                                 AND l.expires_at > %(now)s))
@@ -149,7 +149,9 @@ WITH RECURSIVE waiting(queue) AS (
 SELECT j.id, j.priority, j.run_at, j.queue, j.task, j.concurrency_key, j.singleton_key,
        j.schedule, j.slot,
        (j.singleton_key IS NOT NULL AND j.overlap = 'skip' AND j.schedule IS NOT NULL
-        AND j.attempt = 0 AND j.state <> 'retryable') AS skippable,
+        AND j.attempt = 0 AND (j.state <> 'retryable' OR j.rescues > 0)
+        AND NOT COALESCE(l.owner IS NOT NULL AND l.expires_at > %(now)s
+                         AND l.expires_at < %(overdue_before)s, false)) AS skippable,
        (l.owner IS NOT NULL AND l.expires_at > %(now)s) AS key_held,
        l.job_id AS key_holder
 FROM oncely_jobs AS j

@@ -47,8 +47,9 @@ UPDATE oncely_slots SET job_id = :job_id, outcome = :outcome, note = :note, upda
 WHERE schedule = :schedule AND slot = :slot;
 
 -- name: slot_set_outcome
--- The outcome of the slot a job belongs to; only that job may set it.
-UPDATE oncely_slots SET outcome = :outcome, note = :note, updated_at = :now
+-- The outcome of the slot a job belongs to; only that job may set it. Without a note of its own
+-- it keeps the one it has (a rescue's).
+UPDATE oncely_slots SET outcome = :outcome, note = COALESCE(:note, note), updated_at = :now
 WHERE schedule = :schedule AND slot = :slot AND job_id = :job_id;
 
 -- name: ledger_list

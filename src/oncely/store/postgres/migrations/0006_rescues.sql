@@ -1,0 +1,35 @@
+-- oncely schema, version 6 (PostgreSQL): rescue budget and worker liveness.
+
+-- How many times the job was rescued from a worker that died or went silent. A rescue gives the
+-- attempt back (it was not the handler's failure); this count bounds how often that may happen.
+ALTER TABLE oncely_jobs ADD COLUMN rescues INTEGER NOT NULL DEFAULT 0;
+
+-- The worker's liveness lock: the key of the session-level advisory lock its liveness connection
+-- holds while it lives (see oncely.worker.liveness). NULL: the worker cannot be proven dead, only
+-- timed out.
+ALTER TABLE oncely_workers ADD COLUMN liveness TEXT;
+
+-- The one-statement claim's gate (0005), again: a rescued first run of a slot is skippable like a
+-- first run, so when its key is held the full claim must see it.
+CREATE OR REPLACE FUNCTION oncely_claim_blocked(at TIMESTAMPTZ, queues TEXT[]) RETURNS BOOLEAN
+LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(
+        hashtextextended(current_schema() || '.oncely_controls', 0));
+    -- An active control that may apply to this claim (a task's wherever its jobs are queued),
+    -- or a due singleton job the full claim would grant or skip.
+    RETURN EXISTS (
+               SELECT 1 FROM oncely_controls AS c
+               WHERE (c.paused OR c.max_running IS NOT NULL OR c.max_per_key IS NOT NULL
+                      OR c.rate_limit IS NOT NULL)
+                 AND (queues IS NULL OR c.kind = 'task' OR c.name = ANY(queues)))
+        OR EXISTS (
+               SELECT 1 FROM oncely_jobs AS j
+               LEFT JOIN oncely_leases AS l ON l.key = j.singleton_key
+               WHERE j.state IN ('scheduled', 'available', 'retryable')
+                 AND j.singleton_key IS NOT NULL AND j.run_at <= at
+                 AND (queues IS NULL OR j.queue = ANY(queues))
+                 AND (l.owner IS NULL OR l.expires_at IS NULL OR l.expires_at <= at
+                      OR (j.overlap = 'skip' AND j.schedule IS NOT NULL AND j.attempt = 0
+                          AND (j.state <> 'retryable' OR j.rescues > 0))));
+END $$;
