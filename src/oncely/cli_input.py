@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from oncely.errors import ConfigError
+from oncely.errors import ConfigError, OncelyError
 from oncely.validate import check_id, check_name, check_text
 
 if TYPE_CHECKING:
@@ -79,12 +79,16 @@ def load_app(path: str) -> App:
         sys.path.append(here)
     try:
         module = importlib.import_module(module_name)
+    except OncelyError:
+        raise  # oncely's own refusal (a bad setting, an invalid schedule): already one line
     except Exception as exc:  # the user's module: any failure is theirs to see in one line
         raise _failure(path, f"cannot import {module_name!r}", exc) from None
     found = getattr(module, attr, None)
     if callable(found) and not isinstance(found, App):
         try:
             found = found()
+        except OncelyError:
+            raise
         except Exception as exc:
             raise _failure(path, f"calling {module_name}.{attr}() failed", exc) from None
     if not isinstance(found, App):
