@@ -298,8 +298,11 @@ def schedule_timeline(
     return {"schedule": name, "task": spec.task, "bucket_seconds": size, "buckets": table}
 
 
-def schedule_detail(store: Store, name: str, now: datetime) -> dict[str, Any]:
-    overview = next((s for s in schedules_overview(store, now) if s["name"] == name), None)
+def schedule_detail(
+    store: Store, name: str, now: datetime, stale_after: float = 90.0
+) -> dict[str, Any]:
+    overview = next((s for s in schedules_overview(store, now, stale_after)
+                     if s["name"] == name), None)
     row = store.schedule_get(name)
     if overview is None or row is None:
         raise NotFound(f"schedule {name!r} does not exist")

@@ -4,6 +4,7 @@ dynamic schedules), driven with a frozen clock on every store."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def test_every_worker_fires_the_stored_definition_and_switches_once_at_the_curso
     slots = slot_jobs(old)
     after = [s for s in slots if s > before[-1]]
     assert after and all(s.second % 3 == 0 for s in after)
-    gaps = [(b - a).total_seconds() for a, b in zip(slots, slots[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(slots)]
     assert min(gaps) >= 2 and min(gaps[len(before):]) >= 3, slots
     # A slot of the new definition within one period of the old last run is coalesced.
     first_new = before[-1] + timedelta(seconds=1)
