@@ -22,7 +22,7 @@ from tests.integration.test_postgres_fleet import effects_schema
 import oncely
 from oncely import readmodel
 from oncely.testing import wait_until
-from oncely.web import create_app
+from oncely.web.app import create_app
 
 APP = "tests.apps.rolling:app"
 TOKEN = "fleet-token"
