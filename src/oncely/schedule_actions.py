@@ -95,8 +95,11 @@ class ScheduleActions:
         The job takes the identity of the schedule's newest slot at or before now (of the
         definition in force), so any number of callers and the slot enqueuer produce at most
         one job for that slot. Returns None when that slot already has a job or ran, or when
-        the schedule is disabled.
+        the schedule is disabled. A schedule this app declares that is not stored yet (called
+        before any worker started) is declared first.
         """
+        if schedule in self.schedules and self.store.schedule_get(schedule) is None:
+            declare(self.runtime, self.schedules[schedule])
         _, spec = self.stored_schedule(schedule)
         if not spec.enabled:
             return None
