@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from starlette.testclient import TestClient
-from tests.conftest import ROOT, read_effects
+from tests.conftest import ROOT, read_effects, with_query
 from tests.integration.test_postgres_fleet import effects_schema
 
 import oncely
@@ -37,8 +37,8 @@ def stores(request, tmp_path, effects_sqlite) -> Iterator[tuple[str, str]]:
         yield f"sqlite:///{tmp_path / 'fleet.db'}", effects_sqlite
         return
     pg = request.getfixturevalue("pg_schema")
-    with effects_schema(pg[1]) as effects:
-        yield pg[0], effects
+    with effects_schema(pg[1]) as effects:  # small pools: a fleet shares the server's clients
+        yield with_query(pg[0], pool_max="3"), effects
 
 
 def open_app(url: str) -> oncely.App:
