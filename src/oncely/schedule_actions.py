@@ -27,8 +27,9 @@ from oncely.errors import ConfigError, NotFound
 from oncely.maintenance.enqueuer import declare
 from oncely.schedules import ScheduleSpec, latest_slot, slots_between
 from oncely.store.base import ScheduleRow, SlotEnqueue, UpsertOutcome
-from oncely.tasks import JobHandle, Task, check_name
+from oncely.tasks import JobHandle, Task
 from oncely.types import Overlap
+from oncely.validate import check_name
 
 if TYPE_CHECKING:
     from oncely.clock import Clock
