@@ -25,7 +25,7 @@ from oncely.testing import wait_until
 from oncely.web.app import create_app
 
 APP = "tests.apps.rolling:app"
-TOKEN = "fleet-token"
+TOKEN = "fleet-token-7c1e94d2b8"
 
 pytestmark = pytest.mark.xdist_group("fleet")
 
