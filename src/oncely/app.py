@@ -8,9 +8,10 @@ migrated by a newer oncely is refused (:class:`~oncely.errors.SchemaMismatch`).
 The facade: operator actions (:meth:`App.retry_job`, :meth:`App.cancel_job`,
 :meth:`App.pause_queue`, :meth:`App.resume_queue`, :meth:`App.retry_dead_letters`), each
 emitting its event with who asked; :meth:`App.transaction` for application SQL in the job store;
-:meth:`App.run_now`; and ``app.read`` (:mod:`oncely.reads`). ``app.store`` is the engine's own
-seam: internal, its operations change without notice. The engine's services get a
-:class:`~oncely.runtime.Runtime` (``app.runtime``), never the App.
+:meth:`App.run_now`; the schedule actions (:mod:`oncely.schedule_actions`: pause, resume,
+trigger, backfill, delete, apply, dynamic schedules); and ``app.read`` (:mod:`oncely.reads`).
+``app.store`` is the engine's own seam: internal, its operations change without notice. The
+engine's services get a :class:`~oncely.runtime.Runtime` (``app.runtime``), never the App.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from oncely.reads import Reads
 from oncely.redaction import mask_text
 from oncely.retry import NO_RETRY, Retry
 from oncely.runtime import Runtime
+from oncely.schedule_actions import ScheduleActions
 from oncely.schedules import ScheduleSpec
 from oncely.store import open_store
 from oncely.store.base import Store
@@ -47,7 +49,7 @@ from oncely.worker import Worker
 log = logging.getLogger("oncely")
 
 
-class App(Operations):
+class App(Operations, ScheduleActions):
     def __init__(
         self,
         url: str | None = None,
@@ -317,40 +319,6 @@ class App(Operations):
         if spec.overlap != Overlap.ALLOW:
             resolved.guarded_by.add(name)  # its manual jobs now share the slot runs' key
         return spec
-
-    def trigger(self, schedule: str) -> JobHandle | None:
-        """Run a schedule's current slot now — once for the whole fleet.
-
-        The "run it right away when a worker starts" wish, made safe: the job takes the identity
-        of the schedule's newest slot at or before now, so any number of workers calling this
-        (and the slot enqueuer) produce at most one job for that slot. Returns None when the slot
-        was already recorded, by anyone, or when the schedule is disabled.
-        """
-        from oncely.schedules import latest_slot
-        from oncely.store.base import SlotEnqueue
-
-        spec = self.schedules.get(schedule)
-        if spec is None:
-            known = ", ".join(sorted(self.schedules)) or "none"
-            raise ConfigError(f"unknown schedule {schedule!r}; declared schedules: {known}")
-        if not spec.enabled:
-            return None
-        now = self.clock.now()
-        slot = latest_slot(spec, now)
-        if slot is None:
-            return None
-        task = self.get_task(spec.task)
-        job = task.build_insert(spec.args, now, run_at=now, queue=spec.queue,
-                                priority=spec.priority or None, scheduled=True,
-                                overlap=spec.overlap)
-        result = self.store.slot_enqueue(SlotEnqueue(schedule, slot, now, job=job))
-        if not result.created or result.job_id is None:
-            return None
-        found = self.store.job_get(result.job_id)
-        assert found is not None
-        self.events.emit("slot.triggered", schedule=schedule, slot=slot.isoformat(),
-                         job_id=found.id)
-        return JobHandle(self, found, True)
 
     # worker ------------------------------------------------------------------------------
     def worker(

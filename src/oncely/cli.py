@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import click
 
-from oncely import cli_input, cli_queues, readmodel
+from oncely import cli_input, cli_queues, cli_schedules, readmodel
 from oncely.app import App
 from oncely.cli_input import id_of, load_app, name_of, stored_text
 from oncely.cli_plugins import PluginGroup
@@ -245,22 +245,19 @@ def jobs_cancel(env: Env, job_id: int, reason: str) -> None:
 
 
 @cli.command()
-@click.pass_obj
-def schedules(env: Env) -> None:
-    """Each schedule with its last slot, outcome and next slot."""
-    app = env.app()
-    emit(env, readmodel.schedules_overview(app.store, app.clock.now()),
-         ["name", "task", "trigger", "enabled", "last_slot", "last_outcome", "next_slot"])
-
-
-@cli.command()
 @click.argument("schedule", callback=name_of("schedule"))
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
 @click.pass_obj
 def ledger(env: Env, schedule: str, limit: int) -> None:
-    """The slots of SCHEDULE, newest first, with their outcomes."""
-    emit(env, readmodel.ledger(env.app().store, schedule, limit),
-         ["slot", "outcome", "job_id", "recorded_at", "note"])
+    """The slots of SCHEDULE, newest first, with their outcomes, then its history."""
+    store = env.app().store
+    slots = readmodel.ledger(store, schedule, limit)
+    history = readmodel.schedule_history(store, schedule, limit)
+    if env.as_json:
+        emit(env, slots)
+        return
+    emit(env, slots, ["slot", "outcome", "job_id", "recorded_at", "note"], title="slots")
+    emit(env, history, ["at", "event", "by", "detail"], title="history")
 
 
 @cli.command()
@@ -350,6 +347,7 @@ def anomalies_resolve(env: Env, anomaly_id: int) -> None:
 
 
 cli.add_command(cli_queues.queues)
+cli.add_command(cli_schedules.schedules)
 
 
 def _click_message(exc: click.ClickException) -> str:

@@ -96,8 +96,30 @@ def queue_overview(store: Store) -> list[dict[str, Any]]:
     return [{"queue": queue, **counts} for queue, counts in sorted(table.items())]
 
 
-def schedules_overview(store: Store, now: datetime) -> list[dict[str, Any]]:
+def disagreeing_workers(
+    store: Store, now: datetime, stale_after: float = 90.0
+) -> dict[str, list[dict[str, Any]]]:
+    """Per schedule: the live workers whose code declares another definition than the one in
+    force (with the revision their definition had, if the schedule ever held it)."""
+    rows = {row.name: row for row in store.schedule_list()}
+    found: dict[str, list[dict[str, Any]]] = {}
+    for worker in store.worker_list():
+        if not worker.declared or (now - worker.last_seen_at).total_seconds() > stale_after:
+            continue
+        for name, digest in worker.declared.items():
+            row = rows.get(name)
+            if row is not None and digest != row.spec_hash:
+                found.setdefault(name, []).append(
+                    {"worker_id": worker.worker_id, "hostname": worker.hostname,
+                     "declared_revision": row.revision_of(digest), "spec_hash": digest[:12]})
+    return found
+
+
+def schedules_overview(
+    store: Store, now: datetime, stale_after: float = 90.0
+) -> list[dict[str, Any]]:
     rows = []
+    disagreeing = disagreeing_workers(store, now, stale_after)
     for row in store.schedule_list():
         ledger = store.ledger_list(row.name, limit=1)
         last = ledger[0] if ledger else None
@@ -108,17 +130,32 @@ def schedules_overview(store: Store, now: datetime) -> list[dict[str, Any]]:
             enabled = spec.enabled
         except InvalidSchedule as exc:
             upcoming, trigger, enabled = None, f"invalid: {exc}", False
+        others = disagreeing.get(row.name, [])
         rows.append({
             "name": row.name,
             "task": row.task,
             "trigger": trigger,
             "enabled": enabled,
+            "state": "paused" if row.paused else "active" if enabled else "disabled",
+            "paused_at": _iso(row.paused_at),
+            "paused_reason": row.paused_reason,
+            "origin": row.origin,
+            "revision": row.revision,
             "last_slot": _iso(last.slot) if last else None,
             "last_outcome": last.outcome.value if last else None,
             "next_slot": _iso(upcoming),
             "declared_at": _iso(row.declared_at),
+            "disagreeing_workers": others,
+            "disagree": ", ".join(w["worker_id"] for w in others) or None,
         })
     return rows
+
+
+def schedule_history(store: Store, name: str, limit: int = 50) -> list[dict[str, Any]]:
+    """What deploys and operators did to a schedule, newest first."""
+    return [{"at": _iso(e.at), "event": e.name, "by": e.detail.get("by"),
+             "detail": {k: v for k, v in e.detail.items() if k != "by"}, "job_id": e.job_id}
+            for e in store.schedule_history(name, limit)]
 
 
 def ledger(store: Store, schedule: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -261,8 +298,11 @@ def schedule_timeline(
     return {"schedule": name, "task": spec.task, "bucket_seconds": size, "buckets": table}
 
 
-def schedule_detail(store: Store, name: str, now: datetime) -> dict[str, Any]:
-    overview = next((s for s in schedules_overview(store, now) if s["name"] == name), None)
+def schedule_detail(
+    store: Store, name: str, now: datetime, stale_after: float = 90.0
+) -> dict[str, Any]:
+    overview = next((s for s in schedules_overview(store, now, stale_after)
+                     if s["name"] == name), None)
     row = store.schedule_get(name)
     if overview is None or row is None:
         raise NotFound(f"schedule {name!r} does not exist")
@@ -272,6 +312,7 @@ def schedule_detail(store: Store, name: str, now: datetime) -> dict[str, Any]:
         "created_at": _iso(row.created_at),
         "rates": next((r for r in schedule_rates(store, now) if r["schedule"] == name), None),
         "ledger": ledger(store, name, limit=25),
+        "history": schedule_history(store, name, 25),
         "anomalies": [a for a in anomalies(store, open_only=False, limit=200)
                       if a["schedule"] == name][:20],
     }

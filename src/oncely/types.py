@@ -38,6 +38,7 @@ class SlotOutcome(enum.StrEnum):
     SKIPPED_OVERLAP = "skipped_overlap"
     MISSED = "missed"
     COALESCED = "coalesced"
+    PAUSED = "paused"  # due while an operator had paused the schedule: nothing was expected
 
 
 class Overlap(enum.StrEnum):

@@ -182,3 +182,22 @@ def test_the_metering_routes_are_mounted_when_installed(app: oncely.App) -> None
     pytest.importorskip("oncely_billing.web")
     paths = {getattr(route, "path", None) for route in create_app(app).routes}
     assert "/api/orgs/{org_id:int}/ingestion" in paths
+
+
+def test_schedule_buttons_pause_resume_trigger_and_delete(app: oncely.App) -> None:
+    web = client(app, TOKEN)
+    page = f"/schedules/{SCHEDULE}"
+    assert 'id="schedule-pause"' not in web.get(page).text  # no buttons before signing in
+    assert web.post(f"{page}/pause", data={"csrf": "x"}).status_code == 403
+    csrf = sign_in(web)
+    assert 'id="schedule-pause"' in web.get(page).text
+    paused = web.post(f"{page}/pause", data={"csrf": csrf}, follow_redirects=False)
+    assert paused.status_code == 303 and app.store.schedule_get(SCHEDULE).paused
+    shown = web.get(page).text
+    assert 'id="schedule-resume"' in shown and "schedule.paused" in shown and "dashboard" in shown
+    web.post(f"{page}/resume", data={"csrf": csrf})
+    assert not app.store.schedule_get(SCHEDULE).paused
+    assert web.post(f"{page}/trigger", data={"csrf": csrf}).status_code == 200
+    web.post(f"{page}/delete", data={"csrf": csrf})
+    assert app.store.schedule_get(SCHEDULE) is None
+    assert web.get("/schedules").status_code == 200

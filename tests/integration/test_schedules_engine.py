@@ -254,7 +254,7 @@ def test_trigger_runs_the_current_slot_once_for_the_whole_fleet(any_url, clock):
     assert job.slot == datetime(2026, 11, 30, 11, 35, tzinfo=UTC)
     SlotEnqueuer(apps[0]).run_once()  # the enqueuer does not add that slot again
     assert len(apps[0].store.job_list(JobFilter())) == 1
-    with pytest.raises(oncely.ConfigError, match="unknown schedule 'nope'"):
+    with pytest.raises(oncely.NotFound, match="schedule 'nope' does not exist"):
         apps[0].trigger("nope")
 
 

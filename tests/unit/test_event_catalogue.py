@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 LITERAL = re.compile(r"""\.emit\(\s*["']([a-z_]+\.[a-z_.]+)["']""")
 FAMILIES = {  # names built at run time: emit(f"job.{outcome.state}") and emit(f"slot.{outcome}")
     "job.": ("job.succeeded", "job.retryable", "job.failed", "job.cancelled"),
-    "slot.": ("slot.missed", "slot.coalesced"),
+    "slot.": ("slot.missed", "slot.coalesced", "slot.paused"),
 }
 DOCUMENTED = re.compile(r"^\| `([a-z_]+\.[a-z_.]+)`", re.MULTILINE)
 

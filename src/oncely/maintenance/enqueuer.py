@@ -1,28 +1,67 @@
-"""The slot enqueuer: every due slot of every declared schedule becomes one job, or one ledger
-outcome, exactly once.
+"""The slot enqueuer: every due slot of every stored schedule becomes one job, or one ledger
+outcome, exactly once — planned from the definition stored in force, never from a worker's own
+copy.
 
-Registration (at worker start) upserts each declared schedule by name: ten workers registering
-the same definition leave one row; a changed definition updates it and says so; a schedule that
-is in the store but no longer declared by this app is reported (``schedule.undeclared``) and
-simply stops firing once no running worker declares it. Registration enqueues nothing.
+One definition in force
+=======================
 
-``run_once`` for each enabled declared schedule reads its cursor (the newest slot already dealt
-with), asks :func:`oncely.schedules.plan_slots` what to do with the slots after it up to now,
-records each slot through ``slot_enqueue`` — the ledger's ``UNIQUE(schedule, slot)`` makes a slot
-a job at most once whoever records it first — and moves the cursor with a compare-and-set. Every
-worker runs this: two enqueuers racing for a slot produce one job and one ledger row, and slots
-keep flowing while leadership changes hands.
+A schedule's row holds the definition in force, its revision, and the hash of every definition
+it has held (revision r is the r-th hash). Code *declares* a definition (each worker registers
+its app's schedules as it starts); an operator *applies* one (``oncely schedules apply NAME``)
+or creates, updates and deletes dynamic schedules (origin ``dynamic``). With ``h`` the declared
+hash and ``cur`` the hash in force::
+
+    (no row) ──declare h──────────────────► rev 1, hashes [h]      schedule.registered
+    rev r ──declare h == cur──────────────► rev r, declared_at     (nothing)
+    rev r ──declare h never held──────────► rev r+1, hashes + [h]  schedule.revised
+    rev r ──declare h held before─────────► rev r, unchanged       schedule.declaration_superseded
+    rev r ──apply h != cur (operator)─────► rev r+1, hashes + [h]  schedule.revised (by)
+    rev r ──declare, other origin─────────► unchanged              schedule.declaration_refused
+
+So in a rolling deploy the first new worker revises the schedule, old and new workers alike fire
+the new revision from then on, and a restarted old worker never brings the old definition back;
+going back is the operator's ``apply``. Each worker records the hash it declares per schedule on
+its worker row, so ``oncely schedules``, the dashboard and ``oncely doctor`` name the live
+workers whose code disagrees with the definition in force.
+
+One switch at the cursor
+========================
+
+``run_once`` reads every stored schedule whose task this process has (others are left to the
+workers that have it), parses its definition once per hash, asks
+:func:`oncely.schedules.plan_slots` what to do with the slots after the cursor, and records each
+slot through ``slot_enqueue`` guarded by the revision and cursor it planned from: in the slot's
+own transaction the cursor moves to that slot only if the schedule is still at that revision and
+cursor, else nothing is recorded and the schedule is re-read next run. A revision therefore takes
+effect exactly at the cursor: every slot up to it came from the old definition, every slot after
+it from the new one. The revision remembers that cursor (``switch_cursor``); the new definition's
+slots less than one of its periods after it are recorded ``coalesced`` (into the old definition's
+last run), so runs are never closer together than the period in force.
+
+A paused schedule (``oncely schedules pause``) records each due slot ``paused``; the watchdog
+expects nothing for those. Registration enqueues nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import islice
 
+from oncely.errors import InvalidSchedule
 from oncely.runtime import Runtime
-from oncely.schedules import ScheduleSpec, jitter_for, plan_slots
-from oncely.store.base import ScheduleUpsert, SlotEnqueue, UpsertOutcome
+from oncely.schedules import (
+    MAX_SLOTS_PER_PLAN,
+    ScheduleSpec,
+    jitter_for,
+    period_hint,
+    plan_slots,
+    slots_between,
+)
+from oncely.store.base import ScheduleRow, ScheduleUpsert, SlotEnqueue, UpsertOutcome
 from oncely.types import SlotOutcome
+
+Decision = tuple[datetime, SlotOutcome]
 
 
 @dataclass(frozen=True)
@@ -31,80 +70,135 @@ class EnqueueResult:
     recorded: list[tuple[str, datetime, SlotOutcome]] = field(default_factory=list)
 
 
-def register_schedules(runtime: Runtime) -> dict[str, UpsertOutcome]:
-    """Upsert every schedule the app declares; report the ones it no longer declares."""
-    now = runtime.clock.now()
-    outcomes: dict[str, UpsertOutcome] = {}
-    for spec in runtime.schedules.values():
-        outcome = runtime.store.schedule_upsert(
-            ScheduleUpsert(spec.name, spec.task, spec.to_spec_dict(), spec.spec_hash(), now)
-        )
-        outcomes[spec.name] = outcome
-        if outcome == UpsertOutcome.CREATED:
-            runtime.events.emit("schedule.registered", schedule=spec.name, task=spec.task)
-        elif outcome == UpsertOutcome.UPDATED:
-            runtime.events.emit("schedule.updated", schedule=spec.name, task=spec.task)
+def declare(runtime: Runtime, spec: ScheduleSpec, *, origin: str = "declared",
+            force: bool = False, by: str | None = None) -> UpsertOutcome:
+    """One declaration (or an operator's apply/create/update) through the state machine above,
+    with its event."""
+    store = runtime.store
+    digest = spec.spec_hash()
+    outcome = store.schedule_upsert(ScheduleUpsert(spec.name, spec.task, spec.to_spec_dict(),
+                                                   digest, runtime.clock.now(), origin, force))
+    row = store.schedule_get(spec.name)
+    revision = row.revision if row else None
+    events = runtime.events
+    if outcome == UpsertOutcome.CREATED:
+        events.emit("schedule.registered", schedule=spec.name, task=spec.task, origin=origin,
+                    revision=revision, by=by)
+    elif outcome == UpsertOutcome.UPDATED:
+        events.emit("schedule.revised", schedule=spec.name, task=spec.task, origin=origin,
+                    revision=revision, spec_hash=digest, by=by)
+    elif outcome == UpsertOutcome.SUPERSEDED:
+        events.emit("schedule.declaration_superseded", schedule=spec.name,
+                    declared_revision=row.revision_of(digest) if row else None,
+                    in_force_revision=revision, by=by)
+    elif outcome == UpsertOutcome.REFUSED:
+        events.emit("schedule.declaration_refused", schedule=spec.name, origin=origin,
+                    stored_origin=row.origin if row else None, by=by)
+    return outcome
+
+
+def register_schedules(runtime: Runtime, worker_id: str | None = None) -> dict[str, UpsertOutcome]:
+    """Declare every schedule the app declares; record the hashes on the worker's row; report
+    stored declared schedules this app no longer declares."""
+    outcomes = {name: declare(runtime, spec) for name, spec in runtime.schedules.items()}
+    if worker_id is not None:
+        runtime.store.worker_declare(
+            worker_id, {name: spec.spec_hash() for name, spec in runtime.schedules.items()})
     for row in runtime.store.schedule_list():
-        if row.name not in runtime.schedules:
+        if row.origin == "declared" and row.name not in runtime.schedules:
             runtime.events.emit("schedule.undeclared", schedule=row.name, task=row.task,
                                 declared_at=row.declared_at.isoformat())
     return outcomes
+
+
+class SpecCache:
+    """Parsed definitions by hash: a definition is parsed once per process."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, ScheduleSpec | None] = {}
+
+    def get(self, row: ScheduleRow) -> ScheduleSpec | None:
+        if row.spec_hash not in self._specs:
+            try:
+                self._specs[row.spec_hash] = ScheduleSpec.from_spec_dict(row.spec)
+            except (InvalidSchedule, TypeError):
+                self._specs[row.spec_hash] = None  # the doctor reports it; nothing to fire
+        return self._specs[row.spec_hash]
 
 
 class SlotEnqueuer:
     def __init__(self, runtime: Runtime, max_batches: int = 10) -> None:
         self.runtime = runtime
         self.max_batches = max_batches  # plans per schedule per run; a long outage takes a few
+        self.specs = SpecCache()
 
     def run_once(self) -> EnqueueResult:
         result = EnqueueResult()
-        rows = {row.name: row for row in self.runtime.store.schedule_list()}
-        for spec in self.runtime.schedules.values():
-            row = rows.get(spec.name)
-            if row is None:
-                continue
+        for row in self.runtime.store.schedule_list():
+            spec = self.specs.get(row)
+            if spec is None or row.task not in self.runtime.tasks:
+                continue  # a worker that has the task fires it
             cursor = row.cursor
             for _ in range(self.max_batches):
-                cursor, more = self._schedule_once(spec, cursor, row.created_at, result)
+                cursor, more = self._schedule_once(row, spec, cursor, result)
                 if not more:
                     break
         return result
 
+    def _decide(self, row: ScheduleRow, spec: ScheduleSpec, cursor: datetime | None,
+                now: datetime) -> tuple[list[Decision], datetime | None, bool]:
+        """The slots after the cursor with their outcomes, the cursor after them, and whether
+        more slots wait."""
+        if row.paused:
+            start = cursor or row.created_at
+            slots = list(islice(slots_between(spec, start, now), MAX_SLOTS_PER_PLAN + 1))
+            batch = slots[:MAX_SLOTS_PER_PLAN]
+            return ([(slot, SlotOutcome.PAUSED) for slot in batch],
+                    batch[-1] if batch else cursor, len(slots) > len(batch))
+        plan = plan_slots(spec, cursor, now, row.created_at)
+        decisions = [(slot, SlotOutcome.ENQUEUED) for slot in plan.run]
+        decisions += [(slot, SlotOutcome.MISSED) for slot in plan.missed]
+        decisions += [(slot, SlotOutcome.COALESCED) for slot in plan.coalesced]
+        if cursor is not None and cursor == row.switch_cursor:
+            # The first slots of a new revision: none closer than its period to the last run.
+            earliest = cursor + timedelta(seconds=period_hint(spec))
+            decisions = [(slot, SlotOutcome.COALESCED if slot < earliest else outcome)
+                         for slot, outcome in decisions]
+        return sorted(decisions), plan.new_cursor, plan.more
+
     def _schedule_once(
-        self, spec: ScheduleSpec, cursor: datetime | None, created_at: datetime,
+        self, row: ScheduleRow, spec: ScheduleSpec, cursor: datetime | None,
         result: EnqueueResult,
     ) -> tuple[datetime | None, bool]:
         """Plan and record one batch; returns the new cursor and whether more slots wait."""
         runtime = self.runtime
         now = runtime.clock.now()
-        plan = plan_slots(spec, cursor, now, created_at)
-        if plan.new_cursor is None or plan.new_cursor == cursor:
-            return cursor, False
-        task = runtime.tasks.get(spec.task)
-        decisions = [(slot, SlotOutcome.ENQUEUED) for slot in plan.run]
-        decisions += [(slot, SlotOutcome.MISSED) for slot in plan.missed]
-        decisions += [(slot, SlotOutcome.COALESCED) for slot in plan.coalesced]
-        for slot, outcome in sorted(decisions):
+        decisions, new_cursor, more = self._decide(row, spec, cursor, now)
+        task = runtime.tasks[spec.task]
+        for slot, outcome in decisions:
             job = None
-            if outcome == SlotOutcome.ENQUEUED and task is not None:
+            if outcome == SlotOutcome.ENQUEUED:
                 run_at = slot + timedelta(seconds=jitter_for(spec, slot))
                 job = task.build_insert(spec.args, now, run_at=run_at, queue=spec.queue,
                                         priority=spec.priority or None, scheduled=True,
                                         overlap=spec.overlap)
-            elif outcome == SlotOutcome.ENQUEUED:
-                outcome = SlotOutcome.MISSED  # a task this process cannot build a job for
-            recorded = runtime.store.slot_enqueue(
-                SlotEnqueue(spec.name, slot, now, job=job, outcome=outcome)
-            )
+            recorded = runtime.store.slot_enqueue(SlotEnqueue(
+                spec.name, slot, now, job=job, outcome=outcome, revision=row.revision,
+                expected_cursor=cursor))
+            if recorded.stale:
+                return cursor, False  # revised, or another enqueuer went first: re-read
+            cursor = slot
             if not recorded.created:
                 continue
             if job is not None:
                 result.enqueued.append((spec.name, slot))
                 runtime.events.emit("slot.enqueued", schedule=spec.name, slot=slot.isoformat(),
-                                    job_id=recorded.job_id)
+                                    job_id=recorded.job_id, revision=row.revision)
             else:
                 result.recorded.append((spec.name, slot, outcome))
                 runtime.events.emit(f"slot.{outcome}", schedule=spec.name, slot=slot.isoformat())
-        if not runtime.store.schedule_advance(spec.name, cursor, plan.new_cursor):
-            return cursor, False  # another enqueuer moved it first: re-read next run
-        return plan.new_cursor, plan.more
+        if new_cursor is None or (cursor is not None and new_cursor <= cursor):
+            return cursor, more and cursor is not None
+        if not runtime.store.schedule_advance(spec.name, cursor, new_cursor, row.revision):
+            return cursor, False
+        return new_cursor, more

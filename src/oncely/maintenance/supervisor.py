@@ -49,7 +49,7 @@ class Supervisor:
         self._last_now: datetime | None = None
 
     def start(self) -> None:
-        register_schedules(self.runtime)
+        register_schedules(self.runtime, self.worker_id)
         self._thread.start()
 
     def stop(self) -> None:

@@ -139,6 +139,12 @@ def declared_specs(store: Store) -> list[tuple[ScheduleRow, ScheduleSpec]]:
     return specs
 
 
+def paused_slots(store: Store, schedule: str, since: datetime, until: datetime) -> int:
+    """Slots recorded ``paused`` in ``(since, until]``: the watchdog expects nothing for them."""
+    return sum(c.count for c in store.ledger_counts(since, until, schedule)
+               if c.outcome == str(SlotOutcome.PAUSED))
+
+
 def windows_for(spec: ScheduleSpec, config: WatchdogConfig) -> list[float]:
     if config.windows:
         return sorted(set(config.windows))
@@ -151,6 +157,7 @@ def rate(store: Store, row: ScheduleRow, spec: ScheduleSpec, now: datetime, wind
     since = now - timedelta(seconds=window)
     counted_from = max(since, row.created_at)
     expected = expected_count(spec, counted_from, now) if spec.enabled else 0
+    expected = max(0, expected - paused_slots(store, spec.name, counted_from, now))
     slot_runs = retries = non_slot = workers = 0
     for count in store.execution_counts(ExecutionWindow(since, now, task=spec.task)):
         if count.schedule == spec.name:
@@ -220,10 +227,13 @@ def check_slots(
     since = max(now - timedelta(seconds=window), row.created_at)
     if until <= since:
         return None
-    expected = expected_count(spec, since, until)
-    if expected == 0:
-        return None
     outcomes = {c.outcome: c.count for c in store.ledger_counts(since, until, spec.name)}
+    # Slots of a paused schedule: recorded paused, or not yet recorded while it is paused.
+    expected = expected_count(spec, since, until) - outcomes.pop(str(SlotOutcome.PAUSED), 0)
+    if row.paused_at is not None and row.paused_at < until:
+        expected -= expected_count(spec, max(since, row.paused_at, row.cursor or since), until)
+    if expected <= 0:
+        return None
     ran = sum(outcomes.get(str(o), 0)
               for o in (SlotOutcome.RAN, SlotOutcome.FAILED, SlotOutcome.ENQUEUED))
     if ran >= expected:

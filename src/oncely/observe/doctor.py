@@ -71,10 +71,28 @@ def examine(runtime: Runtime, config: WatchdogConfig | None = None) -> DoctorRep
     findings += [_from_watchdog(f) for f in fresh]
     findings += _open_anomalies(store, {f.key for f in fresh})
     findings += _signals(store, now)
+    findings += _schedule_disagreements(store, now, stale_after)
     if not any(f.severity in UNHEALTHY for f in findings):
         findings.append(DoctorFinding("ok", "fleet", "no problem found"))
     findings.sort(key=lambda f: _ORDER.get(f.severity, 9))
     return DoctorReport(findings, now)
+
+
+def _schedule_disagreements(store: Store, now: datetime,
+                            stale_after: float) -> list[DoctorFinding]:
+    found = []
+    for name, workers in sorted(readmodel.disagreeing_workers(store, now, stale_after).items()):
+        row = store.schedule_get(name)
+        found.append(DoctorFinding(
+            "warning", f"schedule:{name}",
+            f"schedule {name}: {plural(len(workers), 'live worker')} declare another definition "
+            f"than revision {row.revision if row else '?'} in force",
+            [f"{w['worker_id']} on {w['hostname']} declares "
+             + (f"revision {w['declared_revision']}" if w["declared_revision"]
+                else f"a definition never in force ({w['spec_hash']})") for w in workers[:10]],
+            "finish the deploy (the definition in force is what fires); to go back, "
+            f"`oncely --app module:app schedules apply {name}` with the code you want"))
+    return found
 
 
 def _fleet_checks(

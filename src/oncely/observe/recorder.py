@@ -4,8 +4,11 @@ A fence rejection happens inside one worker process; its per-process counter die
 process and says nothing about the fleet. The subscriber returned by :func:`fleet_recorder`
 records each ``fence.rejected`` event in ``oncely_events`` so the dashboard's fleet metrics,
 the doctor and the watchdog see every rejection, from every worker. (Lease takeovers are
-recorded by the database itself, see migration 0002.) A store that is down loses the record,
-never the job: the subscriber swallows store errors.
+recorded by the database itself, see migration 0002.) What deploys and operators do to a
+schedule (revisions, superseded declarations, pause, resume, trigger, backfill, delete, dynamic
+schedules) is recorded too, under the subject ``schedule:NAME``: the schedule's history, shown by
+``oncely ledger`` and the dashboard. A store that is down loses the record, never the job: the
+subscriber swallows store errors.
 """
 
 from __future__ import annotations
@@ -22,16 +25,25 @@ log = logging.getLogger("oncely")
 
 RECORDED = frozenset({FENCE_REJECTED})
 
+# The history of a schedule, recorded under the subject "schedule:NAME".
+SCHEDULE_HISTORY = frozenset({
+    "schedule.registered", "schedule.revised", "schedule.declaration_superseded",
+    "schedule.declaration_refused", "schedule.paused", "schedule.resumed", "schedule.deleted",
+    "schedule.backfilled", "slot.triggered",
+})
+
 
 def fleet_recorder(store: Callable[[], Store]) -> Subscriber:
     """``store`` opens the store on first use (the App's)."""
 
     def record(event: Event) -> None:
-        if event.name not in RECORDED:
+        if event.name not in RECORDED and event.name not in SCHEDULE_HISTORY:
             return
         fields = dict(event.fields)
         job_id = fields.pop("job_id", None)
         task = fields.pop("task", None)
+        if event.name in SCHEDULE_HISTORY:
+            fields["worker_id"] = f"schedule:{fields.pop('schedule', '')}"
         try:
             store().event_record(FleetEventInsert(
                 event.name, event.at, job_id=job_id if isinstance(job_id, int) else None,

@@ -294,17 +294,30 @@ class Store(Protocol):
     def schedule_list(self) -> list[ScheduleRow]: ...
     def schedule_get(self, name: str) -> ScheduleRow | None: ...
     def schedule_advance(
-        self, name: str, expected_cursor: datetime | None, new_cursor: datetime
+        self, name: str, expected_cursor: datetime | None, new_cursor: datetime,
+        revision: int | None = None,
     ) -> bool:
-        """Compare-and-set the schedule's cursor; False if another enqueuer moved it first."""
+        """Compare-and-set the schedule's cursor (and, given, its revision); False if another
+        enqueuer moved it first or the definition was revised."""
+    def schedule_pause(self, name: str, paused_at: datetime | None, reason: str | None) -> bool:
+        """Pause (``paused_at`` set) or resume (None) a schedule; False if it does not exist."""
     def schedule_delete(self, name: str) -> bool: ...
-    def slot_enqueue(self, params: SlotEnqueue) -> SlotResult: ...
+    def slot_enqueue(self, params: SlotEnqueue) -> SlotResult:
+        """Record a slot at most once (with its job); with ``revision`` set, only while the
+        schedule is at that revision and cursor, moving the cursor to the slot."""
+    def slot_run_unrun(self, params: SlotEnqueue) -> SlotResult:
+        """Give a slot recorded ``paused`` or ``missed`` its job (resume's catch-up, a
+        backfill), at most once."""
+    def schedule_history(self, name: str, limit: int = 50) -> list[FleetEvent]:
+        """The recorded events of a schedule (revisions, operators' actions), newest first."""
     def ledger_list(
         self, schedule: str, limit: int = 50, before: datetime | None = None
     ) -> list[SlotRecord]: ...
 
     # workers -----------------------------------------------------------------------------
     def worker_register(self, info: WorkerInfo) -> None: ...
+    def worker_declare(self, worker_id: str, declared: dict[str, str]) -> None:
+        """Record the hash of each schedule this worker's code declares."""
     def worker_heartbeat(self, worker_id: str, now: datetime) -> None: ...
     def worker_deregister(self, worker_id: str) -> None: ...
     def worker_list(self) -> list[WorkerRow]: ...

@@ -142,12 +142,19 @@ class ScheduleUpsert:
     spec: dict[str, Any]  # the schedule's full definition, JSON-safe
     spec_hash: str
     now: datetime
+    origin: str = "declared"  # "declared" by an app's code, or "dynamic": created at run time
+    force: bool = False  # an operator's apply: even a definition held before becomes current
 
 
 class UpsertOutcome(enum.StrEnum):
-    CREATED = "created"
-    UPDATED = "updated"
-    UNCHANGED = "unchanged"
+    """What a declaration did to the stored schedule (state machine in
+    :mod:`oncely.maintenance.enqueuer`)."""
+
+    CREATED = "created"  # revision 1
+    UPDATED = "updated"  # a new revision is in force
+    UNCHANGED = "unchanged"  # the definition in force was declared again
+    SUPERSEDED = "superseded"  # an older definition was declared: the stored one stays
+    REFUSED = "refused"  # the name belongs to a schedule of the other origin
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,23 @@ class ScheduleRow:
     created_at: datetime
     updated_at: datetime
     declared_at: datetime  # last time a worker registered it
+    revision: int = 1
+    hashes: tuple[str, ...] = ()  # the hash of every revision, oldest first
+    origin: str = "declared"
+    paused_at: datetime | None = None
+    paused_reason: str | None = None
+    switch_cursor: datetime | None = None  # the cursor when this revision took effect
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
+
+    def revision_of(self, spec_hash: str) -> int | None:
+        """The newest revision that had this definition; None if the row never held it."""
+        for index in range(len(self.hashes) - 1, -1, -1):
+            if self.hashes[index] == spec_hash:
+                return index + 1
+        return None
 
 
 @dataclass(frozen=True)
@@ -173,12 +197,17 @@ class SlotEnqueue:
     job: JobInsert | None = None
     outcome: SlotOutcome = SlotOutcome.ENQUEUED
     note: str | None = None
+    # The enqueuer's guard: record the slot only while the schedule is at this revision with
+    # this cursor, and move the cursor to the slot in the same transaction.
+    revision: int | None = None
+    expected_cursor: datetime | None = None
 
 
 @dataclass(frozen=True)
 class SlotResult:
     created: bool  # False: the slot had been recorded already (by anyone)
     job_id: int | None
+    stale: bool = False  # the guard failed: the revision or the cursor moved; nothing recorded
 
 
 @dataclass(frozen=True)
@@ -229,6 +258,7 @@ class WorkerRow:
     concurrency: int
     started_at: datetime
     last_seen_at: datetime
+    declared: dict[str, str] | None = None  # schedule name -> hash of the definition it declares
 
 
 MigrateResult = sql.MigrateResult

@@ -157,6 +157,12 @@ def schedule_from_row(row: RowLike, *, json_text: bool) -> ScheduleRow:
         created_at=as_required_datetime(row["created_at"]),
         updated_at=as_required_datetime(row["updated_at"]),
         declared_at=as_required_datetime(row["declared_at"]),
+        revision=int(row["revision"]),
+        hashes=tuple(h for h in (row["hashes"] or "").split(",") if h),
+        origin=row["origin"],
+        paused_at=as_datetime(row["paused_at"]),
+        paused_reason=row["paused_reason"],
+        switch_cursor=as_datetime(row["switch_cursor"]),
     )
 
 
@@ -192,4 +198,13 @@ def worker_from_row(row: RowLike, *, json_text: bool) -> WorkerRow:
         concurrency=int(row["concurrency"]),
         started_at=as_required_datetime(row["started_at"]),
         last_seen_at=as_required_datetime(row["last_seen_at"]),
+        declared=_declared(row),
     )
+
+
+def _declared(row: RowLike) -> dict[str, str] | None:
+    raw = row["declared"]
+    if not raw:
+        return None
+    loaded = json.loads(raw)
+    return {str(name): str(digest) for name, digest in loaded.items()}

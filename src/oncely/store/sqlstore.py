@@ -218,11 +218,24 @@ class SQLStore(ABC, Generic[D]):
         return self.sql.read(partial(schedules.get_schedule, self.sql, name=name))
 
     def schedule_advance(
-        self, name: str, expected_cursor: datetime | None, new_cursor: datetime
+        self, name: str, expected_cursor: datetime | None, new_cursor: datetime,
+        revision: int | None = None,
     ) -> bool:
         work = partial(schedules.advance_schedule, self.sql, name=name,
-                       expected_cursor=expected_cursor, new_cursor=new_cursor)
+                       expected_cursor=expected_cursor, new_cursor=new_cursor, revision=revision)
         return self.sql.write(work)
+
+    def schedule_pause(self, name: str, paused_at: datetime | None, reason: str | None) -> bool:
+        work = partial(schedules.pause_schedule, self.sql, name=name, paused_at=paused_at,
+                       reason=reason)
+        return self.sql.write(work)
+
+    def slot_run_unrun(self, params: SlotEnqueue) -> SlotResult:
+        return self.sql.write(partial(schedules.run_unrun_slot, self.sql, params=params))
+
+    def schedule_history(self, name: str, limit: int = 50) -> list[FleetEvent]:
+        return self.sql.read(partial(schedules.schedule_history, self.sql, name=name,
+                                     limit=limit))
 
     def schedule_delete(self, name: str) -> bool:
         return self.sql.write(partial(schedules.delete_schedule, self.sql, name=name))
@@ -241,6 +254,10 @@ class SQLStore(ABC, Generic[D]):
 
     def worker_register(self, info: WorkerInfo) -> None:
         self.sql.write(partial(schedules.register_worker, self.sql, info=info))
+
+    def worker_declare(self, worker_id: str, declared: dict[str, str]) -> None:
+        work = partial(schedules.declare_worker, self.sql, worker_id=worker_id, declared=declared)
+        self.sql.write(work)
 
     def worker_heartbeat(self, worker_id: str, now: datetime) -> None:
         work = partial(schedules.heartbeat_worker, self.sql, worker_id=worker_id, now=now)

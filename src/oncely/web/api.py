@@ -9,6 +9,7 @@ runs with ``--auth reads``. Path ids and names, and filters, are validated here:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,7 +116,19 @@ def _cancel(d: Dashboard, r: Request) -> Any:
 
 
 def _schedule(d: Dashboard, r: Request) -> Any:
-    return readmodel.schedule_detail(d.store, path_name(r), d.now())
+    return readmodel.schedule_detail(d.store, path_name(r), d.now(), d.stale_after)
+
+
+def _body(r: Request) -> dict[str, Any]:
+    body = getattr(r.state, "body", None)
+    return body if isinstance(body, dict) else {}
+
+
+def _schedule_action(action: str) -> Handler:
+    def handle(d: Dashboard, r: Request) -> Any:
+        return d.schedule_action(path_name(r), action, _body(r), by="api")
+
+    return handle
 
 
 def _timeline(d: Dashboard, r: Request) -> Any:
@@ -136,13 +149,32 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/api/jobs/{job_id}/cancel", "Cancel a waiting job or stop a running one",
              _cancel, action=True, tags=("action",)),
     Endpoint("GET", "/api/schedules", "Schedules with last and next slot",
-             lambda d, r: readmodel.schedules_overview(d.store, d.now())),
+             lambda d, r: readmodel.schedules_overview(d.store, d.now(), d.stale_after)),
     Endpoint("GET", "/api/schedules/rates", "Executions per schedule against expected (1 h)",
              lambda d, r: readmodel.schedule_rates(d.store, d.now())),
     Endpoint("GET", "/api/schedules/{name}", "One schedule: definition, rates, ledger",
              _schedule),
     Endpoint("GET", "/api/schedules/{name}/timeline", "Expected vs actual executions per bucket",
              _timeline, query=("buckets",)),
+    Endpoint("GET", "/api/schedules/{name}/history", "What deploys and operators did to it",
+             lambda d, r: readmodel.schedule_history(d.store, path_name(r),
+                                                     _int(r, "limit", 50, 1000)),
+             query=("limit",)),
+    Endpoint("POST", "/api/schedules", "Create a dynamic schedule: JSON {name, task, cron or "
+             "every, args, tz, overlap, catch_up, ...}",
+             lambda d, r: d.schedule_define(_body(r), by="api"), action=True, tags=("action",)),
+    Endpoint("PATCH", "/api/schedules/{name}", "Update a dynamic schedule (a new revision)",
+             lambda d, r: d.schedule_define(_body(r), path_name(r), by="api"),
+             action=True, tags=("action",)),
+    Endpoint("DELETE", "/api/schedules/{name}", "Delete a schedule (JSON {force} optional)",
+             _schedule_action("delete"), action=True, tags=("action",)),
+    *(Endpoint("POST", f"/api/schedules/{{name}}/{verb}", summary, _schedule_action(verb),
+               action=True, tags=("action",))
+      for verb, summary in (
+          ("pause", "Pause a schedule: its slots are recorded paused (JSON {reason} optional)"),
+          ("resume", "Resume a schedule; its catch-up policy runs paused slots"),
+          ("trigger", "Run the current slot now, once for the fleet"),
+          ("backfill", "One job per slot in (from, to]: JSON {from, to, yes}"))),
     Endpoint("GET", "/api/workers", "Registered workers",
              lambda d, r: readmodel.workers(d.store)),
     Endpoint("GET", "/api/leases", "Singleton and leader leases with their fences",
@@ -166,11 +198,17 @@ def _route(endpoint: Endpoint) -> Route:
             reason = ("read-only dashboard: start it with --token to allow actions"
                       if not dash.guard.enabled else "send Authorization: Bearer <token>")
             return JSONResponse({"error": reason}, status_code=403)
+        if endpoint.action and endpoint.method != "GET":
+            raw = await request.body()
+            try:
+                request.state.body = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                return JSONResponse({"error": "the body must be JSON"}, status_code=400)
         try:
             body = await run_in_threadpool(endpoint.handler, dash, request)
         except NotFound as exc:
             return JSONResponse({"error": mask_text(str(exc))}, status_code=404)
-        except ConfigError as exc:
+        except (ConfigError, TypeError) as exc:
             return JSONResponse({"error": mask_text(str(exc))}, status_code=400)
         return JSONResponse(body)
 

@@ -3,13 +3,14 @@ and the few actions the dashboard may take (through the App's facade, as the CLI
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, cast
 
 from starlette.requests import Request
 
 from oncely import readmodel
+from oncely.errors import ConfigError
 from oncely.store.base import Store
 from oncely.web.auth import Guard
 
@@ -41,6 +42,51 @@ class Dashboard:
     def cancel(self, job_id: int, reason: str) -> dict[str, Any]:
         job = self.app.cancel_job(job_id, reason, by="dashboard")
         return readmodel.job_summary(job)
+
+    def schedule_action(self, name: str, action: str, body: dict[str, Any],
+                        by: str = "dashboard") -> dict[str, Any]:
+        """pause, resume, trigger, backfill, apply or delete schedule ``name`` (the dashboard's
+        buttons and the API); the result the API returns."""
+        app = self.app
+        if action == "pause":
+            app.pause_schedule(name, body.get("reason"), by=by)
+        elif action == "resume":
+            return {"schedule": name, "caught_up": [h.id for h in app.resume_schedule(name, by=by)]}
+        elif action == "trigger":
+            handle = app.trigger(name, by=by)
+            return {"schedule": name, "job_id": handle.id if handle else None}
+        elif action == "backfill":
+            start, end = _instant(body, "from"), _instant(body, "to")
+            made = app.backfill_schedule(name, start, end, yes=bool(body.get("yes")), by=by)
+            return {"schedule": name, "job_ids": [h.id for h in made]}
+        elif action == "delete":
+            app.delete_schedule(name, force=bool(body.get("force")), by=by)
+            return {"schedule": name, "deleted": True}
+        else:
+            raise ConfigError(f"unknown schedule action {action!r}")
+        return {"schedule": name, "state": "paused" if action == "pause" else "active"}
+
+    def schedule_define(self, body: dict[str, Any], name: str | None = None,
+                        by: str = "dashboard") -> dict[str, Any]:
+        """Create (``name`` None) or update a dynamic schedule from a JSON body."""
+        fields = dict(body)
+        if name is None:
+            name, task = str(fields.pop("name", "")), str(fields.pop("task", ""))
+            if not name or not task:
+                raise ConfigError("a schedule needs a name and a task")
+            row = self.app.create_schedule(name, task, by=by, **fields)
+        else:
+            row = self.app.update_schedule(name, by=by, **fields)
+        return {"schedule": row.name, "revision": row.revision, "origin": row.origin}
+
+
+def _instant(body: dict[str, Any], key: str) -> datetime:
+    raw = body.get(key)
+    try:
+        moment = datetime.fromisoformat(str(raw))
+    except ValueError:
+        raise ConfigError(f"{key!r} must be an ISO 8601 time, got {raw!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def dashboard(request: Request) -> Dashboard:

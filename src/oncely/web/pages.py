@@ -37,7 +37,11 @@ ENV.filters["ratio"] = ratio
 
 DONE = {"retried": "Job requeued: it runs again as soon as a worker is free.",
         "cancelled": "Cancellation recorded.", "resolved": "Anomaly resolved.",
-        "signed-in": "Signed in: actions are enabled.", "signed-out": "Signed out."}
+        "signed-in": "Signed in: actions are enabled.", "signed-out": "Signed out.",
+        "schedule-pause": "Schedule paused: its slots are recorded paused until resumed.",
+        "schedule-resume": "Schedule resumed (its catch-up policy ran the paused slots it keeps).",
+        "schedule-trigger": "Current slot triggered (once for the fleet).",
+        "schedule-deleted": "Schedule deleted."}
 
 
 def _ago(value: str | None, now: datetime) -> str:
@@ -121,14 +125,15 @@ def _job(d: Dashboard, r: Request) -> dict[str, Any]:
 def _schedules(d: Dashboard, r: Request) -> dict[str, Any]:
     now = d.now()
     rates = {row["schedule"]: row for row in readmodel.schedule_rates(d.store, now)}
-    return {"title": "Schedules", "schedules": readmodel.schedules_overview(d.store, now),
+    return {"title": "Schedules",
+            "schedules": readmodel.schedules_overview(d.store, now, d.stale_after),
             "rates": rates}
 
 
 def _schedule(d: Dashboard, r: Request) -> dict[str, Any]:
     name = path_name(r)
     now = d.now()
-    detail = readmodel.schedule_detail(d.store, name, now)
+    detail = readmodel.schedule_detail(d.store, name, now, d.stale_after)
     timeline = readmodel.schedule_timeline(d.store, name, now)
     return {"title": f"Schedule {name}", "schedule": detail, "timeline": timeline,
             "chart": timeline_svg(timeline)}
@@ -194,6 +199,17 @@ def _cancel(d: Dashboard, r: Request) -> str:
     return f"/jobs/{job['id']}?done=cancelled"
 
 
+def _schedule_button(action_name: str) -> Callable[[Dashboard, Request], str]:
+    def do(d: Dashboard, r: Request) -> str:
+        name = r.path_params["name"]
+        d.schedule_action(name, action_name, {})
+        if action_name == "delete":
+            return "/schedules?done=schedule-deleted"
+        return f"/schedules/{quote(name, safe='')}?done=schedule-{action_name}"
+
+    return do
+
+
 def _resolve(d: Dashboard, r: Request) -> str:
     d.store.anomaly_resolve(path_id(r, "anomaly_id", "anomaly"), d.now())
     return "/anomalies?done=resolved"
@@ -240,6 +256,8 @@ def routes() -> list[Route]:
         Route("/jobs/{job_id:int}/cancel", action(_cancel), methods=["POST"]),
         Route("/schedules", page("schedules.html", _schedules)),
         Route("/schedules/{name}", page("schedule.html", _schedule)),
+        *(Route(f"/schedules/{{name}}/{verb}", action(_schedule_button(verb)), methods=["POST"])
+          for verb in ("pause", "resume", "trigger", "delete")),
         Route("/workers", page("workers.html", _workers)),
         Route("/anomalies", page("anomalies.html", _anomalies)),
         Route("/anomalies/{anomaly_id:int}/resolve", action(_resolve), methods=["POST"]),

@@ -10,6 +10,7 @@ from typing import Any
 
 from oncely import lifecycle
 from oncely.errors import StoreError
+from oncely.store._observe_rows import event_from_row
 from oncely.store.base import (
     LeaseRow,
     ScheduleRow,
@@ -22,6 +23,7 @@ from oncely.store.base import (
     WorkerRow,
 )
 from oncely.store.dialect import Dialect
+from oncely.store.observability import FleetEvent
 from oncely.store.ops.jobs import insert_job
 from oncely.store.rows import (
     dump_json,
@@ -34,12 +36,14 @@ from oncely.types import SlotOutcome
 
 
 def upsert_schedule(d: Dialect, conn: Any, params: ScheduleUpsert) -> UpsertOutcome:
-    """Idempotent registration by name; every call records that a worker declared it."""
+    """A declaration (or an operator's create/apply) against the stored definition, under the
+    row's lock; the precedence rule is :mod:`oncely.maintenance.enqueuer`'s state machine."""
     values = {
         "name": params.name,
         "task": params.task,
         "spec": dump_json(params.spec, f"schedule {params.name!r}"),
         "spec_hash": params.spec_hash,
+        "origin": params.origin,
         "now": d.instant(params.now),
     }
     current = d.fetch_one(conn, "schedule_get_for_update", {"name": params.name})
@@ -50,11 +54,25 @@ def upsert_schedule(d: Dialect, conn: Any, params: ScheduleUpsert) -> UpsertOutc
         current = d.fetch_one(conn, "schedule_get_for_update", {"name": params.name})
         if current is None:
             raise StoreError(f"schedule {params.name!r} vanished while it was being registered")
-    if current["spec_hash"] != params.spec_hash or current["task"] != params.task:
-        d.execute(conn, "schedule_update", values)
-        return UpsertOutcome.UPDATED
-    d.execute(conn, "schedule_declare", values)
-    return UpsertOutcome.UNCHANGED
+    converting = params.force and params.origin == "declared"  # an operator's apply
+    if current["origin"] != params.origin and not converting:
+        return UpsertOutcome.REFUSED
+    if current["spec_hash"] == params.spec_hash and current["origin"] == params.origin:
+        if params.origin == "declared":
+            d.execute(conn, "schedule_declare", values)
+        return UpsertOutcome.UNCHANGED
+    held = [h for h in (current["hashes"] or "").split(",") if h]
+    if params.spec_hash in held and not params.force:
+        return UpsertOutcome.SUPERSEDED  # an older definition never comes back by itself
+    d.execute(conn, "schedule_revise", {**values, "hashes": ",".join([*held, params.spec_hash])})
+    return UpsertOutcome.UPDATED
+
+
+def pause_schedule(
+    d: Dialect, conn: Any, name: str, paused_at: datetime | None, reason: str | None
+) -> bool:
+    values = {"name": name, "paused_at": d.instant_or_none(paused_at), "reason": reason}
+    return d.execute(conn, "schedule_set_pause", values) > 0
 
 
 def list_schedules(d: Dialect, conn: Any) -> list[ScheduleRow]:
@@ -68,13 +86,16 @@ def get_schedule(d: Dialect, conn: Any, name: str) -> ScheduleRow | None:
 
 
 def advance_schedule(
-    d: Dialect, conn: Any, name: str, expected_cursor: datetime | None, new_cursor: datetime
+    d: Dialect, conn: Any, name: str, expected_cursor: datetime | None, new_cursor: datetime,
+    revision: int | None = None,
 ) -> bool:
-    values = {
+    values: dict[str, Any] = {
         "name": name,
         "expected_cursor": d.instant_or_none(expected_cursor),
         "new_cursor": d.instant(new_cursor),
     }
+    if revision is not None:
+        return d.execute(conn, "schedule_advance_at_revision", {**values, "revision": revision}) > 0
     return d.execute(conn, "schedule_advance", values) > 0
 
 
@@ -90,6 +111,12 @@ def enqueue_slot(d: Dialect, conn: Any, params: SlotEnqueue) -> SlotResult:
     nothing, so it never reaches the job insert."""
     now = d.instant(params.now)
     key: dict[str, Any] = {"schedule": params.schedule, "slot": d.instant(params.slot)}
+    if params.revision is not None:
+        guard = {"name": params.schedule, "revision": params.revision,
+                 "expected_cursor": d.instant_or_none(params.expected_cursor),
+                 "new_cursor": key["slot"]}
+        if d.execute(conn, "schedule_advance_at_revision", guard) == 0:
+            return SlotResult(created=False, job_id=None, stale=True)
     outcome = SlotOutcome.ENQUEUED if params.job is not None else params.outcome
     values = {**key, "outcome": str(outcome), "note": params.note, "now": now}
     if d.fetch_one(conn, "slot_insert", values) is None:
@@ -108,6 +135,31 @@ def enqueue_slot(d: Dialect, conn: Any, params: SlotEnqueue) -> SlotResult:
     link = {"job_id": None, "outcome": str(SlotOutcome.COALESCED), "note": note}
     d.execute(conn, "slot_link_job", {**key, **link, "now": now})
     return SlotResult(created=True, job_id=None)
+
+
+def run_unrun_slot(d: Dialect, conn: Any, params: SlotEnqueue) -> SlotResult:
+    """Resume's catch-up or a backfill: a slot recorded ``paused`` or ``missed`` gets its job
+    after all (once)."""
+    assert params.job is not None
+    now = d.instant(params.now)
+    key: dict[str, Any] = {"schedule": params.schedule, "slot": d.instant(params.slot)}
+    if d.fetch_one(conn, "slot_claim_unrun", {**key, "note": params.note, "now": now}) is None:
+        return SlotResult(created=False, job_id=None)
+    result = insert_job(d, conn, params.job, params.now, params.schedule, params.slot)
+    if not result.created:
+        note = lifecycle.coalesced_note(result.job.id, params.job.unique_key)
+        link: dict[str, Any] = {"job_id": None, "outcome": str(SlotOutcome.COALESCED),
+                                "note": note}
+        d.execute(conn, "slot_link_job", {**key, **link, "now": now})
+        return SlotResult(created=True, job_id=None)
+    link = {"job_id": result.job.id, "outcome": str(SlotOutcome.ENQUEUED), "note": params.note}
+    d.execute(conn, "slot_link_job", {**key, **link, "now": now})
+    return SlotResult(created=True, job_id=result.job.id)
+
+
+def schedule_history(d: Dialect, conn: Any, name: str, limit: int) -> list[FleetEvent]:
+    rows = d.fetch(conn, "schedule_history", {"subject": f"schedule:{name}", "limit": limit})
+    return [event_from_row(row, json_text=d.json_text) for row in rows]
 
 
 def list_ledger(
@@ -130,6 +182,11 @@ def register_worker(d: Dialect, conn: Any, info: WorkerInfo) -> None:
         "started_at": d.instant(info.started_at),
     }
     d.execute(conn, "worker_register", values)
+
+
+def declare_worker(d: Dialect, conn: Any, worker_id: str, declared: dict[str, str]) -> None:
+    values = {"worker_id": worker_id, "declared": dump_json(declared, f"worker {worker_id}")}
+    d.execute(conn, "worker_set_declared", values)
 
 
 def heartbeat_worker(d: Dialect, conn: Any, worker_id: str, now: datetime) -> None:

@@ -10,26 +10,40 @@ SELECT * FROM oncely_schedules WHERE name = %(name)s FOR UPDATE;
 SELECT * FROM oncely_schedules ORDER BY name;
 
 -- name: schedule_insert
--- Two registrations racing: the loser inserts nothing and updates the winner's row instead.
+-- Two registrations racing: the loser inserts nothing and reads the winner's row instead.
 INSERT INTO oncely_schedules (name, task, spec, spec_hash, cursor, created_at, updated_at,
-                              declared_at)
-VALUES (%(name)s, %(task)s, %(spec)s::jsonb, %(spec_hash)s, NULL, %(now)s, %(now)s, %(now)s)
+                              declared_at, revision, hashes, origin)
+VALUES (%(name)s, %(task)s, %(spec)s::jsonb, %(spec_hash)s, NULL, %(now)s, %(now)s, %(now)s, 1,
+        %(spec_hash)s, %(origin)s)
 ON CONFLICT (name) DO NOTHING
 RETURNING name;
 
--- name: schedule_update
+-- name: schedule_revise
+-- A new definition in force: the next revision, its hash appended to those the row has held.
 UPDATE oncely_schedules
 SET task = %(task)s, spec = %(spec)s::jsonb, spec_hash = %(spec_hash)s, updated_at = %(now)s,
-    declared_at = %(now)s
+    declared_at = %(now)s, revision = revision + 1, switch_cursor = cursor, hashes = %(hashes)s, origin = %(origin)s
 WHERE name = %(name)s;
 
 -- name: schedule_declare
 UPDATE oncely_schedules SET declared_at = %(now)s WHERE name = %(name)s;
 
+-- name: schedule_set_pause
+UPDATE oncely_schedules SET paused_at = %(paused_at)s, paused_reason = %(reason)s
+WHERE name = %(name)s;
+
 -- name: schedule_advance
 -- Compare-and-set; IS NOT DISTINCT FROM makes a NULL cursor compare equal to NULL.
 UPDATE oncely_schedules SET cursor = %(new_cursor)s
 WHERE name = %(name)s AND cursor IS NOT DISTINCT FROM %(expected_cursor)s::timestamptz;
+
+-- name: schedule_advance_at_revision
+-- The enqueuer's compare-and-set: the cursor moves only under the definition the slots were
+-- planned from, so a revision switches the definition exactly at the cursor. The row lock it
+-- takes orders it with a revision (schedule_get_for_update) until the slot's transaction ends.
+UPDATE oncely_schedules SET cursor = %(new_cursor)s
+WHERE name = %(name)s AND cursor IS NOT DISTINCT FROM %(expected_cursor)s::timestamptz
+  AND revision = %(revision)s;
 
 -- name: schedule_delete
 DELETE FROM oncely_schedules WHERE name = %(name)s;
@@ -78,3 +92,21 @@ DELETE FROM oncely_workers WHERE worker_id = %(worker_id)s;
 
 -- name: worker_list
 SELECT * FROM oncely_workers ORDER BY worker_id;
+
+-- name: slot_claim_unrun
+-- A slot recorded paused or missed that resume's catch-up or a backfill runs after all; only
+-- one caller gets it.
+UPDATE oncely_slots SET outcome = 'enqueued', note = %(note)s, updated_at = %(now)s
+WHERE schedule = %(schedule)s AND slot = %(slot)s
+  AND outcome IN ('paused', 'missed')
+RETURNING schedule;
+
+-- name: worker_set_declared
+-- The hash of each schedule this worker's code declares (JSON text: name -> hash).
+UPDATE oncely_workers SET declared = %(declared)s WHERE worker_id = %(worker_id)s;
+
+-- name: schedule_history
+-- What operators and deploys did to a schedule (the fleet events recorded for it).
+SELECT * FROM oncely_events WHERE subject = %(subject)s
+ORDER BY at DESC, id DESC
+LIMIT %(limit)s;

@@ -17,3 +17,7 @@ DELETE FROM oncely_workers WHERE worker_id = :worker_id;
 
 -- name: worker_list
 SELECT * FROM oncely_workers ORDER BY worker_id;
+
+-- name: worker_set_declared
+-- The hash of each schedule this worker's code declares (JSON text: name -> hash).
+UPDATE oncely_workers SET declared = :declared WHERE worker_id = :worker_id;

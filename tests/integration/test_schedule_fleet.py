@@ -1,0 +1,168 @@
+"""Schedules in a fleet of real worker processes, on both stores: a rolling deploy from one
+definition to another switches once and never fires both; operators pause, resume, trigger,
+backfill, create and delete schedules from the command line and the API while workers run."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from starlette.testclient import TestClient
+from tests.conftest import ROOT, read_effects, with_query
+from tests.integration.test_postgres_fleet import effects_schema
+
+import oncely
+from oncely import readmodel
+from oncely.testing import wait_until
+from oncely.web.app import create_app
+
+APP = "tests.apps.rolling:app"
+TOKEN = "fleet-token-7c1e94d2b8"
+
+pytestmark = pytest.mark.xdist_group("fleet")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stores(request, tmp_path, effects_sqlite) -> Iterator[tuple[str, str]]:
+    """(job store URL, side-effect database) on one kind of store."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fleet.db'}", effects_sqlite
+        return
+    pg = request.getfixturevalue("pg_schema")
+    with effects_schema(pg[1]) as effects:  # small pools: a fleet shares the server's clients
+        yield with_query(pg[0], pool_max="3"), effects
+
+
+def open_app(url: str) -> oncely.App:
+    os.environ["ONCELY_DATABASE_URL"] = url
+    from tests.apps import rolling
+
+    app = oncely.App(url)
+    for name, task in rolling.app.tasks.items():
+        app.tasks[name] = task
+    return app
+
+
+def slots_run(effects: str, schedule: str = "pulse") -> list[datetime]:
+    keys = [key for kind, key, *_ in read_effects(effects) if kind == schedule]
+    counts = collections.Counter(keys)
+    assert max(counts.values(), default=1) == 1, f"a slot ran twice: {counts.most_common(3)}"
+    return sorted(datetime.fromisoformat(key) for key in keys)
+
+
+def start(workers, url, effects, every):
+    return workers.start(url, effects, app=APP, env={"ONCELY_TEST_EVERY": str(every)})
+
+
+def more_runs(effects, count, schedule="pulse", timeout=60.0):
+    have = len(slots_run(effects, schedule))
+    wait_until(lambda: len(slots_run(effects, schedule)) >= have + count, timeout=timeout,
+               interval=0.2, message=f"{count} more runs of {schedule}")
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ONCELY_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "oncely", "--app", APP, *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_rolling_deploy_switches_once_and_an_old_worker_never_brings_back_its_definition(
+    stores, workers
+):
+    url, effects = stores
+    app = open_app(url)
+    app.migrate()
+    procs = [start(workers, url, effects, 2) for _ in range(3)]
+    more_runs(effects, 2)
+    for index in range(3):  # replace the three workers one by one
+        proc = procs[index]
+        proc.terminate()
+        assert proc.wait(60) == 0
+        procs[index] = start(workers, url, effects, 3)
+        more_runs(effects, 1)
+    more_runs(effects, 2)
+    row = app.store.schedule_get("pulse")
+    assert (row.revision, row.spec["every"]) == (2, 3.0)
+    old = start(workers, url, effects, 2)  # an old worker restarted
+    wait_until(lambda: readmodel.disagreeing_workers(app.store, app.clock.now()).get("pulse"),
+               timeout=60, interval=0.2, message="the old worker shows as disagreeing")
+    [other] = readmodel.disagreeing_workers(app.store, app.clock.now())["pulse"]
+    assert other["worker_id"].split(":")[1] == str(old.pid) and other["declared_revision"] == 1
+    doctor = cli(url, "doctor")
+    assert "declare another definition" in doctor.stdout and str(old.pid) in doctor.stdout
+    more_runs(effects, 3)
+    assert workers.stop_all() == [0] * len(workers.procs)
+    row = app.store.schedule_get("pulse")
+    assert (row.revision, row.spec["every"]) == (2, 3.0)
+    slots = slots_run(effects)
+    switch = row.switch_cursor
+    assert switch is not None
+    for earlier, later in itertools.pairwise(slots):
+        period = 3 if later > switch else 2
+        assert (later - earlier).total_seconds() >= period, (earlier, later, switch)
+    assert all(int(slot.timestamp()) % 3 == 0 for slot in slots if slot > switch)
+
+
+def test_operators_act_on_schedules_of_a_running_fleet(stores, workers):
+    url, effects = stores
+    app = open_app(url)
+    app.migrate()
+    start(workers, url, effects, 2)
+    more_runs(effects, 1)
+    # pause from the command line: slots are recorded paused, nothing runs
+    paused = cli(url, "schedules", "pause", "pulse", "--reason", "maintenance")
+    assert paused.returncode == 0, paused.stderr
+    wait_until(lambda: [r for r in app.store.ledger_list("pulse") if r.outcome == "paused"][1:],
+               timeout=60, interval=0.2, message="two paused slots")
+    ran = set(slots_run(effects))
+    assert not {r.slot for r in app.store.ledger_list("pulse") if r.outcome == "paused"} & ran
+    watchdog = app.run_watchdog()
+    assert not [f for f in watchdog.findings
+                if f.schedule == "pulse" and f.kind.value in ("too_few", "too_many")]
+    # resume through the API (token), then runs go on
+    web = TestClient(create_app(app, token=TOKEN), base_url="http://127.0.0.1")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert web.post("/api/schedules/pulse/resume", headers=auth).status_code == 200
+    assert web.post("/api/schedules/pulse/pause").status_code == 403  # no token, no action
+    more_runs(effects, 2)
+    # a dynamic schedule created while the worker runs fires once per slot
+    created = web.post("/api/schedules", headers=auth,
+                       json={"name": "org-7", "task": "pulse", "every": 2, "args": {"n": 7}})
+    assert created.status_code == 200, created.text
+    more_runs(effects, 3, schedule="org-7")
+    # trigger and backfill an hourly dynamic schedule from the command line
+    made = cli(url, "schedules", "create", "hourly", "--task", "pulse", "--cron", "0 * * * *")
+    assert made.returncode == 0, made.stderr
+    assert "enqueued" in cli(url, "schedules", "trigger", "hourly").stdout
+    assert "nothing enqueued" in cli(url, "schedules", "trigger", "hourly").stdout
+    now = datetime.now(UTC)
+    frm = (now - timedelta(hours=3)).isoformat()
+    filled = cli(url, "schedules", "backfill", "hourly", "--from", frm, "--to", now.isoformat())
+    assert "2 slot job(s) enqueued" in filled.stdout, filled.stdout + filled.stderr
+    wait_until(lambda: len(slots_run(effects, "hourly")) == 3, timeout=60, interval=0.2,
+               message="the triggered slot and two backfilled ones ran")
+    too_many = cli(url, "schedules", "backfill", "hourly", "--from", "2020-01-01T00:00:00+00:00",
+                   "--to", now.isoformat())
+    assert too_many.returncode == 2 and "pass --yes" in too_many.stderr
+    # delete: refused while a live worker declares it, allowed for a dynamic one
+    refused = cli(url, "schedules", "delete", "pulse")
+    assert refused.returncode == 2 and "live worker" in refused.stderr
+    assert web.delete("/api/schedules/org-7", headers=auth).status_code == 200
+    assert app.store.schedule_get("org-7") is None
+    listed = json.loads(cli(url, "--json", "schedules").stdout)
+    assert {(s["name"], s["origin"]) for s in listed} == {("pulse", "declared"),
+                                                         ("hourly", "dynamic")}
+    history = json.loads(cli(url, "--json", "schedules", "history", "pulse").stdout)
+    assert {"schedule.paused", "schedule.resumed"} <= {h["event"] for h in history}
+    assert [h["by"] for h in history if h["event"] == "schedule.resumed"] == ["api"]
+    assert "history" in cli(url, "ledger", "pulse").stdout
+    with contextlib.suppress(Exception):
+        workers.stop_all()
