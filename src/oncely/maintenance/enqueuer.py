@@ -16,7 +16,7 @@ keep flowing while leadership changes hands.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from oncely.runtime import Runtime
@@ -91,6 +91,8 @@ class SlotEnqueuer:
                 job = task.build_insert(spec.args, now, run_at=run_at, queue=spec.queue,
                                         priority=spec.priority or None, scheduled=True,
                                         overlap=spec.overlap)
+                job = replace(job, catch_up=spec.catch_up,  # judged again at claim
+                              misfire_grace=spec.effective_misfire_grace)
             elif outcome == SlotOutcome.ENQUEUED:
                 outcome = SlotOutcome.MISSED  # a task this process cannot build a job for
             recorded = runtime.store.slot_enqueue(
