@@ -143,7 +143,10 @@ def workers(store: Store) -> list[dict[str, Any]]:
     return [
         {"worker_id": r.worker_id, "hostname": r.hostname, "pid": r.pid,
          "queues": ",".join(r.queues) if r.queues else "*", "concurrency": r.concurrency,
-         "started_at": _iso(r.started_at), "last_seen_at": _iso(r.last_seen_at)}
+         "started_at": _iso(r.started_at), "last_seen_at": _iso(r.last_seen_at),
+         # seconds to add to the worker's clock to read the store server's (leases use that)
+         "clock_offset": None if r.clock_offset is None else round(r.clock_offset, 3),
+         "tasks": ",".join(r.tasks) if r.tasks is not None else "*"}
         for r in store.worker_list()
     ]
 

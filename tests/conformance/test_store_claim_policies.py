@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from tests.conformance.conftest import Kit
+
 from oncely.store.base import JobClaimParams
 from oncely.types import JobState, Overlap
-
-from tests.conformance.conftest import Kit
 
 HOUR = timedelta(hours=1)
 

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from oncely import readmodel
+from oncely.config import Settings
 from oncely.errors import SchemaMismatch
 from oncely.observe.diagnose import Finding, WatchdogConfig, evaluate
 from oncely.observe.fmt import plural, span
@@ -53,6 +54,9 @@ class DoctorReport:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, default=str)
+
+
+SKEW_WARNING = Settings().lease_ttl / 10  # seconds of clock offset worth a warning
 
 
 def examine(runtime: Runtime, config: WatchdogConfig | None = None) -> DoctorReport:
@@ -98,6 +102,14 @@ def _fleet_checks(
             [f"{w.worker_id} on {w.hostname} last seen "
              f"{span((now - w.last_seen_at).total_seconds())} ago" for w in stale[:10]],
             "their expired leases are rescued by the leader; nothing to do if they were killed"))
+    skewed = [w for w in alive if abs(w.clock_offset or 0.0) > SKEW_WARNING]
+    if skewed:
+        found.append(DoctorFinding(
+            "warning", "clock", f"{plural(len(skewed), 'worker')} with a clock off the store "
+            f"server's by more than {SKEW_WARNING:g} s (a tenth of the default lease TTL)",
+            [f"{w.worker_id} on {w.hostname}: {-(w.clock_offset or 0.0):+.3f} s" for w in skewed],
+            "leases are judged on the server's clock, so nothing is taken over; fix the "
+            "machine's time (NTP) all the same"))
     summary = readmodel.fleet(store, now, stale_after)
     if alive and summary["leader"] is None:
         found.append(DoctorFinding(
