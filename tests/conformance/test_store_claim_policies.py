@@ -4,10 +4,11 @@ schedule policies its jobs carry, on every store, with the frozen clock."""
 from __future__ import annotations
 
 from datetime import timedelta
+from importlib import resources
 
 from tests.conformance.conftest import Kit
 
-from oncely.store.base import JobClaimParams
+from oncely.store.base import JobClaimParams, Store
 from oncely.types import JobState, Overlap
 
 HOUR = timedelta(hours=1)
@@ -73,3 +74,29 @@ def test_a_slot_job_of_a_task_the_worker_lacks_is_not_judged_or_taken(kit: Kit) 
     result = kit.store.job_claim(params)
     assert result.jobs == [] and result.policy_ended == []
     assert kit.get(ids[0]).state in (JobState.AVAILABLE, JobState.SCHEDULED)
+
+
+def _columns(store: Store, table: str) -> set[str]:
+    with store.transaction() as conn:
+        if store.dialect == "sqlite":
+            return {row[1] for row in conn.execute(f"PRAGMA table_info({table})").fetchall()}
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = %s AND table_schema = current_schema()", (table,)).fetchall()
+        return {row[0] for row in rows}
+
+
+def test_version_8_goes_down_and_up_again(store: Store) -> None:
+    package = f"oncely.store.{'sqlite' if store.dialect == 'sqlite' else 'postgres'}"
+    folder = resources.files(package).joinpath("migrations")
+    down = folder.joinpath("0008_claim_policies.down.sql").read_text()
+    up = folder.joinpath("0008_claim_policies.sql").read_text()
+    added = {"catch_up", "misfire_grace"}
+    assert added <= _columns(store, "oncely_jobs")
+    with store.transaction() as conn:
+        store.sql.run(conn, down)  # type: ignore[attr-defined]
+    assert not added & _columns(store, "oncely_jobs")
+    assert not {"tasks", "clock_offset"} & _columns(store, "oncely_workers")
+    with store.transaction() as conn:
+        store.sql.run(conn, up)  # type: ignore[attr-defined]
+    assert added <= _columns(store, "oncely_jobs")

@@ -188,6 +188,7 @@ class Worker:
         app.events.emit(
             "worker.started", worker_id=self.worker_id, concurrency=self.concurrency,
             queues=",".join(self.queues or ("*",)), store=store.dialect,
+            clock_offset=round(self.clock_offset or 0.0, 3),
         )
 
     def _spawn_handler(self) -> None:
