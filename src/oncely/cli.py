@@ -202,7 +202,8 @@ def jobs_list(env: Env, state: str | None, queue: str | None, task: str | None,
 def jobs_show(env: Env, job_id: int) -> None:
     """Everything about one job, with its error history."""
     app = env.app()
-    emit(env, readmodel.job_detail(app.store, job_id, app.clock.now()), title=f"job {job_id}")
+    detail = readmodel.job_detail(app.store, job_id, app.clock.now(), app.settings.lease_ttl * 3)
+    emit(env, detail, title=f"job {job_id}")
 
 
 @jobs.command("retry")

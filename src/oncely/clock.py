@@ -11,6 +11,16 @@ Three clocks:
 
 Monotonic time is separate from wall time on purpose: lease deadlines kept by a worker use
 ``monotonic()``, which never jumps when the wall clock is corrected.
+
+Two more tell real time and may be set right against the store's clock:
+
+* :class:`SkewedClock` — real time off by a fixed number of seconds (``skew:+60``), the wall clock
+  of a machine whose time is wrong; tests start worker processes with it.
+* :class:`ServerAlignedClock` — wraps a clock that tells real time (``real_time = True``) and adds
+  the offset the worker last measured to its store's server clock, so every ``now`` a worker
+  passes to the store (lease grant, renewal, expiry, rescue, leadership) is the server's time
+  (see :mod:`oncely.worker.serverclock`). Frozen and warp clocks are never aligned: their time is
+  the test's or the simulation's, on purpose.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ class Clock(Protocol):
 
 class SystemClock:
     """Real time."""
+
+    real_time = True
 
     def now(self) -> datetime:
         return datetime.now(UTC)
@@ -130,14 +142,68 @@ class WarpClock:
         return f"warp:{self.sim_origin.isoformat()}:{self.speed}:{self.real_origin}"
 
 
+class SkewedClock(SystemClock):
+    """Real time off by ``skew`` seconds (ahead when positive): a machine whose clock is wrong."""
+
+    def __init__(self, skew: float) -> None:
+        self.skew = timedelta(seconds=skew)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.skew
+
+
+class ServerAlignedClock:
+    """``base`` (a clock that tells real time) corrected by the offset last measured to the
+    store's server clock: ``now() = base.now() + offset``. Thread-safe; monotonic time and sleeps
+    are the base clock's."""
+
+    real_time = True
+
+    def __init__(self, base: Clock, offset: float = 0.0) -> None:
+        self.base = base
+        self._offset = timedelta(seconds=offset)
+
+    @property
+    def offset(self) -> float:
+        """Seconds to add to the base clock to read the server's (negative: base is ahead)."""
+        return self._offset.total_seconds()
+
+    def set_offset(self, seconds: float) -> None:
+        self._offset = timedelta(seconds=seconds)  # one attribute store: atomic for readers
+
+    def now(self) -> datetime:
+        return self.base.now() + self._offset
+
+    def monotonic(self) -> float:
+        return self.base.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        self.base.sleep(seconds)
+
+
+def tells_real_time(clock: Clock) -> bool:
+    """Whether ``clock`` claims to tell real time (so aligning it to a server makes sense)."""
+    return bool(getattr(clock, "real_time", False))
+
+
 def clock_from_spec(spec: str | None) -> Clock:
-    """Build a clock from ``system`` or a ``warp:ORIGIN:SPEED:REAL_ORIGIN`` string (the value of
-    ``ONCELY_CLOCK``); ConfigError for anything else."""
+    """Build a clock from ``system``, ``skew:SECONDS`` (e.g. ``skew:+60``) or a
+    ``warp:ORIGIN:SPEED:REAL_ORIGIN`` string (the value of ``ONCELY_CLOCK``); ConfigError for
+    anything else."""
     from oncely.errors import ConfigError
 
     if not spec or spec == "system":
         return SystemClock()
-    usage = "use 'system' or 'warp:ORIGIN:SPEED:REAL' (ISO time, speed > 0, epoch seconds)"
+    usage = ("use 'system', 'skew:SECONDS' or 'warp:ORIGIN:SPEED:REAL' (ISO time, speed > 0, "
+             "epoch seconds)")
+    if spec.startswith("skew:"):
+        try:
+            skew = float(spec[len("skew:") :])
+            if not math.isfinite(skew):
+                raise ValueError(spec)
+        except ValueError:
+            raise ConfigError(f"ONCELY_CLOCK={spec[:80]!r} is not a valid clock; {usage}") from None
+        return SkewedClock(skew)
     if spec.startswith("warp:"):
         try:
             origin_text, speed_text, real_text = spec[len("warp:") :].rsplit(":", 2)

@@ -15,7 +15,7 @@ from oncely.redaction import REDACTED as REDACTED
 from oncely.redaction import mask_url as mask_url
 from oncely.redaction import redact as redact
 from oncely.schedules import ScheduleSpec, expected_count, next_slot, period_hint
-from oncely.store.base import LEADER_LEASE_KEY, JobFilter, Store
+from oncely.store.base import LEADER_LEASE_KEY, JobFilter, Store, WorkerRow
 from oncely.store.controls import ControlKind, Gate, LimitWait, scope_of
 from oncely.store.observability import FENCE_REJECTED, LEASE_TAKEN_OVER, ExecutionWindow
 from oncely.types import WAITING_STATES, Job, JobState
@@ -53,14 +53,36 @@ def job_wait(store: Store, job: Job, now: datetime) -> LimitWait | None:
     return gate.wait_for(job.queue, job.task, job.concurrency_key)
 
 
-def job_detail(store: Store, job_id: int, now: datetime | None = None) -> dict[str, Any]:
+def can_take(worker: WorkerRow, queue: str, task: str) -> bool:
+    """Whether ``worker`` claims jobs of ``task`` in ``queue`` (None: any)."""
+    return ((worker.queues is None or queue in worker.queues)
+            and (worker.tasks is None or task in worker.tasks))
+
+
+def no_worker_reason(store: Store, job: Job, now: datetime, stale_after: float) -> str | None:
+    """Why a due waiting job has no taker: no live worker has its task (for its queue)."""
+    if job.state not in WAITING_STATES or job.run_at > now:
+        return None
+    alive = [w for w in store.worker_list()
+             if (now - w.last_seen_at).total_seconds() <= stale_after]
+    if not alive or any(can_take(w, job.queue, job.task) for w in alive):
+        return None
+    return f"no live worker has task {job.task!r} for queue {job.queue!r}"
+
+
+def job_detail(
+    store: Store, job_id: int, now: datetime | None = None, stale_after: float = 90.0
+) -> dict[str, Any]:
     job = store.job_get(job_id)
     if job is None:
         raise NotFound(f"job {job_id} does not exist")
     detail = job_summary(job)
-    wait = job_wait(store, job, now or datetime.now(UTC))
+    now = now or datetime.now(UTC)
+    wait = job_wait(store, job, now)
+    reason = wait.describe() if wait is not None else no_worker_reason(store, job, now,
+                                                                        stale_after)
     detail.update(
-        waiting_reason=None if wait is None else wait.describe(),
+        waiting_reason=reason,
         limited_until=None if wait is None else _iso(wait.until),
         args=job.args,
         unique_key=job.unique_key,
@@ -180,7 +202,10 @@ def workers(store: Store) -> list[dict[str, Any]]:
     return [
         {"worker_id": r.worker_id, "hostname": r.hostname, "pid": r.pid,
          "queues": ",".join(r.queues) if r.queues else "*", "concurrency": r.concurrency,
-         "started_at": _iso(r.started_at), "last_seen_at": _iso(r.last_seen_at)}
+         "started_at": _iso(r.started_at), "last_seen_at": _iso(r.last_seen_at),
+         # seconds to add to the worker's clock to read the store server's (leases use that)
+         "clock_offset": None if r.clock_offset is None else round(r.clock_offset, 3),
+         "tasks": ",".join(r.tasks) if r.tasks is not None else "*"}
         for r in store.worker_list()
     ]
 

@@ -44,7 +44,7 @@ expects nothing for those. Registration enqueues nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
 
@@ -182,6 +182,8 @@ class SlotEnqueuer:
                 job = task.build_insert(spec.args, now, run_at=run_at, queue=spec.queue,
                                         priority=spec.priority or None, scheduled=True,
                                         overlap=spec.overlap)
+                job = replace(job, catch_up=spec.catch_up,  # judged again at claim
+                              misfire_grace=spec.effective_misfire_grace)
             recorded = runtime.store.slot_enqueue(SlotEnqueue(
                 spec.name, slot, now, job=job, outcome=outcome, revision=row.revision,
                 expected_cursor=cursor))

@@ -19,7 +19,7 @@ from oncely.errors import SchemaMismatch
 from oncely.observe.diagnose import Finding, WatchdogConfig, evaluate
 from oncely.observe.fmt import plural, span
 from oncely.runtime import Runtime
-from oncely.store.base import Store
+from oncely.store.base import Store, WorkerRow
 
 UNHEALTHY = ("problem", "warning")
 _ORDER = {"problem": 0, "warning": 1, "info": 2, "ok": 3}
@@ -55,6 +55,7 @@ class DoctorReport:
         return json.dumps(self.to_dict(), indent=2, default=str)
 
 
+
 def examine(runtime: Runtime, config: WatchdogConfig | None = None) -> DoctorReport:
     now = runtime.clock.now()
     try:
@@ -67,6 +68,10 @@ def examine(runtime: Runtime, config: WatchdogConfig | None = None) -> DoctorRep
     stale_after = runtime.settings.lease_ttl * 3
     findings = _fleet_checks(store, now, stale_after, runtime.settings.lease_ttl
                              + runtime.settings.maintenance_interval * 2)
+    alive = [w for w in store.worker_list()
+             if (now - w.last_seen_at).total_seconds() <= stale_after]
+    findings += _clock_checks(alive, runtime.settings.lease_ttl)
+    findings += _task_checks(store, now, alive)
     fresh = evaluate(store, now, config or runtime.watchdog, stale_after)
     findings += [_from_watchdog(f) for f in fresh]
     findings += _open_anomalies(store, {f.key for f in fresh})
@@ -93,6 +98,39 @@ def _schedule_disagreements(store: Store, now: datetime,
             "finish the deploy (the definition in force is what fires); to go back, "
             f"`oncely --app module:app schedules apply {name}` with the code you want"))
     return found
+
+
+def _clock_checks(alive: list[WorkerRow], lease_ttl: float) -> list[DoctorFinding]:
+    """Live workers whose clock is off the store server's by more than a tenth of the TTL."""
+    limit = lease_ttl / 10
+    skewed = [w for w in alive if abs(w.clock_offset or 0.0) > limit]
+    if not skewed:
+        return []
+    return [DoctorFinding(
+        "warning", "clock", f"{plural(len(skewed), 'worker')} with a clock off the store "
+        f"server's by more than {limit:g} s (a tenth of the lease TTL)",
+        [f"{w.worker_id} on {w.hostname}: its clock is {-(w.clock_offset or 0.0):+.3f} s off"
+         for w in skewed],
+        "leases are judged on the server's clock, so nothing is taken over; fix the machine's "
+        "time (NTP) all the same")]
+
+
+def _task_checks(store: Store, now: datetime, alive: list[WorkerRow]) -> list[DoctorFinding]:
+    """Due jobs that no live worker can take: none has their task (in their queue)."""
+    found = []
+    for group in store.job_waiting(now):
+        if not alive or any(readmodel.can_take(w, group.queue, group.task) for w in alive):
+            continue  # no worker at all is reported by the fleet checks
+        having = [w.worker_id for w in alive if w.tasks is None or group.task in w.tasks]
+        found.append(DoctorFinding(
+            "problem", "tasks", f"{plural(group.count, 'job')} of task {group.task!r} in queue "
+            f"{group.queue!r} wait: no live worker has that task for that queue",
+            [f"oldest due since {group.oldest_run_at.isoformat()}",
+             "live workers with the task (other queues): " + (", ".join(having) or "none")],
+            f"start a worker whose app registers {group.task!r} and that serves queue "
+            f"{group.queue!r}"))
+    return found
+
 
 
 def _fleet_checks(

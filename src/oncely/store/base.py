@@ -46,6 +46,13 @@ Every running job holds a lease: ``lease_owner`` and ``lease_expires_at`` on its
   complete or retry its job. ``fenced_transaction`` additionally requires the lease unexpired.
 * ``lease_renew`` succeeds only for a current fence with the same owner; a worker that cannot renew
   before its own monotonic deadline stops the job itself (self-fencing).
+* One clock judges leases. Every lease operation takes ``now`` from its caller; on PostgreSQL a
+  worker's ``now`` is the server's clock (each worker measures its offset to
+  ``clock_timestamp()`` at start and on every heartbeat and corrects its clock, see
+  :mod:`oncely.worker.serverclock`), so a machine whose clock is wrong neither takes over nor
+  loses a live lease. SQLite runs on one machine: its processes share that machine's clock.
+* A claim takes only jobs of the tasks the claimer has (``JobClaimParams.tasks``), and first
+  judges the due waiting slot jobs by the policies they carry (:mod:`oncely.store.ops.claimpolicy`).
 * ``job_expired`` lists running jobs whose lease has expired, ``worker_owners_gone`` the owners
   whose liveness lock is free; the rescuer then calls ``job_rescue``, which re-checks expiry (or
   the owner) inside the transaction so a renewal that won the race keeps the job.
@@ -318,7 +325,11 @@ class Store(Protocol):
     def worker_register(self, info: WorkerInfo) -> None: ...
     def worker_declare(self, worker_id: str, declared: dict[str, str]) -> None:
         """Record the hash of each schedule this worker's code declares."""
-    def worker_heartbeat(self, worker_id: str, now: datetime) -> None: ...
+    def worker_heartbeat(
+        self, worker_id: str, now: datetime, clock_offset: float | None = None
+    ) -> None: ...
+    def server_time(self) -> datetime | None:
+        """The server's clock (PostgreSQL), or None when callers share one clock (SQLite)."""
     def worker_deregister(self, worker_id: str) -> None: ...
     def worker_list(self) -> list[WorkerRow]: ...
 

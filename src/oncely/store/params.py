@@ -31,6 +31,9 @@ class JobInsert:
     overlap: Overlap = Overlap.SKIP
     timeout: float | None = None
     concurrency_key: str | None = None
+    # a slot job's schedule policies, applied again when the job is claimed (None: not a slot)
+    catch_up: str | None = None
+    misfire_grace: float | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class JobClaimParams:
     limit: int
     lease_ttl: float
     queues: tuple[str, ...] | None = None  # None: every queue
+    tasks: tuple[str, ...] | None = None  # the task names the worker has; None: any task
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class ClaimResult:
     skipped_overlap: list[Job] = field(default_factory=list)
     # scopes whose controls held due jobs back in this claim (see "Queue controls")
     waits: list[LimitWait] = field(default_factory=list)
+    # waiting slot jobs the claim ended by their schedule's policies (store.ops.claimpolicy)
+    policy_ended: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,8 @@ class WorkerInfo:
     queues: tuple[str, ...] | None
     concurrency: int
     started_at: datetime
+    tasks: tuple[str, ...] | None = None  # None: not recorded (any task)
+    clock_offset: float | None = None  # seconds to add to its clock to read the store's
 
 
 @dataclass(frozen=True)
@@ -259,6 +267,8 @@ class WorkerRow:
     started_at: datetime
     last_seen_at: datetime
     declared: dict[str, str] | None = None  # schedule name -> hash of the definition it declares
+    tasks: tuple[str, ...] | None = None
+    clock_offset: float | None = None
 
 
 MigrateResult = sql.MigrateResult

@@ -199,6 +199,8 @@ def worker_from_row(row: RowLike, *, json_text: bool) -> WorkerRow:
         started_at=as_required_datetime(row["started_at"]),
         last_seen_at=as_required_datetime(row["last_seen_at"]),
         declared=_declared(row),
+        tasks=load_queues(row["tasks"], json_text=json_text),
+        clock_offset=None if row["clock_offset"] is None else float(row["clock_offset"]),
     )
 
 

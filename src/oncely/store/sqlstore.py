@@ -62,6 +62,7 @@ from oncely.store.observability import (
     WaitingGroup,
 )
 from oncely.store.ops import controls, jobs, observe, schedules
+from oncely.store.rows import utc
 from oncely.types import Job, JobState
 
 D = TypeVar("D", bound=Dialect)
@@ -259,9 +260,18 @@ class SQLStore(ABC, Generic[D]):
         work = partial(schedules.declare_worker, self.sql, worker_id=worker_id, declared=declared)
         self.sql.write(work)
 
-    def worker_heartbeat(self, worker_id: str, now: datetime) -> None:
-        work = partial(schedules.heartbeat_worker, self.sql, worker_id=worker_id, now=now)
+    def worker_heartbeat(
+        self, worker_id: str, now: datetime, clock_offset: float | None = None
+    ) -> None:
+        work = partial(schedules.heartbeat_worker, self.sql, worker_id=worker_id, now=now,
+                       clock_offset=clock_offset)
         self.sql.write(work)
+
+    def server_time(self) -> datetime | None:
+        """The database server's clock, or None where the callers' clock is the server's
+        (SQLite: one machine)."""
+        row = self.sql.read(lambda conn: self.sql.fetch_one(conn, "server_time"))
+        return None if row is None or row["now"] is None else utc(row["now"])
 
     def worker_deregister(self, worker_id: str) -> None:
         self.sql.write(partial(schedules.deregister_worker, self.sql, worker_id=worker_id))

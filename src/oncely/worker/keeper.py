@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from oncely.errors import StoreError
 from oncely.store.base import LeaseRenewal
 from oncely.types import ErrorKind
+from oncely.worker import serverclock
 
 if TYPE_CHECKING:
     from oncely.worker.running import Running
@@ -87,11 +88,14 @@ class LeaseKeeper(threading.Thread):
             targets = [r for r in targets if not r.finished and leases]
             if only is None:
                 self._next_renew = mono + self.interval
-            sent = worker.runtime.clock.monotonic()
-            now = worker.runtime.clock.now()
             try:
                 if only is None:
-                    worker.runtime.store.worker_heartbeat(worker.worker_id, now)
+                    offset = serverclock.measure(worker.runtime.store, worker.runtime.clock)
+                    worker.clock_offset = offset if offset is not None else worker.clock_offset
+                    worker.runtime.store.worker_heartbeat(
+                        worker.worker_id, worker.runtime.clock.now(), offset)
+                sent = worker.runtime.clock.monotonic()
+                now = worker.runtime.clock.now()
                 if not targets:
                     return False
                 answers = worker.runtime.store.lease_renew(

@@ -37,6 +37,7 @@ from oncely.store.base import ClaimResult, JobClaimParams, WorkerInfo
 from oncely.store.controls import earliest
 from oncely.tasks import Task
 from oncely.types import ErrorKind, Job, JobError, JobState
+from oncely.worker import serverclock
 from oncely.worker.completer import Completer
 from oncely.worker.context import JobContext
 from oncely.worker.execute import Outcome, failure, outcome_of, overran
@@ -90,7 +91,8 @@ class Worker:
     ) -> None:
         if not isinstance(runtime, Runtime):
             runtime = runtime.runtime
-        self.runtime = runtime
+        # lease decisions on the store server's clock (see oncely.worker.serverclock)
+        self.runtime = runtime = serverclock.aligned(runtime)
         self.concurrency = concurrency or runtime.settings.concurrency
         self.queues = tuple(queues) if queues else None
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -105,6 +107,7 @@ class Worker:
         self._forced = threading.Event()
         self._stopped = threading.Event()
         self._store_down_since: float | None = None
+        self.clock_offset: float | None = None  # to the store server's clock, last measured
         self._keeper = LeaseKeeper(self)
         self._liveness = Liveness(self, self._keeper)
         self._completer = Completer(self)
@@ -141,6 +144,11 @@ class Worker:
         if self._background is not None:
             self._background.join(timeout)
 
+    def task_names(self) -> tuple[str, ...]:
+        """The tasks this worker has: it claims only their jobs (a task registered later
+        counts from the next claim)."""
+        return tuple(self.runtime.tasks)
+
     def running_jobs(self) -> list[Running]:
         """Every job whose lease this worker holds (and renews)."""
         with self._lock:
@@ -155,12 +163,17 @@ class Worker:
 
     # start and stop ------------------------------------------------------------------------
     def _start(self) -> None:
-        app, now = self.runtime, self.runtime.clock.now()
+        app = self.runtime
         store = app.store  # opens and migrates; errors surface to the caller
+        self.clock_offset = serverclock.measure(store, app.clock)  # before any lease decision
         store.worker_register(
             WorkerInfo(self.worker_id, socket.gethostname(), os.getpid(), self.queues,
-                       self.concurrency, now)
+                       self.concurrency, app.clock.now(), self.task_names(),
+                       0.0 if self.clock_offset is None else self.clock_offset)
         )
+        if self.clock_offset is not None and abs(self.clock_offset) > self.lease_ttl / 10:
+            log.warning("this machine's clock is %+.3f s off the store server's; leases are "
+                        "judged on the server's clock", -self.clock_offset)
         self._liveness.acquire()  # before the first claim: the fleet can then prove us dead
         register_controls(app)  # before the first claim, so it claims under the app's limits
         for _ in range(self.concurrency):
@@ -175,6 +188,7 @@ class Worker:
         app.events.emit(
             "worker.started", worker_id=self.worker_id, concurrency=self.concurrency,
             queues=",".join(self.queues or ("*",)), store=store.dialect,
+            clock_offset=round(self.clock_offset or 0.0, 3),
         )
 
     def _spawn_handler(self) -> None:
@@ -251,7 +265,7 @@ class Worker:
                 continue
             started = app.clock.monotonic()
             params = JobClaimParams(self.worker_id, app.clock.now(), free, self.lease_ttl,
-                                    self.queues)
+                                    self.queues, self.task_names())
             try:
                 result = app.store.job_claim(params)
             except StoreError as exc:
@@ -264,6 +278,10 @@ class Worker:
             for job in result.skipped_overlap:
                 app.events.emit("slot.skipped_overlap", job_id=job.id, schedule=job.schedule,
                                 slot=job.slot)
+            for ended in result.policy_ended:  # backlog judged by its schedule's policies
+                app.events.emit(f"slot.{ended.outcome}", job_id=ended.job_id,
+                                schedule=ended.schedule, slot=ended.slot.isoformat(),
+                                note=ended.note)
             for job in result.jobs:
                 self._dispatch(job, started)
             backlog = len(result.jobs) == free

@@ -68,6 +68,8 @@ def insert_job(
         "overlap": str(params.overlap),
         "timeout": params.timeout,
         "concurrency_key": params.concurrency_key,
+        "catch_up": params.catch_up if slot is not None else None,
+        "misfire_grace": params.misfire_grace if slot is not None else None,
     }
     for _ in range(_CONFLICT_RETRIES):
         row = d.fetch_one(conn, "job_insert", values)

@@ -180,6 +180,8 @@ def register_worker(d: Dialect, conn: Any, info: WorkerInfo) -> None:
         "queues": None if info.queues is None else d.array(list(info.queues)),
         "concurrency": info.concurrency,
         "started_at": d.instant(info.started_at),
+        "tasks": None if info.tasks is None else d.array(list(info.tasks)),
+        "clock_offset": info.clock_offset,
     }
     d.execute(conn, "worker_register", values)
 
@@ -189,8 +191,11 @@ def declare_worker(d: Dialect, conn: Any, worker_id: str, declared: dict[str, st
     d.execute(conn, "worker_set_declared", values)
 
 
-def heartbeat_worker(d: Dialect, conn: Any, worker_id: str, now: datetime) -> None:
-    d.execute(conn, "worker_heartbeat", {"worker_id": worker_id, "now": d.instant(now)})
+def heartbeat_worker(
+    d: Dialect, conn: Any, worker_id: str, now: datetime, clock_offset: float | None = None
+) -> None:
+    values = {"worker_id": worker_id, "now": d.instant(now), "clock_offset": clock_offset}
+    d.execute(conn, "worker_heartbeat", values)
 
 
 def deregister_worker(d: Dialect, conn: Any, worker_id: str) -> None:

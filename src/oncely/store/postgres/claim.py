@@ -73,6 +73,7 @@ def _common(params: JobClaimParams) -> dict[str, Any]:
         # a key's holder whose lease runs out before this has missed a renewal (holder_overdue)
         "overdue_before": now + timedelta(seconds=params.lease_ttl / 3),
         "queues": None if params.queues is None else list(params.queues),
+        "tasks": None if params.tasks is None else list(params.tasks),
         "excluded_queues": [],
         "excluded_tasks": [],
     }

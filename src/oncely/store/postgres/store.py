@@ -38,6 +38,7 @@ from oncely.store.base import (
     RenewResult,
 )
 from oncely.store.controls import Control, ControlUsage
+from oncely.store.ops import claimpolicy
 from oncely.store.postgres import claim, controls, jobs, rescue
 from oncely.store.postgres.dialect import PostgresDialect, fetch
 from oncely.store.postgres.engine import Engine
@@ -84,7 +85,8 @@ class PostgresStore(SQLStore[PostgresDialect]):
         if fast is not None:
             return fast
         self._wake.saw_full_claim()
-        return self._engine.run(lambda conn: claim.claim_jobs(conn, params))
+        return self._engine.run(lambda conn: claimpolicy.claim_after_policies(
+            self.sql, conn, params, lambda conn: claim.claim_jobs(conn, params)))
 
     def job_finish(self, params: JobFinish) -> bool:
         wake = self._wake.active

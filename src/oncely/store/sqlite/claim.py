@@ -57,9 +57,12 @@ def claim_jobs(d: SQLiteDialect, conn: sqlite3.Connection, params: JobClaimParam
     claim = _Claim(d, params, now, now + params.lease_ttl)
     gate = controls.open_gate(conn, params)
     plain: list[int] = []  # jobs without a singleton key: started together in one statement
+    tasks = None if params.tasks is None else frozenset(params.tasks)
     for candidate in _candidates(conn, params, now, gate):
         if len(claim.claimed) + len(plain) >= params.limit:
             break
+        if tasks is not None and candidate["task"] not in tasks:
+            continue  # a task this worker does not have: it waits for one that does
         job = (candidate["queue"], candidate["task"], candidate["concurrency_key"])
         if gate is not None and not gate.admits(*job):
             continue  # it waits, in its place, for the control to have room

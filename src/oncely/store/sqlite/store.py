@@ -26,7 +26,7 @@ from oncely.store.base import (
     RenewResult,
 )
 from oncely.store.controls import Control, ControlUsage
-from oncely.store.ops import jobs
+from oncely.store.ops import claimpolicy, jobs
 from oncely.store.rescue import JobRescue, LivenessHold, NoHold, RescueOutcome
 from oncely.store.sqlite import claim, controls, rescue
 from oncely.store.sqlite.dialect import SQLiteDialect
@@ -51,7 +51,8 @@ class SQLiteStore(SQLStore[SQLiteDialect]):
     # the run cycle ----------------------------------------------------------------------------
 
     def job_claim(self, params: JobClaimParams) -> ClaimResult:
-        return self._engine.write(partial(claim.claim_jobs, self.sql, params=params))
+        return self._engine.write(lambda conn: claimpolicy.claim_after_policies(
+            self.sql, conn, params, partial(claim.claim_jobs, self.sql, params=params)))
 
     def job_finish(self, params: JobFinish) -> bool:
         return self._engine.write(partial(claim.finish_job, self.sql, params=params))

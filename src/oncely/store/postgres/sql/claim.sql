@@ -10,6 +10,8 @@
 -- a rescued first run counts as one); candidates of a key that is held and that would only wait
 -- are not locked at all. A slot is not skippable while its key's holder is overdue (its lease
 -- runs out before overdue_before, see oncely.store.rescue.holder_overdue): it waits instead.
+-- Here and in every claim statement, only jobs of the tasks the worker has (tasks; NULL: any)
+-- are taken.
 SELECT j.id, j.priority, j.run_at, j.singleton_key, j.schedule, j.slot,
        (j.overlap = 'skip' AND j.schedule IS NOT NULL AND j.attempt = 0
         AND (j.state <> 'retryable' OR j.rescues > 0)
@@ -26,6 +28,7 @@ WHERE j.id IN (
            AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
            AND queue <> ALL(%(excluded_queues)s::text[])
            AND task <> ALL(%(excluded_tasks)s::text[])
+           AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
          ORDER BY singleton_key, priority DESC, run_at, id)
         UNION ALL
         (SELECT id FROM oncely_jobs
@@ -33,7 +36,8 @@ WHERE j.id IN (
            AND run_at <= %(now)s AND overlap = 'skip' AND schedule IS NOT NULL AND attempt = 0
            AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
            AND queue <> ALL(%(excluded_queues)s::text[])
-           AND task <> ALL(%(excluded_tasks)s::text[])))
+           AND task <> ALL(%(excluded_tasks)s::text[])
+           AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))))
   AND j.state IN ('scheduled', 'available', 'retryable')
   AND j.run_at <= %(now)s
   AND (l.owner IS NULL OR l.expires_at IS NULL OR l.expires_at <= %(now)s
@@ -52,12 +56,13 @@ FOR UPDATE OF j SKIP LOCKED;
 -- runs the full claim below. Always returns at least one row (job columns NULL when nothing
 -- started).
 WITH gate AS (
-    SELECT oncely_claim_blocked(%(now)s, %(queues)s::text[]) AS blocked
+    SELECT oncely_claim_blocked(%(now)s, %(queues)s::text[], %(tasks)s::text[]) AS blocked
 ), candidate AS (
     SELECT id FROM oncely_jobs
     WHERE state IN ('scheduled', 'available', 'retryable')
       AND run_at <= %(now)s
       AND singleton_key IS NULL
+      AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
       AND NOT (SELECT blocked FROM gate)
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
@@ -75,12 +80,13 @@ FROM (SELECT 1) AS one LEFT JOIN started AS s ON true;
 
 -- name: job_claim_fast_in_queues
 WITH gate AS (
-    SELECT oncely_claim_blocked(%(now)s, %(queues)s::text[]) AS blocked
+    SELECT oncely_claim_blocked(%(now)s, %(queues)s::text[], %(tasks)s::text[]) AS blocked
 ), candidate AS (
     SELECT id FROM oncely_jobs
     WHERE state IN ('scheduled', 'available', 'retryable')
       AND run_at <= %(now)s
       AND singleton_key IS NULL
+      AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
       AND queue = ANY(%(queues)s::text[])
       AND NOT (SELECT blocked FROM gate)
     ORDER BY priority DESC, run_at, id
@@ -107,6 +113,7 @@ WITH candidate AS (
     WHERE state IN ('scheduled', 'available', 'retryable')
       AND run_at <= %(now)s
       AND singleton_key IS NULL
+      AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -134,6 +141,7 @@ WITH candidate AS (
       AND queue = ANY(%(queues)s::text[])
       AND run_at <= %(now)s
       AND singleton_key IS NULL
+      AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
     ORDER BY priority DESC, run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -173,6 +181,7 @@ WITH RECURSIVE waiting(queue) AS (
           AND state IN ('scheduled', 'available', 'retryable')
           AND run_at <= %(now)s
           AND singleton_key IS NULL
+          AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
           AND task <> ALL(%(excluded_tasks)s::text[])
         ORDER BY priority DESC, run_at, id
         LIMIT %(limit)s
@@ -383,3 +392,27 @@ RETURNING *;
 -- name: lease_resign
 UPDATE oncely_leases SET owner = NULL, job_id = NULL, expires_at = NULL
 WHERE key = %(key)s AND owner = %(owner)s;
+
+-- name: job_list_waiting_slots
+-- The claim's policy pass (oncely.store.ops.claimpolicy): due waiting first runs of slots in
+-- the claimer's queues and tasks, by schedule then slot, with the policies they carry. Rows
+-- another claimer is judging are skipped, not waited for.
+SELECT id, schedule, slot, run_at, overlap, catch_up, misfire_grace,
+       EXISTS (SELECT 1 FROM oncely_leases AS l
+               WHERE l.key = oncely_jobs.singleton_key AND l.owner IS NOT NULL
+                 AND l.expires_at > %(now)s) AS key_held
+FROM oncely_jobs
+WHERE state IN ('scheduled', 'available') AND schedule IS NOT NULL AND attempt = 0
+  AND run_at <= %(now)s
+  AND (catch_up IN ('none', 'latest') OR overlap = 'buffer_one')
+  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+  AND (%(tasks)s::text[] IS NULL OR task = ANY(%(tasks)s::text[]))
+ORDER BY schedule, slot
+FOR UPDATE SKIP LOCKED;
+
+-- name: job_end_by_policy
+-- A waiting first run the policy pass drops: cancelled, with the verdict's note as its error.
+UPDATE oncely_jobs
+SET state = 'cancelled', finished_at = %(now)s, errors = errors || %(error)s::jsonb
+WHERE id = %(id)s AND state IN ('scheduled', 'available') AND attempt = 0
+RETURNING id;

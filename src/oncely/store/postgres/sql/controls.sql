@@ -129,6 +129,7 @@ WITH RECURSIVE waiting(queue) AS (
           AND j.run_at <= %(now)s
           AND (scan.whole OR j.task = ANY(%(limited_tasks)s::text[]))
           AND (%(queues)s::text[] IS NULL OR j.queue = ANY(%(queues)s::text[]))
+          AND (%(tasks)s::text[] IS NULL OR j.task = ANY(%(tasks)s::text[]))
           AND j.task <> ALL(%(blocked_tasks)s::text[])
           AND (j.concurrency_key IS NULL OR j.concurrency_key <> ALL(%(blocked_keys)s::text[]))
           AND (j.singleton_key IS NULL

@@ -8,10 +8,11 @@
 WITH job AS (
     INSERT INTO oncely_jobs (queue, task, args, state, priority, max_attempts, run_at,
                              created_at, unique_key, schedule, slot, singleton_key, overlap,
-                             timeout, concurrency_key)
+                             timeout, concurrency_key, catch_up, misfire_grace)
     VALUES (%(queue)s, %(task)s, %(args)s::jsonb, %(state)s, %(priority)s, %(max_attempts)s,
             %(run_at)s, %(created_at)s, %(unique_key)s, %(schedule)s, %(slot)s,
-            %(singleton_key)s, %(overlap)s, %(timeout)s, %(concurrency_key)s)
+            %(singleton_key)s, %(overlap)s, %(timeout)s, %(concurrency_key)s, %(catch_up)s,
+            %(misfire_grace)s)
     ON CONFLICT DO NOTHING
     RETURNING *
 )

@@ -76,16 +76,23 @@ LIMIT %(limit)s;
 
 -- name: worker_register
 INSERT INTO oncely_workers (worker_id, hostname, pid, queues, concurrency, started_at,
-                            last_seen_at)
+                            last_seen_at, tasks, clock_offset)
 VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(queues)s::text[], %(concurrency)s, %(started_at)s,
-        %(started_at)s)
+        %(started_at)s, %(tasks)s::text[], %(clock_offset)s)
 ON CONFLICT (worker_id) DO UPDATE
 SET hostname = excluded.hostname, pid = excluded.pid, queues = excluded.queues,
     concurrency = excluded.concurrency, started_at = excluded.started_at,
-    last_seen_at = excluded.last_seen_at;
+    last_seen_at = excluded.last_seen_at, tasks = excluded.tasks,
+    clock_offset = excluded.clock_offset;
 
 -- name: worker_heartbeat
-UPDATE oncely_workers SET last_seen_at = %(now)s WHERE worker_id = %(worker_id)s;
+UPDATE oncely_workers
+SET last_seen_at = %(now)s, clock_offset = COALESCE(%(clock_offset)s, clock_offset)
+WHERE worker_id = %(worker_id)s;
+
+-- name: server_time
+-- The server's clock, which judges every lease (see oncely.worker.serverclock).
+SELECT clock_timestamp() AS now;
 
 -- name: worker_deregister
 DELETE FROM oncely_workers WHERE worker_id = %(worker_id)s;

@@ -113,3 +113,26 @@ SET state = :state,
     lease_owner = NULL,
     lease_expires_at = NULL
 WHERE id = :job_id;
+
+-- name: job_list_waiting_slots
+-- The claim's policy pass (oncely.store.ops.claimpolicy): due waiting first runs of slots in
+-- the claimer's queues and tasks (JSON arrays, NULL: any), by schedule then slot, with the
+-- policies they carry.
+SELECT id, schedule, slot, run_at, overlap, catch_up, misfire_grace,
+       EXISTS (SELECT 1 FROM oncely_leases AS l
+               WHERE l.key = oncely_jobs.singleton_key AND l.owner IS NOT NULL
+                 AND l.expires_at > :now) AS key_held
+FROM oncely_jobs
+WHERE state IN ('scheduled', 'available') AND schedule IS NOT NULL AND attempt = 0
+  AND run_at <= :now
+  AND (catch_up IN ('none', 'latest') OR overlap = 'buffer_one')
+  AND (:queues IS NULL OR queue IN (SELECT value FROM json_each(:queues)))
+  AND (:tasks IS NULL OR task IN (SELECT value FROM json_each(:tasks)))
+ORDER BY schedule, slot;
+
+-- name: job_end_by_policy
+-- A waiting first run the policy pass drops: cancelled, with the verdict's note as its error.
+UPDATE oncely_jobs
+SET state = 'cancelled', finished_at = :now, errors = json_insert(errors, '$[#]', json(:error))
+WHERE id = :id AND state IN ('scheduled', 'available') AND attempt = 0
+RETURNING id;

@@ -3,9 +3,10 @@
 -- name: job_insert
 INSERT INTO oncely_jobs (queue, task, args, state, priority, max_attempts, run_at, created_at,
                          unique_key, schedule, slot, singleton_key, overlap, timeout,
-                         concurrency_key)
+                         concurrency_key, catch_up, misfire_grace)
 VALUES (:queue, :task, :args, :state, :priority, :max_attempts, :run_at, :created_at,
-        :unique_key, :schedule, :slot, :singleton_key, :overlap, :timeout, :concurrency_key)
+        :unique_key, :schedule, :slot, :singleton_key, :overlap, :timeout, :concurrency_key,
+        :catch_up, :misfire_grace)
 ON CONFLICT DO NOTHING
 RETURNING id;
 
