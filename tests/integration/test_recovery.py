@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import Workers, read_effects
 
 import oncely
+from oncely.store.base import LEADER_LEASE_KEY
 from oncely.testing import wait_until
 from oncely.types import ErrorKind, JobState
 
@@ -92,7 +93,7 @@ def test_a_killed_leaders_job_is_rescued_without_waiting_for_a_new_leader(any_ur
                                                                           workers: Workers):
     app = open_app(any_url)
     leader = workers.start(any_url, effects_sqlite, app=APP, env=QUICK_STOP)
-    wait_until(lambda: any(lease.key == "leader" and lease.owner
+    wait_until(lambda: any(lease.key == LEADER_LEASE_KEY and lease.owner
                            and f":{leader.pid}:" in lease.owner
                            for lease in app.store.lease_list()),
                timeout=60, message="the first worker leads")
@@ -101,7 +102,7 @@ def test_a_killed_leaders_job_is_rescued_without_waiting_for_a_new_leader(any_ur
     assert first.pid == leader.pid
     other = workers.start(any_url, effects_sqlite, app=APP, env=QUICK_STOP)
     wait_until(lambda: registered(app, [other]), timeout=60, message="the second worker started")
-    (term,) = [lease for lease in app.store.lease_list() if lease.key == "leader"]
+    (term,) = [lease for lease in app.store.lease_list() if lease.key == LEADER_LEASE_KEY]
     leader.send_signal(signal.SIGKILL)
     leader.wait(10)
     (successor,) = wait_until(lambda: starts(effects_sqlite, above=first.fence), timeout=60,
