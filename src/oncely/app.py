@@ -1,9 +1,21 @@
 """The App: settings, the task and schedule registries, enqueue, and the facade that the CLI,
 the dashboard and applications use (docs/facade.md).
 
-An App is cheap to create and opens its store on first use. With ``auto_migrate`` (the default) a
-fresh or older database is migrated then, so the embedded default needs no set-up; a database
-migrated by a newer oncely is refused (:class:`~oncely.errors.SchemaMismatch`).
+An App is cheap to create: construction never touches the database. Its schema rule, applied when
+the store is first used:
+
+- ``auto_migrate=True`` (the default, so the embedded default and tests need no set-up): a new or
+  older database is migrated then (event ``schema.migrated``). ``oncely worker`` runs this way.
+- ``auto_migrate=False`` (read-only tools: every ``oncely`` command but ``migrate`` and
+  ``worker``, the dashboard, ``worker --no-migrate``): the database must already hold this
+  code's schema. It is checked read-only before the store opens
+  (:func:`oncely.store.probe.require_current_schema`): a missing SQLite file stays missing, a
+  foreign or empty database is left as it is, and an older schema is refused with "run
+  ``oncely migrate``".
+
+Either way a database migrated by a newer oncely is refused
+(:class:`~oncely.errors.SchemaMismatch`). :meth:`App.migrate` moves the schema up or down
+whatever ``auto_migrate`` says.
 
 The facade: operator actions (:meth:`App.retry_job`, :meth:`App.cancel_job`,
 :meth:`App.pause_queue`, :meth:`App.resume_queue`, :meth:`App.retry_dead_letters`), each
@@ -24,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from oncely import sql as oncely_sql
 from oncely.clock import Clock, clock_from_spec
 from oncely.config import Settings
 from oncely.errors import ConfigError, OncelyError, UnknownTask
@@ -40,6 +53,7 @@ from oncely.schedule_actions import ScheduleActions
 from oncely.schedules import ScheduleSpec
 from oncely.store import open_store
 from oncely.store.base import Store
+from oncely.store.probe import require_current_schema
 from oncely.tasks import JobHandle, Task, TaskOptions
 from oncely.transaction import Transaction
 from oncely.types import Overlap
@@ -91,15 +105,25 @@ class App(Operations, ScheduleActions):
                     self._store = self._open_store()
         return self._store
 
-    def _open_store(self) -> Store:
+    def _open_store(self, apply_rule: bool = True) -> Store:
         try:
-            store = open_store(check_database_url(self.url))
-            if self.auto_migrate:
+            url = check_database_url(self.url)
+            if apply_rule and not self.auto_migrate:
+                require_current_schema(url)  # before opening: opening may create the file
+            store = open_store(url)
+            if apply_rule and self.auto_migrate:
                 self._ensure_schema(store)
         except OncelyError as exc:  # whatever the store says of its URL, never its password
             exc.args = (mask_text(str(exc), self.url),)
             raise
         return store
+
+    def _unchecked_store(self) -> Store:
+        """The store, opened without the schema rule (for migrating it)."""
+        with self._store_lock:
+            if self._store is None:
+                self._store = self._open_store(apply_rule=False)
+            return self._store
 
     def _ensure_schema(self, store: Store) -> None:
         from oncely.store.migrations import latest_version
@@ -115,8 +139,23 @@ class App(Operations, ScheduleActions):
                 )
         store.check_schema()
 
-    def migrate(self) -> Any:
-        return self.store.migrate()
+    def migrate(self, to: int | None = None) -> Any:
+        """Bring the schema to version ``to`` (default: this code's newest), up or down
+        (``oncely migrate [--to VERSION]``); returns :class:`oncely.sql.MigrateResult`."""
+        return self._unchecked_store().migrate(to)
+
+    def migration_status(self) -> tuple[int, list[Any]]:
+        """The schema's version and each migration, applied or pending (reads only: a missing
+        SQLite file is reported as version 0, not created)."""
+        from oncely.store.migrations import migrations_for
+        from oncely.store.probe import read_schema_version
+
+        dialect, _, version = read_schema_version(self.url)
+        if version is None:  # in memory: whatever this process's store holds
+            return self._unchecked_store().migration_status()
+        return version, [oncely_sql.MigrationStep(m.version, m.label, m.version <= version,
+                                                  m.down is not None)
+                         for m in migrations_for(dialect)]
 
     @property
     def dialect(self) -> str:

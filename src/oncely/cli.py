@@ -17,15 +17,18 @@ User mistakes print one line, ``oncely: error: <what to fix>``, never a tracebac
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
+import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
 
-from oncely import cli_input, cli_queues, cli_schedules, readmodel
+from oncely import cli_input, cli_migrate, cli_queues, cli_schedules, readmodel
 from oncely.app import App
 from oncely.cli_input import id_of, load_app, name_of, stored_text
 from oncely.cli_plugins import PluginGroup
@@ -69,6 +72,23 @@ class Env:
                 self._app = App(self.database_url or Settings.from_env().database_url)
         return self._app
 
+    def reader(self, required: bool = False) -> App:
+        """The app for a command that must not change the schema (all but ``migrate`` and
+        ``worker``): its store opens only on a database that holds this oncely's schema, checked
+        read-only first (:mod:`oncely.store.probe`); nothing is created or migrated."""
+        app = self.app(required)
+        app.auto_migrate = False
+        return app
+
+    @property
+    def who(self) -> str:
+        """Who runs this command, for the ``by`` of operator actions: ``user@host``."""
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no name for this uid (a bare container)
+            user = str(os.getuid())
+        return f"{user}@{socket.gethostname()}"
+
     def emit(self, rows: Any, columns: Sequence[str] | None = None,
              title: str | None = None) -> None:
         emit(self, rows, columns, title)
@@ -103,23 +123,6 @@ def cli(ctx: click.Context, app_path: str | None, database_url: str | None, as_j
 
 
 @cli.command()
-@click.pass_obj
-def migrate(env: Env) -> None:
-    """Create or upgrade the schema (refuses a schema newer than this oncely)."""
-    app = env.app()
-    app.auto_migrate = False
-    result = app.migrate()
-    if env.as_json:
-        emit(env, {"from": result.from_version, "to": result.to_version,
-                   "applied": list(result.applied)})
-    elif result.applied:
-        click.echo(f"migrated {app.dialect} schema from version {result.from_version} "
-                   f"to {result.to_version}: {', '.join(result.applied)}")
-    else:
-        click.echo(f"schema is current (version {result.to_version})")
-
-
-@cli.command()
 @click.option("--concurrency", "-c", type=click.IntRange(1, 1024), envvar="ONCELY_CONCURRENCY",
               show_envvar=True, help="Handler threads (default 4).")
 @click.option("--queues", "-q", envvar="ONCELY_QUEUES", show_envvar=True,
@@ -128,11 +131,18 @@ def migrate(env: Env) -> None:
               show_envvar=True, help="Serve this process's Prometheus metrics on this port.")
 @click.option("--metrics-host", default="127.0.0.1", envvar="ONCELY_METRICS_HOST",
               show_envvar=True, show_default=True, help="Address for --metrics-port.")
+@click.option("--no-migrate", is_flag=True, envvar="ONCELY_NO_MIGRATE", show_envvar=True,
+              help="Refuse to start (exit 4) unless the schema is current, instead of migrating "
+                   "it (production: run `oncely migrate` as a deploy step).")
 @click.pass_obj
 def worker(env: Env, concurrency: int | None, queues: str | None, metrics_port: int | None,
-           metrics_host: str) -> None:
-    """Run a worker until SIGTERM/SIGINT (a second signal releases running jobs at once)."""
+           metrics_host: str, no_migrate: bool) -> None:
+    """Run a worker until SIGTERM/SIGINT (a second signal releases running jobs at once).
+    Migrates a new or older schema first (logged as `schema.migrated`) unless --no-migrate or
+    the app says auto_migrate=False."""
     app = env.app(required=True)
+    if no_migrate:
+        app.auto_migrate = False
     app.events.subscribe(log_subscriber(json_format=getattr(env, "log_format", "") == "json"))
     if metrics_port:
         from oncely.observe.metrics import serve_process_metrics
@@ -140,6 +150,7 @@ def worker(env: Env, concurrency: int | None, queues: str | None, metrics_port: 
         serve_process_metrics(app.events, metrics_port, metrics_host)
     names = ([check_name("queue", q.strip()) for q in queues.split(",") if q.strip()]
              if queues else None)
+    app.store.check_schema()  # migrated, or refused with one line, before the worker starts
     code = app.worker(concurrency=concurrency, queues=names).run()
     raise SystemExit(code)
 
@@ -164,7 +175,7 @@ def enqueue(env: Env, task: str, args_json: str, delay: float | None, priority: 
         raise ArgsNotJSON("--args is nested too deeply") from None
     if not isinstance(args, dict):
         raise ArgsNotJSON("--args must be a JSON object such as '{\"org_id\": 42}'")
-    app = env.app(required=True)
+    app = env.reader(required=True)
     handle = app.enqueue_job(task, args, delay=delay, priority=priority, unique_key=unique_key,
                              queue=queue)
     row = readmodel.job_summary(handle.job) | {"created": handle.created}
@@ -192,7 +203,7 @@ def jobs_list(env: Env, state: str | None, queue: str | None, task: str | None,
     """Newest jobs first."""
     flt = JobFilter(state=JobState(state) if state else None, queue=queue, task=task,
                     schedule=schedule, limit=limit)
-    emit(env, readmodel.list_jobs(env.app().store, flt),
+    emit(env, readmodel.list_jobs(env.reader().store, flt),
          ["id", "queue", "task", "state", "attempt", "max_attempts", "run_at", "last_error"])
 
 
@@ -201,7 +212,7 @@ def jobs_list(env: Env, state: str | None, queue: str | None, task: str | None,
 @click.pass_obj
 def jobs_show(env: Env, job_id: int) -> None:
     """Everything about one job, with its error history."""
-    app = env.app()
+    app = env.reader()
     detail = readmodel.job_detail(app.store, job_id, app.clock.now(), app.settings.lease_ttl * 3)
     emit(env, detail, title=f"job {job_id}")
 
@@ -225,8 +236,8 @@ def jobs_retry(env: Env, job_id: int | None, retry_all: bool, queue: str | None,
         cli_queues.retry_all(env, queue, task)
         return
     assert job_id is not None
-    app = env.app()
-    job = app.retry_job(job_id, by="cli")
+    app = env.reader()
+    job = app.retry_job(job_id, by=env.who)
     click.echo(f"job {job.id} is {job.state} (attempt {job.attempt} of {job.max_attempts})")
 
 
@@ -237,8 +248,8 @@ def jobs_retry(env: Env, job_id: int | None, retry_all: bool, queue: str | None,
 @click.pass_obj
 def jobs_cancel(env: Env, job_id: int, reason: str) -> None:
     """Cancel a waiting job, or ask a running one to stop."""
-    app = env.app()
-    job = app.cancel_job(job_id, reason, by="cli")
+    app = env.reader()
+    job = app.cancel_job(job_id, reason, by=env.who)
     if job.state == JobState.RUNNING:
         click.echo(f"job {job.id} is running: cancellation requested")
     else:
@@ -251,7 +262,7 @@ def jobs_cancel(env: Env, job_id: int, reason: str) -> None:
 @click.pass_obj
 def ledger(env: Env, schedule: str, limit: int) -> None:
     """The slots of SCHEDULE, newest first, with their outcomes, then its history."""
-    store = env.app().store
+    store = env.reader().store
     slots = readmodel.ledger(store, schedule, limit)
     history = readmodel.schedule_history(store, schedule, limit)
     if env.as_json:
@@ -265,14 +276,14 @@ def ledger(env: Env, schedule: str, limit: int) -> None:
 @click.pass_obj
 def leases(env: Env) -> None:
     """Singleton and leader leases with their fences."""
-    emit(env, readmodel.leases(env.app().store))
+    emit(env, readmodel.leases(env.reader().store))
 
 
 @cli.command()
 @click.pass_obj
 def workers(env: Env) -> None:
     """Registered workers and when they were last seen."""
-    emit(env, readmodel.workers(env.app().store))
+    emit(env, readmodel.workers(env.reader().store))
 
 
 @cli.command()
@@ -282,7 +293,7 @@ def doctor(env: Env, as_json: bool) -> None:
     """Check the store and the fleet: findings, evidence, what to do. Exit 0 healthy, 1 not."""
     from oncely.observe.doctor import render_text
 
-    report = env.app().doctor()
+    report = env.reader().doctor()
     click.echo(report.to_json() if as_json or env.as_json else render_text(report))
     raise SystemExit(report.exit_code)
 
@@ -312,7 +323,7 @@ def dashboard(env: Env, host: str, port: int, token: str | None, auth: str,
     if token is not None and not token:
         raise ConfigError("--token is empty: give the token, or leave the option out for a "
                           "read-only dashboard")
-    serve(env.app(), host, port, token, allowed_hosts, auth)
+    serve(env.reader(), host, port, token, allowed_hosts, auth)
 
 
 @cli.group(invoke_without_command=True)
@@ -323,7 +334,7 @@ def anomalies(ctx: click.Context, show_all: bool, limit: int) -> None:
     """What the watchdog raised (open ones unless --all)."""
     if ctx.invoked_subcommand is None:
         env: Env = ctx.obj
-        emit(env, readmodel.anomalies(env.app().store, not show_all, limit),
+        emit(env, readmodel.anomalies(env.reader().store, not show_all, limit),
              ["id", "kind", "severity", "summary", "last_seen_at", "resolved_at"])
 
 
@@ -331,7 +342,7 @@ def anomalies(ctx: click.Context, show_all: bool, limit: int) -> None:
 @click.pass_obj
 def anomalies_check(env: Env) -> None:
     """Run the watchdog once now: raise, update and resolve anomalies."""
-    result = env.app().run_watchdog()
+    result = env.reader().run_watchdog()
     rows = [{"change": change, "id": a.id, "kind": str(a.kind), "summary": a.summary}
             for change, found in (("raised", result.raised), ("open", result.updated),
                                   ("resolved", result.resolved)) for a in found]
@@ -343,12 +354,13 @@ def anomalies_check(env: Env) -> None:
 @click.pass_obj
 def anomalies_resolve(env: Env, anomaly_id: int) -> None:
     """Close an open anomaly by hand (the watchdog reopens it if the condition persists)."""
-    env.app().resolve_anomaly(anomaly_id, by="cli")
+    env.reader().resolve_anomaly(anomaly_id, by=env.who)
     click.echo(f"anomaly {anomaly_id} resolved")
 
 
 cli.add_command(cli_queues.queues)
 cli.add_command(cli_schedules.schedules)
+cli.add_command(cli_migrate.migrate)
 
 
 def _click_message(exc: click.ClickException) -> str:

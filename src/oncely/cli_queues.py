@@ -23,7 +23,10 @@ class Env(Protocol):
 
     as_json: bool
 
-    def app(self, required: bool = False) -> App: ...
+    @property
+    def who(self) -> str: ...
+
+    def reader(self, required: bool = False) -> App: ...
     def emit(self, rows: Any, columns: Sequence[str] | None = None,
              title: str | None = None) -> None: ...
 
@@ -41,14 +44,14 @@ def queues(ctx: click.Context) -> None:
     """Queues: job counts per state (alone), or list, pause, resume."""
     if ctx.invoked_subcommand is None:
         env: Env = ctx.obj
-        _emit(env, readmodel.queue_overview(env.app().store))
+        _emit(env, readmodel.queue_overview(env.reader().store))
 
 
 @queues.command("list")
 @click.pass_obj
 def queues_list(env: Env) -> None:
     """Each queue: due jobs, running, starts per minute, oldest wait, limits, what holds it."""
-    app = env.app()
+    app = env.reader()
     rows = readmodel.queue_health(app.store, app.clock.now())
     if env.as_json:
         _emit(env, rows)
@@ -76,11 +79,12 @@ def _table_row(row: dict[str, Any]) -> dict[str, Any]:
 
 @queues.command("pause")
 @click.argument("queue", callback=name_of("queue"))
+@click.option("--reason", help="Why, for the event and whoever looks at the queue next.")
 @click.pass_obj
-def queues_pause(env: Env, queue: str) -> None:
+def queues_pause(env: Env, queue: str, reason: str | None) -> None:
     """Stop starting jobs of QUEUE, on every worker; running jobs finish."""
-    app = env.app()
-    app.pause_queue(check_name("queue", queue), by="cli")
+    app = env.reader()
+    app.pause_queue(check_name("queue", queue), reason, by=env.who)
     running = app.read.job_counts().get(queue, {}).get("running", 0)
     click.echo(f"queue {queue} paused: no job of it starts until `oncely queues resume {queue}`; "
                f"{running} running job(s) will finish")
@@ -91,15 +95,15 @@ def queues_pause(env: Env, queue: str) -> None:
 @click.pass_obj
 def queues_resume(env: Env, queue: str) -> None:
     """Start jobs of QUEUE again."""
-    app = env.app()
-    app.resume_queue(check_name("queue", queue), by="cli")
+    app = env.reader()
+    app.resume_queue(check_name("queue", queue), by=env.who)
     click.echo(f"queue {queue} resumed")
 
 
 def retry_all(env: Env, queue: str | None, task: str | None) -> None:
     """``jobs retry --all``: bring the dead letters (failed jobs) back."""
-    app = env.app()
-    retried, conflicts = app.retry_dead_letters(queue, task, by="cli")
+    app = env.reader()
+    retried, conflicts = app.retry_dead_letters(queue, task, by=env.who)
     which = " and ".join(f"{kind} {name}" for kind, name in (("queue", queue), ("task", task))
                          if name) or "every queue"
     if env.as_json:

@@ -19,14 +19,19 @@ Migrations
 ==========
 
 Files named ``NNNN_description.sql``: ``NNNN`` is the version the file brings the schema to,
-numbered 1..N without gaps (:func:`load_migrations` refuses anything else). :func:`migrate`
-applies the missing ones in order, each in its own transaction together with the record of it,
-through a :class:`MigrationLedger` that says how to lock, read and record versions on the
-caller's database. Every step re-reads the version under the ledger's lock, so concurrent
-migrators apply each version exactly once; a schema newer than the newest file is refused with
-:class:`~oncely.errors.SchemaMismatch`. A version, once released, keeps its number and name on
-every dialect: a database records the versions it has, and a number that meant different steps
-on two dialects could not be upgraded by one list.
+numbered 1..N without gaps (:func:`load_migrations` refuses anything else). Beside each may be
+its down step, ``NNNN_description.down.sql``, which brings the schema back to ``NNNN - 1``.
+:func:`migrate` applies the missing ones in order, each in its own transaction together with the
+record of it, through a :class:`MigrationLedger` that says how to lock, read and record versions
+on the caller's database; with ``to`` below the current version it runs the down steps instead,
+newest first, each in its own transaction together with the removal of its record, after
+checking that every one of them exists (:class:`MissingDownStep` otherwise, before anything
+runs). Every step re-reads the version under the ledger's lock, so concurrent migrators apply
+each version exactly once; a schema newer than the newest file is refused with
+:class:`~oncely.errors.SchemaMismatch`. :func:`status` lists the steps, applied and pending.
+A version, once released, keeps its number and name on every dialect: a database records the
+versions it has, and a number that meant different steps on two dialects could not be upgraded
+by one list.
 """
 
 from __future__ import annotations
@@ -39,24 +44,27 @@ from functools import partial
 from importlib import resources
 from typing import Any, Protocol, TypeVar
 
-from oncely.errors import SchemaMismatch
+from oncely.errors import ConfigError, SchemaMismatch
 
 __all__ = [
     "MigrateResult",
     "Migration",
     "MigrationLedger",
+    "MigrationStep",
+    "MissingDownStep",
     "Queries",
     "load_migrations",
     "load_queries",
     "migrate",
     "parse_queries",
     "split_statements",
+    "status",
 ]
 
 T = TypeVar("T")
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
-_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)(\.down)?\.sql$")
 
 
 # named SQL ---------------------------------------------------------------------------------------
@@ -123,11 +131,16 @@ def _has_code(text: str) -> bool:
 # migrations --------------------------------------------------------------------------------------
 
 
+class MissingDownStep(ConfigError):
+    """A rollback needs a down step (``NNNN_name.down.sql``) that does not exist."""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
     name: str
     sql: str
+    down: str | None = None  # the down step's script; None when there is no .down.sql
 
     @property
     def label(self) -> str:
@@ -140,17 +153,37 @@ class MigrateResult:
     from_version: int
     to_version: int
     applied: tuple[str, ...]  # labels of the migrations this call applied
+    reverted: tuple[str, ...] = ()  # labels of the migrations whose down step this call ran
+
+
+@dataclass(frozen=True)
+class MigrationStep:
+    """One line of :func:`status`: a migration and whether the database has it."""
+
+    version: int
+    label: str
+    applied: bool
+    reversible: bool  # a down step exists beside it
 
 
 def load_migrations(package: str, folder: str) -> tuple[Migration, ...]:
     """The migration files of ``folder`` inside ``package``, by version, numbered 1..N."""
-    found: list[Migration] = []
+    ups: dict[int, tuple[str, str]] = {}
+    downs: dict[int, str] = {}
     for entry in resources.files(package).joinpath(folder).iterdir():
         match = _MIGRATION_FILE.match(entry.name)
         if match:
             text = entry.read_text(encoding="utf-8")
-            found.append(Migration(int(match.group(1)), match.group(2), text))
-    found.sort(key=lambda migration: migration.version)
+            version = int(match.group(1))
+            if match.group(3):
+                downs[version] = text
+            else:
+                ups[version] = (match.group(2), text)
+    orphans = sorted(set(downs) - set(ups))
+    if orphans:
+        raise RuntimeError(f"down steps without a migration in {package}/{folder}: {orphans}")
+    found = [Migration(version, name, text, downs.get(version))
+             for version, (name, text) in sorted(ups.items())]
     versions = [migration.version for migration in found]
     if versions != list(range(1, len(found) + 1)):
         raise RuntimeError(f"migrations in {package}/{folder} are not numbered 1..N: {versions}")
@@ -176,6 +209,9 @@ class MigrationLedger(Protocol):
     def record(self, conn: Any, migration: Migration) -> None:
         """Record ``migration`` as applied."""
 
+    def unrecord(self, conn: Any, migration: Migration) -> None:
+        """Remove the record of ``migration`` (its down step ran)."""
+
 
 
 
@@ -184,20 +220,48 @@ def migrate(
     ledger: MigrationLedger,
     migrations: Sequence[Migration],
     what: str = "database schema",
+    to: int | None = None,
 ) -> MigrateResult:
-    """Apply the ``migrations`` the database lacks, each in its own transaction (``run`` opens
-    one per call). ``what`` names the schema in the error a newer database gets."""
+    """Bring the database to version ``to`` (default: the newest migration): apply the missing
+    migrations in order, or run the down steps of the newer ones, newest first; each step in its
+    own transaction (``run`` opens one per call). ``what`` names the schema in errors."""
     before = int(run(partial(_current, ledger)))
     latest = migrations[-1].version if migrations else 0
     if before > latest:
         raise SchemaMismatch(newer_message(what, before, latest))
+    target = latest if to is None else to
+    if not 0 <= target <= latest:
+        raise ConfigError(f"{what} has versions 0 to {latest}; cannot migrate to {target}")
+    if target < before:
+        steps = [m for m in reversed(migrations) if target < m.version <= before]
+        missing = [m.label for m in steps if m.down is None]
+        if missing:
+            raise MissingDownStep(
+                f"{what}: cannot go down to version {target}: {missing[0]} has no down step "
+                f"({missing[0]}.down.sql)"
+            )
+        reverted = [m.label for m in steps if run(partial(_revert, ledger, m))]
+        return MigrateResult(before, int(run(ledger.version)), (), tuple(reverted))
     applied = [
         migration.label
         for migration in migrations
-        if migration.version > before and run(partial(_apply, ledger, migration))
+        if before < migration.version <= target and run(partial(_apply, ledger, migration))
     ]
     after = int(run(ledger.version))
     return MigrateResult(before, after, tuple(applied))
+
+
+def status(
+    read: Callable[[Callable[[Any], Any]], Any],
+    ledger: MigrationLedger,
+    migrations: Sequence[Migration],
+) -> tuple[int, list[MigrationStep]]:
+    """The database's version and every migration with whether it is applied (versions apply
+    in order, so those up to the version are). Reads only: a database without the record table
+    is at version 0."""
+    current = int(read(ledger.version))
+    return current, [MigrationStep(m.version, m.label, m.version <= current, m.down is not None)
+                     for m in migrations]
 
 
 def newer_message(what: str, found: int, latest: int) -> str:
@@ -217,4 +281,15 @@ def _apply(ledger: MigrationLedger, migration: Migration, conn: Any) -> bool:
         return False
     ledger.run(conn, migration.sql)
     ledger.record(conn, migration)
+    return True
+
+
+def _revert(ledger: MigrationLedger, migration: Migration, conn: Any) -> bool:
+    ledger.lock(conn)
+    # Another migrator may have moved the schema while this one waited for the lock.
+    if ledger.version(conn) != migration.version:
+        return False
+    assert migration.down is not None
+    ledger.run(conn, migration.down)
+    ledger.unrecord(conn, migration)
     return True

@@ -18,6 +18,7 @@ import oncely
 from oncely_billing import models, notify, stripe_cli
 from oncely_billing.errors import UsageSourceError, UsageSourceUnavailable
 from oncely_billing.migrations import migrate as metering_migrate
+from oncely_billing.migrations import status as metering_status
 from oncely_billing.runtime import (
     DEFAULT_USAGE_URL,
     Metering,
@@ -83,14 +84,31 @@ def metering(ctx: click.Context, database_url: str | None, usage_url: str | None
 
 
 @metering.command()
+@click.option("--to", "to_version", type=click.IntRange(0), metavar="VERSION",
+              help="Only the metering tables: go up or down to this version.")
+@click.option("--status", "show_status", is_flag=True,
+              help="List the metering migrations, applied and pending.")
 @click.pass_obj
-def migrate(obj: Context) -> None:
-    """Create or upgrade the metering tables (the engine's schema first)."""
+def migrate(obj: Context, to_version: int | None, show_status: bool) -> None:
+    """Create or upgrade the metering tables (the engine's schema first); --to VERSION moves
+    only the metering tables, up or down; --status lists their migrations."""
+    if show_status and to_version is not None:
+        raise click.UsageError("--status changes nothing: give it without --to")
     app = obj.runtime().app
-    app.migrate()
-    result = metering_migrate(app)
+    if show_status:
+        version, steps = metering_status(app)
+        rows = {step.label: ("applied" if step.applied else "pending")
+                + ("" if step.reversible else ", no down step") for step in steps}
+        obj.emit({"version": version, "latest": len(steps), **rows}, title="metering schema")
+        return
+    if to_version is None:
+        app.migrate()
+    result = metering_migrate(app, to_version)
     if obj.as_json:
         obj.emit(asdict(result))
+    elif result.reverted:
+        click.echo(f"rolled the metering schema back from version {result.from_version} to "
+                   f"{result.to_version}: ran the down steps of {', '.join(result.reverted)}")
     elif result.applied:
         click.echo(f"migrated the metering schema from version {result.from_version} to "
                    f"{result.to_version}: {', '.join(result.applied)}")

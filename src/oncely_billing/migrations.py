@@ -56,6 +56,9 @@ class _Ledger:
         params = {"version": migration.version, "name": migration.name, "now": time.time()}
         db.run(conn, self.dialect, "migration_record", params)
 
+    def unrecord(self, conn: Any, migration: oncely.sql.Migration) -> None:
+        db.run(conn, self.dialect, "migration_delete", {"version": migration.version})
+
 
 def _in_transaction(app: oncely.App) -> Callable[[Callable[[Any], T]], T]:
     def run(work: Callable[[Any], T]) -> T:
@@ -80,12 +83,23 @@ def current_version(app: oncely.App) -> int:
     return _in_transaction(app)(current)
 
 
-def migrate(app: oncely.App) -> MeteringMigrateResult:
-    """Apply the missing metering migrations; refuse a schema newer than this code."""
+def migrate(app: oncely.App, to: int | None = None) -> MeteringMigrateResult:
+    """Bring the metering tables to version ``to`` (default: the newest), up or down (down
+    steps are ``sql/<dialect>/NNNN_name.down.sql``); refuse a schema newer than this code."""
     dialect = db.sql_dialect(app)
-    return oncely.sql.migrate(
-        _in_transaction(app), _Ledger(dialect), db.migration_files(dialect), "the metering schema"
-    )
+    result = oncely.sql.migrate(_in_transaction(app), _Ledger(dialect),
+                                db.migration_files(dialect), "the metering schema", to=to)
+    with _migrated_lock:
+        _migrated.pop(app, None)  # a rollback must not leave this process thinking it is current
+    return result
+
+
+def status(app: oncely.App) -> tuple[int, list[oncely.sql.MigrationStep]]:
+    """The metering schema's version and each of its migrations, applied or pending."""
+    version = current_version(app)
+    steps = [oncely.sql.MigrationStep(m.version, m.label, m.version <= version, m.down is not None)
+             for m in db.migration_files(db.sql_dialect(app))]
+    return version, steps
 
 
 def ensure_schema(app: oncely.App) -> None:

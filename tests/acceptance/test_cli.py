@@ -27,14 +27,26 @@ def one_line_error(result, code: int, fragment: str) -> None:
 
 
 @pytest.fixture
-def db(tmp_path):
+def fresh_db(tmp_path):
     return f"sqlite:///{tmp_path / 'cli.db'}"
+
+
+@pytest.fixture
+def db(fresh_db):
+    """A database `oncely migrate` created: only migrate and worker create a schema."""
+    import oncely
+
+    app = oncely.App(fresh_db)
+    app.migrate()
+    app.close()
+    return fresh_db
 
 
 APP = "tests.apps.basic:app"
 
 
-def test_migrate_then_enqueue_list_show_cancel_retry(db):
+def test_migrate_then_enqueue_list_show_cancel_retry(fresh_db):
+    db = fresh_db
     first = oncely("--database-url", db, "migrate")
     assert first.returncode == 0 and "migrated sqlite schema from version 0" in first.stdout
     again = oncely("--database-url", db, "migrate")

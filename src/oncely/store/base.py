@@ -137,6 +137,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from oncely import sql
 from oncely.store.controls import Control, ControlUpsert, ControlUsage
 from oncely.store.observability import (
     Anomaly,
@@ -241,7 +242,8 @@ class Store(Protocol):
     dialect: str  # "sqlite" | "postgresql"
 
     # schema ------------------------------------------------------------------------------
-    def migrate(self) -> MigrateResult: ...
+    def migrate(self, to: int | None = None) -> MigrateResult: ...
+    def migration_status(self) -> tuple[int, list[sql.MigrationStep]]: ...
     def schema_version(self) -> int: ...
     def check_schema(self) -> None:
         """Raise SchemaMismatch unless the schema is exactly current."""

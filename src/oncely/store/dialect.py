@@ -139,6 +139,9 @@ class Dialect(ABC):
         values = {"version": migration.version, "name": migration.name, "applied_at": self.now()}
         self.execute(conn, "migrations_record", values)
 
+    def unrecord(self, conn: Any, migration: sql.Migration) -> None:
+        self.execute(conn, "migrations_delete", {"version": migration.version})
+
 
 
 @cache

@@ -94,11 +94,16 @@ class SQLStore(ABC, Generic[D]):
         if found > needed:
             raise SchemaMismatch(sql.newer_message("database schema", found, needed))
 
-    def migrate(self) -> MigrateResult:
-        """Apply the missing migrations, each in its own transaction; safe to run concurrently."""
+    def migrate(self, to: int | None = None) -> MigrateResult:
+        """Bring the schema to version ``to`` (default: the newest): apply the missing
+        migrations or run the down steps of newer ones, each in its own transaction; safe to
+        run concurrently."""
         found = migrations.migrations_for(self.dialect)
-        result = sql.migrate(self.sql.write, self.sql, found)
-        return MigrateResult(result.from_version, result.to_version, result.applied)
+        return sql.migrate(self.sql.write, self.sql, found, to=to)
+
+    def migration_status(self) -> tuple[int, list[sql.MigrationStep]]:
+        """The schema's version and every migration, applied or pending (reads only)."""
+        return sql.status(self.sql.read, self.sql, migrations.migrations_for(self.dialect))
 
     # jobs -------------------------------------------------------------------------------------
 

@@ -14,6 +14,9 @@ SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.oncely_metering_migr
 -- name: migrations_current_version
 SELECT COALESCE(MAX(version), 0) FROM oncely_metering_migrations
 
+-- name: migration_delete
+DELETE FROM oncely_metering_migrations WHERE version = %(version)s
+
 -- name: migration_record
 INSERT INTO oncely_metering_migrations (version, name, applied_at)
 VALUES (%(version)s, %(name)s, to_timestamp(%(now)s))

@@ -14,6 +14,9 @@ SELECT 1
 -- name: migrations_current_version
 SELECT COALESCE(MAX(version), 0) FROM oncely_metering_migrations
 
+-- name: migration_delete
+DELETE FROM oncely_metering_migrations WHERE version = :version
+
 -- name: migration_record
 INSERT INTO oncely_metering_migrations (version, name, applied_at) VALUES (:version, :name, :now)
 

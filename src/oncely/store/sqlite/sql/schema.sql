@@ -14,6 +14,9 @@ CREATE TABLE IF NOT EXISTS oncely_schema_migrations (
 -- name: migrations_get_version
 SELECT COALESCE(MAX(version), 0) AS version FROM oncely_schema_migrations;
 
+-- name: migrations_delete
+DELETE FROM oncely_schema_migrations WHERE version = :version;
+
 -- name: migrations_record
 INSERT INTO oncely_schema_migrations (version, name, applied_at)
 VALUES (:version, :name, :applied_at);

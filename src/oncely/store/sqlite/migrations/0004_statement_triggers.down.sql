@@ -1,0 +1,1 @@
+-- Undoes version 4: nothing to undo (version 4 is a no-op on SQLite).

@@ -1,0 +1,1 @@
+-- Undoes version 5: nothing to undo (version 5 is a no-op on SQLite).
