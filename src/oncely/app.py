@@ -139,6 +139,11 @@ class App(Operations, ScheduleActions):
                 )
         store.check_schema()
 
+    def check_schema(self) -> None:
+        """Apply the schema rule now (migrate, or refuse with one line) instead of on first
+        use: ``oncely worker`` and ``oncely dashboard`` do, before they start serving."""
+        self.store.check_schema()
+
     def migrate(self, to: int | None = None) -> Any:
         """Bring the schema to version ``to`` (default: this code's newest), up or down
         (``oncely migrate [--to VERSION]``); returns :class:`oncely.sql.MigrateResult`."""

@@ -150,7 +150,7 @@ def worker(env: Env, concurrency: int | None, queues: str | None, metrics_port: 
         serve_process_metrics(app.events, metrics_port, metrics_host)
     names = ([check_name("queue", q.strip()) for q in queues.split(",") if q.strip()]
              if queues else None)
-    app.store.check_schema()  # migrated, or refused with one line, before the worker starts
+    app.check_schema()  # migrated, or refused with one line, before the worker starts
     code = app.worker(concurrency=concurrency, queues=names).run()
     raise SystemExit(code)
 
@@ -293,7 +293,9 @@ def doctor(env: Env, as_json: bool) -> None:
     """Check the store and the fleet: findings, evidence, what to do. Exit 0 healthy, 1 not."""
     from oncely.observe.doctor import render_text
 
-    report = env.reader().doctor()
+    app = env.reader()
+    app.check_schema()  # no schema, or an older one: exit 4 with one line, like every reader
+    report = app.doctor()
     click.echo(report.to_json() if as_json or env.as_json else render_text(report))
     raise SystemExit(report.exit_code)
 
@@ -323,7 +325,9 @@ def dashboard(env: Env, host: str, port: int, token: str | None, auth: str,
     if token is not None and not token:
         raise ConfigError("--token is empty: give the token, or leave the option out for a "
                           "read-only dashboard")
-    serve(env.reader(), host, port, token, allowed_hosts, auth)
+    app = env.reader()
+    app.check_schema()  # refused with one line rather than on every page
+    serve(app, host, port, token, allowed_hosts, auth)
 
 
 @cli.group(invoke_without_command=True)
