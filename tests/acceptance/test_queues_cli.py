@@ -23,7 +23,9 @@ APP = "tests.apps.limits:app"
 
 @pytest.fixture
 def db(tmp_path):
-    return f"sqlite:///{tmp_path / 'cli.db'}"
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert oncely("--database-url", url, "migrate").returncode == 0  # commands below create none
+    return url
 
 
 def test_pause_shows_everywhere_a_user_looks_and_resume_clears_it(db):

@@ -9,6 +9,9 @@ schedule (revisions, superseded declarations, pause, resume, trigger, backfill, 
 schedules) is recorded too, under the subject ``schedule:NAME``: the schedule's history, shown by
 ``oncely ledger`` and the dashboard. A store that is down loses the record, never the job: the
 subscriber swallows store errors.
+
+Operator actions (pause, resume, retry, cancel, resolve) are recorded too, with who asked
+(``by``) as their subject, so the dashboard and whoever looks next see who did what, and why.
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ from oncely.store.observability import FENCE_REJECTED, FleetEventInsert
 
 log = logging.getLogger("oncely")
 
-RECORDED = frozenset({FENCE_REJECTED})
+OPERATOR_ACTIONS = frozenset({
+    "queue.paused", "queue.resumed", "job.retry_requested", "job.cancel_requested",
+    "job.dead_letters_retried", "anomaly.resolved",
+})
+RECORDED = frozenset({FENCE_REJECTED}) | OPERATOR_ACTIONS
 
 # The history of a schedule, recorded under the subject "schedule:NAME".
 SCHEDULE_HISTORY = frozenset({
@@ -48,7 +55,7 @@ def fleet_recorder(store: Callable[[], Store]) -> Subscriber:
             store().event_record(FleetEventInsert(
                 event.name, event.at, job_id=job_id if isinstance(job_id, int) else None,
                 task=task if isinstance(task, str) else None,
-                subject=str(fields.pop("worker_id", "")) or None,
+                subject=str(fields.pop("worker_id", "") or fields.pop("by", "") or "") or None,
                 detail={key: value for key, value in fields.items()
                         if isinstance(value, str | int | float | bool) or value is None},
             ))

@@ -67,6 +67,13 @@ class Guard:
         self._revoked: set[str] = set()  # sessions signed out in this process
 
     @property
+    def token_id(self) -> str:
+        """Names the token in events: the first 8 hex digits of its SHA-256."""
+        if self.token is None:
+            return "none"
+        return hashlib.sha256(self.token.encode()).hexdigest()[:8]
+
+    @property
     def enabled(self) -> bool:
         return self.token is not None
 

@@ -35,13 +35,28 @@ class Dashboard:
     def now(self) -> datetime:
         return self.app.clock.now()
 
+    @property
+    def by(self) -> str:
+        """Who acts through this dashboard, for the events: which token (a digest of it, never
+        the token), so two dashboards with different tokens are told apart."""
+        return f"dashboard:{self.guard.token_id}"
+
     def retry(self, job_id: int) -> dict[str, Any]:
-        job = self.app.retry_job(job_id, by="dashboard")
+        job = self.app.retry_job(job_id, by=self.by)
         return readmodel.job_summary(job)
 
     def cancel(self, job_id: int, reason: str) -> dict[str, Any]:
-        job = self.app.cancel_job(job_id, reason, by="dashboard")
+        job = self.app.cancel_job(job_id, reason, by=self.by)
         return readmodel.job_summary(job)
+
+    def pause(self, queue: str, reason: str | None) -> None:
+        self.app.pause_queue(queue, reason or None, by=self.by)
+
+    def resume(self, queue: str) -> None:
+        self.app.resume_queue(queue, by=self.by)
+
+    def retry_failed(self, queue: str | None, task: str | None) -> tuple[int, list[int]]:
+        return self.app.retry_dead_letters(queue or None, task or None, by=self.by)
 
     def schedule_action(self, name: str, action: str, body: dict[str, Any],
                         by: str = "dashboard") -> dict[str, Any]:

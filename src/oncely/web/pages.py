@@ -25,6 +25,7 @@ from oncely.errors import ConfigError, NotFound, OncelyError
 from oncely.observe.fmt import ratio, span
 from oncely.redaction import mask_text
 from oncely.types import JobState
+from oncely.web import queue_pages
 from oncely.web.api import job_filter, path_id, path_name
 from oncely.web.auth import SESSION_COOKIE
 from oncely.web.charts import timeline_svg
@@ -41,7 +42,21 @@ DONE = {"retried": "Job requeued: it runs again as soon as a worker is free.",
         "schedule-pause": "Schedule paused: its slots are recorded paused until resumed.",
         "schedule-resume": "Schedule resumed (its catch-up policy ran the paused slots it keeps).",
         "schedule-trigger": "Current slot triggered (once for the fleet).",
-        "schedule-deleted": "Schedule deleted."}
+        "schedule-deleted": "Schedule deleted.",
+        "paused": "Queue paused: no job of it starts on any worker; running jobs finish.",
+        "resumed": "Queue resumed.", "retried-failed": "Failed jobs requeued.",
+        "cancelled-selected": "Cancellation recorded for the selected jobs."}
+
+
+def _done(request: Request) -> str | None:
+    """The flash after an action, with how many jobs it touched when it says so."""
+    text = DONE.get(request.query_params.get("done", ""))
+    count, left = request.query_params.get("count"), request.query_params.get("left")
+    if text and count is not None and count.isdigit():
+        text = f"{text} {count} job(s)"
+        if left and left.isdigit() and left != "0":
+            text += f"; {left} left as they were"
+    return text
 
 
 def _ago(value: str | None, now: datetime) -> str:
@@ -59,7 +74,7 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
         request=request, now=now, ago=lambda value: _ago(value, now),
         guard_enabled=dash.guard.enabled, can_act=csrf is not None, csrf=csrf,
         store_label=f"{dash.store.dialect}: {readmodel.mask_url(dash.store.url)}",
-        version=dash.version, done=DONE.get(request.query_params.get("done", "")),
+        version=dash.version, done=_done(request),
         path=request.url.path, **context,
     )
     return HTMLResponse(page, status_code=status)
@@ -102,7 +117,8 @@ def _overview(d: Dashboard, r: Request) -> dict[str, Any]:
 def _jobs(d: Dashboard, r: Request) -> dict[str, Any]:
     flt = job_filter(r)
     rows = readmodel.list_jobs(d.store, flt)
-    params = {k: v for k, v in r.query_params.items() if v and k not in ("before", "done")}
+    skip = ("before", "done", "count", "left")
+    params = {k: v for k, v in r.query_params.items() if v and k not in skip}
     more = None
     if len(rows) == flt.limit and rows:
         more = "&".join(f"{k}={quote(v)}" for k, v in {**params,
@@ -166,10 +182,15 @@ async def _form(request: Request) -> dict[str, str]:
     return {key: values[0] for key, values in parse_qs(body).items()}
 
 
-def action(do: Callable[[Dashboard, Request], str]) -> Any:
+def action(do: Callable[..., str]) -> Any:
+    """A guarded form POST running ``do(dashboard, request)``, or ``do(dashboard, request,
+    form)`` (every value of every field) for the queue operations."""
+    wants_form = do.__module__ == queue_pages.__name__
+
     async def endpoint(request: Request) -> Response:
         dash = dashboard(request)
-        form = await _form(request)
+        fields = await queue_pages.form_lists(request)
+        form = {key: values[0] for key, values in fields.items()}
         if not dash.guard.form_allowed(request, form.get("csrf")):
             message = ("This dashboard is read-only: start it with --token to enable actions."
                        if not dash.guard.enabled else
@@ -177,7 +198,8 @@ def action(do: Callable[[Dashboard, Request], str]) -> Any:
                        "another site).")
             return render(request, "error.html", 403, title="Not allowed", message=message)
         try:
-            target = await run_in_threadpool(do, dash, request)
+            args = (dash, request, fields) if wants_form else (dash, request)
+            target = await run_in_threadpool(do, *args)
         except NotFound as exc:
             return render(request, "error.html", 404, title="Not found",
                           message=mask_text(str(exc)))
@@ -211,7 +233,7 @@ def _schedule_button(action_name: str) -> Callable[[Dashboard, Request], str]:
 
 
 def _resolve(d: Dashboard, r: Request) -> str:
-    d.store.anomaly_resolve(path_id(r, "anomaly_id", "anomaly"), d.now())
+    d.app.resolve_anomaly(path_id(r, "anomaly_id", "anomaly"), by=d.by)
     return "/anomalies?done=resolved"
 
 
@@ -250,6 +272,7 @@ async def logout(request: Request) -> Response:
 def routes() -> list[Route]:
     return [
         Route("/", page("overview.html", _overview)),
+        *queue_pages.routes(action, page),
         Route("/jobs", page("jobs.html", _jobs)),
         Route("/jobs/{job_id:int}", page("job.html", _job)),
         Route("/jobs/{job_id:int}/retry", action(_retry), methods=["POST"]),
