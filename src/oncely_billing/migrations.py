@@ -86,12 +86,17 @@ def current_version(app: oncely.App) -> int:
 def migrate(app: oncely.App, to: int | None = None) -> MeteringMigrateResult:
     """Bring the metering tables to version ``to`` (default: the newest), up or down (down
     steps are ``sql/<dialect>/NNNN_name.down.sql``); refuse a schema newer than this code."""
-    dialect = db.sql_dialect(app)
-    result = oncely.sql.migrate(_in_transaction(app), _Ledger(dialect),
-                                db.migration_files(dialect), "the metering schema", to=to)
-    with _migrated_lock:
-        _migrated.pop(app, None)  # a rollback must not leave this process thinking it is current
+    result = _migrate(app, to)
+    if to is not None:
+        with _migrated_lock:  # a rollback must not leave this process thinking it is current
+            _migrated.pop(app, None)
     return result
+
+
+def _migrate(app: oncely.App, to: int | None = None) -> MeteringMigrateResult:
+    dialect = db.sql_dialect(app)
+    return oncely.sql.migrate(_in_transaction(app), _Ledger(dialect),
+                              db.migration_files(dialect), "the metering schema", to=to)
 
 
 def status(app: oncely.App) -> tuple[int, list[oncely.sql.MigrationStep]]:
@@ -108,7 +113,7 @@ def ensure_schema(app: oncely.App) -> None:
         return
     with _migrated_lock:
         if _migrated.get(app) != app.url:
-            migrate(app)
+            _migrate(app)
             _migrated[app] = app.url
 
 

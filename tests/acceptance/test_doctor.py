@@ -95,6 +95,12 @@ def test_the_command_exits_1_with_json_and_0_when_healthy(tmp_path) -> None:
     assert text.returncode == 1 and "no live worker" in text.stdout
 
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    missing = doctor(empty)  # the doctor creates no database where none is
+    assert missing.returncode == 4 and "does not exist" in missing.stderr
+    assert not (tmp_path / "empty.db").exists()
+    fresh = oncely.App(empty)
+    fresh.migrate()
+    fresh.close()
     ok = doctor(empty)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "no problem found" in ok.stdout and "healthy" in ok.stdout.splitlines()[-1]
