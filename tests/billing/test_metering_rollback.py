@@ -28,7 +28,8 @@ def count_orgs(url: str) -> int:
 
 def test_metering_tables_go_down_and_up_with_rows(store_url: str) -> None:
     base = ["--database-url", store_url, "--json"]
-    assert invoke(*base, "migrate")["applied"] == ["0001_initial"]
+    labels = invoke(*base, "migrate")["applied"]
+    assert labels[0] == "0001_initial"
     app = oncely.App(store_url)
     try:
         with app.transaction() as tx:
@@ -39,16 +40,16 @@ def test_metering_tables_go_down_and_up_with_rows(store_url: str) -> None:
         app.close()
     assert count_orgs(store_url) == 1
     status = invoke(*base, "migrate", "--status")
-    assert status["version"] == 1 and status["0001_initial"] == "applied"
+    assert status["version"] == len(labels) and status["0001_initial"] == "applied"
     down = invoke(*base, "migrate", "--to", "0")
-    assert down["reverted"] == ["0001_initial"] and down["to_version"] == 0
+    assert down["reverted"] == labels[::-1] and down["to_version"] == 0
     assert invoke(*base, "migrate", "--status")["0001_initial"] == "pending"
     app = oncely.App(store_url, auto_migrate=False)
     try:
         assert app.migration_status()[0] == engine_version  # the engine's schema is untouched
     finally:
         app.close()
-    assert invoke(*base, "migrate")["applied"] == ["0001_initial"]
+    assert invoke(*base, "migrate")["applied"] == labels
     assert count_orgs(store_url) == 0
 
 
