@@ -28,6 +28,7 @@ class Env(Protocol):
     as_json: bool
 
     def app(self, required: bool = False) -> App: ...
+    def reader(self, required: bool = False) -> App: ...
     def emit(self, rows: Any, columns: Sequence[str] | None = None,
              title: str | None = None) -> None: ...
 
@@ -60,7 +61,7 @@ def schedules(ctx: click.Context) -> None:
     """Schedules: the definition in force of each (alone), or act on one."""
     if ctx.invoked_subcommand is None:
         env: Env = ctx.obj
-        app = env.app()
+        app = env.reader()
         rows = readmodel.schedules_overview(app.store, app.clock.now(),
                                             app.settings.lease_ttl * 3)
         env.emit(rows, None if env.as_json else COLUMNS)
@@ -72,7 +73,7 @@ def schedules(ctx: click.Context) -> None:
 @click.pass_obj
 def pause(env: Env, name: str, reason: str | None) -> None:
     """Stop firing NAME: its slots are recorded paused until `resume` (survives deploys)."""
-    env.app().pause_schedule(name, reason, by=who())
+    env.reader().pause_schedule(name, reason, by=who())
     click.echo(f"schedule {name} paused: its slots are recorded 'paused' until "
                f"`oncely schedules resume {name}`")
 
@@ -82,7 +83,7 @@ def pause(env: Env, name: str, reason: str | None) -> None:
 @click.pass_obj
 def resume(env: Env, name: str) -> None:
     """Fire NAME again; its catch-up policy decides which paused slots run now."""
-    handles = env.app().resume_schedule(name, by=who())
+    handles = env.reader().resume_schedule(name, by=who())
     click.echo(f"schedule {name} resumed; {len(handles)} paused slot(s) run by its catch-up "
                "policy")
 
@@ -92,7 +93,7 @@ def resume(env: Env, name: str) -> None:
 @click.pass_obj
 def trigger(env: Env, name: str) -> None:
     """Run NAME's current slot now: one job for the whole fleet, whoever asks."""
-    handle = env.app().trigger(name, by=who())
+    handle = env.reader().trigger(name, by=who())
     if handle is None:
         click.echo(f"schedule {name}: its current slot already has a job (or it is disabled); "
                    "nothing enqueued")
@@ -108,7 +109,7 @@ def trigger(env: Env, name: str) -> None:
 @click.pass_obj
 def backfill(env: Env, name: str, start: str, end: str, yes: bool) -> None:
     """One job for each slot of NAME in (--from, --to] that has none."""
-    handles = env.app().backfill_schedule(name, _instant(start, "--from"),
+    handles = env.reader().backfill_schedule(name, _instant(start, "--from"),
                                           _instant(end, "--to"), yes=yes, by=who())
     click.echo(f"schedule {name}: {len(handles)} slot job(s) enqueued")
 
@@ -119,7 +120,7 @@ def backfill(env: Env, name: str, start: str, end: str, yes: bool) -> None:
 @click.pass_obj
 def delete(env: Env, name: str, force: bool) -> None:
     """Delete NAME (its ledger and history stay)."""
-    env.app().delete_schedule(name, force=force, by=who())
+    env.reader().delete_schedule(name, force=force, by=who())
     click.echo(f"schedule {name} deleted")
 
 
@@ -202,5 +203,5 @@ def update(env: Env, /, name: str, cron: str | None, every: float | None, args: 
 @click.pass_obj
 def history(env: Env, name: str, limit: int) -> None:
     """What deploys and operators did to NAME, newest first."""
-    app = env.app()
+    app = env.reader()
     env.emit(readmodel.schedule_history(app.store, name, limit), ["at", "event", "by", "detail"])

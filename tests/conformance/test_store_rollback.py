@@ -9,6 +9,7 @@ are kept in ``release_0_1/``), which is the schema its code ran on.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,11 @@ from oncely.types import JobState
 
 
 def _shape(store: Store) -> set[tuple[Any, ...]]:
-    return _sqlite_schema(store) if store.dialect == "sqlite" else _pg_schema(store)
+    if store.dialect != "sqlite":
+        return _pg_schema(store)
+    # A table rebuilt by a down step (create, copy, rename) keeps the quotes of its new name.
+    return {(kind, name, re.sub(r'^CREATE TABLE "([a-z_]+)"', r"CREATE TABLE \1", text or ""))
+            for kind, name, text in _sqlite_schema(store)}
 
 
 def _fresh_url(store: Store, tmp_path: Path, name: str) -> str:

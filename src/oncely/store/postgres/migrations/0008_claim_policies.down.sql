@@ -1,10 +1,12 @@
 -- Undoes version 8 (PostgreSQL): the two-argument claim gate of version 6 comes back.
 DROP FUNCTION oncely_claim_blocked(TIMESTAMPTZ, TEXT[], TEXT[]);
-CREATE FUNCTION oncely_claim_blocked(at TIMESTAMPTZ, queues TEXT[]) RETURNS BOOLEAN
+CREATE OR REPLACE FUNCTION oncely_claim_blocked(at TIMESTAMPTZ, queues TEXT[]) RETURNS BOOLEAN
 LANGUAGE plpgsql VOLATILE SET search_path FROM CURRENT AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(
         hashtextextended(current_schema() || '.oncely_controls', 0));
+    -- An active control that may apply to this claim (a task's wherever its jobs are queued),
+    -- or a due singleton job the full claim would grant or skip.
     RETURN EXISTS (
                SELECT 1 FROM oncely_controls AS c
                WHERE (c.paused OR c.max_running IS NOT NULL OR c.max_per_key IS NOT NULL
