@@ -25,6 +25,14 @@ def db(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'cli.db'}"
 
 
+@pytest.fixture
+def migrated_db(db: str) -> str:
+    """``db`` with the schema in place: only `oncely migrate` (or a worker) creates it."""
+    made = oncely("--database-url", db, "migrate")
+    assert made.returncode == 0, made.stderr
+    return db
+
+
 # 3. error messages never echo a password --------------------------------------------------------
 
 @pytest.mark.parametrize("url, fragment", [
@@ -58,7 +66,8 @@ def test_a_queue_name_is_validated_on_every_enqueue_path(any_url: str) -> None:
         app.close()
 
 
-def test_terminal_escapes_in_stored_values_are_printed_escaped(db: str) -> None:
+def test_terminal_escapes_in_stored_values_are_printed_escaped(migrated_db: str) -> None:
+    db = migrated_db
     made = oncely("--app", APP, "--database-url", db, "--json", "enqueue", "record",
                   "--args", json.dumps({"n": "\x1b[2J\x1b[31m[/bold] not markup"}))
     assert made.returncode == 0, made.stderr
@@ -170,8 +179,9 @@ def test_an_empty_database_url_is_a_mistake_not_the_default(tmp_path: Path) -> N
 
 
 def test_a_stray_module_in_the_current_directory_shadows_nothing(
-    tmp_path: Path, db: str
+    tmp_path: Path, migrated_db: str
 ) -> None:
+    db = migrated_db
     for name in ("rich", "click", "json"):
         (tmp_path / f"{name}.py").write_text("raise SystemExit('shadowed: imported from cwd')\n")
     (tmp_path / "myapp.py").write_text("import oncely\napp = oncely.App()\n")
