@@ -223,8 +223,10 @@ def test_a_hard_crash_before_saving_is_absorbed_by_stripe_dedup(
         real(self, conn, rows)
 
     monkeypatch.setattr(stripe_store.Queries, "record_deliveries", dying_save)
-    with pytest.raises(SystemExit):
-        harness.run()
+    # The handler dies mid-run (SystemExit): the attempt ends, nothing after the sends saved.
+    crashed = harness.run()
+    assert crashed.state != oncely.JobState.SUCCEEDED
+    assert "SystemExit" in str(crashed.job.errors[-1].message)
     monkeypatch.setattr(stripe_store.Queries, "record_deliveries", real)
     clock.advance(61)  # the dead worker's lease expires; the next run may take the job
     result = harness.run()
