@@ -51,7 +51,7 @@ def tick(ctx: oncely.JobContext) -> None:
 
 
 @app.task(name="bench.hold", singleton=True,
-          retry=oncely.Retry(attempts=100, backoff="fixed", base_delay=0.0))
+          retry=oncely.RetryPolicy(attempts=100, backoff="fixed", base_delay=0.0))
 def hold(ctx: oncely.JobContext) -> None:
     record_start(ctx)
     deadline = time.monotonic() + HOLD_LIMIT

@@ -25,7 +25,8 @@ def billing_app(url: str, clock: oncely.FrozenClock, **settings: object) -> once
     app = oncely.App(url, clock=clock, settings=oncely.Settings(**settings))  # type: ignore[arg-type]
 
     @app.task(name=TASK, queue="billing",
-              retry=oncely.Retry(attempts=5, backoff="exponential", base_delay=5.0, jitter=False))
+              retry=oncely.RetryPolicy(attempts=5, backoff="exponential", base_delay=5.0,
+                                       jitter=False))
     def thresholds(ctx: oncely.JobContext) -> dict[str, int]:
         return {"orgs": 50_000}
 

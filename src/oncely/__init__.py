@@ -21,7 +21,7 @@ from oncely.errors import (
 )
 from oncely.observe.diagnose import WatchdogConfig
 from oncely.queues import Keep, Retention
-from oncely.retry import Retry
+from oncely.retry import Retry, RetryPolicy
 from oncely.schedules import ScheduleSpec
 from oncely.tasks import JobHandle, Task
 from oncely.types import Job, JobState, Overlap, SlotOutcome
@@ -49,6 +49,7 @@ __all__ = [
     "Overlap",
     "Retention",
     "Retry",
+    "RetryPolicy",
     "ScheduleSpec",
     "SchemaMismatch",
     "Settings",

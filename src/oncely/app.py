@@ -47,7 +47,7 @@ from oncely.operations import Operations
 from oncely.queues import QueueSpec, Rate, Retention, positive
 from oncely.reads import Reads
 from oncely.redaction import mask_text
-from oncely.retry import NO_RETRY, Retry
+from oncely.retry import NO_RETRY, RetryPolicy
 from oncely.runtime import Runtime
 from oncely.schedule_actions import ScheduleActions
 from oncely.schedules import ScheduleSpec
@@ -201,7 +201,7 @@ class App(Operations, ScheduleActions):
         *,
         name: str | None = None,
         queue: str = "default",
-        retry: Retry | None = None,
+        retry: RetryPolicy | None = None,
         timeout: float | None = None,
         singleton: bool | str | None = None,
         priority: int = 0,

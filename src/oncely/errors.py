@@ -19,10 +19,9 @@
         ├── Retry                    retry this job (optionally after ``delay`` seconds)
         └── Cancel                   stop this job for good, recorded as cancelled
 
-``Retry`` doubles as the retry *policy* class in the public API (``oncely.Retry(attempts=5, …)``):
-as a policy it is passed to ``@app.task(retry=…)``; raised from a handler it asks for a retry.
-The policy lives in :mod:`oncely.retry`; the name ``oncely.Retry`` refers to that class, which
-derives from :class:`HandlerSignal`.
+The retry *policy* is not an error: it is :class:`oncely.RetryPolicy` (:mod:`oncely.retry`),
+passed to ``@app.task(retry=…)``. ``oncely.Retry`` called with policy arguments still returns one,
+with a ``DeprecationWarning``.
 
 Each error carries ``exit_code`` so the command line maps it to a documented exit status and
 prints ``str(error)`` as one line.

@@ -3,7 +3,7 @@
 A handler is a plain function ``def handler(ctx, **args)`` (``async def`` works too). Options:
 
 * ``queue`` — the queue its jobs go to (default ``"default"``);
-* ``retry`` — a :class:`~oncely.retry.Retry` policy (default: one attempt, no retry);
+* ``retry`` — a :class:`~oncely.retry.RetryPolicy` (default: one attempt, no retry);
 * ``timeout`` — seconds an attempt may run before it is stopped and counted as failed (a
   positive, finite number). A handler in a thread is asked to stop (``ctx.cancelled``); one that
   ignores it keeps its job, its lease and its singleton key until it returns (the worker goes on
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from oncely.errors import ConfigError
 from oncely.queues import Rate
-from oncely.retry import NO_RETRY, Retry
+from oncely.retry import NO_RETRY, RetryPolicy
 from oncely.store.base import JobInsert
 from oncely.store.controls import concurrency_key
 from oncely.types import Job, JobState, Overlap
@@ -58,7 +58,7 @@ ENQUEUE_OPTIONS = frozenset(
 @dataclass(frozen=True)
 class TaskOptions:
     queue: str = "default"
-    retry: Retry = NO_RETRY
+    retry: RetryPolicy = NO_RETRY
     timeout: float | None = None
     singleton: bool | str | None = None
     priority: int = 0

@@ -181,7 +181,7 @@ class StripeMetering:
 
     def install(self, *, cron: str = "5 * * * *", queue: str = "billing") -> oncely.Task:
         register = self.app.task(name=TASK_NAME, queue=queue, singleton=True, timeout=3 * 3600,
-                                 retry=oncely.Retry(attempts=3, backoff="exponential",
+                                 retry=oncely.RetryPolicy(attempts=3, backoff="exponential",
                                                     base_delay=60.0, max_delay=900.0,
                                                     jitter=True))
         task: oncely.Task = register(self.run)

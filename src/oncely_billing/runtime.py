@@ -87,12 +87,12 @@ def install(
 
     thresholds = app.task(
         name=THRESHOLDS_TASK, queue=settings.queue, singleton=True, timeout=settings.job_timeout,
-        retry=oncely.Retry(attempts=3, backoff="exponential", base_delay=60.0, jitter=True),
+        retry=oncely.RetryPolicy(attempts=3, backoff="exponential", base_delay=60.0, jitter=True),
     )(free_tier_thresholds)
     send_task = app.task(
         name=notify.SEND_TASK, queue=settings.notify_queue, timeout=120.0,
-        retry=oncely.Retry(attempts=6, backoff="exponential", base_delay=30.0, max_delay=3600.0,
-                           jitter=True),
+        retry=oncely.RetryPolicy(attempts=6, backoff="exponential", base_delay=30.0,
+                                 max_delay=3600.0, jitter=True),
     )(send_notification)
     install_sweeper(app, settings, send_task)
     app.schedule(THRESHOLDS_SCHEDULE, thresholds, cron=settings.thresholds_cron, tz="UTC",

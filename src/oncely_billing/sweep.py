@@ -85,7 +85,7 @@ def install_sweeper(app: oncely.App, settings: MeteringSettings,
         return sweep(ctx, settings, send_task).__dict__.copy()
 
     register = app.task(name=SWEEP_TASK, queue=settings.notify_queue, singleton=True,
-                        timeout=600.0, retry=oncely.Retry(attempts=2, backoff="exponential",
+                        timeout=600.0, retry=oncely.RetryPolicy(attempts=2, backoff="exponential",
                                                           base_delay=30.0, jitter=True))
     task: oncely.Task = register(sweep_notifications)
     return task

@@ -66,7 +66,7 @@ def record(ctx: oncely.JobContext, n: int) -> int:
     return n
 
 
-@app.task(name="slow", retry=oncely.Retry(attempts=3, backoff="fixed", base_delay=0.1))
+@app.task(name="slow", retry=oncely.RetryPolicy(attempts=3, backoff="fixed", base_delay=0.1))
 def slow(ctx: oncely.JobContext, n: int, seconds: float) -> int:
     started = time.time()
     deadline = time.monotonic() + seconds

@@ -53,7 +53,7 @@ def attributed_slot(ctx: oncely.JobContext, started: float) -> float:
 
 
 @app.task(name="incident.thresholds",
-          retry=oncely.Retry(attempts=5, backoff="exponential", base_delay=0.5))
+          retry=oncely.RetryPolicy(attempts=5, backoff="exponential", base_delay=0.5))
 def thresholds(ctx: oncely.JobContext) -> int:
     started = time.time()
     slot = attributed_slot(ctx, started)

@@ -17,7 +17,7 @@ import oncely
 from tests.apps.basic import record_effect
 
 app = oncely.App(os.environ.get("ONCELY_DATABASE_URL") or "sqlite:///oncely.db")
-ONE_RETRY = oncely.Retry(attempts=2, backoff="fixed", base_delay=0)
+ONE_RETRY = oncely.RetryPolicy(attempts=2, backoff="fixed", base_delay=0)
 
 
 def hog_cpu(ctx: oncely.JobContext, seconds: float) -> None:

@@ -37,7 +37,7 @@ def app(any_url: str) -> Iterator[oncely.App]:
     def report(ctx: oncely.JobContext, n: int = 0) -> dict:
         return {"n": n, "fence": ctx.fence}
 
-    @app.task(name="flaky", retry=oncely.Retry(attempts=5), singleton=True)
+    @app.task(name="flaky", retry=oncely.RetryPolicy(attempts=5), singleton=True)
     def flaky(ctx: oncely.JobContext) -> None:
         raise RuntimeError("upstream down")
 

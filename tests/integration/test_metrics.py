@@ -42,7 +42,7 @@ def test_worker_metrics_count_a_known_workload(app: oncely.App) -> None:
     def ok(ctx: oncely.JobContext) -> str:
         return "done"
 
-    @app.task(name="boom", queue="fast", retry=oncely.Retry(attempts=2, base_delay=0.0))
+    @app.task(name="boom", queue="fast", retry=oncely.RetryPolicy(attempts=2, base_delay=0.0))
     def boom(ctx: oncely.JobContext) -> None:
         raise RuntimeError("always")
 

@@ -131,7 +131,7 @@ def test_catch_up_all_is_capped(any_url, clock):
 def test_rescuer_retries_a_job_whose_worker_died_and_fences_the_zombie(any_url, clock):
     app = make_app(any_url, clock, every=60)
 
-    @app.task(name="work", retry=oncely.Retry(attempts=3, backoff="fixed", base_delay=5))
+    @app.task(name="work", retry=oncely.RetryPolicy(attempts=3, backoff="fixed", base_delay=5))
     def work(ctx):
         return None
 

@@ -21,7 +21,7 @@ def test_an_unexpected_error_while_recording_outcomes_frees_the_handler_slot(any
                                maintenance_interval=0.2, shutdown_grace=0.5)
     app = oncely.App(any_url, settings=settings)
 
-    @app.task(name="work", retry=oncely.Retry(attempts=3, backoff="fixed", base_delay=0))
+    @app.task(name="work", retry=oncely.RetryPolicy(attempts=3, backoff="fixed", base_delay=0))
     def work(ctx: oncely.JobContext, n: int) -> int:
         return n
 
@@ -96,7 +96,7 @@ def test_a_batch_the_store_refuses_is_recorded_job_by_job(any_url):
     app = oncely.App(any_url, settings=settings)
     ran: list[int] = []
 
-    @app.task(name="work", retry=oncely.Retry(attempts=3, backoff="fixed", base_delay=0))
+    @app.task(name="work", retry=oncely.RetryPolicy(attempts=3, backoff="fixed", base_delay=0))
     def work(ctx: oncely.JobContext, n: int) -> int:
         ran.append(n)
         return n

@@ -45,7 +45,7 @@ def test_a_job_runs_once_and_keeps_its_result(app):
 
 
 def test_failures_retry_per_policy_and_keep_each_traceback(app):
-    @app.task(name="flaky", retry=oncely.Retry(attempts=3, backoff="fixed", base_delay=0))
+    @app.task(name="flaky", retry=oncely.RetryPolicy(attempts=3, backoff="fixed", base_delay=0))
     def flaky(ctx):
         if ctx.attempt < 3:
             raise RuntimeError(f"boom {ctx.attempt}")
@@ -60,7 +60,7 @@ def test_failures_retry_per_policy_and_keep_each_traceback(app):
 
 
 def test_a_job_out_of_attempts_fails(app):
-    @app.task(name="broken", retry=oncely.Retry(attempts=2, backoff="fixed", base_delay=0))
+    @app.task(name="broken", retry=oncely.RetryPolicy(attempts=2, backoff="fixed", base_delay=0))
     def broken(ctx):
         raise ValueError("always")
 
@@ -117,7 +117,7 @@ def test_run_at_is_honoured_under_a_frozen_clock(tmp_path):
 
 
 def test_retry_request_and_cancel_signals(app):
-    @app.task(name="again", retry=oncely.Retry(attempts=5))
+    @app.task(name="again", retry=oncely.RetryPolicy(attempts=5))
     def again(ctx):
         raise oncely.Retry(delay=3600, reason="not yet")
 

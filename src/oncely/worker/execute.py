@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from oncely.errors import Cancel, FenceRejected
-from oncely.retry import Retry
+from oncely.retry import Retry, RetryPolicy
 from oncely.store.base import JobFinish
 from oncely.tasks import Task
 from oncely.types import ErrorKind, Job, JobError, JobState
@@ -111,7 +111,7 @@ def failure(
     """Retry per the task's policy while attempts remain, else fail."""
     error = JobError(job.attempt, now, kind, message, tb)
     if job.attempt < job.max_attempts:
-        policy = task.options.retry if task is not None else Retry(attempts=job.max_attempts)
+        policy = task.options.retry if task is not None else RetryPolicy(attempts=job.max_attempts)
         retry_at = policy.next_retry_at(job.attempt, now)
         return Outcome(JobState.RETRYABLE, error=error, retry_at=retry_at)
     return Outcome(JobState.FAILED, error=error)

@@ -58,7 +58,7 @@ from oncely_billing.stripe_usage import install_stripe_usage_metering
 MODES = ("guarded", "unsafe")
 SCHEDULES = (THRESHOLDS_SCHEDULE, STRIPE_SCHEDULE)
 # The incident's queue: attempts 5, exponential backoff from 5 s.
-INCIDENT_RETRY = oncely.Retry(attempts=5, backoff="exponential", base_delay=5.0)
+INCIDENT_RETRY = oncely.RetryPolicy(attempts=5, backoff="exponential", base_delay=5.0)
 START_TIMEOUT = 300.0  # real seconds a worker waits for the demo to start the day
 
 
