@@ -183,7 +183,9 @@ class WorkerPool:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT / "src"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         )
-        argv = ["-m", "oncely", "--app", self.app_path, "worker", "--concurrency", str(concurrency)]
+        argv = ["-m", "oncely", "--app", self.app_path, "worker"]
+        if concurrency:  # 0: the worker's defaults (no flag)
+            argv += ["--concurrency", str(concurrency)]
         self.spawned_at = time.time()
         for index in range(count):
             log = open(self.logdir / f"worker-{index}.log", "wb")  # noqa: SIM115
@@ -403,7 +405,8 @@ def declare_limit(store: FreshStore, limit: str, workers: int, concurrency: int)
     from oncely.controls import register_controls
 
     if limit == "max_running":
-        running = workers * concurrency  # every handler thread of the fleet may run
+        threads = concurrency or oncely.Settings().concurrency
+        running = workers * threads  # every handler thread of the fleet may run
         store.app.queue("default", max_running=running)
         shown = f"max_running={running}"
     elif limit == "rate":
@@ -423,7 +426,7 @@ def measure_end_to_end(
     concurrency: int | None = None,
 ) -> dict[str, Any]:
     jobs = jobs or args.jobs
-    concurrency = concurrency or args.concurrency
+    concurrency = args.concurrency if concurrency is None else concurrency
     with fresh_store(args, f"e2e-w{workers}-c{concurrency}-{limit}") as store:
         control = declare_limit(store, limit, workers, concurrency)
         enqueue_seconds = enqueue_batch(store, jobs, args.batch_size)
@@ -476,7 +479,8 @@ def measure_e2e_rounds(
     them, with every round's rate beside it (other work on a small machine moves single runs)."""
     runs = []
     for round_no in range(1, args.e2e_rounds + 1):
-        name = f"end-to-end W={workers} C={concurrency} ({round_no}/{args.e2e_rounds})"
+        shape = concurrency or "defaults"
+        name = f"end-to-end W={workers} C={shape} ({round_no}/{args.e2e_rounds})"
         result = run_part(
             doc, name,
             functools.partial(measure_end_to_end, args, workers, concurrency=concurrency),
@@ -665,7 +669,7 @@ def render(doc: dict[str, Any], console: Console) -> None:
         spread = (f"median of {len(rounds)} (runs: {', '.join(fmt(r) for r in rounds)}); "
                   if len(rounds) > 1 else "")
         table.add_row(
-            f"end-to-end, W={run['workers']} C={run['concurrency']}",
+            f"end-to-end, W={run['workers']} C={run['concurrency'] or 'defaults'}",
             fmt(run["jobs_per_s"], " jobs/s"),
             f"{spread}{run['jobs']} no-ops; first start→last finish {run['store_span_seconds']} s; "
             f"spawn→drained {run['wall_seconds']} s ({fmt(run['wall_jobs_per_s'])} jobs/s, "
@@ -718,9 +722,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="handler threads per worker (limits and latency parts)",
     )
     p.add_argument(
-        "--e2e-concurrency", default="4,128",
-        help="comma-separated handler-thread counts per worker for the end-to-end part: the "
-        "default 4, and enough threads that no-op jobs keep the claim batches full",
+        "--e2e-concurrency", default="defaults,128",
+        help="comma-separated handler-thread counts per worker for the end-to-end part: "
+        "'defaults' (the worker's own settings, no --concurrency flag) and enough threads that "
+        "no-op jobs keep the claim batches full",
     )
     p.add_argument(
         "--e2e-rounds", type=int, default=1,
@@ -795,7 +800,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError:
         p.error(f"--workers must be comma-separated integers, got {args.workers!r}")
     try:
-        args.e2e_concurrency = [int(n) for n in args.e2e_concurrency.split(",") if n.strip()]
+        args.e2e_concurrency = [0 if n.strip() == "defaults" else int(n)
+                                for n in args.e2e_concurrency.split(",") if n.strip()]
     except ValueError:
         p.error(f"--e2e-concurrency must be comma-separated integers, got "
                 f"{args.e2e_concurrency!r}")
@@ -809,7 +815,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 args.latency_jobs,
                 args.e2e_rounds,
                 *args.worker_counts,
-                *args.e2e_concurrency,
+                *[n or 1 for n in args.e2e_concurrency],
             ]
         )
         < 1

@@ -8,7 +8,11 @@ option (environment)       default                          meaning
 database_url               sqlite:///oncely.db              store URL
 lease_ttl                  30                               seconds a lease lasts
 poll_interval              1.0                              longest idle wait
-concurrency                4                                handler threads
+concurrency                16                               handler threads
+prefetch                   16                               jobs claimed beyond free threads
+prefetch_wait              1.0                              seconds a claimed job may wait
+                                                            for a thread before it is
+                                                            released to other workers
 shutdown_grace             30                               seconds to finish on stop
 leader_ttl                 15                               leader lease seconds
 maintenance_interval       5                                prune period
@@ -50,7 +54,7 @@ DEFAULT_DATABASE_URL = "sqlite:///oncely.db"
 DURATIONS = (
     "lease_ttl", "poll_interval", "shutdown_grace", "leader_ttl", "maintenance_interval",
     "enqueue_interval", "keep_succeeded_seconds", "keep_failed_seconds", "keep_cancelled_seconds",
-    "ledger_keep_seconds", "watchdog_interval",
+    "ledger_keep_seconds", "watchdog_interval", "prefetch_wait",
 )
 
 
@@ -59,7 +63,9 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     lease_ttl: float = 30.0
     poll_interval: float = 1.0
-    concurrency: int = 4
+    concurrency: int = 16
+    prefetch: int = 16
+    prefetch_wait: float = 1.0
     shutdown_grace: float = 30.0
     leader_ttl: float = 15.0
     maintenance_interval: float = 5.0
@@ -91,6 +97,9 @@ class Settings:
             if not _whole(value) or value < 0:
                 raise ConfigError(f"setting {name} (ONCELY_{name.upper()}) must be a whole "
                                   f"number >= 0, got {value!r}")
+        if not _whole(self.prefetch) or self.prefetch < 0:
+            raise ConfigError(f"setting prefetch (ONCELY_PREFETCH) must be a whole number >= 0, "
+                              f"got {self.prefetch!r}")
         if self.lease_ttl < 1.0:
             raise ConfigError("setting lease_ttl (ONCELY_LEASE_TTL) must be at least 1 second, "
                               f"got {self.lease_ttl!r}")

@@ -41,8 +41,10 @@ def test_four_workers_two_threads_each_drain_5000_jobs_exactly_once(url, effects
 def test_sigterm_lets_jobs_stop_and_releases_them(url, effects_sqlite, workers):
     app = open_basic_app(url)
     app.enqueue_many("slow", [{"n": n, "seconds": 3.0} for n in range(6)])
+    # No prefetch: exactly the two running jobs are in hand (queued ones are released at once
+    # on shutdown, see test_worker_prefetch.py).
     proc = workers.start(url, effects_sqlite, "--concurrency", "2",
-                         env={"ONCELY_SHUTDOWN_GRACE": "0.5"})
+                         env={"ONCELY_SHUTDOWN_GRACE": "0.5", "ONCELY_PREFETCH": "0"})
     wait_until(lambda: state_counts(app)[JobState.RUNNING] == 2, timeout=30, message="2 running")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0

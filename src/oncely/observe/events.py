@@ -12,18 +12,33 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 log = logging.getLogger("oncely")
 
 
-@dataclass(frozen=True)
 class Event:
-    name: str
-    at: datetime
-    fields: dict[str, Any] = field(default_factory=dict)
+    """One event: its name, when it happened, its fields. Built several times per job, so a
+    plain class with slots rather than a frozen dataclass (whose ``__init__`` goes through
+    ``object.__setattr__`` for every field)."""
+
+    __slots__ = ("at", "fields", "name")
+
+    def __init__(self, name: str, at: datetime, fields: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.at = at
+        self.fields = {} if fields is None else fields
+
+    def __repr__(self) -> str:
+        return f"Event({self.name!r}, {self.at!r}, {self.fields!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (self.name, self.at, self.fields) == (other.name, other.at, other.fields)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
         return {"event": self.name, "at": self.at.isoformat(), **self.fields}

@@ -59,6 +59,13 @@ class Dialect(ABC):
         """Run ``work``, which only reads; by default as :meth:`write` does."""
         return self.write(work)
 
+    def write_each(self, work: Callable[[Any], T]) -> T:
+        """Run ``work``, whose statements are each atomic on their own and need no transaction
+        around them (one enqueue: an insert that may conflict, then a read of what won); by
+        default as :meth:`write` does. A server dialect saves the BEGIN and COMMIT round
+        trips."""
+        return self.write(work)
+
     @abstractmethod
     def joined(self, conn: Any, work: Callable[[Any], T]) -> T:
         """Run ``work`` on a caller's connection, inside the caller's transaction, with driver

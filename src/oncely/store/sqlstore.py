@@ -111,7 +111,10 @@ class SQLStore(ABC, Generic[D]):
         work = partial(jobs.insert_job, self.sql, params=params, now=now)
         if conn is not None:
             return self.sql.joined(conn, work)
-        return self.sql.write(work)
+        # The insert is one statement (ON CONFLICT DO NOTHING, its wake-up committed with it);
+        # a conflict's follow-up reads need no transaction either: insert_job retries when the
+        # job it conflicted with is gone by then.
+        return self.sql.write_each(work)
 
     def job_insert_many(self, params: Sequence[JobInsert], now: datetime) -> list[JobInsertResult]:
         if not params:

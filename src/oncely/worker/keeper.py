@@ -17,7 +17,10 @@ plus the TTL, minus a safety margin. Then:
   is written off and replaced (the job is *overrunning*), but its lease is still renewed here —
   the job and its singleton key stay taken until the code really stops, and only then is the
   timeout recorded (retried per its policy). A process-isolated handler is killed instead
-  (:mod:`oncely.worker.isolation`). The whole state machine is in :mod:`oncely.worker.running`.
+  (:mod:`oncely.worker.isolation`). The whole state machine is in :mod:`oncely.worker.running`;
+* a claimed job that no handler thread has begun by its ``start_by`` (the claim plus
+  ``prefetch_wait``) is released back to the store for another worker (see the worker's
+  docstring).
 """
 
 from __future__ import annotations
@@ -123,6 +126,9 @@ class LeaseKeeper(threading.Thread):
     def enforce(self, mono: float) -> None:
         for running in self.worker.running_jobs():
             if running.finished:
+                continue
+            if not running.begun and mono >= running.start_by:
+                self.worker.release_queued(running, "prefetch")
                 continue
             if mono >= running.lease_deadline and self.worker.renews_leases:
                 self.worker.runtime.events.emit(

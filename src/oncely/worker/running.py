@@ -46,15 +46,35 @@ class Running:
     job: Job
     ctx: JobContext
     lease_deadline: float  # monotonic: stop the job before this unless a renewal succeeds
+    start_by: float = float("inf")  # monotonic: still queued (prefetched) then → released
     started: float | None = None  # monotonic, when the handler began
     timeout_at: float | None = None  # monotonic, when the task's timeout passes
     abandon_at: float | None = None  # monotonic, when a stop request turns into an overrun
     finished: bool = False  # an outcome was recorded (or the job was given up): first one wins
+    begun: bool = False  # a handler thread took it (it can no longer be released unstarted)
     replaced: bool = False  # its handler thread was written off and a new one started
     overrunning: bool = False  # its code ignored the timeout and still runs (lease kept)
     isolated: bool = False  # the handler runs in a child process (killed, never overrunning)
     process: Any = None  # the child process of a process-isolated handler, while it runs
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim_begin(self) -> bool:
+        """True when the calling handler thread may run the job: nobody finished or released
+        it first (a queued job is either begun or released, never both)."""
+        with self.lock:
+            if self.finished:
+                return False
+            self.begun = True
+            return True
+
+    def claim_release(self) -> bool:
+        """True when the job was still queued (prefetched) and is now the caller's to hand
+        back to the store."""
+        with self.lock:
+            if self.finished or self.begun:
+                return False
+            self.finished = True
+            return True
 
     def claim_finish(self) -> bool:
         """True exactly once: whoever gets it records the job's outcome."""

@@ -9,11 +9,22 @@ Lifecycle::
       │            (LISTEN/NOTIFY or a data-version poll) up to poll_interval, or only until a
       │            rate window that held jobs back has room again; a full claim re-polls as
       │            soon as a slot frees; store errors back off (logged once)
-      ▼ stop (SIGTERM/SIGINT, or stop())
+      ▼ stop (SIGTERM/SIGINT, or stop()); queued (prefetched) jobs are released at once
     draining ── no more claims; running jobs get shutdown_grace to finish; then they are asked to
       │          stop, and what is still running is released back as retryable (attempt refunded)
       ▼ second signal: skip the wait, release at once
     stopped ─► resign leadership, deregister, exit 0
+
+Prefetch and its bound. A claim takes up to ``concurrency`` plus a prefetch buffer of jobs minus
+those in hand, so the handlers work through a buffer while the next claim is in flight. The
+buffer is sized from the handlers' recent run times, so that its jobs are expected to begin
+within a quarter of ``prefetch_wait`` (at most ``prefetch``; none when jobs are slow). A claimed
+job is *queued* until a handler thread begins it; its lease is held and renewed like a running
+job's. A queued job not begun ``prefetch_wait`` seconds after its claim was sent is released back
+to the store (``job.released``, reason ``prefetch``: retryable at its old ``run_at``, the attempt
+refunded, so it keeps its place in line) for any worker to claim, and this worker stops
+prefetching for another ``prefetch_wait``. So no job waits in a worker's buffer for longer than
+``prefetch_wait`` plus one keeper tick (50 ms) before another worker may claim it.
 """
 
 from __future__ import annotations
@@ -99,6 +110,10 @@ class Worker:
         self.lease_ttl = runtime.settings.lease_ttl
         self.maintenance = maintenance
         self._jobs: dict[int, Running] = {}  # jobs that hold a handler slot
+        self.prefetch = runtime.settings.prefetch
+        self.prefetch_wait = runtime.settings.prefetch_wait
+        self._prefetch_paused_until = 0.0  # monotonic: no prefetch before this
+        self._mean_run: float | None = None  # seconds, moving average of handler run times
         self._overrun: dict[int, Running] = {}  # code past its timeout: lease kept, slot freed
         self._lock = threading.Lock()
         self._inbox: queue.SimpleQueue[Running | None] = queue.SimpleQueue()
@@ -199,6 +214,8 @@ class Worker:
     def _shutdown(self) -> None:
         app = self.runtime
         app.events.emit("worker.stopping", worker_id=self.worker_id, running=len(self._jobs))
+        for running in self.running_jobs():  # queued (prefetched) jobs go back at once
+            self.release_queued(running, "shutdown")
         deadline = time.monotonic() + app.settings.shutdown_grace
         while self._jobs and not self._forced.is_set() and time.monotonic() < deadline:
             self._capacity.wait(0.05)
@@ -242,22 +259,22 @@ class Worker:
         error = JobError(job.attempt, now, ErrorKind.SHUTDOWN, note)
         self._record(running, Outcome(JobState.RETRYABLE, error=error, retry_at=now,
                                       refund_attempt=True))
-        self.runtime.events.emit("job.released", job_id=job.id, task=job.task)
+        self.runtime.events.emit("job.released", job_id=job.id, task=job.task, reason="shutdown")
 
     # claiming ------------------------------------------------------------------------------
     def _claim_loop(self) -> None:
         app, settings = self.runtime, self.runtime.settings
         backoff = 0.0
         backlog = False  # the last claim was full: more jobs are probably waiting
-        batch = max(1, self.concurrency // 2)
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._jobs)
-            if free <= 0 or (backlog and free < batch):
+            room = self._room()
+            free = room - len(self._jobs)
+            if free <= 0 or (backlog and free < max(1, room // 2)):
                 # Under load, let a few handler slots free up and claim them together: one
                 # claim transaction per job would make the claim itself the bottleneck.
                 self._capacity.wait(settings.poll_interval if free <= 0 else CLAIM_GATHER)
                 self._capacity.clear()
-                free = self.concurrency - len(self._jobs)
+                free = self._room() - len(self._jobs)
                 if free <= 0:
                     continue
             if not self._liveness.held.is_set():  # fenced itself: no claims until it holds again
@@ -288,6 +305,35 @@ class Worker:
             if not result.jobs:
                 app.store.wait_for_work(self._idle_wait(result))
 
+    def _room(self) -> int:
+        """How many jobs the worker may hold (queued or running) right now: its threads, plus
+        as many queued jobs as its threads are expected to begin within a quarter of
+        ``prefetch_wait`` at the handlers' recent pace (none for slow jobs, ``prefetch`` for
+        short ones; as many as the threads before any job has ended)."""
+        if not self.prefetch or self.runtime.clock.monotonic() < self._prefetch_paused_until:
+            return self.concurrency
+        pace = self._mean_run
+        if pace is None:
+            return self.concurrency + min(self.prefetch, self.concurrency)
+        if pace <= 0.0:
+            return self.concurrency + self.prefetch
+        fits = int(self.concurrency * self.prefetch_wait / (4.0 * pace))
+        return self.concurrency + min(self.prefetch, fits)
+
+    def release_queued(self, running: Running, reason: str) -> bool:
+        """Hand a job that no handler thread has begun back to the store (called by the keeper
+        past ``start_by``, and on shutdown): retryable at its old ``run_at``, attempt refunded,
+        no error recorded."""
+        if not running.claim_release():
+            return False
+        job = running.job
+        if reason == "prefetch":
+            self._prefetch_paused_until = self.runtime.clock.monotonic() + self.prefetch_wait
+        self._record(running, Outcome(JobState.RETRYABLE, retry_at=job.run_at,
+                                      refund_attempt=True))
+        self.runtime.events.emit("job.released", job_id=job.id, task=job.task, reason=reason)
+        return True
+
     def _idle_wait(self, result: ClaimResult) -> float:
         """How long an empty claim waits for a wake-up: the poll interval, or less when a rate
         window that held jobs back opens sooner (wake-ups do not announce that)."""
@@ -300,7 +346,8 @@ class Worker:
     def _dispatch(self, job: Job, claim_sent: float) -> None:
         ctx = JobContext(self.runtime, job, self.worker_id)
         deadline = claim_sent + self.lease_ttl - safety_margin(self.lease_ttl)
-        running = Running(job, ctx, lease_deadline=deadline)
+        running = Running(job, ctx, lease_deadline=deadline,
+                          start_by=claim_sent + self.prefetch_wait)
         ctx.heartbeat_hook = lambda: self._keeper.renew(self.runtime.clock.monotonic(), running)
         with self._lock:
             self._jobs[job.id] = running
@@ -328,8 +375,8 @@ class Worker:
     def _execute(self, running: Running) -> bool:
         """Run one job; False when the thread was replaced meanwhile and should exit."""
         app, job = self.runtime, running.job
-        if running.finished:
-            return True  # the lease was lost before the handler started
+        if not running.claim_begin():
+            return True  # released, or the lease was lost, before a thread took it
         task = app.tasks.get(job.task)
         if task is None:
             outcome = failure(None, job, app.clock.now(), ErrorKind.ERROR,
@@ -347,6 +394,9 @@ class Worker:
                 outcome = outcome_of(task, running.ctx, app.clock.now)
             if running.overrunning:
                 outcome = self._overran(task, running, outcome)
+            took = app.clock.monotonic() - running.started
+            mean = self._mean_run  # updated without a lock: an estimate, any thread's will do
+            self._mean_run = took if mean is None else mean + (took - mean) * 0.1
         if running.claim_finish():
             if outcome.abandoned:
                 self._forget(running)

@@ -30,9 +30,18 @@ PACKAGE = "oncely.store.postgres"
 QUERIES = queries_of(PACKAGE)
 
 
+# The statements of the hot paths (enqueue, claim, finish) are prepared on a connection's first
+# use of them rather than after psycopg's default five: a pooled connection may serve only a
+# few of each before it is replaced, and an unprepared one is planned again every time.
+PREPARED = frozenset({
+    "job_insert", "job_insert_many", "job_claim_fast", "job_claim_fast_in_queues",
+    "job_finish_plain_many", "lease_renew",
+})
+
+
 def fetch(conn: psycopg.Connection[Any], name: str, params: Params | None = None) -> list[Row]:
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(QUERIES[name], params)
+        cur.execute(QUERIES[name], params, prepare=True if name in PREPARED else None)
         return cur.fetchall()
 
 
@@ -71,6 +80,9 @@ class PostgresDialect(Dialect):
 
     def write(self, work: Callable[[Any], T]) -> T:
         return self.engine.run(work)
+
+    def write_each(self, work: Callable[[Any], T]) -> T:
+        return self.engine.run(work, autocommit=True)
 
     def joined(self, conn: Any, work: Callable[[Any], T]) -> T:
         return self.engine.joined(conn, work)
