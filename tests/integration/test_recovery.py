@@ -121,7 +121,11 @@ def test_a_paused_worker_is_not_declared_dead_and_its_late_write_is_refused(any_
                                                                           workers: Workers):
     """SIGSTOP: the process lives and holds its liveness lock, so nobody may prove it dead; its
     job is rescued only when its lease expires, and the zombie's write is then refused."""
-    env = {**QUICK_STOP, "ONCELY_LEASE_TTL": "3", "ONCELY_LEADER_TTL": "3"}
+    # One thread and no prefetch: a busy worker then sends no claims, so the SIGSTOP does not
+    # land inside a claim transaction (on SQLite a process stopped there would hold the
+    # database's write lock, and nobody could rescue anything until it resumed).
+    env = {**QUICK_STOP, "ONCELY_LEASE_TTL": "3", "ONCELY_LEADER_TTL": "3",
+           "ONCELY_CONCURRENCY": "1", "ONCELY_PREFETCH": "0"}
     app = open_app(any_url)
     handle = app.enqueue_job("recovery.hold", {"seconds": 6.0, "deaf": True})
     procs = [workers.start(any_url, effects_sqlite, app=APP, env=env) for _ in range(2)]
