@@ -69,6 +69,7 @@ def record(ctx: oncely.JobContext, n: int) -> int:
 @app.task(name="slow", retry=oncely.RetryPolicy(attempts=3, backoff="fixed", base_delay=0.1))
 def slow(ctx: oncely.JobContext, n: int, seconds: float) -> int:
     started = time.time()
+    record_effect("slow-began", str(n), ctx, started, started)  # a test can wait for the start
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         ctx.raise_if_cancelled()
