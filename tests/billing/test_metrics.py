@@ -5,9 +5,13 @@ Stripe metering run against the local stub; each figure checked against the stor
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +26,7 @@ from oncely_billing.meter import install_stripe_metering
 from oncely_billing.notify import SEND_TASK, outbox_rows
 from oncely_billing.stripe_client import StripeSettings
 from oncely_billing.thresholds import LAST_RUN_KEY, THRESHOLDS_TASK
+from tests.acceptance.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS
 
 from .conftest import Events, load_scenario, make_app, run_thresholds
 from .test_notifications import Inbox, free_port, smtp  # noqa: F401 (a fixture)
@@ -53,9 +58,13 @@ class Billed:
 @pytest.fixture
 def billed(store_url: str, clock: FrozenClock, events: Events,
            smtp: tuple[Inbox, int]) -> Iterator[Billed]:  # noqa: F811
+    yield from billing_figures(store_url, clock, events, smtp[1])
+
+
+def billing_figures(store_url: str, clock: FrozenClock, events: Events,
+                    port: int) -> Iterator[Billed]:
     """A threshold run (three notifications), one sent, one failing on a dead SMTP port, one
     left pending; an hourly Stripe run delivered to the stub."""
-    _, port = smtp
     app = make_app(store_url, None, clock, events, smtp=SmtpSettings(host="127.0.0.1", port=port))
     load_scenario(app, events)
     with StripeStub(clock=clock) as stub:
@@ -222,3 +231,48 @@ def test_stripe_figures(sqlite_url: str) -> None:
         text = generate_latest(registry(harness.app)).decode()
         assert "oncely_billing_stripe_watermark_lag_seconds 300.0" in text
         harness.app.close()
+
+
+@pytest.fixture
+def billed_sqlite(sqlite_url: str, clock: FrozenClock, events: Events,
+                  smtp: tuple[Inbox, int]) -> Iterator[Billed]:  # noqa: F811
+    yield from billing_figures(sqlite_url, clock, events, smtp[1])
+
+
+def test_the_billing_page_in_chromium(billed_sqlite: Billed, tmp_path: Path) -> None:
+    """Reached from the navigation in a real browser, under the dashboard's CSP: no console
+    error, the figures shown."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(billed_sqlite.app), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    problems: list[str] = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            tab = browser.new_page(base_url=f"http://127.0.0.1:{port}")
+            tab.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            tab.on("pageerror", lambda e: problems.append(str(e)))
+            tab.goto("/")
+            tab.click("nav a[href='/billing']")
+            tab.locator("#billing-figures").wait_for()
+            assert tab.title() == "Billing · oncely"
+            assert tab.locator("#billing-emails-failing").inner_text() == "1"
+            assert tab.locator("#billing-orgs-blocked").inner_text() == "1"
+            assert tab.locator("table.billing-history tbody tr").count() == 1
+            tab.screenshot(path=str(tmp_path / "billing.png"), full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert problems == [], problems
