@@ -3,10 +3,14 @@ the CLI.
 
 Read from the job store when asked (like the engine's fleet metrics), so every process shows the
 same numbers, and only read: nothing is created or migrated (a store without the billing tables
-has no billing figures). The queries are cheap enough for every scrape: a catalog lookup, the
-state row of the last run, index ranges (Stripe events, the last attempts of each task), and two
-small scans (organizations by state: one row per organization; the notification outbox: one row
-per organization, cycle and threshold crossed). ``bench/billing_metrics.py`` measures them.
+has no billing figures). Each scrape runs a catalog lookup, the state row of the last run, index
+ranges (the Stripe events of 24 usage hours, the unsent ones, the last attempts of each task) and
+two scans (organizations by state: one row per organization; the notification outbox: one row per
+organization, cycle and threshold crossed). ``bench/billing_metrics.py`` measures a scrape: at
+50,000 organizations, 200,000 outbox rows and 1,000,000 Stripe events (5,000 billable
+organizations, 200 hours) about 0.17 s on PostgreSQL and 0.28 s on SQLite (2 shared cores), most
+of it the outbox scan and the 24 hours of events; ``oncely_addon_collector_duration_seconds``
+shows it in production.
 
 The fleet ``/metrics`` of the dashboard serves them (``oncely.metrics`` entry point
 :func:`collector`):
