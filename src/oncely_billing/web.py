@@ -23,6 +23,7 @@ from oncely.plugins import Page
 from oncely_billing.runtime import metering_of
 
 if TYPE_CHECKING:
+    from jinja2 import Environment
     from starlette.requests import Request
     from starlette.responses import Response
     from starlette.routing import Route
@@ -63,7 +64,7 @@ def seconds(value: float) -> str:
 
 
 @cache
-def _templates() -> Any:
+def _templates() -> Environment:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("oncely_billing", "templates"),
