@@ -129,6 +129,12 @@ def test_pages_load_and_retry_requeues_a_failed_job(
         shot(page, tmp_path, name)
     assert page.locator("table.jobs tbody tr").count() == 6
 
+    if page.locator("nav a[href='/billing']").count():  # oncely_billing's page, when installed
+        page.click("nav a[href='/billing']")
+        page.locator("#billing-absent").wait_for()  # this store holds no billing tables
+        assert page.title() == "Billing · oncely"
+        shot(page, tmp_path, "billing")
+
     failed = app.store.job_list(JobFilter(state=JobState.FAILED, limit=1))[0]
     page.goto(f"/jobs/{failed.id}")
     assert page.locator("#retry").count() == 0  # not signed in: no action offered

@@ -26,12 +26,15 @@ oncely_anomalies_open                      gauge  kind, severity
 oncely_workers                             gauge  state (alive, stale)
 oncely_leader_term                         gauge
 =========================================  =====  =========================================
+
+Installed add-ons add their own families (``oncely.metrics`` plugins, see :mod:`oncely.plugins`
+and :mod:`oncely.observe.addons`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry
@@ -39,6 +42,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from oncely import readmodel
+from oncely.observe.addons import AddonCollectors
 from oncely.store.base import Store
 from oncely.types import JobState
 
@@ -133,8 +137,13 @@ class FleetCollector(Collector):
 
 
 def fleet_registry(
-    store: Callable[[], Store], now: Callable[[], datetime], stale_after: float = 90.0
+    store: Callable[[], Store], now: Callable[[], datetime], stale_after: float = 90.0,
+    addons: Mapping[str, Collector] | None = None,
 ) -> CollectorRegistry:
+    """The engine's fleet families, then those of ``addons`` (by name), each add-on guarded by
+    :class:`~oncely.observe.addons.AddonCollectors`."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(store, now, stale_after))
+    if addons:
+        registry.register(AddonCollectors(addons))
     return registry

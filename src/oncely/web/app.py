@@ -1,7 +1,9 @@
 """The dashboard application: pages, ``/api/``, ``/metrics`` and static files in one Starlette app.
 
 ``create_app(app, token=None, allowed_hosts=(), auth="actions")`` wraps an :class:`oncely.App`;
-it adds the routes that installed packages register under the ``oncely.web`` entry-point group.
+it adds the routes and pages that installed packages register under the ``oncely.web``
+entry-point group, and the collectors of the ``oncely.metrics`` group to ``/metrics``
+(:mod:`oncely.plugins`).
 Every response carries headers that keep the pages in their own frame and origin (no inline
 script, no framing, no sniffing); nothing is fetched from a CDN.
 
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -33,8 +36,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oncely.errors import ConfigError, NotFound, OncelyError
+from oncely.observe.addons import AddonMetricsError, Broken
 from oncely.observe.fleet import fleet_registry
-from oncely.plugins import WEB_GROUP, plugin_entry_points
+from oncely.plugins import METRICS_GROUP, WEB_GROUP, Page, plugin_entry_points
 from oncely.redaction import mask_text
 from oncely.web import api, pages
 from oncely.web.auth import BEARER_OK, Guard
@@ -149,16 +153,46 @@ def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-def extra_routes(app: App) -> list[BaseRoute]:
-    """Routes that installed packages add under the ``oncely.web`` entry-point group."""
+def extra_routes(app: App) -> tuple[list[BaseRoute], list[tuple[str, str]]]:
+    """Routes that installed packages add under the ``oncely.web`` entry-point group, and the
+    navigation links of the :class:`~oncely.plugins.Page` objects among them."""
     found: list[BaseRoute] = []
+    nav: list[tuple[str, str]] = []
     for name, entry in plugin_entry_points(WEB_GROUP).items():
         try:
-            found.extend(entry.load()(app))
+            added = list(entry.load()(app))
         except ImportError as exc:
             log.debug("routes of %s not mounted: %s", name, exc)
+            continue
         except Exception:  # a broken add-on must not take the dashboard down
             log.exception("routes of %s (%s) failed; not mounted", name, entry.value)
+            continue
+        for item in added:
+            if isinstance(item, Page):
+                found.append(Route(item.path, pages.addon_page(item), methods=["GET"],
+                                   name=f"{name}:{item.path}"))
+                if item.nav:
+                    nav.append((item.path, item.nav))
+            else:
+                found.append(item)
+    return found, nav
+
+
+def addon_collectors(app: App) -> dict[str, Collector]:
+    """The collectors that installed packages add under the ``oncely.metrics`` entry-point group
+    (one that cannot be built is served as a failing one: counted, logged at the first scrape)."""
+    found: dict[str, Collector] = {}
+    for name, entry in plugin_entry_points(METRICS_GROUP).items():
+        try:
+            collector = entry.load()(app)
+        except ImportError as exc:
+            log.debug("metrics of %s not served: %s", name, exc)
+            continue
+        except Exception as exc:
+            collector = Broken(exc)
+        if not callable(getattr(collector, "collect", None)):
+            collector = Broken(AddonMetricsError(f"{entry.value} gave no collector"))
+        found[name] = collector
     return found
 
 
@@ -171,12 +205,12 @@ def create_app(app: App, token: str | None = None, allowed_hosts: Sequence[str] 
         Route("/metrics", metrics),
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(packages=[("oncely.web", "static")]), name="static"),
-        *extra_routes(app),
     ]
-    web = Starlette(routes=routes, exception_handlers={OncelyError: oncely_error})
+    added, dash.nav = extra_routes(app)
+    web = Starlette(routes=[*routes, *added], exception_handlers={OncelyError: oncely_error})
     web.state.dashboard = dash
     web.state.metrics_registry = fleet_registry(lambda: app.store, app.clock.now,
-                                                dash.stale_after)
+                                                dash.stale_after, addon_collectors(app))
     web.add_middleware(Gate)
     web.add_middleware(TrustedHostMiddleware, allowed_hosts=host_names(allowed_hosts),
                        www_redirect=False)

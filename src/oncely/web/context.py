@@ -23,6 +23,7 @@ class Dashboard:
         self.app = app
         self.guard = Guard(token, auth)
         self.stale_after = app.settings.lease_ttl * 3
+        self.nav: list[tuple[str, str]] = []  # (path, label) of the add-ons' pages
         try:
             self.version = version("oncely")
         except PackageNotFoundError:

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -23,6 +24,7 @@ from starlette.routing import Route
 from oncely import readmodel
 from oncely.errors import ConfigError, NotFound, OncelyError
 from oncely.observe.fmt import ratio, span
+from oncely.plugins import Page
 from oncely.redaction import mask_text
 from oncely.types import JobState
 from oncely.web import queue_pages
@@ -74,7 +76,7 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
         request=request, now=now, ago=lambda value: _ago(value, now),
         guard_enabled=dash.guard.enabled, can_act=csrf is not None, csrf=csrf,
         store_label=f"{dash.store.dialect}: {readmodel.mask_url(dash.store.url)}",
-        version=dash.version, done=_done(request),
+        version=dash.version, done=_done(request), addon_nav=dash.nav,
         path=request.url.path, **context,
     )
     return HTMLResponse(page, status_code=status)
@@ -94,6 +96,11 @@ def page(template: str, build: Callable[[Dashboard, Request], dict[str, Any]]) -
         return render(request, template, **context)
 
     return endpoint
+
+
+def addon_page(added: Page) -> Any:
+    """The endpoint of an add-on's page: its body (HTML it escaped) in the dashboard's layout."""
+    return page("addon.html", lambda d, r: {"title": added.title, "body": Markup(added.body())})
 
 
 def _overview(d: Dashboard, r: Request) -> dict[str, Any]:

@@ -1,0 +1,20 @@
+-- The billing figures (oncely_billing.metrics) read at every scrape of /metrics: a catalog
+-- lookup and index ranges (with billing_outbox_counts and billing_org_states, scans of tables
+-- with one row per organization, or per organization, cycle and threshold crossed).
+
+-- name: billing_tables_present
+SELECT name FROM sqlite_master WHERE type = 'table'
+AND name IN ('metering_notification_outbox', 'oncely_stripe_deliveries', 'oncely_stripe_watermark')
+
+-- name: billing_stripe_events_since
+-- Meter events of the usage hours since a given hour, by status (the index on the hour).
+SELECT status, COUNT(*) FROM oncely_stripe_deliveries WHERE hour_start_ms >= :since_ms
+GROUP BY status
+
+-- name: billing_stripe_events_unsent
+-- Events not (yet) taken by Stripe, whatever their hour (the index on the status).
+SELECT status, COUNT(*) FROM oncely_stripe_deliveries WHERE status IN ('failed', 'retry', 'lost')
+GROUP BY status
+
+-- name: billing_stripe_watermark
+SELECT hour_start_ms FROM oncely_stripe_watermark WHERE name = :stream
