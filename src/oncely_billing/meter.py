@@ -107,10 +107,12 @@ class StripeMetering:
         self.task: oncely.Task | None = None
 
     def install(self, *, cron: str = "5 * * * *", queue: str = "billing",
-                reconcile_cron: str | None = "50 3 * * *") -> oncely.Task:
-        """The task, its hourly schedule and (unless ``reconcile_cron`` is None) the nightly
-        reconciliation: the same task with ``reconcile=True``, so the one singleton lease keeps
-        a single sender to Stripe in the whole fleet."""
+                reconcile_cron: str | None = "") -> oncely.Task:
+        """The task, its hourly schedule and (unless ``reconcile_cron`` is None; default: the
+        config's, 03:50 UTC) the nightly reconciliation: the same task with ``reconcile=True``,
+        so the one singleton lease keeps a single sender to Stripe in the whole fleet."""
+        if reconcile_cron == "":
+            reconcile_cron = self.config.reconcile_cron
         register = self.app.task(name=TASK_NAME, queue=queue, singleton=True, timeout=3 * 3600,
                                  retry=oncely.RetryPolicy(attempts=3, backoff="exponential",
                                                     base_delay=60.0, max_delay=900.0,
@@ -352,7 +354,7 @@ class _Run:
 def install_stripe_metering(app: oncely.App, usage: HourlyUsage, **options: Any) -> StripeMetering:
     """Register the Stripe metering task and its hourly schedule on ``app``."""
     cron = options.pop("cron", "5 * * * *")
-    reconcile_cron = options.pop("reconcile_cron", "50 3 * * *")
+    reconcile_cron = options.pop("reconcile_cron", "")  # "": the config's
     metering = StripeMetering(app, usage, **options)
     metering.install(cron=cron, reconcile_cron=reconcile_cron)
     return metering

@@ -62,12 +62,14 @@ class MeterConfig:
     first_hours: int = 1  # with no watermark yet: report this many latest due hours
     reconcile_days: int = 3  # UTC days a reconciliation looks back over, up to the watermark
     max_corrections: int = 50_000  # corrections one reconciliation run sends; the rest next run
+    reconcile_cron: str | None = "50 3 * * *"  # None: no reconciliation schedule
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> MeterConfig:
         """Defaults, with ``ONCELY_STRIPE_HOURS_PER_RUN`` / ``ONCELY_STRIPE_BATCH_SIZE`` /
-        ``ONCELY_STRIPE_RECONCILE_DAYS``."""
+        ``ONCELY_STRIPE_RECONCILE_DAYS`` / ``ONCELY_STRIPE_RECONCILE_CRON`` (``off``: none)."""
         env = os.environ if environ is None else environ
+        cron = env.get("ONCELY_STRIPE_RECONCILE_CRON")
         names = {"hours_per_run": "ONCELY_STRIPE_HOURS_PER_RUN",
                  "batch_size": "ONCELY_STRIPE_BATCH_SIZE",
                  "reconcile_days": "ONCELY_STRIPE_RECONCILE_DAYS"}
@@ -77,6 +79,8 @@ class MeterConfig:
         except ValueError:
             raise oncely.ConfigError(f"{', '.join(names.values())} must be whole "
                                      "numbers") from None
+        if cron:
+            values["reconcile_cron"] = None if cron.strip().lower() == "off" else cron
         return cls(**values)
 
 
