@@ -10,9 +10,10 @@ more are due. Per hour:
    (observations, if > 0) and ``tracing_events`` (traces + observations + scores, if > 0), with
    ``identifier = "{event}:{org_id}:{hour_start_ms}"``, ``timestamp`` = the hour's end (seconds),
    the value as a whole-number string, ``payload.stripe_customer_id``;
-3. events already on record for that hour (a crashed or stopped run sent them) are skipped; the
-   rest go through :func:`~oncely_billing.stripe_deliver.deliver`, results saved in batches under
-   the job's fence (``ctx.fenced()``);
+3. events already answered for that hour (a crashed or stopped run sent them) are skipped; the
+   new ones are written down (``sending``, with their value) before any is sent, then go through
+   :func:`~oncely_billing.stripe_deliver.deliver` with those written down and never answered
+   (sent again with the value on record), results saved in batches under the job's fence;
 4. only when every event of the hour is ``delivered``, ``duplicate`` or ``failed`` does one fenced
    transaction advance the watermark by exactly that hour (compare-and-set) and record the hour.
    A run that lost its fence cannot commit that transaction: a zombie never moves the watermark.
@@ -239,9 +240,7 @@ class _Run:
                      pool: ThreadPoolExecutor) -> None:
         hour_ms = to_ms(hour)
         events = list(meter_events(self.metering.usage(hour, hour + HOUR), hour))
-        with db.connection(self.metering.app) as conn:
-            done = self.queries.done_identifiers(conn, hour_ms)
-        pending = [event for event in events if event.identifier not in done]
+        pending = self._write_down(hour_ms, events)
         summary = self._deliver(pending, client, pool)
         now_ms = to_ms(self.ctx.now())
         with self.ctx.fenced() as conn:
@@ -263,6 +262,25 @@ class _Run:
             "metering.stripe.hour_reported", hour=hour.isoformat(), events=len(events),
             sent=summary.sent, delivered=summary.delivered, duplicates=summary.duplicates,
             failed=summary.failed, skipped=len(events) - len(pending))
+
+    def _write_down(self, hour_ms: int, events: list[MeterEvent]) -> list[MeterEvent]:
+        """The events of the hour to send: those written down earlier and never answered (with
+        their value on record), then the new ones, written down first (fenced)."""
+        with db.connection(self.metering.app) as conn:
+            rows = self.queries.hour_records(conn, hour_ms)
+        again = [MeterEvent(str(name), str(org), str(customer), int(value), hour_ms,
+                            hour_ms // 1000 + 3600, int(correction))
+                 for _id, status, org, name, customer, value, correction in rows
+                 if status == "sending"]
+        recorded = {str(row[0]) for row in rows}
+        fresh = [event for event in events if event.identifier not in recorded]
+        now_ms = to_ms(self.ctx.now())
+        for chunk in db.chunks(fresh, self.config.batch_size):
+            with self.ctx.fenced() as conn:
+                self.queries.write_down(conn, [stripe_store.sending_row(event, self.ctx.job_id,
+                                                                        now_ms)
+                                               for event in chunk])
+        return again + fresh
 
     def _deliver(self, events: list[MeterEvent], client: StripeMeterClient,
                  pool: ThreadPoolExecutor) -> Delivery:

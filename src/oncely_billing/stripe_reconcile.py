@@ -269,14 +269,11 @@ class _Reconciliation:
         now_ms = to_ms(self.ctx.now())
         todo = late[: self.metering.config.max_corrections]
         self.left_for_next_run = len(late) - len(todo)
-        rows = [asdict(stripe_store.DeliveryRow(
-            event.identifier, event.hour_start_ms, event.org_id, event.event_name,
-            event.customer_id, event.value, "sending", None, None, 0, self.ctx.job_id, now_ms,
-            event.correction)) for event in (found.correction() for found in todo)]
+        rows = [stripe_store.sending_row(found.correction(), self.ctx.job_id, now_ms)
+                for found in todo]
         for chunk in db.chunks(rows, self.metering.config.batch_size):
             with self.ctx.fenced() as conn:
-                conn.cursor().executemany(db.q(self.queries.dialect, "stripe_correction_insert"),
-                                          list(chunk))
+                self.queries.write_down(conn, chunk)
 
     def _send_open(self) -> None:
         """Send every correction written down and not yet answered, with its value on record."""

@@ -8,8 +8,11 @@ one schema serves both dialects):
   transaction, and as a compare-and-set from the previous hour, so it moves one hour at a time.
 * ``oncely_stripe_deliveries`` — one row per meter event (primary key: its Stripe identifier):
   ``delivered`` | ``duplicate`` (Stripe already had it) | ``failed`` (a 4xx, with Stripe's code) |
-  ``retry`` (a failure a human reset) | ``lost`` (too old for Stripe to take). Resuming an hour
-  skips every identifier already here, so a crash between two orgs sends nothing twice.
+  ``retry`` (a failure a human reset) | ``lost`` (too old for Stripe to take) | ``sending``
+  (written down before the call, no answer saved yet). Resuming an hour skips every identifier
+  answered here and sends the ``sending`` ones again *with the value on record*, so a crash
+  between two orgs, or between Stripe's answer and its record, sends nothing twice and never a
+  different value under an identifier Stripe may hold.
 * ``oncely_stripe_hours`` — one row per finished hour: ``reported`` with its counts, or ``lost``.
 * ``oncely_stripe_runs`` — one row per job attempt: start, end, outcome (``ok``, ``behind``,
   ``stripe_unavailable``, ``fence_lost``, ``error``), hours and events — "last run" in the CLI.
@@ -32,7 +35,7 @@ from typing import Any
 
 import oncely
 from oncely_billing import db, migrations
-from oncely_billing.stripe_client import SendResult
+from oncely_billing.stripe_client import MeterEvent, SendResult
 
 STREAM = "usage"
 
@@ -52,6 +55,13 @@ class DeliveryRow:
     job_id: int | None
     updated_at_ms: int
     correction: int = 0  # 0: the hour's own event; 1, 2, ...: late-usage corrections
+
+
+def sending_row(event: MeterEvent, job_id: int, now_ms: int) -> DeliveryRow:
+    """The record of an event about to be sent."""
+    return DeliveryRow(event.identifier, event.hour_start_ms, event.org_id, event.event_name,
+                       event.customer_id, event.value, "sending", None, None, 0, job_id, now_ms,
+                       event.correction)
 
 
 def delivery_row(result: SendResult, job_id: int, now_ms: int,
@@ -94,9 +104,17 @@ class Queries:
         return self.run(conn, "stripe_watermark_advance", expected_ms=expected, **params) == 1
 
     # deliveries --------------------------------------------------------------------------
-    def done_identifiers(self, conn: Any, hour_start_ms: int) -> set[str]:
-        rows = self.all(conn, "stripe_deliveries_done", hour_ms=hour_start_ms)
-        return {str(row[0]) for row in rows}
+    def hour_records(self, conn: Any, hour_start_ms: int) -> list[tuple[Any, ...]]:
+        """(identifier, status, org_id, event_name, customer_id, value, correction) of every
+        event of the hour on record, but those a human reset."""
+        return self.all(conn, "stripe_deliveries_of_hour", hour_ms=hour_start_ms)
+
+    def write_down(self, conn: Any, rows: Sequence[DeliveryRow]) -> None:
+        """Record events as ``sending`` before they are sent (an identifier on record already
+        keeps its row and value)."""
+        if rows:
+            conn.cursor().executemany(db.q(self.dialect, "stripe_delivery_write_down"),
+                                      [asdict(row) for row in rows])
 
     def record_deliveries(self, conn: Any, rows: Sequence[DeliveryRow]) -> None:
         if rows:

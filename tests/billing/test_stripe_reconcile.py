@@ -223,6 +223,33 @@ def test_a_crash_between_sending_and_saving_sends_the_same_identifiers_again(
     harness.assert_billed_exactly([H])
 
 
+def test_an_hourly_run_that_crashed_after_stripe_took_its_events_keeps_their_values(
+        tmp_path: Path, clock: FrozenClock, stub: StripeStub,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    harness = Harness(f"sqlite:///{tmp_path}/oncely.db", clock, stub)
+    real = stripe_store.Queries.record_deliveries
+
+    def dying_save(self: Any, conn: Any, rows: Any) -> None:
+        raise SystemExit("process died after Stripe took the hour's events")
+
+    monkeypatch.setattr(stripe_store.Queries, "record_deliveries", dying_save)
+    assert run_job(harness.task).state != oncely.JobState.SUCCEEDED
+    taken = harness.stub.stats().accepted
+    events = len(harness.usage.expected(H))
+    assert 0 < taken < events and harness.open_corrections() == events  # all written down
+    monkeypatch.setattr(stripe_store.Queries, "record_deliveries", real)
+    harness.usage.add_late("org0003", H, traces=6)  # the source moved on before the retry
+    clock.advance(61)
+    harness.report_hour()
+    # The retry sent the values on record, which Stripe has: it did not record org0003's new
+    # total under an identifier that holds the old one (6 units would never be billed).
+    assert harness.stub.stats().duplicates == taken and harness.open_corrections() == 0
+    result = harness.reconcile()
+    assert result.result["late"] == 1 and result.result["late_units"] == 6
+    harness.assert_billed_exactly([H])
+    harness.app.close()
+
+
 def test_a_zombie_cannot_write_down_corrections(sqlite_harness: Harness) -> None:
     harness = sqlite_harness
     harness.usage.add_late("org0005", H, traces=4)

@@ -15,8 +15,10 @@ UPDATE oncely_stripe_watermark
 SET hour_start_ms = :new_ms, updated_at_ms = :now_ms, job_id = :job_id, fence = :fence
 WHERE name = :stream AND hour_start_ms = :expected_ms
 
--- name: stripe_deliveries_done
-SELECT identifier FROM oncely_stripe_deliveries
+-- name: stripe_deliveries_of_hour
+-- Every event of the hour on record but those a human reset ('retry': sent at the run's start).
+SELECT identifier, status, org_id, event_name, customer_id, value, correction
+FROM oncely_stripe_deliveries
 WHERE hour_start_ms = :hour_ms AND status <> 'retry'
 
 -- name: stripe_delivery_upsert
@@ -128,7 +130,8 @@ ORDER BY hour_start_ms, identifier LIMIT :limit
 -- name: stripe_corrections_open_count
 SELECT COUNT(*) FROM oncely_stripe_deliveries WHERE status = 'sending'
 
--- name: stripe_correction_insert
+-- name: stripe_delivery_write_down
+-- An event about to be sent, written down first ('sending') with the value it is sent with.
 INSERT INTO oncely_stripe_deliveries (identifier, hour_start_ms, org_id, event_name, customer_id,
     value, status, attempts, job_id, updated_at_ms, correction)
 VALUES (:identifier, :hour_start_ms, :org_id, :event_name, :customer_id, :value, 'sending', 0,
