@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 import oncely
+from oncely_billing.errors import UsageSourceError
 from oncely_billing.meter import TASK_NAME
 from oncely_billing.stripe_cli import _app, _as_json, _echo_json
 
@@ -46,7 +47,11 @@ def reconcile_command(dry_run: bool, days: int | None) -> None:
         raise click.ClickException(f"the Stripe metering job is running (one sender at a "
                                    f"time); try again when it ends ({exc})") from None
     if job.state != oncely.JobState.SUCCEEDED:
-        message = job.errors[-1].message if job.errors else "no error recorded"
+        message = (job.errors[-1].message if job.errors else "") or "no error recorded"
+        kind, _, detail = message.partition(": ")
+        line = (detail or message).splitlines()[0]
+        if kind in ("UsageSourceError", "UsageSourceUnavailable"):  # exit 3, as run-thresholds
+            raise UsageSourceError(f"the reconciliation failed, nothing was sent: {line}")
         raise click.ClickException(f"the reconciliation ended {job.state.value}: "
                                    f"{message.splitlines()[0]}")
     report: dict[str, Any] = job.result or {}

@@ -22,6 +22,7 @@ import oncely
 from oncely.testing import FrozenClock, run_job
 from oncely_billing import DuckDBUsageSource, migrations, models, reconcile_cli, stripe_store
 from oncely_billing.demo.stripe_stub import StripeStub
+from oncely_billing.errors import UsageSourceError, UsageSourceUnavailable
 from oncely_billing.meter import (
     RECONCILE_SCHEDULE,
     MeterConfig,
@@ -349,6 +350,15 @@ def test_the_reconcile_command_lists_then_sends_with_documented_exit_codes(
     assert again.exit_code == 0, again.output  # nothing left
     bad = runner.invoke(group, ["reconcile", "--days", "0"], obj=harness.app)
     assert bad.exit_code == 2
+
+    def source_down(start: datetime) -> None:
+        raise UsageSourceUnavailable("usage source: connection refused")
+
+    harness.usage.hook = source_down
+    down = runner.invoke(group, ["reconcile"], obj=harness.app)
+    # `oncely metering` turns it into one line and exit 3 (cli.main)
+    assert isinstance(down.exception, UsageSourceError) and down.exception.exit_code == 3
+    assert "connection refused" in str(down.exception)
 
 
 def test_reconciliation_shares_the_hourly_jobs_singleton(sqlite_harness: Harness) -> None:
