@@ -121,9 +121,9 @@ def make_metering(url: str, stub: Stub, orgs: int, rate: float, args: argparse.N
 
 
 def set_watermark(app: oncely.App, hour: datetime) -> None:
-    queries = stripe_store.ensure_schema(app.store, to_ms(app.clock.now()))
-    with app.store.transaction() as conn:
-        queries.advance_watermark(conn, None, to_ms(hour), to_ms(app.clock.now()), 0, 0)
+    queries = stripe_store.ensure_schema(app)
+    with app.transaction() as tx:
+        queries.advance_watermark(tx.connection, None, to_ms(hour), to_ms(app.clock.now()), 0, 0)
 
 
 def run_until_caught_up(metering: StripeMetering) -> tuple[float, list[dict[str, Any]]]:
@@ -167,10 +167,10 @@ def one_hour(args: argparse.Namespace, stub: Stub, url: str) -> dict[str, Any]:
     figures["orgs"] = args.orgs
     figures["failed"] = sum(r["failed"] for r in results)
     if args.replay:
-        with app.store.transaction() as conn:
-            conn.execute("DELETE FROM oncely_stripe_deliveries")
-            conn.execute("UPDATE oncely_stripe_watermark SET hour_start_ms = ?",
-                         (to_ms(latest_due - HOUR),))
+        with app.transaction() as tx:
+            tx.execute("DELETE FROM oncely_stripe_deliveries")
+            tx.execute("UPDATE oncely_stripe_watermark SET hour_start_ms = %s",
+                       (to_ms(latest_due - HOUR),))
         before = stub.stats()
         seconds, _ = run_until_caught_up(metering)
         replay = measure(stub, before, seconds, 0)

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 import oncely
-from oncely_billing import models, notify, stripe_cli
+from oncely_billing import models, notify, reconcile_cli, stripe_cli
 from oncely_billing.errors import UsageSourceError, UsageSourceUnavailable
 from oncely_billing.migrations import migrate as metering_migrate
 from oncely_billing.migrations import status as metering_status
@@ -249,6 +249,7 @@ def metrics_command(obj: Context) -> None:
 
 
 stripe_cli.register(metering)
+reconcile_cli.register(metering)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

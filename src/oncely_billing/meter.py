@@ -10,9 +10,10 @@ more are due. Per hour:
    (observations, if > 0) and ``tracing_events`` (traces + observations + scores, if > 0), with
    ``identifier = "{event}:{org_id}:{hour_start_ms}"``, ``timestamp`` = the hour's end (seconds),
    the value as a whole-number string, ``payload.stripe_customer_id``;
-3. events already on record for that hour (a crashed or stopped run sent them) are skipped; the
-   rest go through :func:`~oncely_billing.stripe_deliver.deliver`, results saved in batches under
-   the job's fence (``ctx.fenced()``);
+3. events already answered for that hour (a crashed or stopped run sent them) are skipped; the
+   new ones are written down (``sending``, with their value) before any is sent, then go through
+   :func:`~oncely_billing.stripe_deliver.deliver` with those written down and never answered
+   (sent again with the value on record), results saved in batches under the job's fence;
 4. only when every event of the hour is ``delivered``, ``duplicate`` or ``failed`` does one fenced
    transaction advance the watermark by exactly that hour (compare-and-set) and record the hour.
    A run that lost its fence cannot commit that transaction: a zombie never moves the watermark.
@@ -21,8 +22,9 @@ more are due. Per hour:
 :mod:`oncely_billing.stripe_usage`, which builds :data:`HourlyUsage` from a ``UsageSource``),
 and what the free-tier job counts, so both billing jobs agree on an org's usage in an hour. The 65
 minutes leave time for the hour's events to be ingested; an event ingested later than that misses
-its hour's report (the price of event time; counting by ingestion time would need an ingestion
-timestamp the usage tables do not have).
+its hour's report and is billed by the reconciliation (nightly at 03:50 UTC, the same task with
+``reconcile=True``) as a correction stamped at the same hour
+(:mod:`oncely_billing.stripe_reconcile`).
 
 Hours whose end is older than Stripe's 35-day limit (less ``lost_margin``, so no event of an hour
 is refused halfway) are never sent: each is recorded ``lost`` in ``oncely_stripe_hours``, logged at
@@ -39,16 +41,27 @@ run resume exactly where it stopped.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import oncely
 from oncely_billing import db, stripe_fleet, stripe_store
+from oncely_billing.meter_plan import (
+    EVENTS_METER,
+    HOUR,
+    OBSERVATIONS_METER,
+    HourlyUsage,
+    MeterConfig,
+    OrgHourUsage,
+    Plan,
+    from_ms,
+    hour_floor,
+    meter_events,
+    oldest_sendable,
+    to_ms,
+)
 from oncely_billing.resilience import CircuitOpen
 from oncely_billing.stripe_client import (
     MeterEvent,
@@ -60,107 +73,22 @@ from oncely_billing.stripe_client import (
     StripeUnavailable,
 )
 from oncely_billing.stripe_deliver import Delivery, deliver
+from oncely_billing.stripe_store import delivery_row
+
+__all__ = ["EVENTS_METER", "OBSERVATIONS_METER", "RECONCILE_SCHEDULE", "SCHEDULE_NAME",
+           "TASK_NAME", "HourlyUsage", "MeterConfig", "MeteringStalled", "OrgHourUsage", "Plan",
+           "StripeMetering", "from_ms", "hour_floor", "install_stripe_metering", "meter_events",
+           "to_ms"]
 
 log = logging.getLogger("oncely_billing.stripe")
 
 TASK_NAME = "metering.stripe_usage"
 SCHEDULE_NAME = "metering-stripe-usage"
-OBSERVATIONS_METER = "tracing_observations"
-EVENTS_METER = "tracing_events"
-HOUR = timedelta(hours=1)
-
-
-@dataclass(frozen=True)
-class OrgHourUsage:
-    """One org's usage in one hour (ingestion time), summed over its live projects."""
-
-    org_id: str
-    customer_id: str | None
-    traces: int
-    observations: int
-    scores: int
-
-
-# (hour_start, hour_end) -> usage of every org with usage in that hour: ONE set-based query.
-HourlyUsage = Callable[[datetime, datetime], Iterable[OrgHourUsage]]
-
-
-@dataclass(frozen=True)
-class MeterConfig:
-    hours_per_run: int = 4  # ~8 min each at 200 calls/s for 50k orgs
-    due_after: timedelta = timedelta(minutes=65)
-    max_age: timedelta = timedelta(days=35)  # Stripe refuses older timestamps
-    lost_margin: timedelta = timedelta(hours=1)
-    batch_size: int = 500  # results saved per fenced transaction
-    in_flight_per_thread: int = 2
-    retry_batch: int = 10_000  # human-reset failures resent per run
-    first_hours: int = 1  # with no watermark yet: report this many latest due hours
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> MeterConfig:
-        """Defaults, with ``ONCELY_STRIPE_HOURS_PER_RUN`` / ``ONCELY_STRIPE_BATCH_SIZE``."""
-        env = os.environ if environ is None else environ
-        hours, batch = env.get("ONCELY_STRIPE_HOURS_PER_RUN"), env.get("ONCELY_STRIPE_BATCH_SIZE")
-        try:
-            return cls(hours_per_run=int(hours) if hours else cls.hours_per_run,
-                       batch_size=int(batch) if batch else cls.batch_size)
-        except ValueError:
-            raise oncely.ConfigError("ONCELY_STRIPE_HOURS_PER_RUN and ONCELY_STRIPE_BATCH_SIZE "
-                                     "must be whole numbers") from None
+RECONCILE_SCHEDULE = "metering-stripe-reconcile"
 
 
 class MeteringStalled(oncely.OncelyError):
     """Stripe is unavailable; the run stopped after saving what it delivered."""
-
-
-def hour_floor(when: datetime) -> datetime:
-    return when.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def to_ms(when: datetime) -> int:
-    return int(when.timestamp() * 1000)
-
-
-def from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
-
-
-def meter_events(usage: Iterable[OrgHourUsage], hour_start: datetime) -> Iterator[MeterEvent]:
-    """The meter events of one hour, in org order; orgs without a customer id are skipped."""
-    start_ms = to_ms(hour_start)
-    timestamp = int((hour_start + HOUR).timestamp())
-    for row in sorted(usage, key=lambda r: r.org_id):
-        if not row.customer_id:
-            continue
-        total = row.traces + row.observations + row.scores
-        if row.observations > 0:
-            yield MeterEvent(OBSERVATIONS_METER, row.org_id, row.customer_id, row.observations,
-                             start_ms, timestamp)
-        if total > 0:
-            yield MeterEvent(EVENTS_METER, row.org_id, row.customer_id, total, start_ms, timestamp)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Which hours a run at ``now`` must deal with, given the watermark."""
-
-    lost: list[datetime]
-    due: list[datetime]
-
-    @classmethod
-    def make(cls, watermark: datetime | None, now: datetime, config: MeterConfig) -> Plan:
-        latest_due = hour_floor(now - config.due_after)
-        first = watermark + HOUR if watermark is not None else \
-            latest_due - (config.first_hours - 1) * HOUR
-        # The oldest hour Stripe still takes whole: its end after now - max_age + margin.
-        oldest_ok = hour_floor(now - config.max_age + config.lost_margin)
-        lost: list[datetime] = []
-        due: list[datetime] = []
-        hour = first
-        while hour <= latest_due:
-            (lost if hour < oldest_ok else due).append(hour)
-            hour += HOUR
-        return cls(lost, due)
 
 
 class StripeMetering:
@@ -179,7 +107,13 @@ class StripeMetering:
         self._client_lock = threading.Lock()
         self.task: oncely.Task | None = None
 
-    def install(self, *, cron: str = "5 * * * *", queue: str = "billing") -> oncely.Task:
+    def install(self, *, cron: str = "5 * * * *", queue: str = "billing",
+                reconcile_cron: str | None = "") -> oncely.Task:
+        """The task, its hourly schedule and (unless ``reconcile_cron`` is None; default: the
+        config's, 03:50 UTC) the nightly reconciliation: the same task with ``reconcile=True``,
+        so the one singleton lease keeps a single sender to Stripe in the whole fleet."""
+        if reconcile_cron == "":
+            reconcile_cron = self.config.reconcile_cron
         register = self.app.task(name=TASK_NAME, queue=queue, singleton=True, timeout=3 * 3600,
                                  retry=oncely.RetryPolicy(attempts=3, backoff="exponential",
                                                     base_delay=60.0, max_delay=900.0,
@@ -187,6 +121,9 @@ class StripeMetering:
         task: oncely.Task = register(self.run)
         self.app.schedule(SCHEDULE_NAME, task, cron=cron, tz="UTC", overlap="skip",
                           catch_up="latest")
+        if reconcile_cron is not None:
+            self.app.schedule(RECONCILE_SCHEDULE, task, cron=reconcile_cron, tz="UTC",
+                              args={"reconcile": True}, overlap="skip", catch_up="latest")
         self.task = task
         return task
 
@@ -206,7 +143,15 @@ class StripeMetering:
             stripe_fleet.breaker_changed(self.app, self._client, state, self.app.clock.now())
 
     # the job -----------------------------------------------------------------------------
-    def run(self, ctx: oncely.JobContext) -> dict[str, Any]:
+    def run(self, ctx: oncely.JobContext, reconcile: bool = False, days: int = 0,
+            dry_run: bool = False) -> dict[str, Any]:
+        """Report the due hours; with ``reconcile=True``, reconcile the last ``days`` UTC days
+        instead (:mod:`oncely_billing.stripe_reconcile`; ``dry_run``: report, write nothing)."""
+        if reconcile:
+            from oncely_billing.stripe_reconcile import reconcile as run_reconcile
+
+            return run_reconcile(self, ctx, days=days or self.config.reconcile_days,
+                                 dry_run=dry_run)
         queries = stripe_store.ensure_schema(self.app, to_ms(ctx.now()))
         run = _Run(self, ctx, queries)
         with ctx.fenced() as conn:
@@ -295,9 +240,7 @@ class _Run:
                      pool: ThreadPoolExecutor) -> None:
         hour_ms = to_ms(hour)
         events = list(meter_events(self.metering.usage(hour, hour + HOUR), hour))
-        with db.connection(self.metering.app) as conn:
-            done = self.queries.done_identifiers(conn, hour_ms)
-        pending = [event for event in events if event.identifier not in done]
+        pending = self._write_down(hour_ms, events)
         summary = self._deliver(pending, client, pool)
         now_ms = to_ms(self.ctx.now())
         with self.ctx.fenced() as conn:
@@ -320,13 +263,32 @@ class _Run:
             sent=summary.sent, delivered=summary.delivered, duplicates=summary.duplicates,
             failed=summary.failed, skipped=len(events) - len(pending))
 
+    def _write_down(self, hour_ms: int, events: list[MeterEvent]) -> list[MeterEvent]:
+        """The events of the hour to send: those written down earlier and never answered (with
+        their value on record), then the new ones, written down first (fenced)."""
+        with db.connection(self.metering.app) as conn:
+            rows = self.queries.hour_records(conn, hour_ms)
+        again = [MeterEvent(str(name), str(org), str(customer), int(value), hour_ms,
+                            hour_ms // 1000 + 3600, int(correction))
+                 for _id, status, org, name, customer, value, correction in rows
+                 if status == "sending"]
+        recorded = {str(row[0]) for row in rows}
+        fresh = [event for event in events if event.identifier not in recorded]
+        now_ms = to_ms(self.ctx.now())
+        for chunk in db.chunks(fresh, self.config.batch_size):
+            with self.ctx.fenced() as conn:
+                self.queries.write_down(conn, [stripe_store.sending_row(event, self.ctx.job_id,
+                                                                        now_ms)
+                                               for event in chunk])
+        return again + fresh
+
     def _deliver(self, events: list[MeterEvent], client: StripeMeterClient,
                  pool: ThreadPoolExecutor) -> Delivery:
         ctx = self.ctx
 
         def save(results: list[SendResult]) -> None:
             now_ms = to_ms(ctx.now())
-            rows = [_row(result, ctx.job_id, now_ms) for result in results]
+            rows = [delivery_row(result, ctx.job_id, now_ms) for result in results]
             with ctx.fenced() as conn:
                 self.queries.record_deliveries(conn, rows)
 
@@ -375,14 +337,14 @@ class _Run:
             rows = self.queries.retry_due(conn, self.config.retry_batch)
         if not rows:
             return
-        oldest_ok = hour_floor(self.ctx.now() - self.config.max_age + self.config.lost_margin)
+        oldest_ok = oldest_sendable(self.ctx.now(), self.config)
         lookup = getattr(self.metering.usage, "customers", None)
         current: dict[str, str] = lookup() if callable(lookup) else {}  # a fixed customer id
         events, lost = [], []
-        for _identifier, hour_ms, org_id, event_name, customer_id, value in rows:
+        for _identifier, hour_ms, org_id, event_name, customer_id, value, correction in rows:
             customer = current.get(str(org_id), str(customer_id))
             event = MeterEvent(str(event_name), str(org_id), customer, int(value),
-                               int(hour_ms), int(hour_ms) // 1000 + 3600)
+                               int(hour_ms), int(hour_ms) // 1000 + 3600, int(correction))
             if from_ms(int(hour_ms)) < oldest_ok:
                 lost.append(event)
             else:
@@ -391,8 +353,9 @@ class _Run:
             now_ms = to_ms(self.ctx.now())
             with self.ctx.fenced() as conn:
                 self.queries.record_deliveries(conn, [
-                    _row(SendResult(e, Outcome.FAILED, 0, "too_old", "past Stripe's 35-day "
-                                    "limit"), self.ctx.job_id, now_ms, "lost") for e in lost])
+                    delivery_row(SendResult(e, Outcome.FAILED, 0, "too_old", "past Stripe's "
+                                            "35-day limit"), self.ctx.job_id, now_ms, "lost")
+                    for e in lost])
             log.error("Stripe metering LOST %d reset meter events: older than 35 days",
                       len(lost), extra={"event": "metering.stripe.events_lost"})
         self._deliver(events, client, pool)
@@ -406,18 +369,10 @@ class _Run:
                  extra={"event": "metering.stripe.behind"})
 
 
-def _row(result: SendResult, job_id: int, now_ms: int,
-         status: str | None = None) -> stripe_store.DeliveryRow:
-    event = result.event
-    return stripe_store.DeliveryRow(
-        event.identifier, event.hour_start_ms, event.org_id, event.event_name, event.customer_id,
-        event.value, status or result.outcome.value, result.code, result.message,
-        result.attempts, job_id, now_ms)
-
-
 def install_stripe_metering(app: oncely.App, usage: HourlyUsage, **options: Any) -> StripeMetering:
     """Register the Stripe metering task and its hourly schedule on ``app``."""
     cron = options.pop("cron", "5 * * * *")
+    reconcile_cron = options.pop("reconcile_cron", "")  # "": the config's
     metering = StripeMetering(app, usage, **options)
-    metering.install(cron=cron)
+    metering.install(cron=cron, reconcile_cron=reconcile_cron)
     return metering

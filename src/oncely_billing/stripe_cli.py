@@ -1,8 +1,8 @@
 """What a human sees of Stripe metering: one read model, and the commands that print it.
 
 :func:`status_report` is the read model (the CLI prints it; a dashboard can serve it as JSON):
-watermark, backlog of due hours, last run, failures by code, lost hours. Commands, attached to
-the ``oncely metering`` group by :func:`register`:
+watermark, backlog of due hours, last run, last reconciliation, failures by code, lost hours.
+Commands, attached to the ``oncely metering`` group by :func:`register`:
 
 * ``status`` — the report;
 * ``stripe-failures [--code C] [--limit N]`` — meter events Stripe refused, newest first;
@@ -21,6 +21,9 @@ import oncely
 from oncely_billing import db, stripe_store
 from oncely_billing.meter import MeterConfig, Plan, from_ms, to_ms
 
+RECONCILE_FIGURES = ("orgs_checked", "late", "late_units", "corrections_sent", "refused",
+                     "past_window", "past_window_units", "over_billed", "over_billed_units")
+
 
 def _iso(ms: Any) -> str | None:
     return None if ms is None else from_ms(int(ms)).isoformat()
@@ -34,6 +37,8 @@ def status_report(app: oncely.App, config: MeterConfig | None = None,
     with db.connection(app) as conn:
         mark = queries.one(conn, "stripe_watermark_get", stream=stripe_store.STREAM)
         last = queries.one(conn, "stripe_run_last")
+        checked = queries.one(conn, "stripe_reconciliation_last")
+        open_corrections = queries.one(conn, "stripe_corrections_open_count")
         failures = queries.all(conn, "stripe_failures_by_code")
         hours = queries.all(conn, "stripe_hours_summary")
     watermark = None if mark is None else from_ms(int(mark[0]))
@@ -54,6 +59,11 @@ def status_report(app: oncely.App, config: MeterConfig | None = None,
             "job_id": last[0], "attempt": last[1], "started_at": _iso(last[2]),
             "finished_at": _iso(last[3]), "outcome": last[4], "hours": last[5],
             "events": last[6], "note": last[7]},
+        "last_reconciliation": None if checked is None else {
+            "job_id": checked[0], "started_at": _iso(checked[2]), "finished_at": _iso(checked[3]),
+            "window": [_iso(checked[4]), _iso(checked[5])], "outcome": checked[7],
+            **dict(zip(RECONCILE_FIGURES, (int(value) for value in checked[8:]), strict=True))},
+        "corrections_unanswered": 0 if open_corrections is None else int(open_corrections[0]),
         "failures": [
             {"code": row[0], "status": row[1], "events": int(row[2]),
              "oldest_hour": _iso(row[3]), "newest_hour": _iso(row[4])}
@@ -116,6 +126,14 @@ def status_command() -> None:
         click.echo(f"last run: job {run['job_id']} attempt {run['attempt']} started "
                    f"{run['started_at']}, {run['outcome']}: {run['hours']} hour(s), "
                    f"{run['events']} event(s) sent" + (f" — {run['note']}" if run["note"] else ""))
+    checked = report["last_reconciliation"]
+    if checked is None:
+        click.echo("last reconciliation: never")
+    else:
+        click.echo(f"last reconciliation: job {checked['job_id']} started {checked['started_at']}, "
+                   f"{checked['outcome']}: {checked['late']} late difference(s), "
+                   f"{checked['corrections_sent']} correction(s) sent, {checked['past_window']} "
+                   f"past Stripe's window, {checked['over_billed']} over-billed")
     if not report["failures"]:
         click.echo("failures: none")
     for row in report["failures"]:

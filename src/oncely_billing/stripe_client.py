@@ -81,7 +81,9 @@ class Outcome(enum.StrEnum):
 
 @dataclass(frozen=True)
 class MeterEvent:
-    """One meter event for one org and hour; ``identifier`` makes resending it harmless."""
+    """One meter event for one org and hour; ``identifier`` makes resending it harmless. A
+    late-usage correction (``correction`` = n > 0) is the hour's n-th extra event:
+    ``{event}:{org}:{hour_start_ms}:c{n}``."""
 
     event_name: str
     org_id: str
@@ -89,10 +91,12 @@ class MeterEvent:
     value: int
     hour_start_ms: int
     timestamp: int  # seconds since the epoch: the end of the hour
+    correction: int = 0
 
     @property
     def identifier(self) -> str:
-        return f"{self.event_name}:{self.org_id}:{self.hour_start_ms}"
+        base = f"{self.event_name}:{self.org_id}:{self.hour_start_ms}"
+        return f"{base}:c{self.correction}" if self.correction else base
 
     def params(self) -> dict[str, Any]:
         return {

@@ -1,6 +1,6 @@
-"""The tables of Stripe usage metering, their migrations, and every query on them.
+"""The tables of Stripe usage metering and every query on them.
 
-Four tables on the job store (SQLite or PostgreSQL; times are epoch milliseconds in ``BIGINT`` so
+Five tables on the job store (SQLite or PostgreSQL; times are epoch milliseconds in ``BIGINT`` so
 one schema serves both dialects):
 
 * ``oncely_stripe_watermark`` — one row per metering stream (``usage``): ``hour_start_ms`` of the
@@ -8,30 +8,36 @@ one schema serves both dialects):
   transaction, and as a compare-and-set from the previous hour, so it moves one hour at a time.
 * ``oncely_stripe_deliveries`` — one row per meter event (primary key: its Stripe identifier):
   ``delivered`` | ``duplicate`` (Stripe already had it) | ``failed`` (a 4xx, with Stripe's code) |
-  ``retry`` (a failure a human reset) | ``lost`` (too old for Stripe to take). Resuming an hour
-  skips every identifier already here, so a crash between two orgs sends nothing twice.
+  ``retry`` (a failure a human reset) | ``lost`` (too old for Stripe to take) | ``sending``
+  (written down before the call, no answer saved yet). Resuming an hour skips every identifier
+  answered here and sends the ``sending`` ones again *with the value on record*, so a crash
+  between two orgs, or between Stripe's answer and its record, sends nothing twice and never a
+  different value under an identifier Stripe may hold.
 * ``oncely_stripe_hours`` — one row per finished hour: ``reported`` with its counts, or ``lost``.
 * ``oncely_stripe_runs`` — one row per job attempt: start, end, outcome (``ok``, ``behind``,
   ``stripe_unavailable``, ``fence_lost``, ``error``), hours and events — "last run" in the CLI.
+* ``oncely_stripe_reconciliations`` — one row per reconciliation attempt: its window, what it
+  found (late, past Stripe's window, over-billed) and sent (:mod:`oncely_billing.stripe_reconcile`).
 
-The SQL is in ``sql/<dialect>/stripe.sql`` (named blocks, loaded by :mod:`oncely_billing.db`).
-The tables are created by :func:`ensure_schema` (idempotent and safe under concurrency), which
-records its versions in ``oncely_stripe_migrations``: it runs on first use by the job or the CLI,
-independently of the data model's numbered migrations.
+A late-usage correction is a row of ``oncely_stripe_deliveries`` like the hour's own event, with
+``correction`` = 1, 2, ... (0 for the hour's own event) and the status ``sending`` until its
+answer is saved. The tables are created by the metering schema's migrations ``0003_stripe`` and
+``0004_stripe_corrections`` (:mod:`oncely_billing.migrations`); :func:`ensure_schema` applies
+them once per process. The SQL is in ``sql/<dialect>/stripe.sql`` (named blocks, loaded by
+:mod:`oncely_billing.db`).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import oncely
-from oncely_billing import db
+from oncely_billing import db, migrations
+from oncely_billing.stripe_client import MeterEvent, SendResult
 
 STREAM = "usage"
-SCHEMA_VERSIONS = ((1, "stripe_schema_v1"),)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,24 @@ class DeliveryRow:
     attempts: int
     job_id: int | None
     updated_at_ms: int
+    correction: int = 0  # 0: the hour's own event; 1, 2, ...: late-usage corrections
+
+
+def sending_row(event: MeterEvent, job_id: int, now_ms: int) -> DeliveryRow:
+    """The record of an event about to be sent."""
+    return DeliveryRow(event.identifier, event.hour_start_ms, event.org_id, event.event_name,
+                       event.customer_id, event.value, "sending", None, None, 0, job_id, now_ms,
+                       event.correction)
+
+
+def delivery_row(result: SendResult, job_id: int, now_ms: int,
+                 status: str | None = None) -> DeliveryRow:
+    """The record of one send (``status`` overrides the outcome, e.g. ``lost``)."""
+    event = result.event
+    return DeliveryRow(
+        event.identifier, event.hour_start_ms, event.org_id, event.event_name, event.customer_id,
+        event.value, status or result.outcome.value, result.code, result.message,
+        result.attempts, job_id, now_ms, event.correction)
 
 
 class Queries:
@@ -80,9 +104,17 @@ class Queries:
         return self.run(conn, "stripe_watermark_advance", expected_ms=expected, **params) == 1
 
     # deliveries --------------------------------------------------------------------------
-    def done_identifiers(self, conn: Any, hour_start_ms: int) -> set[str]:
-        rows = self.all(conn, "stripe_deliveries_done", hour_ms=hour_start_ms)
-        return {str(row[0]) for row in rows}
+    def hour_records(self, conn: Any, hour_start_ms: int) -> list[tuple[Any, ...]]:
+        """(identifier, status, org_id, event_name, customer_id, value, correction) of every
+        event of the hour on record, but those a human reset."""
+        return self.all(conn, "stripe_deliveries_of_hour", hour_ms=hour_start_ms)
+
+    def write_down(self, conn: Any, rows: Sequence[DeliveryRow]) -> None:
+        """Record events as ``sending`` before they are sent (an identifier on record already
+        keeps its row and value)."""
+        if rows:
+            conn.cursor().executemany(db.q(self.dialect, "stripe_delivery_write_down"),
+                                      [asdict(row) for row in rows])
 
     def record_deliveries(self, conn: Any, rows: Sequence[DeliveryRow]) -> None:
         if rows:
@@ -117,29 +149,10 @@ class Queries:
                  events=events, note=note, job_id=job_id, attempt=attempt)
 
 
-_ready: set[str] = set()
-_ready_lock = threading.Lock()
-
-
-def ensure_schema(app: oncely.App, now_ms: int) -> Queries:
-    """Create or upgrade the metering tables (once per process and store URL); returns the
-    :class:`Queries` for the store's dialect."""
-    queries = Queries(app.dialect)
-    key = f"{app.dialect}:{app.url}"
-    with _ready_lock:
-        if key in _ready:
-            return queries
-        with db.connection(app) as conn:
-            queries.run(conn, "stripe_migrations_lock")
-            queries.run(conn, "stripe_migrations_table")
-            applied = {int(row[0]) for row in queries.all(conn, "stripe_migrations_applied")}
-            for version, block in SCHEMA_VERSIONS:
-                if version in applied:
-                    continue
-                for statement in db.q(queries.dialect, block).split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                queries.run(conn, "stripe_migration_record", version=version, name=block,
-                            now_ms=now_ms)
-        _ready.add(key)
-    return queries
+def ensure_schema(app: oncely.App, now_ms: int = 0) -> Queries:
+    """Bring the metering schema (the Stripe tables with it) up to date, once per process and
+    store; returns the :class:`Queries` for the store's dialect. ``now_ms`` is not used any more
+    (kept for callers)."""
+    del now_ms
+    migrations.ensure_schema(app)
+    return Queries(app.dialect)

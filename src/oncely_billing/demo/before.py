@@ -43,7 +43,8 @@ def run(plan: Plan, app: oncely.App, clock: oncely.FrozenClock) -> dict[str, Any
     stub = StripeStub(clock=clock, host="127.0.0.1").start()
     try:
         settings = StripeSettings(api_key=DEMO_STRIPE_KEY, api_base=stub.url, rate=STRIPE_RATE)
-        stripe = install_stripe_usage_metering(app, metering_of(app).source, settings=settings)
+        stripe = install_stripe_usage_metering(app, metering_of(app).source, settings=settings,
+                                               reconcile_cron=None)
         app.register_schedules()
         scale_timeouts(app, plan.speed)  # the notification jobs the recount enqueues
         clock.set(plan.origin - RAN_BEFORE)

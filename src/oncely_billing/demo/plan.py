@@ -187,6 +187,7 @@ class PhaseConfig:
             "ONCELY_METERING_ENFORCE": "1",
             "ONCELY_STRIPE_RATE": f"{STRIPE_RATE:g}",
             "ONCELY_STRIPE_CONCURRENCY": "8",
+            "ONCELY_STRIPE_RECONCILE_CRON": "off",  # the day replays the incident's two jobs
         }
 
     def describe(self, plan: Plan) -> dict[str, Any]:

@@ -25,16 +25,16 @@ Faults are injected through :class:`Faults` (in-process) or ``POST /_stub/faults
 *after* recording the event, as when Stripe kept an event whose response the client never saw),
 ``reject_customers`` (customer id → (status, code): a per-customer 4xx).
 
-Everything accepted is kept in order: :meth:`StripeStub.accepted`, ``GET /_stub/events``;
-counters in :meth:`StripeStub.stats` / ``GET /_stub/stats``. Run standalone with
-``python -m oncely_billing.demo.stripe_stub --port 12111`` (prints its URL).
+Everything accepted is kept in order: :meth:`StripeStub.accepted`, ``GET /_stub/events``, and
+summed as a meter would (:meth:`StripeStub.billed`); counters in :meth:`StripeStub.stats` /
+``GET /_stub/stats``. The HTTP side is :mod:`oncely_billing.demo.stripe_stub_http`. Run
+standalone with ``python -m oncely_billing.demo.stripe_stub --port 12111`` (prints its URL).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import secrets
 import threading
 import time
@@ -42,13 +42,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
 import oncely
+from oncely_billing.demo.stripe_stub_http import Reply as _Reply
+from oncely_billing.demo.stripe_stub_http import handler_for
 
-METER_EVENTS_PATH = "/v1/billing/meter_events"
 MAX_PAST_SECONDS = 35 * 86_400
 MAX_FUTURE_SECONDS = 300
 DUPLICATE_MESSAGE = "An event already exists with identifier {identifier}."
@@ -92,23 +93,6 @@ class AcceptedEvent:
     received_at: float  # time.time() when accepted
 
 
-class _Reply(Exception):
-    """An error answer: raised inside request handling, turned into a response."""
-
-    def __init__(self, status: int, error_type: str, message: str, code: str | None = None,
-                 param: str | None = None, should_retry: bool | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        body: dict[str, Any] = {"type": error_type, "message": message}
-        if code is not None:
-            body["code"] = code
-            body["doc_url"] = f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}"
-        if param is not None:
-            body["param"] = param
-        self.body = {"error": body}
-        self.should_retry = should_retry
-
-
 class StripeStub:
     """The stub server; ``with StripeStub() as stub: ... stub.url`` runs it in a thread."""
 
@@ -123,7 +107,7 @@ class StripeStub:
         self._seen: dict[str, float] = {}  # identifier -> stub-clock epoch seconds accepted
         self._recent: deque[float] = deque()  # monotonic times of calls in the last second
         self._in_flight: dict[tuple[str, str], int] = {}
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
+        self._server = ThreadingHTTPServer((host, port), handler_for(self))
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -170,6 +154,14 @@ class StripeStub:
 
     def accepted_identifiers(self) -> list[str]:
         return [event.identifier for event in self.accepted()]
+
+    def billed(self) -> dict[tuple[str, str, int], int]:
+        """What a meter sums: units accepted per (customer, event name, event timestamp)."""
+        totals: dict[tuple[str, str, int], int] = {}
+        for event in self.accepted():
+            key = (event.customer_id, event.event_name, event.timestamp)
+            totals[key] = totals.get(key, 0) + int(event.value)
+        return totals
 
     def stats(self) -> StubStats:
         with self._lock:
@@ -344,66 +336,6 @@ def _meter_event_object(event: AcceptedEvent, now: datetime) -> dict[str, Any]:
         "payload": {"stripe_customer_id": event.customer_id, "value": event.value},
         "timestamp": event.timestamp,
     }
-
-
-def _handler_for(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive: the SDK reuses one connection per thread
-        disable_nagle_algorithm = True  # headers and body leave at once, no delayed-ACK stall
-        wbufsize = 64 * 1024
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length).decode() if length else ""
-            if self.path == METER_EVENTS_PATH:
-                headers = {key.lower(): value for key, value in self.headers.items()}
-                answer = stub.handle_meter_event(headers, body)
-                try:
-                    if answer.delay > 0:
-                        time.sleep(answer.delay)
-                    if isinstance(answer.payload, _Reply):
-                        self._send(answer.status, answer.payload.body, answer.payload.should_retry)
-                    else:
-                        self._send(answer.status, answer.payload)
-                finally:
-                    answer.release()
-            elif self.path == "/_stub/faults":
-                stub.configure(**json.loads(body or "{}"))
-                self._send(200, {"ok": True})
-            elif self.path == "/_stub/heal":
-                stub.heal()
-                self._send(200, {"ok": True})
-            else:
-                self._not_found("POST")
-
-        def do_GET(self) -> None:
-            if self.path == "/_stub/events":
-                self._send(200, [asdict(event) for event in stub.accepted()])
-            elif self.path == "/_stub/stats":
-                self._send(200, asdict(stub.stats()))
-            else:
-                self._not_found("GET")
-
-        def _not_found(self, method: str) -> None:
-            message = f"Unrecognized request URL ({method}: {self.path})."
-            self._send(404, {"error": {"type": "invalid_request_error", "message": message}})
-
-        def _send(self, status: int, payload: Any, should_retry: bool | None = None) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Request-Id", f"req_{secrets.token_hex(7)}")
-            if should_retry is not None:
-                self.send_header("Stripe-Should-Retry", "true" if should_retry else "false")
-            self.end_headers()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(data)  # the client may have timed out and gone
-
-    return Handler
 
 
 def main(argv: list[str] | None = None, wait: Callable[[], None] | None = None) -> None:

@@ -1,72 +1,6 @@
 -- Stripe usage metering (oncely_billing.meter): tables and queries, PostgreSQL.
--- These tables are versioned by oncely_stripe_migrations (see oncely_billing.stripe_store), not
--- by the numbered migrations of this folder. Instants are epoch milliseconds (INTEGER).
-
--- name: stripe_migrations_lock
--- Concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL: serialise them.
-SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.oncely_stripe_migrations'))
-
--- name: stripe_migrations_table
-CREATE TABLE IF NOT EXISTS oncely_stripe_migrations (
-    version       INTEGER PRIMARY KEY,
-    name          TEXT    NOT NULL,
-    applied_at_ms BIGINT  NOT NULL
-)
-
--- name: stripe_migrations_applied
-SELECT version FROM oncely_stripe_migrations
-
--- name: stripe_migration_record
-INSERT INTO oncely_stripe_migrations (version, name, applied_at_ms)
-VALUES (%(version)s, %(name)s, %(now_ms)s) ON CONFLICT (version) DO NOTHING
-
--- name: stripe_schema_v1
-CREATE TABLE IF NOT EXISTS oncely_stripe_watermark (
-    name          TEXT   PRIMARY KEY,
-    hour_start_ms BIGINT NOT NULL,
-    updated_at_ms BIGINT NOT NULL,
-    job_id        BIGINT,
-    fence         BIGINT
-);
-CREATE TABLE IF NOT EXISTS oncely_stripe_deliveries (
-    identifier    TEXT    PRIMARY KEY,
-    hour_start_ms BIGINT  NOT NULL,
-    org_id        TEXT    NOT NULL,
-    event_name    TEXT    NOT NULL,
-    customer_id   TEXT    NOT NULL,
-    value         BIGINT  NOT NULL,
-    status        TEXT    NOT NULL,
-    code          TEXT,
-    message       TEXT,
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    job_id        BIGINT,
-    updated_at_ms BIGINT  NOT NULL
-);
-CREATE INDEX IF NOT EXISTS oncely_stripe_deliveries_hour ON oncely_stripe_deliveries (hour_start_ms);
-CREATE INDEX IF NOT EXISTS oncely_stripe_deliveries_status
-    ON oncely_stripe_deliveries (status, hour_start_ms);
-CREATE TABLE IF NOT EXISTS oncely_stripe_hours (
-    hour_start_ms  BIGINT  PRIMARY KEY,
-    status         TEXT    NOT NULL,
-    events         INTEGER NOT NULL DEFAULT 0,
-    delivered      INTEGER NOT NULL DEFAULT 0,
-    duplicates     INTEGER NOT NULL DEFAULT 0,
-    failed         INTEGER NOT NULL DEFAULT 0,
-    job_id         BIGINT,
-    finished_at_ms BIGINT  NOT NULL,
-    note           TEXT
-);
-CREATE TABLE IF NOT EXISTS oncely_stripe_runs (
-    job_id         BIGINT  NOT NULL,
-    attempt        INTEGER NOT NULL,
-    started_at_ms  BIGINT  NOT NULL,
-    finished_at_ms BIGINT,
-    outcome        TEXT    NOT NULL,
-    hours          INTEGER NOT NULL DEFAULT 0,
-    events         INTEGER NOT NULL DEFAULT 0,
-    note           TEXT,
-    PRIMARY KEY (job_id, attempt)
-)
+-- The tables are created by the numbered migrations of this folder (0003_stripe,
+-- 0004_stripe_corrections). Instants are epoch milliseconds (BIGINT).
 
 -- name: stripe_watermark_get
 SELECT hour_start_ms, updated_at_ms, job_id, fence FROM oncely_stripe_watermark
@@ -81,15 +15,17 @@ UPDATE oncely_stripe_watermark
 SET hour_start_ms = %(new_ms)s, updated_at_ms = %(now_ms)s, job_id = %(job_id)s, fence = %(fence)s
 WHERE name = %(stream)s AND hour_start_ms = %(expected_ms)s
 
--- name: stripe_deliveries_done
-SELECT identifier FROM oncely_stripe_deliveries
+-- name: stripe_deliveries_of_hour
+-- Every event of the hour on record but those a human reset ('retry': sent at the run's start).
+SELECT identifier, status, org_id, event_name, customer_id, value, correction
+FROM oncely_stripe_deliveries
 WHERE hour_start_ms = %(hour_ms)s AND status <> 'retry'
 
 -- name: stripe_delivery_upsert
 INSERT INTO oncely_stripe_deliveries (identifier, hour_start_ms, org_id, event_name, customer_id,
-    value, status, code, message, attempts, job_id, updated_at_ms)
+    value, status, code, message, attempts, job_id, updated_at_ms, correction)
 VALUES (%(identifier)s, %(hour_start_ms)s, %(org_id)s, %(event_name)s, %(customer_id)s, %(value)s, %(status)s, %(code)s,
-    %(message)s, %(attempts)s, %(job_id)s, %(updated_at_ms)s)
+    %(message)s, %(attempts)s, %(job_id)s, %(updated_at_ms)s, %(correction)s)
 ON CONFLICT (identifier) DO UPDATE SET customer_id = excluded.customer_id,
     value = excluded.value, status = excluded.status, code = excluded.code,
     message = excluded.message, attempts = oncely_stripe_deliveries.attempts + excluded.attempts,
@@ -108,7 +44,7 @@ ON CONFLICT (hour_start_ms) DO UPDATE SET status = excluded.status, events = exc
     job_id = excluded.job_id, finished_at_ms = excluded.finished_at_ms, note = excluded.note
 
 -- name: stripe_retry_due
-SELECT identifier, hour_start_ms, org_id, event_name, customer_id, value
+SELECT identifier, hour_start_ms, org_id, event_name, customer_id, value, correction
 FROM oncely_stripe_deliveries WHERE status = 'retry'
 ORDER BY hour_start_ms, identifier LIMIT %(limit)s
 
@@ -147,14 +83,91 @@ FROM oncely_stripe_runs ORDER BY started_at_ms DESC, job_id DESC, attempt DESC L
 SELECT status, COUNT(*), MIN(hour_start_ms), MAX(hour_start_ms), SUM(events)
 FROM oncely_stripe_hours GROUP BY status
 
--- name: stripe_billable_projects
--- Projects of orgs with a Stripe customer, live at some point of the hour (not deleted before
--- it started): their usage in the hour is billable.
-SELECT p.id, o.id, o.stripe_customer_id
-FROM metering_projects p JOIN metering_organizations o ON o.id = p.org_id
-WHERE o.stripe_customer_id IS NOT NULL AND o.stripe_customer_id <> ''
-    AND (p.deleted_at IS NULL OR p.deleted_at > to_timestamp(%(hour_start)s))
-
 -- name: stripe_org_customers
 SELECT id, stripe_customer_id FROM metering_organizations
 WHERE stripe_customer_id IS NOT NULL AND stripe_customer_id <> ''
+
+-- Late usage (oncely_billing.stripe_reconcile) -------------------------------------------------
+
+-- name: stripe_hours_reported
+SELECT hour_start_ms FROM oncely_stripe_hours
+WHERE status = 'reported' AND hour_start_ms >= %(start_ms)s AND hour_start_ms < %(end_ms)s
+
+-- name: stripe_sent_by_day
+-- Units on record per (org, meter, UTC day): every row counts (delivered, duplicate, sending,
+-- failed, retry, lost), because each holds its value under an identifier of its own.
+SELECT org_id, event_name, hour_start_ms / 86400000, SUM(value)
+FROM oncely_stripe_deliveries
+WHERE hour_start_ms >= %(start_ms)s AND hour_start_ms < %(end_ms)s
+GROUP BY org_id, event_name, hour_start_ms / 86400000
+
+-- name: stripe_sent_by_hour
+-- Units on record and corrections per (org, meter, hour) of some orgs; a correction is any row
+-- but the hour's own event (counted by identifier, so rows kept across a rollback count too).
+SELECT org_id, event_name, hour_start_ms, SUM(value),
+    SUM(CASE WHEN identifier = event_name || ':' || org_id || ':' || CAST(hour_start_ms AS TEXT)
+        THEN 0 ELSE 1 END)
+FROM oncely_stripe_deliveries
+WHERE hour_start_ms >= %(start_ms)s AND hour_start_ms < %(end_ms)s
+    AND org_id = ANY(%(orgs)s)
+GROUP BY org_id, event_name, hour_start_ms
+
+-- name: stripe_sent_by_hour_all
+SELECT org_id, event_name, hour_start_ms, SUM(value),
+    SUM(CASE WHEN identifier = event_name || ':' || org_id || ':' || CAST(hour_start_ms AS TEXT)
+        THEN 0 ELSE 1 END)
+FROM oncely_stripe_deliveries
+WHERE hour_start_ms >= %(start_ms)s AND hour_start_ms < %(end_ms)s
+GROUP BY org_id, event_name, hour_start_ms
+
+-- name: stripe_corrections_open
+-- Corrections written down but not known to have reached Stripe (a run stopped after writing
+-- them): sent again, with the value on record, before anything new.
+SELECT identifier, hour_start_ms, org_id, event_name, customer_id, value, correction
+FROM oncely_stripe_deliveries WHERE status = 'sending'
+ORDER BY hour_start_ms, identifier LIMIT %(limit)s
+
+-- name: stripe_corrections_open_count
+SELECT COUNT(*) FROM oncely_stripe_deliveries WHERE status = 'sending'
+
+-- name: stripe_delivery_write_down
+-- An event about to be sent, written down first ('sending') with the value it is sent with.
+INSERT INTO oncely_stripe_deliveries (identifier, hour_start_ms, org_id, event_name, customer_id,
+    value, status, attempts, job_id, updated_at_ms, correction)
+VALUES (%(identifier)s, %(hour_start_ms)s, %(org_id)s, %(event_name)s, %(customer_id)s, %(value)s, 'sending', 0,
+    %(job_id)s, %(updated_at_ms)s, %(correction)s)
+ON CONFLICT (identifier) DO NOTHING
+
+-- name: stripe_reconciliation_record
+INSERT INTO oncely_stripe_reconciliations (
+    job_id, attempt, started_at_ms, finished_at_ms, window_start_ms, window_end_ms, mode,
+    outcome, orgs_checked, late, late_units, corrections_sent, refused, past_window,
+    past_window_units, over_billed, over_billed_units, details)
+VALUES (
+    %(job_id)s, %(attempt)s, %(started_at_ms)s, %(finished_at_ms)s, %(window_start_ms)s,
+    %(window_end_ms)s, %(mode)s, %(outcome)s, %(orgs_checked)s, %(late)s, %(late_units)s,
+    %(corrections_sent)s, %(refused)s, %(past_window)s, %(past_window_units)s, %(over_billed)s,
+    %(over_billed_units)s, %(details)s)
+ON CONFLICT (job_id, attempt) DO UPDATE SET
+    finished_at_ms = excluded.finished_at_ms, window_start_ms = excluded.window_start_ms,
+    window_end_ms = excluded.window_end_ms, mode = excluded.mode, outcome = excluded.outcome,
+    orgs_checked = excluded.orgs_checked, late = excluded.late,
+    late_units = excluded.late_units, corrections_sent = excluded.corrections_sent,
+    refused = excluded.refused, past_window = excluded.past_window,
+    past_window_units = excluded.past_window_units, over_billed = excluded.over_billed,
+    over_billed_units = excluded.over_billed_units, details = excluded.details
+
+-- name: stripe_reconciliation_last
+SELECT
+    job_id, attempt, started_at_ms, finished_at_ms, window_start_ms, window_end_ms, mode,
+    outcome, orgs_checked, late, late_units, corrections_sent, refused, past_window,
+    past_window_units, over_billed, over_billed_units
+FROM oncely_stripe_reconciliations ORDER BY started_at_ms DESC, job_id DESC, attempt DESC LIMIT 1
+
+-- name: stripe_billable_projects_since
+-- Projects of orgs with a Stripe customer, not deleted before `start`, with their deletion
+-- instant (epoch seconds): a bucket counts a project not deleted before the bucket began.
+SELECT p.id, o.id, o.stripe_customer_id, EXTRACT(EPOCH FROM p.deleted_at)::float8
+FROM metering_projects p JOIN metering_organizations o ON o.id = p.org_id
+WHERE o.stripe_customer_id IS NOT NULL AND o.stripe_customer_id <> ''
+    AND (p.deleted_at IS NULL OR p.deleted_at > to_timestamp(%(start)s))
