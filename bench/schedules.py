@@ -51,7 +51,7 @@ from rich.table import Table  # noqa: E402
 
 import oncely  # noqa: E402
 from bench import schedule_app  # noqa: E402
-from oncely.store.base import JobState  # noqa: E402
+from oncely.types import JobState  # noqa: E402
 
 APP_PATH = "bench.schedule_app:app"
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"

@@ -8,7 +8,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from oncely import readmodel
-from oncely.store.base import (
+from oncely.store.controls import ClaimRoom, ControlKind, ControlUpsert, WaitReason
+from oncely.store.params import (
     JobClaimParams,
     JobFilter,
     JobFinish,
@@ -17,7 +18,6 @@ from oncely.store.base import (
     RetryFailed,
     UpsertOutcome,
 )
-from oncely.store.controls import ClaimRoom, ControlKind, ControlUpsert, WaitReason
 from oncely.types import JobState, Overlap, SlotOutcome
 
 if TYPE_CHECKING:
