@@ -71,10 +71,17 @@ def dump_json(value: Any, what: str) -> str:
         raise ArgsNotJSON(f"{what} cannot be stored as JSON: {exc}") from None
 
 
+_loads = json.loads
+
+
 def load_json(value: Any, *, json_text: bool) -> Any:
     if value is None or not json_text:
         return value
-    return json.loads(value)
+    if value == "{}":  # most args, results and checkpoints: no parser needed (a fresh object)
+        return {}
+    if value == "[]":
+        return []
+    return _loads(value)
 
 
 def error_to_dict(error: JobError) -> dict[str, Any]:
@@ -102,6 +109,8 @@ def dump_error(error: JobError | None) -> str | None:
 
 
 def load_errors(value: Any, *, json_text: bool) -> tuple[JobError, ...]:
+    if not value or value == "[]":
+        return ()
     decoded = load_json(value, json_text=json_text)
     if not decoded:
         return ()
@@ -116,13 +125,20 @@ def load_queues(value: Any, *, json_text: bool) -> tuple[str, ...] | None:
 # rows -----------------------------------------------------------------------------------------
 
 
+# Enum members by value: a dict lookup per row instead of an Enum call (the claim's hot path).
+_STATES = {member.value: member for member in JobState}
+_OVERLAPS = {member.value: member for member in Overlap}
+
+
 def job_from_row(row: RowLike, *, json_text: bool) -> Job:
+    state = row["state"]
+    overlap = row["overlap"]
     return Job(
         id=int(row["id"]),
         queue=row["queue"],
         task=row["task"],
         args=load_json(row["args"], json_text=json_text) or {},
-        state=JobState(row["state"]),
+        state=_STATES.get(state) or JobState(state),
         priority=int(row["priority"]),
         attempt=int(row["attempt"]),
         max_attempts=int(row["max_attempts"]),
@@ -132,7 +148,7 @@ def job_from_row(row: RowLike, *, json_text: bool) -> Job:
         schedule=row["schedule"],
         slot=as_datetime(row["slot"]),
         singleton_key=row["singleton_key"],
-        overlap=Overlap(row["overlap"]),
+        overlap=_OVERLAPS.get(overlap) or Overlap(overlap),
         timeout=None if row["timeout"] is None else float(row["timeout"]),
         lease_owner=row["lease_owner"],
         lease_expires_at=as_datetime(row["lease_expires_at"]),
