@@ -49,6 +49,7 @@ from oncely.worker.running import Running
 
 log = logging.getLogger("oncely.worker")
 
+
 class Service(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
