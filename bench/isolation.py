@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 import oncely  # noqa: E402
-from oncely.store.base import JobState  # noqa: E402
+from oncely.types import JobState  # noqa: E402
 from oncely.worker import Worker  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"

@@ -51,7 +51,7 @@ from rich.table import Table  # noqa: E402
 
 import oncely  # noqa: E402
 from bench import schedule_app  # noqa: E402
-from oncely.store.base import JobState  # noqa: E402
+from oncely.types import JobState  # noqa: E402
 
 APP_PATH = "bench.schedule_app:app"
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -95,7 +95,7 @@ class FreshStore:
             self.url = f"{pg_url}{joiner}{urlencode({'schema': self.schema})}"
             self.pg_url = pg_url
         self.app = oncely.App(self.url, auto_migrate=False)
-        self.app.store.migrate()  # fails early, in one line, if the server is unreachable
+        self.app.migrate()  # fails early, in one line, if the server is unreachable
         self.app.store.check_schema()
         with self.app.store.transaction() as conn:
             conn.execute(f"CREATE TABLE {schedule_app.TABLE} "

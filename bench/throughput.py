@@ -44,7 +44,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import oncely  # noqa: E402
-from oncely.store.base import Job, JobFilter, JobState  # noqa: E402
+from oncely.store.params import JobFilter  # noqa: E402
+from oncely.types import Job, JobState  # noqa: E402
 
 APP_PATH = "bench.apps:app"
 TASK = "noop"
@@ -110,7 +111,7 @@ class FreshStore:
         self.app = oncely.App(self.url, auto_migrate=False)
         self.app.task(name=TASK)(_noop)
         try:
-            self.app.store.migrate()  # fails early if the server is unreachable
+            self.app.migrate()  # fails early if the server is unreachable
             self.app.store.check_schema()
         except BaseException:
             with contextlib.suppress(Exception):

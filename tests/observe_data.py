@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import oncely
 from oncely.maintenance.enqueuer import SlotEnqueuer
-from oncely.store.base import ErrorKind, Job, JobClaimParams, JobFinish, JobState
+from oncely.store.params import JobClaimParams, JobFinish
+from oncely.types import ErrorKind, Job, JobState
 from oncely.worker.execute import failure
 
 SCHEDULE = "free-tier-thresholds"

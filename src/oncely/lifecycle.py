@@ -1,10 +1,14 @@
 """The job and slot state machine as data: which event moves a job from which state to which,
-what each end state records in the slot ledger, the notes it writes there, and which human
+what each end state records in the slot ledger, the notes it writes there, which events give
+the attempt back, when a failed attempt is retried and a rescue fails the job, and which human
 actions a job is eligible for.
 
 Pure: no I/O, no clock. Both store dialects apply these rules inside their transactions (the
 SQL checks the same states in its ``WHERE`` clauses, so a row that moved meanwhile is left
-alone); a conformance test walks :data:`TRANSITIONS` against every store.
+alone); the worker and the rescuer ask it which event a handler's end or a rescue is
+(:func:`attempt_failed`, :func:`rescue_state`) and what that event records
+(:data:`FINISH_STATE`, :data:`REFUNDS_ATTEMPT`); a conformance test walks :data:`TRANSITIONS`
+against every store.
 
 ::
 
@@ -37,18 +41,24 @@ from collections.abc import Mapping
 from oncely.types import JobError, JobState, SlotOutcome
 
 __all__ = [
+    "FINISH_STATE",
     "FINISH_TARGETS",
+    "REFUNDS_ATTEMPT",
     "RETRIED_BY_HAND",
     "SLOT_OUTCOME",
     "TRANSITIONS",
     "CancelAction",
     "JobEvent",
     "RetryAction",
+    "attempt_failed",
     "cancel_action",
     "cancelled_note",
     "check_finish_target",
     "coalesced_note",
     "finish_note",
+    "rescue_message",
+    "rescue_note",
+    "rescue_state",
     "retry_action",
     "retry_refusal",
     "skipped_note",
@@ -97,6 +107,18 @@ TRANSITIONS: Mapping[tuple[JobState, JobEvent], frozenset[JobState]] = {
 #: The states a fenced finish (``Store.job_finish``) may move a running job to.
 FINISH_TARGETS = frozenset({S.SUCCEEDED, S.RETRYABLE, S.FAILED, S.CANCELLED})
 
+#: The one state each event a worker records moves a running job to (its fenced finish):
+#: succeed, fail, cancel, retry and release. A rescue has two (see :func:`rescue_state`).
+FINISH_STATE: Mapping[JobEvent, JobState] = {
+    event: next(iter(targets))
+    for (state, event), targets in TRANSITIONS.items()
+    if state == S.RUNNING and len(targets) == 1 and targets <= FINISH_TARGETS
+}
+
+#: The events that give the attempt back: the attempt was lost to the worker (its shutdown, its
+#: death or silence), not spent by the handler.
+REFUNDS_ATTEMPT = frozenset({JobEvent.RELEASE, JobEvent.RESCUE})
+
 #: The ledger outcome a slot's job records when it ends in that state (retryable: not yet).
 SLOT_OUTCOME: Mapping[JobState, SlotOutcome] = {
     S.SUCCEEDED: SlotOutcome.RAN,
@@ -105,6 +127,18 @@ SLOT_OUTCOME: Mapping[JobState, SlotOutcome] = {
 }
 
 RETRIED_BY_HAND = "retried by hand"
+
+
+def attempt_failed(attempt: int, max_attempts: int) -> JobEvent:
+    """What a failed ``attempt`` of ``max_attempts`` is (an error, a timeout, a handler's request
+    to retry): RETRY while attempts remain, else FAIL."""
+    return JobEvent.RETRY if attempt < max_attempts else JobEvent.FAIL
+
+
+def rescue_state(rescues: int, max_rescues: int) -> JobState:
+    """Where the ``rescues``-th rescue of a job (this one counted) leaves it: back to work while
+    within ``max_rescues``, else failed (a job that kills its worker every time ends)."""
+    return S.RETRYABLE if rescues <= max_rescues else S.FAILED
 
 
 def check_finish_target(state: JobState) -> None:
@@ -142,6 +176,20 @@ def skipped_note(key: str, holder: int | None) -> str:
 def coalesced_note(job_id: int, unique_key: str | None) -> str:
     """The ledger note of a slot merged into the unfinished job holding its unique key."""
     return f"coalesced into job {job_id} (unique key {unique_key!r})"
+
+
+def rescue_message(rescues: int, max_rescues: int, reason: str) -> str:
+    """The error message of the ``rescues``-th rescue, ``reason`` saying why it was due."""
+    if rescue_state(rescues, max_rescues) == S.FAILED:
+        return f"rescued {rescues - 1} times already, the limit is {max_rescues}; failed: {reason}"
+    return f"rescued ({rescues} of {max_rescues}), attempt given back: {reason}"
+
+
+def rescue_note(rescues: int, max_rescues: int, reason: str) -> str:
+    """The slot ledger's note for the same rescue."""
+    if rescue_state(rescues, max_rescues) == S.FAILED:
+        return rescue_message(rescues, max_rescues, reason)
+    return f"rescued ({rescues} of {max_rescues}) and re-queued: {reason}"
 
 
 class CancelAction(enum.StrEnum):

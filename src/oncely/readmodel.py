@@ -16,7 +16,7 @@ from oncely.redaction import mask_url as mask_url
 from oncely.redaction import redact as redact
 from oncely.schedules import ScheduleSpec, expected_count, next_slot, period_hint
 from oncely.store.base import LEADER_LEASE_KEY, JobFilter, Store, WorkerRow
-from oncely.store.controls import ControlKind, Gate, LimitWait, scope_of
+from oncely.store.controls import ClaimRoom, ControlKind, LimitWait, scope_of
 from oncely.store.observability import FENCE_REJECTED, LEASE_TAKEN_OVER, ExecutionWindow
 from oncely.types import WAITING_STATES, Job, JobState
 
@@ -49,7 +49,7 @@ def job_wait(store: Store, job: Job, now: datetime) -> LimitWait | None:
         return None
     active = [c for c in store.control_list() if c.active]
     keys = [job.concurrency_key] if job.concurrency_key else []
-    gate = Gate(active, store.control_usage(keys), now)
+    gate = ClaimRoom(active, store.control_usage(keys), now)
     return gate.wait_for(job.queue, job.task, job.concurrency_key)
 
 
@@ -238,7 +238,7 @@ def queue_health(store: Store, now: datetime) -> list[dict[str, Any]]:
         started[started_count.queue] += started_count.executions
     controls = store.control_list()
     queues = {c.name: c for c in controls if c.kind == ControlKind.QUEUE}
-    gate = Gate([c for c in controls if c.active], store.control_usage(), now)
+    gate = ClaimRoom([c for c in controls if c.active], store.control_usage(), now)
     result = []
     for queue in sorted(set(rows) | set(due) | set(started) | set(queues)):
         row = dict(rows.get(queue) or {"queue": queue, **{s.value: 0 for s in JobState}})

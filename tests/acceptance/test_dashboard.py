@@ -14,7 +14,8 @@ from tests.observe_data import SCHEDULE, START, billing_app, incident, work
 
 import oncely
 from oncely.maintenance.watchdog import Watchdog
-from oncely.store.base import JobFilter, JobState
+from oncely.store.params import JobFilter
+from oncely.types import JobState
 from oncely.web.app import create_app
 
 with warnings.catch_warnings():  # Starlette asks for httpx2; httpx serves the test client fine

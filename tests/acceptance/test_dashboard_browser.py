@@ -17,7 +17,8 @@ from tests.observe_data import SCHEDULE, START, billing_app, healthy_hours, inci
 
 import oncely
 from oncely.maintenance.watchdog import Watchdog
-from oncely.store.base import JobClaimParams, JobFilter, JobInsert, JobState, WorkerInfo
+from oncely.store.params import JobClaimParams, JobFilter, JobInsert, WorkerInfo
+from oncely.types import JobState
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",

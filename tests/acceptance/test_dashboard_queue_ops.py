@@ -20,7 +20,8 @@ from tests.acceptance.test_dashboard_browser import (  # noqa: F401  (fixtures)
 )
 
 import oncely
-from oncely.store.base import JobFilter, JobState
+from oncely.store.params import JobFilter
+from oncely.types import JobState
 
 BY = f"dashboard:{hashlib.sha256(TOKEN.encode()).hexdigest()[:8]}"
 

@@ -16,7 +16,7 @@ from tests.observe_data import SCHEDULE, START, billing_app, healthy_hours, inci
 
 import oncely
 from oncely.observe.doctor import examine, render_text
-from oncely.store.base import JobClaimParams, WorkerInfo
+from oncely.store.params import JobClaimParams, WorkerInfo
 
 
 @pytest.fixture

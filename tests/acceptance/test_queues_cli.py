@@ -9,14 +9,8 @@ import pytest
 from test_cli import oncely, one_line_error
 
 from oncely.store import open_store
-from oncely.store.base import (
-    ErrorKind,
-    JobClaimParams,
-    JobError,
-    JobFinish,
-    JobInsert,
-    JobState,
-)
+from oncely.store.params import JobClaimParams, JobFinish, JobInsert
+from oncely.types import ErrorKind, JobError, JobState
 
 APP = "tests.apps.limits:app"
 

@@ -15,8 +15,9 @@ from tests.conftest import ROOT
 from tests.observe_data import SCHEDULE, START, billing_app, incident
 
 import oncely
-from oncely.store.base import JobFilter, JobState
 from oncely.store.migrations import latest_version
+from oncely.store.params import JobFilter
+from oncely.types import JobState
 
 RUNBOOK = ROOT / "docs" / "runbook.md"
 ALLOWED = {"oncely doctor": {0, 1}}  # 1: it found the incident

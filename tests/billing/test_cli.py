@@ -62,7 +62,7 @@ def test_run_thresholds_is_refused_while_a_run_holds_the_lease(tmp_path: Path) -
     """``run-thresholds`` runs through app.run_now: while another run holds the singleton lease
     it is refused with SingletonBusy and leaves no job behind for a worker to run later."""
     import oncely
-    from oncely.store.base import JobClaimParams
+    from oncely.store.params import JobClaimParams
     from oncely_billing import THRESHOLDS_TASK, build_app
 
     store = f"sqlite:///{tmp_path / 'o.db'}"

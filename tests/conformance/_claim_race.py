@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from oncely.store import open_store
-from oncely.store.base import JobClaimParams, JobFinish
+from oncely.store.params import JobClaimParams, JobFinish
 from oncely.types import JobState
 
 

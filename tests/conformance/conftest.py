@@ -20,14 +20,14 @@ import pytest
 
 from oncely.clock import FrozenClock
 from oncely.store import open_store
-from oncely.store.base import (
+from oncely.store.base import Store
+from oncely.store.params import (
     ClaimResult,
     JobClaimParams,
     JobFinish,
     JobInsert,
     SlotEnqueue,
     SlotResult,
-    Store,
 )
 from oncely.types import ErrorKind, Job, JobError, JobState, Overlap
 

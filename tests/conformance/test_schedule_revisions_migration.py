@@ -9,7 +9,7 @@ from importlib import resources
 
 from oncely import sql
 from oncely.store import open_store
-from oncely.store.base import ScheduleUpsert, SlotEnqueue
+from oncely.store.params import ScheduleUpsert, SlotEnqueue
 from oncely.types import SlotOutcome
 
 NOW = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)

@@ -14,8 +14,8 @@ import pytest
 
 from oncely.errors import InvalidURL, SchemaMismatch, StoreBusy, StoreUnavailable
 from oncely.store import open_store
-from oncely.store.base import JobClaimParams, JobFilter, JobInsert, MigrateResult
 from oncely.store.migrations import latest_version
+from oncely.store.params import JobClaimParams, JobFilter, JobInsert, MigrateResult
 from oncely.store.sqlite import SQLiteStore
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from oncely.errors import ConfigError, NotFound
-from oncely.store.base import JobClaimParams, JobFinish, JobInsert, LeaseRenewal
+from oncely.store.params import JobClaimParams, JobFinish, JobInsert, LeaseRenewal
 from oncely.types import ErrorKind, JobState
 
 if TYPE_CHECKING:

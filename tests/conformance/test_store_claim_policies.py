@@ -8,7 +8,8 @@ from importlib import resources
 
 from tests.conformance.conftest import Kit
 
-from oncely.store.base import JobClaimParams, Store
+from oncely.store.base import Store
+from oncely.store.params import JobClaimParams
 from oncely.types import JobState, Overlap
 
 HOUR = timedelta(hours=1)

@@ -14,7 +14,8 @@ from _claim_race import claim_until_empty
 
 from oncely.clock import FrozenClock
 from oncely.store import open_store
-from oncely.store.base import JobClaimParams, JobFinish, JobInsert, Store
+from oncely.store.base import Store
+from oncely.store.params import JobClaimParams, JobFinish, JobInsert
 from oncely.types import Job, JobState
 
 if TYPE_CHECKING:

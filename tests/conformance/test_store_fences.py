@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from oncely.errors import FenceRejected
-from oncely.store.base import JobFilter, JobFinish, JobInsert, LeaseRenewal
+from oncely.store.params import JobFilter, JobFinish, JobInsert, LeaseRenewal
 from oncely.types import WAITING_STATES, ErrorKind, JobState, Overlap, SlotOutcome
 
 if TYPE_CHECKING:

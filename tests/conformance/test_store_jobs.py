@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from oncely.errors import ArgsNotJSON
-from oncely.store.base import JobFilter, JobInsert, QueueCount
+from oncely.store.params import JobFilter, JobInsert, QueueCount
 from oncely.types import JobState, Overlap
 
 if TYPE_CHECKING:

@@ -1,6 +1,8 @@
 """Conformance: every transition of :data:`oncely.lifecycle.TRANSITIONS`, and every human action
 the table refuses, applied to a real store. A job of a schedule slot is used throughout, so each
-step also checks what the slot ledger records."""
+step also checks what the slot ledger records. The finishes a worker records take their state and
+attempt refund from the table (:data:`~oncely.lifecycle.FINISH_STATE`,
+:data:`~oncely.lifecycle.REFUNDS_ATTEMPT`), a rescue its outcome, error and ledger note."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import pytest
 from oncely import lifecycle
 from oncely.errors import ConfigError
 from oncely.lifecycle import CancelAction, JobEvent, RetryAction
-from oncely.store.base import JobFinish
+from oncely.store.params import JobFinish
+from oncely.store.rescue import JobRescue
 from oncely.types import ErrorKind, Job, JobError, JobState, SlotOutcome
 
 if TYPE_CHECKING:
@@ -77,23 +80,18 @@ def apply(kit: Kit, event: JobEvent, job: Job) -> Job:
         claimed = kit.claim(limit=10).jobs
         assert [j.id for j in claimed] == [job.id]
         return claimed[0]
-    if event == JobEvent.SUCCEED:
-        return _finish(kit, job, S.SUCCEEDED)
-    if event in (JobEvent.FAIL, JobEvent.CANCEL):
-        target = S.FAILED if event == JobEvent.FAIL else S.CANCELLED
-        return _finish(kit, job, target, error=_error(kit, job))
-    if event == JobEvent.RETRY:
-        return _finish(kit, job, S.RETRYABLE, error=_error(kit, job), retry_at=kit.later(5))
-    if event == JobEvent.RELEASE:
-        released = _finish(kit, job, S.RETRYABLE, retry_at=kit.now(), refund_attempt=True)
-        assert released.attempt == job.attempt - 1
-        return released
+    if event in lifecycle.FINISH_STATE:  # what a worker records: a fenced finish
+        target = lifecycle.FINISH_STATE[event]
+        refund = event in lifecycle.REFUNDS_ATTEMPT
+        error = None if target == S.SUCCEEDED else _error(kit, job)
+        retry_at = kit.later(5) if target == S.RETRYABLE else None
+        after = _finish(kit, job, target, error=error, retry_at=retry_at, refund_attempt=refund)
+        assert after.attempt == job.attempt - refund
+        return after
     if event == JobEvent.RESCUE:
         kit.clock.advance(kit.ttl + 1)
         assert [j.id for j in kit.store.job_expired(kit.now(), 10)] == [job.id]
-        params = JobFinish(job.id, job.fence, kit.now(), S.RETRYABLE, retry_at=kit.now(),
-                           require_expired_lease=True)
-        assert kit.store.job_finish(params)
+        assert kit.store.job_rescue(JobRescue(job.id, job.fence, kit.now(), "silent"))
         return kit.get(job.id)
     if event in (JobEvent.CANCEL_WAITING, JobEvent.REQUEST_CANCEL):
         return kit.store.job_cancel(job.id, kit.now(), "by hand")
@@ -122,6 +120,49 @@ def test_transition(kit: Kit, state: JobState, event: JobEvent) -> None:
     _ledger_after(kit, after)
     if event == JobEvent.REQUEST_CANCEL:
         assert after.cancel_requested
+
+
+@pytest.mark.parametrize("max_rescues", [0, 1, 3])
+def test_rescue_follows_the_table(kit: Kit, max_rescues: int) -> None:
+    """A rescue retries (attempt given back) or fails the job as the table says, frees the key's
+    lease and notes the slot's ledger row."""
+    _slot_job(kit, key="k")
+    job = kit.claim_one()
+    kit.clock.advance(kit.ttl + 1)
+    reason = "lease expired"
+    rescued = kit.store.job_rescue(JobRescue(job.id, job.fence, kit.now(), reason, max_rescues))
+    assert rescued is not None and rescued.rescues == 1
+    assert rescued.state == lifecycle.rescue_state(1, max_rescues)
+    assert rescued.state in lifecycle.TRANSITIONS[(S.RUNNING, JobEvent.RESCUE)]
+    after = kit.get(job.id)
+    assert after.state == rescued.state and after.lease_owner is None
+    refund = JobEvent.RESCUE in lifecycle.REFUNDS_ATTEMPT and rescued.state == S.RETRYABLE
+    assert after.attempt == job.attempt - refund
+    assert after.errors[-1].kind == ErrorKind.LEASE_EXPIRED
+    assert after.errors[-1].message == lifecycle.rescue_message(1, max_rescues, reason)
+    _ledger_after(kit, after)
+    (record,) = [r for r in kit.store.ledger_list(SCHEDULE, limit=100) if r.slot == job.slot]
+    assert record.note == lifecycle.rescue_note(1, max_rescues, reason)
+    (lease,) = [row for row in kit.store.lease_list() if row.key == "k"]
+    assert lease.owner is None  # the key is free for the next claim
+    assert kit.store.job_rescue(JobRescue(job.id, job.fence, kit.now(), reason)) is None
+
+
+def test_worker_events_are_in_the_table() -> None:
+    """Every event a worker records moves a running job to one state the table allows, and a
+    failed attempt is retried exactly while attempts remain."""
+    for event, state in lifecycle.FINISH_STATE.items():
+        assert lifecycle.TRANSITIONS[(S.RUNNING, event)] == {state}
+        assert state in lifecycle.FINISH_TARGETS
+    assert set(lifecycle.FINISH_STATE) == {JobEvent.SUCCEED, JobEvent.FAIL, JobEvent.CANCEL,
+                                           JobEvent.RETRY, JobEvent.RELEASE}
+    assert [lifecycle.attempt_failed(n, 3) for n in (1, 2, 3, 4)] == [
+        JobEvent.RETRY, JobEvent.RETRY, JobEvent.FAIL, JobEvent.FAIL]
+    assert [lifecycle.rescue_state(n, 2) for n in (1, 2, 3)] == [S.RETRYABLE, S.RETRYABLE,
+                                                                  S.FAILED]
+    for rescues in (1, 2, 3):
+        assert lifecycle.rescue_state(rescues, 2) in lifecycle.TRANSITIONS[(S.RUNNING,
+                                                                             JobEvent.RESCUE)]
 
 
 @pytest.mark.parametrize("state", [S.SCHEDULED, S.AVAILABLE])
@@ -167,6 +208,7 @@ def test_finish_refused_outside_running(kit: Kit, state: JobState) -> None:
     job = job_in(kit, state)
     for target in lifecycle.FINISH_TARGETS:
         assert not kit.store.job_finish(JobFinish(job.id, job.fence, kit.now(), target))
+    assert kit.store.job_rescue(JobRescue(job.id, job.fence, kit.now(), "no")) is None
     assert kit.get(job.id) == job
 
 

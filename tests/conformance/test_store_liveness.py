@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from oncely.store.base import ErrorKind, JobClaimParams, JobInsert, JobState, Store, WorkerInfo
+from oncely.store.base import Store
+from oncely.store.params import JobClaimParams, JobInsert, WorkerInfo
 from oncely.store.rescue import JobRescue
 from oncely.testing import wait_until
+from oncely.types import ErrorKind, JobState
 
 ROOT = Path(__file__).resolve().parents[2]
 OWNER = """

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from oncely.store.base import SlotEnqueue
 from oncely.store.observability import (
     FENCE_REJECTED,
     LEASE_TAKEN_OVER,
@@ -17,6 +16,7 @@ from oncely.store.observability import (
     ExecutionWindow,
     FleetEventInsert,
 )
+from oncely.store.params import SlotEnqueue
 from oncely.types import ErrorKind, JobState, SlotOutcome
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def test_a_rescue_ends_the_attempt_with_lease_expired(kit: Kit) -> None:
     kit.insert("t", max_attempts=2)
     job = kit.claim_one(ttl=10)
     kit.clock.advance(11)
-    from oncely.store.base import JobFinish
+    from oncely.store.params import JobFinish
 
     rescued = kit.store.job_finish(JobFinish(
         job.id, job.fence, kit.now(), JobState.RETRYABLE, retry_at=kit.now(),

@@ -8,7 +8,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from oncely import readmodel
-from oncely.store.base import (
+from oncely.store.controls import ClaimRoom, ControlKind, ControlUpsert, WaitReason
+from oncely.store.params import (
     JobClaimParams,
     JobFilter,
     JobFinish,
@@ -17,7 +18,6 @@ from oncely.store.base import (
     RetryFailed,
     UpsertOutcome,
 )
-from oncely.store.controls import ControlKind, ControlUpsert, Gate, WaitReason
 from oncely.types import JobState, Overlap, SlotOutcome
 
 if TYPE_CHECKING:
@@ -274,7 +274,7 @@ def test_usage_matches_what_the_claim_counts(kit: Kit) -> None:
     assert usage.key_running == {"t/k": 1}
     controls = [c for c in kit.store.control_list() if c.active]
     assert {c.scope: c.rate_seq for c in controls} == {"queue:q": 3, "task:t": 0}
-    gate = Gate(controls, usage, kit.now())
+    gate = ClaimRoom(controls, usage, kit.now())
     wait = gate.wait_for("q", "t", "t/k")
     assert wait is not None and wait.reason == WaitReason.MAX_PER_KEY
     assert gate.wait_for("q", "t", "t/other") is None

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from oncely.store.base import (
-    LEADER_LEASE_KEY,
+from oncely.store.base import LEADER_LEASE_KEY
+from oncely.store.params import (
     JobFilter,
     JobInsert,
     PruneParams,

@@ -31,8 +31,10 @@ from tests.apps import chaos
 from tests.conftest import Workers, read_effects
 
 import oncely
-from oncely.store.base import LEADER_LEASE_KEY, ErrorKind, JobFilter, JobState, SlotOutcome
+from oncely.store.base import LEADER_LEASE_KEY
+from oncely.store.params import JobFilter
 from oncely.testing import wait_until
+from oncely.types import ErrorKind, JobState, SlotOutcome
 
 # Fleets of worker processes: one at a time (one xdist worker), so they do not starve each other.
 pytestmark = pytest.mark.xdist_group("fleet")

@@ -12,7 +12,8 @@ import oncely
 from oncely.maintenance.enqueuer import SlotEnqueuer, register_schedules
 from oncely.observe.doctor import examine
 from oncely.readmodel import job_detail
-from oncely.store.base import JobClaimParams, JobInsert, JobState, SlotOutcome, WorkerInfo
+from oncely.store.params import JobClaimParams, JobInsert, WorkerInfo
+from oncely.types import JobState, SlotOutcome
 
 START = datetime(2026, 11, 30, 10, 0, 30, tzinfo=UTC)
 

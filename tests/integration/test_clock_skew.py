@@ -8,8 +8,9 @@ import pytest
 from tests.conftest import open_basic_app, read_effects
 from tests.integration.test_postgres_fleet import effects_schema
 
-from oncely.store.base import JobInsert, JobState
+from oncely.store.params import JobInsert
 from oncely.testing import wait_until
+from oncely.types import JobState
 
 pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("fleet")]
 

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import ROOT
 
 import oncely
-from oncely.store.base import JobClaimParams
+from oncely.store.params import JobClaimParams
 
 START = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 WAITING = ("scheduled", "available", "retryable", "running")

@@ -25,8 +25,9 @@ from tests.apps import chaos, incident
 from tests.conftest import postgres_url_or_skip, read_effects, with_query
 
 import oncely
-from oncely.store.base import JobFilter, JobState, SlotOutcome
+from oncely.store.params import JobFilter
 from oncely.testing import wait_until
+from oncely.types import JobState, SlotOutcome
 
 # Fleets of worker processes: one at a time (one xdist worker), so they do not starve each other.
 pytestmark = pytest.mark.xdist_group("fleet")

@@ -14,8 +14,8 @@ from datetime import timedelta
 import pytest
 
 import oncely
-from oncely.store.base import JobState
 from oncely.testing import wait_until, worker_running
+from oncely.types import JobState
 
 
 @pytest.fixture

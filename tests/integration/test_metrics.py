@@ -14,8 +14,9 @@ import oncely
 from oncely.errors import FenceRejected
 from oncely.observe.fleet import fleet_registry
 from oncely.observe.metrics import serve_process_metrics
-from oncely.store.base import JobClaimParams, JobFilter, JobInsert, JobState
+from oncely.store.params import JobClaimParams, JobFilter, JobInsert
 from oncely.testing import wait_until, worker_running
+from oncely.types import JobState
 from oncely.worker.context import JobContext
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

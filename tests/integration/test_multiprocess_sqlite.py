@@ -10,8 +10,9 @@ import time
 import pytest
 from tests.conftest import open_basic_app, read_effects, state_counts
 
-from oncely.store.base import JobFilter, JobState
+from oncely.store.params import JobFilter
 from oncely.testing import wait_until
+from oncely.types import JobState
 
 # Fleets of worker processes: one at a time (one xdist worker), so they do not starve each other.
 pytestmark = pytest.mark.xdist_group("fleet")

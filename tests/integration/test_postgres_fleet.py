@@ -32,8 +32,8 @@ from tests.conftest import (
     with_query,
 )
 
-from oncely.store.base import JobState
 from oncely.testing import wait_until
+from oncely.types import JobState
 
 # Fleets of worker processes: one at a time (one xdist worker), so they do not starve each other.
 pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("fleet")]

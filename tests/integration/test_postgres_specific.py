@@ -21,17 +21,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pytest
 
 from oncely.errors import InvalidURL, StoreUnavailable
-from oncely.store.base import (
-    JobClaimParams,
-    JobFilter,
-    JobFinish,
-    JobInsert,
-    JobState,
-    SlotEnqueue,
-)
 from oncely.store.migrations import latest_version, migrations_for
+from oncely.store.params import JobClaimParams, JobFilter, JobFinish, JobInsert, SlotEnqueue
 from oncely.store.postgres import PostgresStore
 from oncely.testing import wait_until
+from oncely.types import JobState
 
 pytestmark = pytest.mark.postgres
 

@@ -16,8 +16,9 @@ from tests.conftest import read_effects
 
 import oncely
 from oncely.cli import main as oncely_cli
-from oncely.store.base import Job, JobFilter, JobState
+from oncely.store.params import JobFilter
 from oncely.testing import wait_until
+from oncely.types import Job, JobState
 
 # Fleets of worker processes: one at a time (one xdist worker), so they do not starve each other.
 pytestmark = pytest.mark.xdist_group("fleet")

@@ -13,7 +13,8 @@ import pytest
 import oncely
 from oncely import readmodel
 from oncely.maintenance.enqueuer import SlotEnqueuer, register_schedules
-from oncely.store.base import JobFilter, SlotOutcome, UpsertOutcome
+from oncely.store.params import JobFilter, UpsertOutcome
+from oncely.types import SlotOutcome
 
 START = datetime(2026, 11, 30, 10, 0, 0, 500_000, tzinfo=UTC)
 
@@ -110,7 +111,7 @@ def test_a_stale_enqueuer_records_nothing_after_a_revision(any_url, clock):
     assert row.cursor is not None
     register_schedules(new)
     clock.advance(10)
-    from oncely.store.base import SlotEnqueue  # the guard an enqueuer with the old row uses
+    from oncely.store.params import SlotEnqueue  # the guard an enqueuer with the old row uses
 
     stale = old.store.slot_enqueue(SlotEnqueue("pulse", row.cursor + timedelta(seconds=2),
                                                clock.now(), outcome=SlotOutcome.MISSED,
@@ -197,7 +198,7 @@ def test_dynamic_schedules_and_delete(any_url, clock, tmp_path: Path):
 
 def test_delete_refuses_while_a_live_worker_declares_it(any_url, clock):
     app = make_app(any_url, clock, every=60)
-    from oncely.store.base import WorkerInfo
+    from oncely.store.params import WorkerInfo
 
     app.store.worker_register(WorkerInfo("w1", "host", 1, None, 1, clock.now()))
     register_schedules(app, "w1")

@@ -11,17 +11,9 @@ import oncely
 from oncely.maintenance.enqueuer import SlotEnqueuer, register_schedules
 from oncely.maintenance.leader import LeaderElector
 from oncely.maintenance.rescuer import Rescuer
-from oncely.store.base import (
-    ErrorKind,
-    JobClaimParams,
-    JobFilter,
-    JobFinish,
-    JobState,
-    LeaseRenewal,
-    SlotOutcome,
-    UpsertOutcome,
-)
+from oncely.store.params import JobClaimParams, JobFilter, JobFinish, LeaseRenewal, UpsertOutcome
 from oncely.testing import run_job
+from oncely.types import ErrorKind, JobState, SlotOutcome
 
 START = datetime(2026, 11, 30, 10, 0, 0, 500_000, tzinfo=UTC)
 

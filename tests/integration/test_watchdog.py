@@ -17,8 +17,9 @@ import oncely
 from oncely.maintenance.enqueuer import SlotEnqueuer
 from oncely.maintenance.watchdog import Watchdog
 from oncely.observe.notify import WebhookNotifier
-from oncely.store.base import JobClaimParams, JobInsert, LeaseRenewal, SlotOutcome
 from oncely.store.observability import AnomalyKind
+from oncely.store.params import JobClaimParams, JobInsert, LeaseRenewal
+from oncely.types import SlotOutcome
 
 
 @pytest.fixture

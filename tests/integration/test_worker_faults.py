@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import oncely
 from oncely.errors import StoreError
-from oncely.store.base import JobFilter, JobState
+from oncely.store.params import JobFilter
 from oncely.testing import wait_until, worker_running
+from oncely.types import JobState
 
 
 def test_an_unexpected_error_while_recording_outcomes_frees_the_handler_slot(any_url):

@@ -11,8 +11,10 @@ import pytest
 from tests.conftest import read_effects, state_counts
 
 import oncely
-from oncely.store.base import LEADER_LEASE_KEY, ErrorKind, JobFilter, JobState
+from oncely.store.base import LEADER_LEASE_KEY
+from oncely.store.params import JobFilter
 from oncely.testing import wait_until
+from oncely.types import ErrorKind, JobState
 
 FAST = {"ONCELY_POLL_INTERVAL": "0.05", "ONCELY_SHUTDOWN_GRACE": "1"}
 

@@ -10,8 +10,8 @@ from datetime import timedelta
 import pytest
 
 import oncely
-from oncely.store.base import ErrorKind, JobState
 from oncely.testing import assert_enqueued, run_job, wait_until, worker_running
+from oncely.types import ErrorKind, JobState
 
 
 @pytest.fixture

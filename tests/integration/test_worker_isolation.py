@@ -10,8 +10,8 @@ import os
 import pytest
 
 import oncely
-from oncely.store.base import ErrorKind, JobState
 from oncely.testing import wait_until, worker_running
+from oncely.types import ErrorKind, JobState
 
 
 @pytest.fixture

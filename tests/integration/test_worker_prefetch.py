@@ -15,8 +15,8 @@ import pytest
 
 import oncely
 from oncely.observe.events import Event
-from oncely.store.base import JobState
 from oncely.testing import wait_until
+from oncely.types import JobState
 
 
 class Rig:

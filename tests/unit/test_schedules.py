@@ -21,7 +21,7 @@ from oncely.schedules import (
     plan_slots,
     slots_between,
 )
-from oncely.store.base import Overlap
+from oncely.types import Overlap
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)  # a Monday
 

@@ -11,7 +11,8 @@ rescue is a fenced transition that re-checks its condition inside the store. It 
   the bound for those.
 
 A rescued job is retried at once with its attempt given back (a lost attempt is not the handler's
-failure), up to ``max_rescues`` times; the rescue after that fails it (see
+failure), up to ``max_rescues`` times; the rescue after that fails it (the rule is
+:func:`oncely.lifecycle.rescue_state`, applied by the store inside the rescue's transaction, see
 :mod:`oncely.store.rescue`). Each rescue is reported as a ``job.rescued`` event.
 """
 
@@ -22,7 +23,7 @@ from datetime import datetime
 
 from oncely.runtime import Runtime
 from oncely.store.rescue import JobRescue
-from oncely.types import Job
+from oncely.types import Job, JobState
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ class Rescuer:
         outcome = self.runtime.store.job_rescue(params)
         if outcome is None:
             return  # renewed, finished or claimed again meanwhile
-        (result.retried if outcome.state == "retryable" else result.failed).append(job.id)
+        back = outcome.state == JobState.RETRYABLE
+        (result.retried if back else result.failed).append(job.id)
         self.runtime.events.emit("job.rescued", job_id=job.id, task=job.task, fence=job.fence,
-                             owner=job.lease_owner, outcome=str(outcome.state),
-                             reason="worker_gone" if gone else "lease_expired",
-                             rescues=outcome.rescues)
+                                 owner=job.lease_owner, outcome=str(outcome.state),
+                                 reason=str(params.kind), rescues=outcome.rescues)

@@ -151,6 +151,10 @@ from oncely.store.observability import (
     LedgerCount,
     WaitingGroup,
 )
+
+# The parameter dataclasses live in oncely.store.params. They are named here too because they
+# are the seam's vocabulary: the engine's modules import them together with the Store they are
+# passed to. The domain types (Job, JobState, …) are not: import them from oncely.types.
 from oncely.store.params import (
     ClaimResult,
     JobClaimParams,
@@ -176,38 +180,20 @@ from oncely.store.params import (
     WorkerInfo,
     WorkerRow,
 )
-
-# The domain types live in oncely.types; this module still names them for existing imports.
-from oncely.types import (
-    FINISHED_STATES,
-    WAITING_STATES,
-    ErrorKind,
-    Job,
-    JobError,
-    JobState,
-    Overlap,
-    SlotOutcome,
-)
+from oncely.types import Job, JobState
 
 __all__ = [
-    "FINISHED_STATES",
     "LEADER_LEASE_KEY",
-    "WAITING_STATES",
     "ClaimResult",
-    "ErrorKind",
-    "Job",
     "JobClaimParams",
-    "JobError",
     "JobFilter",
     "JobFinish",
     "JobInsert",
     "JobInsertResult",
-    "JobState",
     "LeaderState",
     "LeaseRenewal",
     "LeaseRow",
     "MigrateResult",
-    "Overlap",
     "PruneParams",
     "QueueCount",
     "RenewResult",
@@ -216,7 +202,6 @@ __all__ = [
     "ScheduleRow",
     "ScheduleUpsert",
     "SlotEnqueue",
-    "SlotOutcome",
     "SlotRecord",
     "SlotResult",
     "Store",

@@ -9,10 +9,10 @@ A **control** is one row of ``oncely_controls``, for a queue or for a task:
 
 The drivers read the active controls and their **usage** (running jobs per limited queue and per
 key, the rate rings' next entries) inside the claim transaction, then walk the claim's candidates
-in claim order through a :class:`Gate`, which admits a job only while every control that applies
-to it has room, and takes that room as it admits. Dialect-neutral on purpose: both drivers and
-the read model (``jobs show``, ``queues list``) use the same arithmetic. The rules themselves,
-and the precision of the rate limit, are in :mod:`oncely.store.base`.
+in claim order through a :class:`ClaimRoom`, which admits a job only while every control that
+applies to it has room, and takes that room as it admits. Dialect-neutral on purpose: both
+drivers and the read model (``jobs show``, ``queues list``) use the same arithmetic. The rules
+themselves, and the precision of the rate limit, are in :mod:`oncely.store.base`.
 
 The rate ring: a scope with a limit of n starts per w seconds keeps its last n starts, start
 number k in slot ``k mod n``, and ``rate_seq`` (starts so far) on its control row. Start number k
@@ -32,11 +32,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 __all__ = [
+    "ClaimRoom",
     "Control",
     "ControlKind",
     "ControlUpsert",
     "ControlUsage",
-    "Gate",
     "LimitWait",
     "WaitReason",
     "concurrency_key",
@@ -185,8 +185,9 @@ def relevant(controls: Iterable[Control], queues: Sequence[str] | None) -> list[
     ]
 
 
-class Gate:
-    """The room every control has left in one claim, taken as the claim admits jobs.
+class ClaimRoom:
+    """The room every control has left in one claim, taken as the claim admits jobs (what the
+    claim may still start).
 
     ``blocked_*`` name what has no room at all, so drivers can leave those jobs out of their
     candidate scan; ``version`` grows whenever something new gets blocked, so a driver knows to

@@ -1,7 +1,7 @@
 """What :class:`~oncely.store.sqlstore.SQLStore` needs to know about a SQL dialect, and nothing
 more: how to run a transaction, how instants, lists and JSON travel to and from the server, how
 to run a named query, which driver error is a unique violation, and how migrations are locked,
-read and recorded.
+read and recorded, and how a worker's liveness lock is taken and proven free.
 
 Every store operation is written once against this class (``store/ops``); each dialect
 subpackage (``store/sqlite``, ``store/postgres``) subclasses it and overrides only what differs.
@@ -16,6 +16,7 @@ JSON columns       text, decoded here                 ``jsonb``, decoded by psyc
 list parameters    JSON text, read with ``json_each``  arrays (``= ANY(…)``, ``unnest``)
 row locks          the write lock (``BEGIN IMMEDIATE``)  ``FOR UPDATE`` / ``FOR SHARE``
 unique violation   ``sqlite3.IntegrityError``         ``psycopg.errors.UniqueViolation``
+liveness lock      an ``flock`` beside the database   a session-level advisory lock
 =================  =================================  ===================================
 """
 
@@ -29,6 +30,7 @@ from functools import cache
 from typing import Any, ClassVar, TypeVar
 
 from oncely import sql
+from oncely.store.rescue import LivenessHold
 from oncely.types import JobError
 
 T = TypeVar("T")
@@ -121,6 +123,17 @@ class Dialect(ABC):
         """Wait for the claims in flight and hold new ones off until the transaction ends, so
         a changed control binds every claim that starts after it commits."""
         self.execute(conn, "control_lock_exclusive")
+
+    # liveness (oncely.store.rescue) --------------------------------------------------------------
+
+    @abstractmethod
+    def liveness_lock(self, worker_id: str) -> LivenessHold:
+        """Take the worker's liveness lock (the store then records its token in the worker's
+        row)."""
+
+    @abstractmethod
+    def owners_gone(self, conn: Any, worker_id: str) -> list[str]:
+        """Owners (other than ``worker_id``) of running jobs whose liveness lock is free."""
 
     # migrations (the store's sql.MigrationLedger) ------------------------------------------------
 

@@ -22,6 +22,10 @@ attempt lost to a dead worker is not the handler's failure; ``rescues`` bounds h
 can happen, so a job that kills its worker every time still ends ``failed``. A rescued first run
 of a slot is claimed like a first run: the schedule's overlap policy applies to it again.
 
+The transition is written once, for both dialects, in :mod:`oncely.store.ops.rescue`; whether a
+rescue retries or fails the job, and what its error and ledger note say, is
+:mod:`oncely.lifecycle`'s (:func:`~oncely.lifecycle.rescue_state`).
+
 Liveness hold
 =============
 
@@ -74,21 +78,6 @@ class RescueOutcome:
     job_id: int
     state: JobState  # retryable (back to work) or failed (rescue budget spent)
     rescues: int  # rescues so far, this one included
-
-
-def rescue_message(params: JobRescue, rescues: int) -> str:
-    """The error message of the ``rescues``-th rescue (both dialects say the same)."""
-    if rescues > params.max_rescues:
-        return (f"rescued {rescues - 1} times already, the limit is {params.max_rescues}; "
-                f"failed: {params.reason}")
-    return f"rescued ({rescues} of {params.max_rescues}), attempt given back: {params.reason}"
-
-
-def rescue_note(params: JobRescue, rescues: int) -> str:
-    """The slot ledger's note for the same rescue."""
-    if rescues > params.max_rescues:
-        return rescue_message(params, rescues)
-    return f"rescued ({rescues} of {params.max_rescues}) and re-queued: {params.reason}"
 
 
 class LivenessHold(Protocol):

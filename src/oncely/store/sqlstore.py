@@ -61,7 +61,8 @@ from oncely.store.observability import (
     LedgerCount,
     WaitingGroup,
 )
-from oncely.store.ops import controls, jobs, observe, schedules
+from oncely.store.ops import controls, jobs, observe, rescue, schedules
+from oncely.store.rescue import JobRescue, LivenessHold, RescueOutcome
 from oncely.store.rows import utc
 from oncely.types import Job, JobState
 
@@ -286,6 +287,29 @@ class SQLStore(ABC, Generic[D]):
 
     def worker_list(self) -> list[WorkerRow]:
         return self.sql.read(partial(schedules.list_workers, self.sql))
+
+    # rescue and liveness (oncely.store.rescue) ------------------------------------------------
+
+    def job_rescue(self, params: JobRescue) -> RescueOutcome | None:
+        return self.sql.write(partial(rescue.rescue_job, self.sql, params=params))
+
+    def job_running_of(self, owner: str, limit: int = 200) -> list[Job]:
+        return self.sql.read(partial(rescue.running_of, self.sql, owner=owner, limit=limit))
+
+    def worker_owners_gone(self, worker_id: str) -> list[str]:
+        return self.sql.read(partial(self.sql.owners_gone, worker_id=worker_id))
+
+    def liveness_hold(self, worker_id: str) -> LivenessHold:
+        hold = self.sql.liveness_lock(worker_id)
+        if hold.token is None:
+            return hold  # nothing to record: nothing can prove this worker gone
+        try:
+            self.sql.write(partial(rescue.set_liveness, self.sql, worker_id=worker_id,
+                                   token=hold.token))
+        except BaseException:
+            hold.release()
+            raise
+        return hold
 
     # transactions and wake-ups ----------------------------------------------------------------
 

@@ -93,8 +93,9 @@ def host_names(hosts: Sequence[str]) -> list[str]:
     return names
 
 
-class Gate:
-    """The bearer check and, with ``auth="reads"``, the sign-in every read needs."""
+class AuthMiddleware:
+    """The dashboard's access check: the bearer token and, with ``auth="reads"``, the sign-in
+    every read needs."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -211,7 +212,7 @@ def create_app(app: App, token: str | None = None, allowed_hosts: Sequence[str] 
     web.state.dashboard = dash
     web.state.metrics_registry = fleet_registry(lambda: app.store, app.clock.now,
                                                 dash.stale_after, addon_collectors(app))
-    web.add_middleware(Gate)
+    web.add_middleware(AuthMiddleware)
     web.add_middleware(TrustedHostMiddleware, allowed_hosts=host_names(allowed_hosts),
                        www_redirect=False)
     web.add_middleware(SecurityHeaders)  # the last added is the outermost: every answer has them

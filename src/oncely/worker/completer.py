@@ -25,7 +25,8 @@ import time
 from typing import TYPE_CHECKING
 
 from oncely.errors import StoreBusy, StoreUnavailable
-from oncely.types import ErrorKind, JobError, JobState
+from oncely.lifecycle import JobEvent
+from oncely.types import ErrorKind, JobError
 from oncely.worker.execute import Outcome, describe
 from oncely.worker.running import Running
 
@@ -128,7 +129,7 @@ class Completer(threading.Thread):
             reason = f"outcome not storable: {describe(exc)}"
             log.error("job %d: %s; recording it as failed", job.id, reason)
         error = JobError(job.attempt, worker.runtime.clock.now(), ErrorKind.ERROR, reason)
-        replacement = Outcome(JobState.FAILED, error=error)
+        replacement = Outcome.of(JobEvent.FAIL, error=error)
         try:
             return self._finish_retrying(running, replacement)
         except Exception:

@@ -18,7 +18,9 @@ raises anything else, or times out        ``retryable`` per the task's policy, e
 ``KeyboardInterrupt``, ``GeneratorExit``…)
 ========================================  ===============================================
 
-A job whose cancellation was requested ends ``cancelled`` if the handler raised anything.
+A job whose cancellation was requested ends ``cancelled`` if the handler raised anything. Which
+state each of these records, whether it gives the attempt back and whether a failed attempt is
+retried is :mod:`oncely.lifecycle`'s (:meth:`Outcome.of`, :func:`~oncely.lifecycle.attempt_failed`).
 Nothing a handler raises escapes :func:`outcome_of`: the handler thread survives it, and an
 exception whose ``str()`` fails is recorded by its type's name. Error texts are cleaned of what the
 store cannot hold when the outcome is turned into a store call (:meth:`Outcome.finish`).
@@ -32,7 +34,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from oncely import lifecycle
 from oncely.errors import Cancel, FenceRejected
+from oncely.lifecycle import JobEvent
 from oncely.retry import Retry, RetryPolicy
 from oncely.store.base import JobFinish
 from oncely.tasks import Task
@@ -48,6 +52,16 @@ class Outcome:
     error: JobError | None = None
     retry_at: datetime | None = None
     refund_attempt: bool = False
+
+    @classmethod
+    def of(
+        cls, event: JobEvent, *, result: Any = None, error: JobError | None = None,
+        retry_at: datetime | None = None,
+    ) -> Outcome:
+        """The outcome that records ``event``: the state it moves the running job to and whether
+        it gives the attempt back, as :mod:`oncely.lifecycle` says."""
+        return cls(lifecycle.FINISH_STATE[event], result, error, retry_at,
+                   event in lifecycle.REFUNDS_ATTEMPT)
 
     @property
     def abandoned(self) -> bool:
@@ -110,11 +124,11 @@ def failure(
 ) -> Outcome:
     """Retry per the task's policy while attempts remain, else fail."""
     error = JobError(job.attempt, now, kind, message, tb)
-    if job.attempt < job.max_attempts:
+    event = lifecycle.attempt_failed(job.attempt, job.max_attempts)
+    if event == JobEvent.RETRY:
         policy = task.options.retry if task is not None else RetryPolicy(attempts=job.max_attempts)
-        retry_at = policy.next_retry_at(job.attempt, now)
-        return Outcome(JobState.RETRYABLE, error=error, retry_at=retry_at)
-    return Outcome(JobState.FAILED, error=error)
+        return Outcome.of(event, error=error, retry_at=policy.next_retry_at(job.attempt, now))
+    return Outcome.of(event, error=error)
 
 
 def outcome_of(task: Task, ctx: JobContext, now_fn: Any) -> Outcome:
@@ -127,17 +141,18 @@ def outcome_of(task: Task, ctx: JobContext, now_fn: Any) -> Outcome:
     except Retry as request:
         now = now_fn()
         error = JobError(job.attempt, now, ErrorKind.RETRY, request.reason)
-        if job.attempt >= job.max_attempts:
-            return Outcome(JobState.FAILED, error=error)
+        event = lifecycle.attempt_failed(job.attempt, job.max_attempts)
+        if event == JobEvent.FAIL:
+            return Outcome.of(event, error=error)
         delay = request.delay
         if delay is None:
             delay = task.options.retry.delay_after(job.attempt)
-        return Outcome(JobState.RETRYABLE, error=error, retry_at=now + timedelta(seconds=delay))
+        return Outcome.of(event, error=error, retry_at=now + timedelta(seconds=delay))
     except Cancel as cancel:
         if ctx.cancelled:
             return stopped(task, ctx, now_fn(), cancel.reason, None)
         error = JobError(job.attempt, now_fn(), ErrorKind.CANCELLED, cancel.reason)
-        return Outcome(JobState.CANCELLED, error=error)
+        return Outcome.of(JobEvent.CANCEL, error=error)
     except BaseException as exc:  # SystemExit and the like too: the thread must survive them
         message, tb = describe(exc), format_traceback()
         if ctx.cancelled:
@@ -151,14 +166,13 @@ def succeeded(job: Job, value: Any, now_fn: Any) -> Outcome:
     """Success with ``value`` as it will be stored, or — when no store can hold it — failure of
     this job alone, for good (running it again would return the same)."""
     try:
-        return Outcome(JobState.SUCCEEDED, result=storable(value))
+        return Outcome.of(JobEvent.SUCCEED, result=storable(value))
     except NotStorable as exc:
-        return Outcome(JobState.FAILED, error=JobError(job.attempt, now_fn(), ErrorKind.ERROR,
-                                                        str(exc)))
+        message = str(exc)
     except BaseException as exc:  # a result whose encoding runs user code that raises
         message = f"result not storable: {describe(exc)}"
-        return Outcome(JobState.FAILED, error=JobError(job.attempt, now_fn(), ErrorKind.ERROR,
-                                                        message))
+    return Outcome.of(JobEvent.FAIL, error=JobError(job.attempt, now_fn(), ErrorKind.ERROR,
+                                                    message))
 
 
 def overran(task: Task, job: Job, now: datetime, ran: float, outcome: Outcome) -> Outcome:
@@ -180,6 +194,6 @@ def stopped(task: Task, ctx: JobContext, now: datetime, message: str, tb: str | 
         return failure(task, job, now, ErrorKind.TIMEOUT, detail, tb)
     if kind == ErrorKind.SHUTDOWN:
         error = JobError(job.attempt, now, ErrorKind.SHUTDOWN, detail, tb)
-        return Outcome(JobState.RETRYABLE, error=error, retry_at=now, refund_attempt=True)
+        return Outcome.of(JobEvent.RELEASE, error=error, retry_at=now)
     error = JobError(job.attempt, now, ErrorKind.CANCELLED, detail, tb)
-    return Outcome(JobState.CANCELLED, error=error)
+    return Outcome.of(JobEvent.CANCEL, error=error)

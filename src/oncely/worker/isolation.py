@@ -64,6 +64,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from oncely.errors import Cancel, ConfigError, FenceRejected
+from oncely.lifecycle import JobEvent
 from oncely.types import ErrorKind, Job, JobError, JobState
 from oncely.worker.context import JobContext
 from oncely.worker.execute import Outcome, describe, failure, outcome_of, stopped
@@ -251,7 +252,7 @@ def _child_main(conn: Connection, reference: tuple[str, str, str], job: Job, wor
         with contextlib.suppress(BaseException):
             error = JobError(job.attempt, datetime.now(UTC), ErrorKind.ERROR,
                              f"the handler process could not run the task: {describe(exc)}")
-            conn.send(("outcome", Outcome(JobState.FAILED, error=error)))
+            conn.send(("outcome", Outcome.of(JobEvent.FAIL, error=error)))
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(BaseException):  # a closed stream must not keep it alive
@@ -293,7 +294,7 @@ def _report(conn: Connection, outcome: Outcome, job: Job, now: datetime) -> None
     except Exception as exc:  # something in it does not pickle
         error = JobError(job.attempt, now, ErrorKind.ERROR,
                          f"the handler's outcome could not be sent to the worker: {exc!r}")
-        conn.send(("outcome", Outcome(JobState.FAILED, error=error)))
+        conn.send(("outcome", Outcome.of(JobEvent.FAIL, error=error)))
 
 
 def _die_with_parent() -> None:

@@ -19,8 +19,8 @@ plus the TTL, minus a safety margin. Then:
   timeout recorded (retried per its policy). A process-isolated handler is killed instead
   (:mod:`oncely.worker.isolation`). The whole state machine is in :mod:`oncely.worker.running`;
 * a claimed job that no handler thread has begun by its ``start_by`` (the claim plus
-  ``prefetch_wait``) is released back to the store for another worker (see the worker's
-  docstring).
+  ``prefetch_wait``) is released back to the store for another worker (see
+  :mod:`oncely.worker.claimer`).
 """
 
 from __future__ import annotations

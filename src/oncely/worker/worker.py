@@ -5,26 +5,16 @@ Lifecycle::
     start ─► register worker row, upsert declared queue controls and schedules, start keeper
       │        + maintenance
       ▼
-    claim loop ── claims up to the free handler slots; an empty claim waits for a wake-up
-      │            (LISTEN/NOTIFY or a data-version poll) up to poll_interval, or only until a
-      │            rate window that held jobs back has room again; a full claim re-polls as
-      │            soon as a slot frees; store errors back off (logged once)
+    claim loop ── claims up to the free handler slots (and a paced prefetch buffer); an empty
+      │            claim waits for a wake-up up to poll_interval; store errors back off
       ▼ stop (SIGTERM/SIGINT, or stop()); queued (prefetched) jobs are released at once
     draining ── no more claims; running jobs get shutdown_grace to finish; then they are asked to
       │          stop, and what is still running is released back as retryable (attempt refunded)
       ▼ second signal: skip the wait, release at once
     stopped ─► resign leadership, deregister, exit 0
 
-Prefetch and its bound. A claim takes up to ``concurrency`` plus a prefetch buffer of jobs minus
-those in hand, so the handlers work through a buffer while the next claim is in flight. The
-buffer is sized from the handlers' recent run times, so that its jobs are expected to begin
-within a quarter of ``prefetch_wait`` (at most ``prefetch``; none when jobs are slow). A claimed
-job is *queued* until a handler thread begins it; its lease is held and renewed like a running
-job's. A queued job not begun ``prefetch_wait`` seconds after its claim was sent is released back
-to the store (``job.released``, reason ``prefetch``: retryable at its old ``run_at``, the attempt
-refunded, so it keeps its place in line) for any worker to claim, and this worker stops
-prefetching for another ``prefetch_wait``. So no job waits in a worker's buffer for longer than
-``prefetch_wait`` plus one keeper tick (50 ms) before another worker may claim it.
+The claim loop and its prefetch buffer (how many jobs a claim takes, and how long a claimed job
+may wait for a handler thread) are :mod:`oncely.worker.claimer`'s.
 """
 
 from __future__ import annotations
@@ -43,25 +33,21 @@ from typing import Protocol
 
 from oncely.controls import register_controls
 from oncely.errors import StoreError
+from oncely.lifecycle import JobEvent
 from oncely.runtime import Runtime
-from oncely.store.base import ClaimResult, JobClaimParams, WorkerInfo
-from oncely.store.controls import earliest
+from oncely.store.params import WorkerInfo
 from oncely.tasks import Task
-from oncely.types import ErrorKind, Job, JobError, JobState
+from oncely.types import ErrorKind, Job, JobError
 from oncely.worker import serverclock
+from oncely.worker.claimer import Claimer
 from oncely.worker.completer import Completer
-from oncely.worker.context import JobContext
 from oncely.worker.execute import Outcome, failure, outcome_of, overran
 from oncely.worker.isolation import run_in_process
-from oncely.worker.keeper import LeaseKeeper, safety_margin
+from oncely.worker.keeper import LeaseKeeper
 from oncely.worker.liveness import Liveness
 from oncely.worker.running import Running
 
 log = logging.getLogger("oncely.worker")
-
-MAX_STORE_BACKOFF = 10.0
-CLAIM_GATHER = 0.003  # seconds a busy worker waits for more free handler slots before claiming
-MIN_LIMITED_WAIT = 0.002  # a rate window that opens "now" is re-tried after this, not at once
 
 
 class Service(Protocol):
@@ -110,10 +96,6 @@ class Worker:
         self.lease_ttl = runtime.settings.lease_ttl
         self.maintenance = maintenance
         self._jobs: dict[int, Running] = {}  # jobs that hold a handler slot
-        self.prefetch = runtime.settings.prefetch
-        self.prefetch_wait = runtime.settings.prefetch_wait
-        self._prefetch_paused_until = 0.0  # monotonic: no prefetch before this
-        self._mean_run: float | None = None  # seconds, moving average of handler run times
         self._overrun: dict[int, Running] = {}  # code past its timeout: lease kept, slot freed
         self._lock = threading.Lock()
         self._inbox: queue.SimpleQueue[Running | None] = queue.SimpleQueue()
@@ -126,6 +108,7 @@ class Worker:
         self._keeper = LeaseKeeper(self)
         self._liveness = Liveness(self, self._keeper)
         self._completer = Completer(self)
+        self._claimer = Claimer(self)
         self._threads: list[threading.Thread] = []
         self._supervisor: Service | None = None
         self._background: threading.Thread | None = None
@@ -257,68 +240,15 @@ class Worker:
         job = running.job
         note = "released by graceful shutdown of worker " + self.worker_id
         error = JobError(job.attempt, now, ErrorKind.SHUTDOWN, note)
-        self._record(running, Outcome(JobState.RETRYABLE, error=error, retry_at=now,
-                                      refund_attempt=True))
+        self._record(running, Outcome.of(JobEvent.RELEASE, error=error, retry_at=now))
         self.runtime.events.emit("job.released", job_id=job.id, task=job.task, reason="shutdown")
 
-    # claiming ------------------------------------------------------------------------------
+    # claiming (oncely.worker.claimer) -----------------------------------------------------------
     def _claim_loop(self) -> None:
-        app, settings = self.runtime, self.runtime.settings
-        backoff = 0.0
-        backlog = False  # the last claim was full: more jobs are probably waiting
-        while not self._stopping.is_set():
-            room = self._room()
-            free = room - len(self._jobs)
-            if free <= 0 or (backlog and free < max(1, room // 2)):
-                # Under load, let a few handler slots free up and claim them together: one
-                # claim transaction per job would make the claim itself the bottleneck.
-                self._capacity.wait(settings.poll_interval if free <= 0 else CLAIM_GATHER)
-                self._capacity.clear()
-                free = self._room() - len(self._jobs)
-                if free <= 0:
-                    continue
-            if not self._liveness.held.is_set():  # fenced itself: no claims until it holds again
-                self._liveness.held.wait(settings.poll_interval)
-                continue
-            started = app.clock.monotonic()
-            params = JobClaimParams(self.worker_id, app.clock.now(), free, self.lease_ttl,
-                                    self.queues, self.task_names())
-            try:
-                result = app.store.job_claim(params)
-            except StoreError as exc:
-                self.note_store_error(exc)
-                backoff = min(MAX_STORE_BACKOFF, max(0.1, backoff * 2))
-                self._stopping.wait(backoff)
-                continue
-            backoff = 0.0
-            self.note_store_ok()
-            for job in result.skipped_overlap:
-                app.events.emit("slot.skipped_overlap", job_id=job.id, schedule=job.schedule,
-                                slot=job.slot)
-            for ended in result.policy_ended:  # backlog judged by its schedule's policies
-                app.events.emit(f"slot.{ended.outcome}", job_id=ended.job_id,
-                                schedule=ended.schedule, slot=ended.slot.isoformat(),
-                                note=ended.note)
-            for job in result.jobs:
-                self._dispatch(job, started)
-            backlog = len(result.jobs) == free
-            if not result.jobs:
-                app.store.wait_for_work(self._idle_wait(result))
+        self._claimer.run()
 
-    def _room(self) -> int:
-        """How many jobs the worker may hold (queued or running) right now: its threads, plus
-        as many queued jobs as its threads are expected to begin within a quarter of
-        ``prefetch_wait`` at the handlers' recent pace (none for slow jobs, ``prefetch`` for
-        short ones; as many as the threads before any job has ended)."""
-        if not self.prefetch or self.runtime.clock.monotonic() < self._prefetch_paused_until:
-            return self.concurrency
-        pace = self._mean_run
-        if pace is None:
-            return self.concurrency + min(self.prefetch, self.concurrency)
-        if pace <= 0.0:
-            return self.concurrency + self.prefetch
-        fits = int(self.concurrency * self.prefetch_wait / (4.0 * pace))
-        return self.concurrency + min(self.prefetch, fits)
+    def _dispatch(self, job: Job, claim_sent: float) -> None:
+        self._claimer.dispatch(job, claim_sent)
 
     def release_queued(self, running: Running, reason: str) -> bool:
         """Hand a job that no handler thread has begun back to the store (called by the keeper
@@ -328,34 +258,10 @@ class Worker:
             return False
         job = running.job
         if reason == "prefetch":
-            self._prefetch_paused_until = self.runtime.clock.monotonic() + self.prefetch_wait
-        self._record(running, Outcome(JobState.RETRYABLE, retry_at=job.run_at,
-                                      refund_attempt=True))
+            self._claimer.pause_prefetch()
+        self._record(running, Outcome.of(JobEvent.RELEASE, retry_at=job.run_at))
         self.runtime.events.emit("job.released", job_id=job.id, task=job.task, reason=reason)
         return True
-
-    def _idle_wait(self, result: ClaimResult) -> float:
-        """How long an empty claim waits for a wake-up: the poll interval, or less when a rate
-        window that held jobs back opens sooner (wake-ups do not announce that)."""
-        poll = self.runtime.settings.poll_interval
-        opens = earliest(result.waits)
-        if opens is None:
-            return poll
-        return min(poll, max(MIN_LIMITED_WAIT, (opens - self.runtime.clock.now()).total_seconds()))
-
-    def _dispatch(self, job: Job, claim_sent: float) -> None:
-        ctx = JobContext(self.runtime, job, self.worker_id)
-        deadline = claim_sent + self.lease_ttl - safety_margin(self.lease_ttl)
-        running = Running(job, ctx, lease_deadline=deadline,
-                          start_by=claim_sent + self.prefetch_wait)
-        ctx.heartbeat_hook = lambda: self._keeper.renew(self.runtime.clock.monotonic(), running)
-        with self._lock:
-            self._jobs[job.id] = running
-        wait = max(0.0, (job.started_at - job.run_at).total_seconds()) if job.started_at else 0.0
-        self.runtime.events.emit("job.claimed", job_id=job.id, task=job.task, fence=job.fence,
-                                 attempt=job.attempt, worker_id=self.worker_id, queue=job.queue,
-                                 wait=round(wait, 6))
-        self._inbox.put(running)
 
     # running -------------------------------------------------------------------------------
     def _handler_loop(self) -> None:
@@ -394,9 +300,7 @@ class Worker:
                 outcome = outcome_of(task, running.ctx, app.clock.now)
             if running.overrunning:
                 outcome = self._overran(task, running, outcome)
-            took = app.clock.monotonic() - running.started
-            mean = self._mean_run  # updated without a lock: an estimate, any thread's will do
-            self._mean_run = took if mean is None else mean + (took - mean) * 0.1
+            self._claimer.ran(app.clock.monotonic() - running.started)
         if running.claim_finish():
             if outcome.abandoned:
                 self._forget(running)

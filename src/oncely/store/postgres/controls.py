@@ -23,10 +23,10 @@ import psycopg
 
 from oncely.store.base import JobClaimParams
 from oncely.store.controls import (
+    ClaimRoom,
     Control,
     ControlKind,
     ControlUsage,
-    Gate,
     relevant,
     ring_advance,
     usage_request,
@@ -67,7 +67,7 @@ def read_usage(
     return ControlUsage(running, ring, key_running)
 
 
-def open_gate(conn: psycopg.Connection[Any], params: JobClaimParams) -> Gate | None:
+def open_gate(conn: psycopg.Connection[Any], params: JobClaimParams) -> ClaimRoom | None:
     """Take the shared controls lock; with controls that apply to this claim, lock their rows
     and return its gate (None: the unlimited fast path)."""
     execute(conn, "control_claim_lock", {})
@@ -85,7 +85,7 @@ def open_gate(conn: psycopg.Connection[Any], params: JobClaimParams) -> Gate | N
     controls = [replace(c, rate_seq=locked.get((str(c.kind), c.name), c.rate_seq))
                 for c in controls]
     usage = read_usage(conn, controls, depth=params.limit)
-    return Gate(controls, usage, utc(params.now), depth=params.limit)
+    return ClaimRoom(controls, usage, utc(params.now), depth=params.limit)
 
 
 @dataclass
@@ -100,7 +100,7 @@ class LimitedPlan:
 
 
 def plan_limited(
-    conn: psycopg.Connection[Any], common: dict[str, Any], gate: Gate, limit: int
+    conn: psycopg.Connection[Any], common: dict[str, Any], gate: ClaimRoom, limit: int
 ) -> LimitedPlan:
     plan = LimitedPlan()
     granting: set[str] = set()
@@ -130,7 +130,7 @@ def plan_limited(
     return plan
 
 
-def _consider(plan: LimitedPlan, gate: Gate, granting: set[str], row: Row) -> None:
+def _consider(plan: LimitedPlan, gate: ClaimRoom, granting: set[str], row: Row) -> None:
     job = (row["queue"], row["task"], row["concurrency_key"])
     if not gate.admits(*job):
         return  # it waits, in its place, for the control to have room
@@ -150,7 +150,7 @@ def _consider(plan: LimitedPlan, gate: Gate, granting: set[str], row: Row) -> No
         plan.grants.append(row)
 
 
-def log_starts(conn: psycopg.Connection[Any], gate: Gate, started: Sequence[Job]) -> None:
+def log_starts(conn: psycopg.Connection[Any], gate: ClaimRoom, started: Sequence[Job]) -> None:
     """Write the claim's starts into their scopes' rate rings and move the rings on."""
     entries = gate.ring_entries((job.queue, job.task, job.id) for job in started)
     if not entries:

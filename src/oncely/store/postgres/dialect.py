@@ -19,7 +19,9 @@ from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
 from oncely.store.dialect import Dialect, Params, queries_of
+from oncely.store.postgres import liveness
 from oncely.store.postgres.engine import Engine
+from oncely.store.rescue import LivenessHold
 from oncely.store.rows import dump_error, job_from_row, utc
 from oncely.types import Job, JobError
 
@@ -117,6 +119,16 @@ class PostgresDialect(Dialect):
 
     def execute(self, conn: Any, name: str, params: Params | None = None) -> int:
         return execute(conn, name, params)
+
+    # liveness ------------------------------------------------------------------------------------
+
+    def liveness_lock(self, worker_id: str) -> LivenessHold:
+        return liveness.AdvisoryHold(self.engine.target, worker_id, self.queries)
+
+    def owners_gone(self, conn: Any, worker_id: str) -> list[str]:
+        """The owners whose advisory lock no session holds (the SQL tells)."""
+        values = {"worker_id": worker_id, "space": liveness.space_of(self.schema)}
+        return [row["worker_id"] for row in fetch(conn, "worker_owners_gone", values)]
 
     # migrations ----------------------------------------------------------------------------------
 

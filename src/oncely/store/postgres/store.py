@@ -15,7 +15,8 @@ never wait for one another; every writer locks a job row before a lease row, so 
 deadlock. Idle workers sleep in ``LISTEN oncely_jobs`` and wake when an enqueue, retry or
 retryable finish commits. What differs from SQLite is here: the claim, finish and lease cycle
 (``claim.py``; the controls' part of a claim in ``controls.py``), the bulk enqueue and the fenced
-transaction's row locks (``jobs.py``), LISTEN (``listen.py``); the pool in ``engine.py``.
+transaction's row locks (``jobs.py``), LISTEN (``listen.py``) and the wake-ups finishes send
+(``wakeups.py``); the pool in ``engine.py``; the liveness lock (``liveness.py``) is the dialect's.
 """
 
 from __future__ import annotations
@@ -39,14 +40,12 @@ from oncely.store.base import (
 )
 from oncely.store.controls import Control, ControlUsage
 from oncely.store.ops import claimpolicy
-from oncely.store.postgres import claim, controls, jobs, rescue
+from oncely.store.postgres import claim, controls, jobs, wakeups
 from oncely.store.postgres.dialect import PostgresDialect, fetch
 from oncely.store.postgres.engine import Engine
 from oncely.store.postgres.listen import Listener
 from oncely.store.postgres.target import parse_url
-from oncely.store.rescue import JobRescue, LivenessHold, RescueOutcome
 from oncely.store.sqlstore import SQLStore
-from oncely.types import Job
 
 
 class PostgresStore(SQLStore[PostgresDialect]):
@@ -63,7 +62,7 @@ class PostgresStore(SQLStore[PostgresDialect]):
         self.schema = self.target.schema
         self._engine = Engine(self.target)
         self._listener = Listener(self.target)
-        self._wake = rescue.LimitedWake()
+        self._wake = wakeups.LimitedWake()
         super().__init__(url, PostgresDialect(self._engine))
 
     def __repr__(self) -> str:
@@ -90,7 +89,7 @@ class PostgresStore(SQLStore[PostgresDialect]):
 
     def job_finish(self, params: JobFinish) -> bool:
         wake = self._wake.active
-        return self._engine.run(lambda conn: rescue.finish_waking(conn, params, wake))
+        return self._engine.run(lambda conn: wakeups.finish_waking(conn, params, wake))
 
     def job_finish_many(self, params: Sequence[JobFinish]) -> list[bool]:
         # Plain successes first, in one statement of their own (one round trip); the rest, and
@@ -100,10 +99,10 @@ class PostgresStore(SQLStore[PostgresDialect]):
         done = (self._engine.run(lambda conn: claim.finish_plain(conn, plain), autocommit=True)
                 if plain else set())
         if done and wake:
-            self._engine.run(lambda conn: rescue.notify_released(conn, sorted(done)))
+            self._engine.run(lambda conn: wakeups.notify_released(conn, sorted(done)))
         if len(done) == len(params):
             return [True] * len(params)
-        return self._engine.run(lambda conn: rescue.finish_many_waking(conn, params, done, wake))
+        return self._engine.run(lambda conn: wakeups.finish_many_waking(conn, params, done, wake))
 
     def read_usage(
         self, conn: Any, active: Sequence[Control], keys: Sequence[str] = (), depth: int = 1
@@ -119,26 +118,6 @@ class PostgresStore(SQLStore[PostgresDialect]):
 
     def leader_elect(self, worker_id: str, now: datetime, ttl: float) -> LeaderState:
         return self._engine.run(lambda conn: claim.elect_leader(conn, worker_id, now, ttl))
-
-    # rescue and liveness (oncely.store.rescue) ------------------------------------------------
-
-    def job_rescue(self, params: JobRescue) -> RescueOutcome | None:
-        return self._engine.run(lambda conn: rescue.rescue_job(conn, params))
-
-    def job_running_of(self, owner: str, limit: int = 200) -> list[Job]:
-        return self._engine.run(lambda conn: rescue.running_of(conn, owner, limit))
-
-    def worker_owners_gone(self, worker_id: str) -> list[str]:
-        return self._engine.run(lambda conn: rescue.owners_gone(conn, worker_id, self.schema))
-
-    def liveness_hold(self, worker_id: str) -> LivenessHold:
-        hold = rescue.AdvisoryHold(self.target, worker_id)
-        try:
-            self._engine.run(lambda conn: rescue.set_liveness(conn, worker_id, hold.token))
-        except BaseException:
-            hold.release()
-            raise
-        return hold
 
     # transactions and wake-ups ----------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from oncely.store.base import (
     LeaseRenewal,
     RenewResult,
 )
-from oncely.store.controls import Gate
+from oncely.store.controls import ClaimRoom
 from oncely.store.ops.jobs import finish_target_values, set_ledger_outcome, set_slot_outcome
 from oncely.store.rescue import holder_overdue
 from oncely.store.rows import as_datetime, dump_error, dump_json, to_epoch
@@ -82,7 +82,7 @@ def claim_jobs(d: SQLiteDialect, conn: sqlite3.Connection, params: JobClaimParam
 
 
 def _candidates(
-    conn: sqlite3.Connection, params: JobClaimParams, now: float, gate: Gate | None
+    conn: sqlite3.Connection, params: JobClaimParams, now: float, gate: ClaimRoom | None
 ) -> Iterator[sqlite3.Row]:
     """Due waiting jobs in claim order. Pages continue by keyset, so jobs this claim has already
     moved out of the waiting states do not shift the next page. With a gate, each page leaves

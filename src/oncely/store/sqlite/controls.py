@@ -16,10 +16,10 @@ from datetime import datetime
 
 from oncely.store.base import JobClaimParams
 from oncely.store.controls import (
+    ClaimRoom,
     Control,
     ControlKind,
     ControlUsage,
-    Gate,
     relevant,
     ring_advance,
     usage_request,
@@ -62,7 +62,7 @@ def read_usage(
     return ControlUsage(running, ring, key_running)
 
 
-def open_gate(conn: sqlite3.Connection, params: JobClaimParams) -> Gate | None:
+def open_gate(conn: sqlite3.Connection, params: JobClaimParams) -> ClaimRoom | None:
     """The claim's gate, or None when no control applies to it (the unlimited fast path)."""
     rows = conn.execute(QUERIES["control_list_active"]).fetchall()
     active = [to_claim_control(row) for row in rows]
@@ -70,10 +70,10 @@ def open_gate(conn: sqlite3.Connection, params: JobClaimParams) -> Gate | None:
     if not controls:
         return None
     usage = read_usage(conn, controls, depth=params.limit)
-    return Gate(controls, usage, params.now, depth=params.limit)
+    return ClaimRoom(controls, usage, params.now, depth=params.limit)
 
 
-def log_starts(conn: sqlite3.Connection, gate: Gate, started: Sequence[Job]) -> None:
+def log_starts(conn: sqlite3.Connection, gate: ClaimRoom, started: Sequence[Job]) -> None:
     """Write the claim's starts into their scopes' rate rings and move the rings on."""
     entries = gate.ring_entries((job.queue, job.task, job.id) for job in started)
     if not entries:

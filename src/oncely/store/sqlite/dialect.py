@@ -17,8 +17,11 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from oncely import sql
+from oncely.errors import StoreError
 from oncely.store.dialect import Dialect, Params, queries_of
+from oncely.store.rescue import LivenessHold, NoHold
 from oncely.store.rows import dump_error, job_from_row, to_epoch
+from oncely.store.sqlite import liveness
 from oncely.store.sqlite.engine import Engine
 from oncely.types import Job, JobError
 
@@ -88,6 +91,23 @@ class SQLiteDialect(Dialect):
 
     def execute(self, conn: Any, name: str, params: Params | None = None) -> int:
         return int(conn.execute(QUERIES[name], params or {}).rowcount)
+
+    # liveness ------------------------------------------------------------------------------------
+
+    def liveness_lock(self, worker_id: str) -> LivenessHold:
+        if self.engine.memory:
+            return NoHold()
+        try:
+            return liveness.FlockHold(self.engine.path, worker_id)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot hold a liveness lock beside {self.engine.path!r}: {exc}"
+            ) from None
+
+    def owners_gone(self, conn: Any, worker_id: str) -> list[str]:
+        """The owners whose flock this process can take: their processes are gone."""
+        rows = fetch(conn, "worker_running_owners", {"worker_id": worker_id})
+        return [row["worker_id"] for row in rows if liveness.lock_is_free(row["liveness"])]
 
     # locks and migrations ------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ write is one ``BEGIN IMMEDIATE`` transaction: SQLite then holds its single write
 whole claim, finish or enqueue, which is what makes them atomic across processes. Contention is
 absorbed by a bounded, jittered retry (:class:`~oncely.errors.StoreBusy` after about 30 s). What
 differs from PostgreSQL is here: the claim, finish and lease cycle (``claim.py``, the controls'
-part of a claim in ``controls.py``), the fenced transaction and waiting for work (``data_version``).
+part of a claim in ``controls.py``), the fenced transaction and waiting for work (``data_version``);
+the liveness lock (``liveness.py``) is the dialect's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from oncely.errors import FenceRejected, StoreError
+from oncely.errors import FenceRejected
 from oncely.store.base import (
     ClaimResult,
     JobClaimParams,
@@ -27,12 +28,10 @@ from oncely.store.base import (
 )
 from oncely.store.controls import Control, ControlUsage
 from oncely.store.ops import claimpolicy, jobs
-from oncely.store.rescue import JobRescue, LivenessHold, NoHold, RescueOutcome
-from oncely.store.sqlite import claim, controls, rescue
+from oncely.store.sqlite import claim, controls
 from oncely.store.sqlite.dialect import SQLiteDialect
 from oncely.store.sqlite.engine import BUSY_BUDGET, Engine, parse_url
 from oncely.store.sqlstore import SQLStore
-from oncely.types import Job
 
 
 class SQLiteStore(SQLStore[SQLiteDialect]):
@@ -78,31 +77,6 @@ class SQLiteStore(SQLStore[SQLiteDialect]):
 
     def leader_elect(self, worker_id: str, now: datetime, ttl: float) -> LeaderState:
         return self._engine.write(lambda conn: claim.elect_leader(conn, worker_id, now, ttl))
-
-    # rescue and liveness (oncely.store.rescue) ------------------------------------------------
-
-    def job_rescue(self, params: JobRescue) -> RescueOutcome | None:
-        return self._engine.write(lambda conn: rescue.rescue_job(conn, params))
-
-    def job_running_of(self, owner: str, limit: int = 200) -> list[Job]:
-        return self._engine.read(lambda conn: rescue.running_of(conn, owner, limit))
-
-    def worker_owners_gone(self, worker_id: str) -> list[str]:
-        return self._engine.read(lambda conn: rescue.owners_gone(conn, worker_id))
-
-    def liveness_hold(self, worker_id: str) -> LivenessHold:
-        if self._engine.memory:
-            return NoHold()
-        try:
-            hold = rescue.FlockHold(self.path, worker_id)
-        except OSError as exc:
-            raise StoreError(f"cannot hold a liveness lock beside {self.path!r}: {exc}") from None
-        try:
-            self._engine.write(lambda conn: rescue.set_liveness(conn, worker_id, hold.token))
-        except BaseException:
-            hold.release()
-            raise
-        return hold
 
     # transactions and wake-ups ----------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 -- Rescue of running jobs whose worker died or went silent, worker liveness, and the wake-up of
--- claimers when a finish frees room (see oncely.store.rescue). Lock order as everywhere: the job
--- row first, then the lease row.
+-- claimers when a finish frees room (see oncely.store.rescue; the rescue is written once in
+-- oncely.store.ops.rescue). Lock order as everywhere: the job row first, then the lease row.
 
 -- name: job_rescue_target
 -- The job a rescue may touch, locked: still running under the fence the rescuer saw, and either
@@ -13,8 +13,7 @@ FOR UPDATE;
 
 -- name: job_rescue
 -- Back to work with the attempt given back (retry), or failed once the rescue budget is spent;
--- frees the key's lease if this fence still holds it, notes the slot's ledger row, and wakes
--- idle claimers when the job is back in its queue.
+-- wakes idle claimers of its queue.
 WITH job AS (
     UPDATE oncely_jobs
     SET state = CASE WHEN %(retry)s THEN 'retryable' ELSE 'failed' END,
@@ -22,23 +21,24 @@ WITH job AS (
         run_at = CASE WHEN %(retry)s THEN %(now)s ELSE run_at END,
         attempt = CASE WHEN %(retry)s THEN GREATEST(attempt - 1, 0) ELSE attempt END,
         rescues = rescues + 1,
-        errors = errors || %(errors)s::jsonb,
+        errors = errors || %(error)s::jsonb,
         lease_owner = NULL,
         lease_expires_at = NULL
     WHERE id = %(job_id)s
-    RETURNING id, queue, singleton_key, schedule, slot
-), lease AS (
-    UPDATE oncely_leases AS l SET owner = NULL, job_id = NULL, expires_at = NULL
-    FROM job
-    WHERE l.key = job.singleton_key AND l.fence = %(fence)s
-), ledger AS (
-    UPDATE oncely_slots AS slot
-    SET outcome = CASE WHEN %(retry)s THEN slot.outcome ELSE 'failed' END,
-        note = %(note)s, updated_at = %(now)s
-    FROM job
-    WHERE slot.schedule = job.schedule AND slot.slot = job.slot AND slot.job_id = job.id
+    RETURNING id, queue
 )
 SELECT job.id, pg_notify('oncely_jobs', current_schema() || ':' || job.queue) AS woke FROM job;
+
+-- name: lease_release
+-- Frees the key's lease if the rescued job's fence still holds it.
+UPDATE oncely_leases SET owner = NULL, job_id = NULL, expires_at = NULL
+WHERE key = %(key)s AND fence = %(fence)s;
+
+-- name: slot_note_rescue
+-- The ledger row of a rescued slot job: its outcome once the budget is spent, else only a note.
+UPDATE oncely_slots
+SET outcome = COALESCE(%(outcome)s, outcome), note = %(note)s, updated_at = %(now)s
+WHERE schedule = %(schedule)s AND slot = %(slot)s AND job_id = %(job_id)s;
 
 -- name: job_running_of
 SELECT * FROM oncely_jobs

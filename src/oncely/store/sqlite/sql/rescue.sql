@@ -1,5 +1,6 @@
 -- Rescue of running jobs whose worker died or went silent, and worker liveness
--- (see oncely.store.rescue). Writes run inside one BEGIN IMMEDIATE transaction.
+-- (see oncely.store.rescue; the rescue is written once in oncely.store.ops.rescue, and frees the
+-- key's lease with lease_release). Writes run inside one BEGIN IMMEDIATE transaction.
 
 -- name: job_rescue_target
 -- The job a rescue may touch: still running under the fence the rescuer saw, and either its

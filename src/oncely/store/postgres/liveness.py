@@ -1,5 +1,4 @@
-"""Rescue, liveness and release wake-ups for the PostgreSQL store (types and transition in
-:mod:`oncely.store.rescue`).
+"""Liveness for the PostgreSQL store (the rescue it proves due is :mod:`oncely.store.rescue`).
 
 Liveness across machines: each worker opens one dedicated connection of its own (outside the pool)
 and takes a session-level advisory lock on it, ``(space, key)``: ``space`` names the oncely schema,
@@ -24,102 +23,20 @@ import contextlib
 import hashlib
 import select
 import threading
-import time
 import zlib
-from collections.abc import Sequence
-from typing import Any
 
 import psycopg
-from psycopg.rows import TupleRow
+from psycopg.rows import TupleRow, dict_row
 
+from oncely import sql
 from oncely.errors import StoreError
-from oncely.store.base import JobFinish
-from oncely.store.postgres import claim
-from oncely.store.postgres.dialect import QUERIES, errors_json, execute, fetch, fetch_one, to_job
 from oncely.store.postgres.target import CONNECT_TIMEOUT, Target, unreachable
-from oncely.store.rescue import JobRescue, RescueOutcome, rescue_message, rescue_note
-from oncely.store.rows import utc
-from oncely.types import Job, JobError, JobState
 
 # The liveness connection notices a peer that vanished without closing (a partition) after
 # about KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT seconds of silence.
 KEEPALIVE_IDLE = 5
 KEEPALIVE_INTERVAL = 2
 KEEPALIVE_COUNT = 3
-
-
-def rescue_job(conn: psycopg.Connection[Any], params: JobRescue) -> RescueOutcome | None:
-    now = utc(params.now)
-    target = fetch_one(conn, "job_rescue_target", {
-        "job_id": params.job_id, "fence": params.fence, "now": now, "owner": params.owner,
-    })
-    if target is None:
-        return None
-    rescues = int(target["rescues"]) + 1
-    retry = rescues <= params.max_rescues
-    error = JobError(int(target["attempt"]), params.now, params.kind,
-                     rescue_message(params, rescues))
-    fetch(conn, "job_rescue", {
-        "job_id": params.job_id, "fence": params.fence, "retry": retry, "now": now,
-        "errors": errors_json(error), "note": rescue_note(params, rescues),
-    })
-    return RescueOutcome(params.job_id, JobState.RETRYABLE if retry else JobState.FAILED,
-                         rescues)
-
-
-def running_of(conn: psycopg.Connection[Any], owner: str, limit: int) -> list[Job]:
-    return [to_job(row) for row in fetch(conn, "job_running_of", {"owner": owner,
-                                                                  "limit": limit})]
-
-
-def set_liveness(conn: psycopg.Connection[Any], worker_id: str, token: str | None) -> None:
-    execute(conn, "worker_liveness_set", {"worker_id": worker_id, "liveness": token})
-
-
-def owners_gone(conn: psycopg.Connection[Any], worker_id: str, schema: str) -> list[str]:
-    rows = fetch(conn, "worker_owners_gone", {"worker_id": worker_id, "space": space_of(schema)})
-    return [row["worker_id"] for row in rows]
-
-
-def notify_released(conn: psycopg.Connection[Any], job_ids: Sequence[int]) -> None:
-    """Wake idle claimers of the queues where these finished jobs freed room (see SQL)."""
-    if job_ids:
-        fetch(conn, "notify_released", {"job_ids": list(job_ids)})
-
-
-class LimitedWake:
-    """Whether finishes should wake claimers waiting for room in a limited queue or task: for
-    ``WINDOW`` seconds after one of this store's claims needed the full path (queue controls or
-    singleton jobs in play), so the hot path of plain jobs pays nothing otherwise. A finish that
-    frees a singleton key wakes them anyway, inside ``job_finish``."""
-
-    WINDOW = 60.0
-
-    def __init__(self) -> None:
-        self._full_claim_at = -self.WINDOW
-
-    def saw_full_claim(self) -> None:
-        self._full_claim_at = time.monotonic()
-
-    @property
-    def active(self) -> bool:
-        return time.monotonic() - self._full_claim_at < self.WINDOW
-
-
-def finish_waking(conn: psycopg.Connection[Any], params: JobFinish, wake: bool) -> bool:
-    done = claim.finish_job(conn, params)
-    if done and wake:
-        notify_released(conn, [params.job_id])
-    return done
-
-
-def finish_many_waking(conn: psycopg.Connection[Any], batch: Sequence[JobFinish],
-                       done: set[int], wake: bool) -> list[bool]:
-    results = claim.finish_jobs(conn, batch, done)
-    if wake:
-        notify_released(conn, [p.job_id for p, ok in zip(batch, results, strict=True)
-                               if ok and p.job_id not in done])
-    return results
 
 
 def space_of(schema: str) -> int:
@@ -133,8 +50,9 @@ def key_of(worker_id: str) -> int:
 class AdvisoryHold:
     """A worker's liveness lock: a session-level advisory lock on a connection of its own."""
 
-    def __init__(self, target: Target, worker_id: str) -> None:
+    def __init__(self, target: Target, worker_id: str, queries: sql.Queries) -> None:
         self.token: str | None = None
+        self._queries = queries
         self._lock = threading.Lock()
         self._lost = False
         try:
@@ -146,8 +64,10 @@ class AdvisoryHold:
         except psycopg.Error as exc:
             raise unreachable(target.where, exc) from None
         try:
-            row = fetch_one(self._conn, "liveness_lock",
+            with self._conn.cursor(row_factory=dict_row) as cur:
+                cur.execute(queries["liveness_lock"],
                             {"space": space_of(target.schema), "key": key_of(worker_id)})
+                row = cur.fetchone()
         except psycopg.Error as exc:
             self._conn.close()
             raise StoreError(f"cannot take the liveness lock: {exc}") from None
@@ -174,7 +94,7 @@ class AdvisoryHold:
             if self._conn.closed:
                 return True
             try:
-                self._conn.execute(QUERIES["liveness_ping"]).fetchall()
+                self._conn.execute(self._queries["liveness_ping"]).fetchall()
             except psycopg.Error:
                 self._lost = True
                 with contextlib.suppress(psycopg.Error):

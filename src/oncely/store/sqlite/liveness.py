@@ -1,4 +1,4 @@
-"""Rescue and liveness for the SQLite store (types and transition in :mod:`oncely.store.rescue`).
+"""Liveness for the SQLite store (the rescue it proves due is :mod:`oncely.store.rescue`).
 
 Liveness on one machine: each worker holds an exclusive ``flock`` on its own file in the folder
 ``<database>.workers/`` beside the database, from start to stop. The kernel releases it when the
@@ -15,55 +15,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import sqlite3
 import threading
-
-from oncely.store.rescue import JobRescue, RescueOutcome, rescue_message, rescue_note
-from oncely.store.rows import dump_error, to_epoch
-from oncely.store.sqlite.dialect import QUERIES, fetch, fetch_one, to_job
-from oncely.types import Job, JobError, JobState, SlotOutcome
-
-
-def rescue_job(conn: sqlite3.Connection, params: JobRescue) -> RescueOutcome | None:
-    now = to_epoch(params.now)
-    target = fetch_one(conn, "job_rescue_target", {
-        "job_id": params.job_id, "fence": params.fence, "now": now, "owner": params.owner,
-    })
-    if target is None:
-        return None
-    rescues = int(target["rescues"]) + 1
-    retry = rescues <= params.max_rescues
-    error = JobError(int(target["attempt"]), params.now, params.kind,
-                     rescue_message(params, rescues))
-    conn.execute(QUERIES["job_rescue"], {
-        "job_id": params.job_id, "retry": retry, "now": now, "error": dump_error(error),
-    })
-    if target["singleton_key"] is not None:
-        conn.execute(QUERIES["lease_release"],
-                     {"key": target["singleton_key"], "fence": params.fence})
-    if target["schedule"] is not None:
-        conn.execute(QUERIES["slot_note_rescue"], {
-            "schedule": target["schedule"], "slot": target["slot"], "job_id": params.job_id,
-            "outcome": None if retry else str(SlotOutcome.FAILED),
-            "note": rescue_note(params, rescues), "now": now,
-        })
-    return RescueOutcome(params.job_id, JobState.RETRYABLE if retry else JobState.FAILED,
-                         rescues)
-
-
-def running_of(conn: sqlite3.Connection, owner: str, limit: int) -> list[Job]:
-    return [to_job(row) for row in fetch(conn, "job_running_of", {"owner": owner,
-                                                                   "limit": limit})]
-
-
-def set_liveness(conn: sqlite3.Connection, worker_id: str, token: str | None) -> None:
-    conn.execute(QUERIES["worker_liveness_set"], {"worker_id": worker_id, "liveness": token})
-
-
-def owners_gone(conn: sqlite3.Connection, worker_id: str) -> list[str]:
-    """Owners of running jobs (other than ``worker_id``) whose liveness lock is free."""
-    rows = fetch(conn, "worker_running_owners", {"worker_id": worker_id})
-    return [row["worker_id"] for row in rows if lock_is_free(row["liveness"])]
 
 
 def lock_is_free(path: str) -> bool:
