@@ -63,8 +63,9 @@ SET job_id = %(job_id)s, outcome = %(outcome)s, note = %(note)s, updated_at = %(
 WHERE schedule = %(schedule)s AND slot = %(slot)s;
 
 -- name: slot_set_outcome
--- The outcome of the slot a job belongs to; only that job may set it.
-UPDATE oncely_slots SET outcome = %(outcome)s, note = %(note)s, updated_at = %(now)s
+-- The outcome of the slot a job belongs to; only that job may set it. Without a note of its own
+-- it keeps the one it has (a rescue's).
+UPDATE oncely_slots SET outcome = %(outcome)s, note = COALESCE(%(note)s, note), updated_at = %(now)s
 WHERE schedule = %(schedule)s AND slot = %(slot)s AND job_id = %(job_id)s;
 
 -- name: ledger_list
