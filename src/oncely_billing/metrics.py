@@ -75,6 +75,9 @@ def snapshot(app: oncely.App) -> dict[str, Any]:
         free = _free_tier(conn, dialect) if "metering_notification_outbox" in tables else None
         stripe = _stripe(conn, dialect, now.timestamp()) if {
             "oncely_stripe_deliveries", "oncely_stripe_watermark"} <= tables else None
+        if stripe is not None:
+            stripe["reconciliation"] = _reconciliation(conn, dialect) if (
+                "oncely_stripe_reconciliations" in tables) else None
     if free is None and stripe is None:
         return {"installed": False}
     return {"installed": True, **(free or dict.fromkeys(("free_tier", "emails", "orgs"))),
@@ -111,6 +114,18 @@ def _stripe(conn: Any, dialect: str, now: float) -> dict[str, Any]:
         "unsent": dict.fromkeys(UNSENT, 0) | {str(s): int(c) for s, c in unsent},
         "watermark_lag_seconds": None if mark is None else now - (int(mark[0]) / 1000 + HOUR_S),
     }
+
+
+RECONCILED = ("late", "corrections_sent", "refused", "past_window", "over_billed")
+
+
+def _reconciliation(conn: Any, dialect: str) -> dict[str, Any] | None:
+    """The last finished reconciliation's differences (None before the first)."""
+    row = db.fetch_one(conn, dialect, "billing_last_reconciliation")
+    if row is None:
+        return None
+    return {**{name: int(value) for name, value in zip(RECONCILED, row[:5], strict=True)},
+            "finished_at": int(row[5]) / 1000}
 
 
 def last_runs(app: oncely.App) -> dict[str, dict[str, Any]]:
@@ -197,6 +212,12 @@ def _stripe_families(stripe: dict[str, Any]) -> Iterator[GaugeMetricFamily]:
     if stripe["watermark_lag_seconds"] is not None:
         lag.add_metric([], float(stripe["watermark_lag_seconds"]))
     yield lag
+    checked = stripe.get("reconciliation")
+    if checked is not None:
+        yield _labelled("oncely_billing_reconciliation",
+                        "The last reconciliation of Stripe's totals with the usage source: "
+                        "late differences, corrections sent, refused, past Stripe's window, "
+                        "over-billed", "figure", {name: checked[name] for name in RECONCILED})
 
 
 def _run_families(runs: dict[str, dict[str, Any]]) -> Iterator[GaugeMetricFamily]:

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 import oncely
 from oncely.testing import FrozenClock, run_job
 from oncely_billing import DuckDBUsageSource, migrations, models, reconcile_cli, stripe_store
+from oncely_billing import metrics as billing_metrics
 from oncely_billing.demo.stripe_stub import StripeStub
 from oncely_billing.errors import UsageSourceError, UsageSourceUnavailable
 from oncely_billing.meter import (
@@ -191,6 +192,10 @@ def test_late_usage_is_corrected_once_across_replays(harness: Harness) -> None:
         outcomes = [r[0] for r in tx.execute(
             "SELECT outcome FROM oncely_stripe_reconciliations ORDER BY started_at_ms, job_id")]
     assert outcomes == ["ok"] * 4
+    # The last run's figures reach monitoring (the fleet /metrics reads this snapshot).
+    figures = billing_metrics.snapshot(harness.app)["stripe"]["reconciliation"]
+    assert {k: figures[k] for k in billing_metrics.RECONCILED} == {
+        "late": 2, "corrections_sent": 2, "refused": 0, "past_window": 0, "over_billed": 0}
 
 
 def test_a_crash_between_sending_and_saving_sends_the_same_identifiers_again(

@@ -4,7 +4,8 @@
 
 -- name: billing_tables_present
 SELECT name FROM sqlite_master WHERE type = 'table'
-AND name IN ('metering_notification_outbox', 'oncely_stripe_deliveries', 'oncely_stripe_watermark')
+AND name IN ('metering_notification_outbox', 'oncely_stripe_deliveries', 'oncely_stripe_watermark',
+             'oncely_stripe_reconciliations')
 
 -- name: billing_stripe_events_since
 -- Meter events of the usage hours since a given hour, by status (the index on the hour).
@@ -18,3 +19,9 @@ GROUP BY status
 
 -- name: billing_stripe_watermark
 SELECT hour_start_ms FROM oncely_stripe_watermark WHERE name = :stream
+
+-- name: billing_last_reconciliation
+-- The figures of the last finished reconciliation of Stripe's totals with the usage source.
+SELECT late, corrections_sent, refused, past_window, over_billed, finished_at_ms
+FROM oncely_stripe_reconciliations WHERE finished_at_ms IS NOT NULL
+ORDER BY finished_at_ms DESC, job_id DESC, attempt DESC LIMIT 1
