@@ -4,6 +4,8 @@ alone, a chunk failing for good fails the slot, and a re-run parent enqueues no 
 from __future__ import annotations
 
 import shutil
+import signal
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -233,4 +235,53 @@ def test_a_re_run_parent_enqueues_no_chunk_twice(
         done = db.fetch_all(conn, db.sql_dialect(app), "state_prefix",
                             {"prefix": fanout.plan_key(job.id) + ".%"})
     assert len(done) == 3
+    app.close()
+
+
+# a fleet of worker processes --------------------------------------------------------------
+
+def test_chunks_run_on_several_worker_processes_and_a_killed_parent_is_taken_over(
+    store_url: str, events: Events, workers: Any
+) -> None:
+    from oncely.clock import clock_from_spec
+    from tests.apps import free_tier_fanout as fleet
+
+    spec = f"warp:{NOW.isoformat()}:1:{time.time()}"
+    env = {"ONCELY_TEST_USAGE": str(events.path), "ONCELY_CLOCK": spec, "ONCELY_LEASE_TTL": "3",
+           "ONCELY_LEADER_TTL": "2", "ONCELY_MAINTENANCE_INTERVAL": "0.5",
+           "ONCELY_PREFETCH": "0", "ONCELY_TEST_CHUNK_PAUSE": "0.3"}
+    app = fleet.make(store_url, str(events.path), clock_from_spec(spec))
+    load_scenario(app, events)
+    app.pause_queue(CHUNKS)  # the chunks wait until the parent's worker was killed
+    job = app.trigger(THRESHOLDS_SCHEDULE)
+    assert job is not None
+    first = workers.start(store_url, "", "--queues", "billing", app=fleet.__name__ + ":app",
+                          env=env)
+    plan = wait_until(lambda: fanout.load_plan(app, job.id), timeout=60, message="the plan")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    workers.start(store_url, "", "--queues", "billing", app=fleet.__name__ + ":app", env=env)
+    for _ in range(3):
+        workers.start(store_url, "", "--queues", CHUNKS, "--concurrency", "1",
+                      app=fleet.__name__ + ":app", env=env)
+    # the dead worker's attempt is rescued (given back, due now) and claimed by the new worker
+    wait_until(lambda: job.refresh().state == oncely.JobState.RUNNING and job.job.fence > 1,
+               timeout=60, message="the parent taken over")
+    app.resume_queue(CHUNKS)
+    assert slot_outcome(app) == oncely.SlotOutcome.RAN
+    workers.stop_all()
+
+    parent = job.refresh()
+    assert parent.result["resumed"] is True
+    children = app.read.jobs(task=fanout.CHUNK_TASK)
+    assert sorted(c.id for c in children) == sorted(c.job_id for c in plan.chunks)  # no twice
+    assert {c.state for c in children} == {oncely.JobState.SUCCEEDED}
+    runs = app.read.executions(task=fanout.CHUNK_TASK)
+    assert len(runs) == fleet.FAN_OUT and len({r.worker_id for r in runs}) >= 2
+    overlapping = max(sum(1 for b in runs if b.started_at <= a.started_at < (b.ended_at or NOW))
+                      for a in runs)
+    assert overlapping <= fleet.CONCURRENCY  # the fleet-wide limit of the chunk queue
+    assert state_of(app) == EXPECTED_AFTER_FIRST_RUN
+    assert {(r["org_id"], r["threshold"], r["kind"]) for r in outbox_rows(app)} == (
+        EXPECTED_NOTIFICATIONS)
     app.close()
