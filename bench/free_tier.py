@@ -14,6 +14,12 @@ of the hour), and the peak memory (max RSS) of the process that ran it. Each pha
 own process (``spawn``), so every peak is that phase's own. The job runs in-process through
 ``oncely.testing.run_job``, as ``oncely metering run-thresholds`` does.
 
+Then, on worker processes (``oncely worker``), each mode on a fresh store loaded with the same
+dataset: the **single run** on one worker, and **fan-out** (``--fan-out`` chunks, 4 running at
+once fleet-wide) on 1 and on 4 workers (``--fan-out-workers``): wall time from enqueue to the
+run's end, for the first full run and the full recount, with the workers the chunks ran on.
+The workers share a warp clock starting at the dataset's end (``ONCELY_CLOCK``).
+
 Goals on 2 cores: incremental run <= 5 s, full recount <= 60 s, organization writes per
 steady-state run <= organizations whose usage changed (the reference design rewrote all 50,000
 every hour).
@@ -24,16 +30,20 @@ Output: a table, then one JSON document on stdout (and in ``--json-out``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
 import platform
 import resource
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -124,6 +134,95 @@ def phase_append_hour(usage: str, start_iso: str) -> dict[str, Any]:
     return {"events": added, "free_orgs_with_new_usage": int(changed)}
 
 
+# worker processes -----------------------------------------------------------------------------
+
+_worker_app: list[Any] = []
+
+
+def __getattr__(name: str) -> Any:
+    """``bench.free_tier:app`` — the app of a worker process, built from its environment."""
+    if name != "app":
+        raise AttributeError(name)
+    if not _worker_app:
+        from oncely_billing import DuckDBUsageSource, MeteringSettings, build_app
+
+        _worker_app.append(build_app(
+            os.environ["ONCELY_DATABASE_URL"],
+            usage_source=DuckDBUsageSource(os.environ["ONCELY_BENCH_USAGE"]),
+            settings=MeteringSettings.from_env(enforce=True)))
+    return _worker_app[0]
+
+
+def start_workers(count: int, env: dict[str, str], logs: Path) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for index in range(count):
+        log = open(logs / f"worker-{index}.log", "wb")  # noqa: SIM115
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "oncely", "--app", "bench.free_tier:app", "worker"],
+            cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + 120
+    while not all("worker.started" in (logs / f"worker-{i}.log").read_text(errors="replace")
+                  for i in range(count)):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            stop_workers(procs)
+            raise RuntimeError(f"workers did not start; see {logs}")
+        time.sleep(0.1)
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def runs_on_workers(url: str, usage: str, parts: int, workers: int,
+                    logs: Path) -> dict[str, Any]:
+    """The first full run and a full recount, each enqueued and run by ``workers`` processes."""
+    from oncely.clock import clock_from_spec
+    from oncely_billing import DuckDBUsageSource, MeteringSettings, build_app, metering_of
+    from oncely_billing.fanout import CHUNK_TASK
+
+    spec = f"warp:{END.isoformat()}:1:{time.time()}"
+    env = {"ONCELY_DATABASE_URL": url, "ONCELY_BENCH_USAGE": usage, "ONCELY_CLOCK": spec,
+           "ONCELY_METERING_FAN_OUT": str(parts), "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}"}
+    app = build_app(url, usage_source=DuckDBUsageSource(usage), clock=clock_from_spec(spec),
+                    settings=MeteringSettings(enforce=True, fan_out=parts))
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = start_workers(workers, env, logs)
+    figures: dict[str, Any] = {"mode": "fan-out" if parts >= 2 else "single",
+                               "fan_out": parts, "workers": workers}
+    try:
+        for label, full in (("first_full_run", False), ("full_recount", True)):
+            started = time.perf_counter()
+            handle = app.enqueue_job(metering_of(app).thresholds_task, {"full": full},
+                                     unique_key=f"bench-{label}")
+            while not (job := handle.refresh()).state.finished:
+                if time.perf_counter() - started > 3600:
+                    raise RuntimeError(f"{label} did not finish within an hour")
+                time.sleep(0.05)
+            seconds = time.perf_counter() - started
+            if job.state.value != "succeeded":
+                raise RuntimeError(f"{label} ended {job.state}: {job.errors[-1].message}")
+            chunk_jobs = set(job.result.get("chunk_jobs", ()))
+            ran_on = {e.worker_id for e in app.read.executions(task=CHUNK_TASK, limit=1000)
+                      if e.job_id in chunk_jobs}
+            figures[label] = {"seconds": round(seconds, 2), "result": dict(job.result),
+                              "chunk_workers": len(ran_on)}
+            print(f"  {figures['mode']} ({parts} chunks) on {workers} worker(s), {label}: "
+                  f"{seconds:.2f} s", file=sys.stderr)
+    finally:
+        stop_workers(procs)
+        app.close()
+    return figures
+
+
 def in_process(function: Any, *args: Any) -> Any:
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
@@ -178,6 +277,22 @@ def bench_store(name: str, url: str, usage: str) -> dict[str, Any]:
     return figures
 
 
+def bench_on_workers(name: str, fresh_url: Any, master: str, workdir: Path,
+                     args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Single run and fan-out on worker processes, each mode on a fresh store."""
+    modes = [(0, 1)] + [(args.fan_out, int(n)) for n in args.fan_out_workers.split(",") if n]
+    rows = []
+    for number, (parts, workers) in enumerate(modes):
+        usage = str(workdir / f"usage-{name}-workers-{number}.duckdb")
+        shutil.copyfile(master, usage)
+        with fresh_url(number) as url:
+            in_process(phase_load_store, url, usage)
+            rows.append(runs_on_workers(url, usage, parts, workers,
+                                        workdir / f"logs-{name}-{number}"))
+        os.unlink(usage)
+    return rows
+
+
 # output ---------------------------------------------------------------------------------------
 
 def row(label: str, run: dict[str, Any]) -> list[str]:
@@ -210,6 +325,27 @@ def print_table(report: dict[str, Any]) -> None:
             table.add_row(*row(f"incremental #{number}", run))
         table.add_row(*row("full recount", store["full_recount"]))
         console.print(table)
+        if store.get("on_workers"):
+            console.print(workers_table(store))
+
+
+def workers_table(store: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"single run vs fan-out on worker processes ({store['store']}): "
+                        "seconds from enqueue to the run's end")
+    for column in ("mode", "workers", "run", "seconds", "org writes", "emails", "chunks",
+                   "chunk workers"):
+        table.add_column(column, justify="right")
+    for mode in store["on_workers"]:
+        for label in ("first_full_run", "full_recount"):
+            run = mode[label]
+            result = run["result"]
+            table.add_row(mode["mode"], str(mode["workers"]), label.replace("_", " "),
+                          f"{run['seconds']:.2f}", str(result["org_rows_written"]),
+                          str(result["notifications"]), str(result.get("fan_out", "-")),
+                          str(run["chunk_workers"] or "-"))
+    return table
 
 
 def main() -> int:
@@ -221,6 +357,10 @@ def main() -> int:
     parser.add_argument("--postgres-url")
     parser.add_argument("--json-out")
     parser.add_argument("--workdir", help="Where the files go (default: a temporary directory).")
+    parser.add_argument("--fan-out", type=int, default=8, help="Chunks of a fanned-out run.")
+    parser.add_argument("--fan-out-workers", default="1,4",
+                        help="Worker processes for the fan-out rows (comma-separated counts); "
+                             "empty: skip the runs on workers.")
     args = parser.parse_args()
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="oncely-free-tier-"))
@@ -240,6 +380,12 @@ def main() -> int:
             if name == "sqlite":
                 report["stores"].append(bench_store(name, f"sqlite:///{workdir / 'oncely.db'}",
                                                     usage))
+
+                @contextlib.contextmanager
+                def sqlite_url(number: int) -> Iterator[str]:
+                    yield f"sqlite:///{workdir / f'workers-{number}.db'}"
+
+                fresh_url: Any = sqlite_url
             elif name == "postgres":
                 base = postgres_base(args)
                 if base is None:
@@ -249,7 +395,22 @@ def main() -> int:
                     report["stores"].append(bench_store(name, with_schema(base, schema), usage))
                 finally:
                     drop_schema(base, schema)
+
+                @contextlib.contextmanager
+                def postgres_url(number: int, base: str = base) -> Iterator[str]:
+                    schema = f"oncely_bench_{uuid.uuid4().hex[:12]}"
+                    try:
+                        yield with_schema(base, schema)
+                    finally:
+                        drop_schema(base, schema)
+
+                fresh_url = postgres_url
+            else:
+                continue
             os.unlink(usage)
+            if args.fan_out_workers:
+                report["stores"][-1]["on_workers"] = bench_on_workers(
+                    name, fresh_url, master, workdir, args)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

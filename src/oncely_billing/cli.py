@@ -27,7 +27,7 @@ from oncely_billing.runtime import (
     metering_of,
     usage_source_from_url,
 )
-from oncely_billing.settings import MeteringSettings
+from oncely_billing.settings import MAX_FAN_OUT, MeteringSettings
 
 
 class Context:
@@ -166,19 +166,23 @@ def _parse_end(text: str | None) -> datetime | None:
 @metering.command("run-thresholds")
 @click.option("--full", is_flag=True, help="Recount every current cycle (the nightly reconcile).")
 @click.option("--enqueue", is_flag=True, help="Enqueue it for the workers; do not run it here.")
+@click.option("--fan-out", "fan_out", type=click.IntRange(0, MAX_FAN_OUT), metavar="N",
+              help="N chunk jobs run by the workers of the chunk queue (0: one run here; "
+                   "default: ONCELY_METERING_FAN_OUT).")
 @click.pass_obj
-def run_thresholds(obj: Context, full: bool, enqueue: bool) -> None:
+def run_thresholds(obj: Context, full: bool, enqueue: bool, fan_out: int | None) -> None:
     """Run the free-tier threshold job once, now (singleton: refused while a run is active)."""
     runtime = obj.runtime()
     task = runtime.thresholds_task
+    args: dict[str, Any] = {"full": full} if fan_out is None else {"full": full,
+                                                                   "fan_out": fan_out}
     if enqueue:
         stamp = runtime.app.clock.now().strftime("%Y%m%dT%H%M%S")
-        handle = runtime.app.enqueue_job(task, {"full": full},
-                                         unique_key=f"manual-thresholds-{stamp}")
+        handle = runtime.app.enqueue_job(task, args, unique_key=f"manual-thresholds-{stamp}")
         obj.emit({"job_id": handle.id, "created": handle.created, "queue": task.options.queue})
         return
     try:  # in this process, under the job's lease (renewed) and timeout; never left queued
-        job = runtime.app.run_now(task, by="cli", full=full)
+        job = runtime.app.run_now(task, by="cli", **args)
     except oncely.SingletonBusy as exc:
         raise oncely.SingletonBusy(
             f"a free-tier run is in progress (the job is a singleton); try again when it ends "

@@ -22,6 +22,7 @@ from typing import Any
 
 import oncely
 from oncely_billing import migrations, notify
+from oncely_billing.fanout import install_fan_out, run_fanned_out
 from oncely_billing.gate import IngestionGate
 from oncely_billing.settings import MeteringSettings
 from oncely_billing.sweep import SWEEP_TASK, install_sweeper
@@ -78,7 +79,11 @@ def install(
         _runtimes[app] = runtime
         _latest[:] = [runtime]
 
-    def free_tier_thresholds(ctx: oncely.JobContext, full: bool = False) -> dict[str, Any]:
+    def free_tier_thresholds(ctx: oncely.JobContext, full: bool = False,
+                             fan_out: int | None = None) -> dict[str, Any]:
+        parts = runtime.settings.fan_out if fan_out is None else fan_out
+        if parts >= 2:  # one child job per chunk of organizations (oncely_billing.fanout)
+            return run_fanned_out(ctx, runtime, parts, full=full)
         return run_free_tier(ctx, runtime, full=full)
 
     def send_notification(ctx: oncely.JobContext, outbox_id: int) -> dict[str, Any]:
@@ -95,6 +100,7 @@ def install(
                                  max_delay=3600.0, jitter=True),
     )(send_notification)
     install_sweeper(app, settings, send_task)
+    install_fan_out(app, runtime)
     app.schedule(THRESHOLDS_SCHEDULE, thresholds, cron=settings.thresholds_cron, tz="UTC",
                  overlap="skip", catch_up="latest")
     if os.environ.get("ONCELY_STRIPE_API_KEY"):

@@ -14,6 +14,12 @@ gate_timeout                ONCELY_METERING_GATE_TIMEOUT            0.5 s budget
 gate_retry                  ONCELY_METERING_GATE_RETRY              5 s failing open after trouble
 notify_sweep_base_delay     …_NOTIFY_SWEEP_BASE_DELAY               60 s, doubled per re-send
 notify_sweep_max_delay      …_NOTIFY_SWEEP_MAX_DELAY                3600 s at most between them
+fan_out                     ONCELY_METERING_FAN_OUT                 0: one run; N >= 2: N chunk jobs
+fan_out_concurrency         …_FAN_OUT_CONCURRENCY                   4 chunks running, fleet-wide
+fan_out_queue               …_FAN_OUT_QUEUE                         billing-chunks
+fan_out_attempts            …_FAN_OUT_ATTEMPTS                      3 attempts per chunk
+fan_out_retry_delay         …_FAN_OUT_RETRY_DELAY                   10 s, doubled per retry (jitter)
+fan_out_poll                …_FAN_OUT_POLL                          1 s between the run's checks
 smtp.host / port            ONCELY_SMTP_HOST / ONCELY_SMTP_PORT     localhost / 25
 smtp.tls                    ONCELY_SMTP_TLS                         none (or starttls, ssl)
 smtp.username / password    ONCELY_SMTP_USERNAME / _PASSWORD        unset
@@ -22,6 +28,10 @@ smtp.sender                 ONCELY_SMTP_FROM                        billing@exam
 
 Shadow mode (``enforce`` off, the default): usage is tracked and written, but the job sets no
 state, sends no email and blocks nothing (a state left from an enforcing period is cleared).
+
+Fan-out (``fan_out=N``, :mod:`oncely_billing.fanout`): the scheduled run plans N chunks of
+organizations and waits for one child job per chunk, at most ``fan_out_concurrency`` of them
+running at once across the fleet (``max_running`` of ``fan_out_queue``).
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from typing import Any
 
 import oncely
 
+MAX_FAN_OUT = 256  # chunks of one run
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off", "")
 
@@ -120,6 +131,12 @@ class MeteringSettings:
     notify_queue: str = "notifications"
     thresholds_cron: str = "35 * * * *"
     job_timeout: float = 1800.0
+    fan_out: int = 0
+    fan_out_concurrency: int = 4
+    fan_out_queue: str = "billing-chunks"
+    fan_out_attempts: int = 3
+    fan_out_retry_delay: float = 10.0
+    fan_out_poll: float = 1.0
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
 
     def __post_init__(self) -> None:
@@ -133,6 +150,13 @@ class MeteringSettings:
             raise oncely.ConfigError("source_timeout must be positive and source_attempts >= 1")
         if self.gate_timeout <= 0 or self.gate_retry < 0:
             raise oncely.ConfigError("gate_timeout must be positive and gate_retry >= 0")
+        if not 0 <= self.fan_out <= MAX_FAN_OUT:
+            raise oncely.ConfigError(f"fan_out must be 0 (one run) or a number of chunks up to "
+                                     f"{MAX_FAN_OUT}, got {self.fan_out}")
+        if self.fan_out_concurrency < 1 or self.fan_out_attempts < 1:
+            raise oncely.ConfigError("fan_out_concurrency and fan_out_attempts must be >= 1")
+        if self.fan_out_retry_delay < 0 or not self.fan_out_poll > 0:
+            raise oncely.ConfigError("fan_out_retry_delay must be >= 0 and fan_out_poll positive")
 
     def limits_for(self, plan: str | None) -> PlanLimits:
         return self.plans.get(plan or "free") or self.plans["free"]

@@ -21,6 +21,10 @@ One run:
 Before step 1 the run sweeps the notification outbox (:mod:`oncely_billing.sweep`): pending
 rows whose send job ended get a new one.
 
+With ``fan_out=N`` (:mod:`oncely_billing.fanout`) the run does the sweep and steps 1-2 itself,
+then hands steps 3-4 to N child jobs, one per range of organization ids
+(:func:`evaluate` and :func:`apply` restricted to the range), and waits for them.
+
 Every write goes through ``ctx.fenced()``: once another attempt holds the lease, this one's
 writes raise :class:`oncely.FenceRejected` and change nothing.
 """
@@ -53,6 +57,7 @@ THRESHOLDS_SCHEDULE = "free-tier-thresholds"
 PROGRESS_KEY = "free_tier.progress"
 LAST_RUN_KEY = "free_tier.last_run"
 RESUME_WITHIN = timedelta(minutes=30)
+ALL_ORGS = (-(2**63), 2**63 - 1)  # inclusive bounds of organization ids: every organization
 
 
 @dataclass(frozen=True)
@@ -175,8 +180,10 @@ class Candidate:
     cycle: Cycle
 
 
-def evaluate(app: oncely.App, settings: MeteringSettings, as_of: datetime) -> list[Candidate]:
-    """Step 3: the organizations whose usage, cycle or state may change (one query)."""
+def evaluate(app: oncely.App, settings: MeteringSettings, as_of: datetime,
+             org_range: tuple[int, int] = ALL_ORGS) -> list[Candidate]:
+    """Step 3: the organizations (ids in ``org_range``, inclusive) whose usage, cycle or state
+    may change (one query)."""
     dialect = db.sql_dialect(app)
     cycles = cycles_by_anchor_day(as_of.date())
     cycle_rows = [[day, db.epoch_day(cycle.start)] for day, cycle in cycles.items()]
@@ -189,6 +196,7 @@ def evaluate(app: oncely.App, settings: MeteringSettings, as_of: datetime) -> li
         "default_warn_at": free.warn_at, "default_block_at": free.block_at,
         "enforce": settings.enforce,
         "earliest_day": min(start_day for _, start_day in cycle_rows),
+        "org_lo": org_range[0], "org_hi": org_range[1],
     }
     with db.connection(app) as conn:
         rows = db.fetch_all(conn, dialect, "evaluate_orgs", params)
@@ -241,7 +249,10 @@ def write_chunk(ctx: oncely.JobContext, rt: Metering,
 
 
 def apply(ctx: oncely.JobContext, rt: Metering, candidates: list[Candidate],
-          stats: RunStats) -> None:
+          stats: RunStats, resolve: bool = True) -> set[int]:
+    """Step 4: decide and write, chunk by chunk; returns the organizations whose write failed.
+    With ``resolve`` the chunk failures of earlier runs that this one wrote are closed (a
+    fanned-out run's parent does that once for all its chunks instead)."""
     settings = rt.settings
     changes: list[tuple[Decision, Candidate]] = []
     for candidate in candidates:
@@ -249,7 +260,7 @@ def apply(ctx: oncely.JobContext, rt: Metering, candidates: list[Candidate],
         decision = decide(candidate.observation, limits, settings.enforce)
         if decision is not None:
             changes.append((decision, candidate))
-    open_failures = open_chunk_failures(ctx.app)
+    open_failures = open_chunk_failures(ctx.app) if resolve else []
     failed_orgs: set[int] = set()
     for chunk in db.chunks(changes, settings.chunk_size):
         stats.chunks += 1
@@ -270,6 +281,13 @@ def apply(ctx: oncely.JobContext, rt: Metering, candidates: list[Candidate],
             and d.state != "BLOCKED")
         rt.gate.invalidate(d.org_id for d, _ in chunk if d.blocked_changed)
     stats.orgs_changed = len(changes)
+    resolve_failures(ctx, open_failures, failed_orgs, stats)
+    return failed_orgs
+
+
+def resolve_failures(ctx: oncely.JobContext, open_failures: list[tuple[int, list[int]]],
+                     failed_orgs: set[int], stats: RunStats) -> None:
+    """Close the recorded chunk failures none of whose organizations failed again."""
     resolved = [fid for fid, orgs in open_failures if not failed_orgs.intersection(orgs)]
     stats.retried_orgs = sum(len(orgs) for fid, orgs in open_failures if fid in resolved)
     if resolved:
@@ -316,11 +334,8 @@ def _record_last_run(ctx: oncely.JobContext, stats: RunStats) -> None:
             "key": LAST_RUN_KEY, "value": json.dumps(figures), "now": ctx.now().timestamp()})
 
 
-def run_free_tier(ctx: oncely.JobContext, rt: Metering, full: bool = False) -> dict[str, Any]:
-    """The job's handler body; returns the run's figures (stored as the job's result)."""
-    rt.ensure_schema()
-    started = time.perf_counter()
-    stats = RunStats()
+def prepare(ctx: oncely.JobContext, rt: Metering, full: bool, stats: RunStats) -> datetime:
+    """The sweep and steps 1-2 (or the resume from the checkpoint); returns the run's as-of."""
     # first, before the usage source can fail the run: no notification stays pending for good
     swept = sweep(ctx, rt.settings, ctx.app.get_task(SEND_TASK))
     stats.notifications_requeued = swept.requeued
@@ -339,6 +354,15 @@ def run_free_tier(ctx: oncely.JobContext, rt: Metering, full: bool = False) -> d
         refresh(ctx, rt, window, progress, stats)
         ctx.checkpoint({"stage": "rollup_done", "as_of": as_of.timestamp(), "mode": stats.mode})
     stats.as_of = as_of.isoformat()
+    return as_of
+
+
+def run_free_tier(ctx: oncely.JobContext, rt: Metering, full: bool = False) -> dict[str, Any]:
+    """The job's handler body; returns the run's figures (stored as the job's result)."""
+    rt.ensure_schema()
+    started = time.perf_counter()
+    stats = RunStats()
+    as_of = prepare(ctx, rt, full, stats)
     mark = time.perf_counter()
     candidates = evaluate(ctx.app, rt.settings, as_of)
     stats.timings["evaluate"] = round(time.perf_counter() - mark, 3)

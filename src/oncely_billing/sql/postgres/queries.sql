@@ -28,6 +28,16 @@ SELECT value FROM metering_state WHERE key = %(key)s
 INSERT INTO metering_state (key, value, updated_at) VALUES (%(key)s, %(value)s, to_timestamp(%(now)s))
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
 
+-- name: state_prefix
+-- The rows of one family of keys (LIKE pattern), e.g. a fan-out run's plan and chunk records.
+SELECT key, value FROM metering_state WHERE key LIKE %(prefix)s ORDER BY key
+
+-- name: state_prune
+DELETE FROM metering_state WHERE key LIKE %(prefix)s AND updated_at < to_timestamp(%(before)s)
+
+-- name: org_ids
+SELECT id FROM metering_organizations ORDER BY id
+
 -- name: gate_generation_bump
 INSERT INTO metering_state (key, value, updated_at)
 VALUES ('gate.generation', '1', to_timestamp(%(now)s))
@@ -136,6 +146,7 @@ WITH cycles AS (
     FROM metering_organizations o
     JOIN cycles c ON c.anchor_day = o.anchor_day
     LEFT JOIN plans p ON p.plan = o.plan
+    WHERE o.id BETWEEN %(org_lo)s::bigint AND %(org_hi)s::bigint  -- one fan-out chunk, or every organization
 ), sums AS (
     SELECT r.org_id, SUM(r.units)::bigint AS units
     FROM metering_usage_daily r

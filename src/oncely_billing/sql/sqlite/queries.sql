@@ -27,6 +27,16 @@ SELECT value FROM metering_state WHERE key = :key
 INSERT INTO metering_state (key, value, updated_at) VALUES (:key, :value, :now)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
 
+-- name: state_prefix
+-- The rows of one family of keys (LIKE pattern), e.g. a fan-out run's plan and chunk records.
+SELECT key, value FROM metering_state WHERE key LIKE :prefix ORDER BY key
+
+-- name: state_prune
+DELETE FROM metering_state WHERE key LIKE :prefix AND updated_at < :before
+
+-- name: org_ids
+SELECT id FROM metering_organizations ORDER BY id
+
 -- name: gate_generation_bump
 INSERT INTO metering_state (key, value, updated_at) VALUES ('gate.generation', '1', :now)
 ON CONFLICT (key) DO UPDATE
@@ -138,6 +148,7 @@ WITH cycles AS MATERIALIZED (
     FROM metering_organizations o
     JOIN cycles c ON c.anchor_day = o.anchor_day
     LEFT JOIN plans p ON p.plan = o.plan
+    WHERE o.id BETWEEN :org_lo AND :org_hi  -- one fan-out chunk, or every organization
 ), measured AS (
     SELECT cur.id, cur.cycle_start, cur.paid, cur.warn_at, cur.block_at,
            CASE WHEN cur.paid THEN NULL ELSE COALESCE(SUM(r.units), 0) END AS usage
