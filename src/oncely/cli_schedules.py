@@ -92,7 +92,7 @@ def resume(env: Env, name: str) -> None:
 @click.pass_obj
 def trigger(env: Env, name: str) -> None:
     """Run NAME's current slot now: one job for the whole fleet, whoever asks."""
-    handle = env.reader().trigger(name, by=who())
+    handle = env.reader(required=True).trigger(name, by=who())  # builds a job of its task
     if handle is None:
         click.echo(f"schedule {name}: its current slot already has a job (or it is disabled); "
                    "nothing enqueued")
@@ -108,8 +108,8 @@ def trigger(env: Env, name: str) -> None:
 @click.pass_obj
 def backfill(env: Env, name: str, start: str, end: str, yes: bool) -> None:
     """One job for each slot of NAME in (--from, --to] that has none."""
-    handles = env.reader().backfill_schedule(name, _instant(start, "--from"),
-                                          _instant(end, "--to"), yes=yes, by=who())
+    handles = env.reader(required=True).backfill_schedule(
+        name, _instant(start, "--from"), _instant(end, "--to"), yes=yes, by=who())
     click.echo(f"schedule {name}: {len(handles)} slot job(s) enqueued")
 
 
