@@ -187,11 +187,12 @@ def test_a_declared_schedule_offers_buttons_not_the_form(page, app: oncely.App,
     assert printed.count(BY) >= 4 and "schedule.backfilled" in printed
 
 
-def test_the_command_line_takes_the_same_fields(tmp_path: Path, capsys) -> None:
+def test_the_command_line_takes_the_same_fields(tmp_path: Path, capsys, monkeypatch) -> None:
     """`oncely schedules create|update` has the form's fields (misfire grace, enabled) and
     refuses args that are not a JSON object with the same line."""
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    base = ["--database-url", url, "--app", "tests.apps.basic:app"]
+    monkeypatch.setenv("ONCELY_DATABASE_URL", url)  # a new App per command, on this store
+    base = ["--app", "tests.observe_data:billing_app_from_env"]
 
     def run(*args: str) -> tuple[int, str]:
         capsys.readouterr()
@@ -204,11 +205,12 @@ def test_the_command_line_takes_the_same_fields(tmp_path: Path, capsys) -> None:
         return code, seen.out + seen.err
 
     assert run("migrate")[0] == 0
-    code, said = run("schedules", "create", "org-7", "--task", "record", "--every", "60",
-                     "--args", "[7]")
+    code, said = run("schedules", "create", "org-7", "--task", "emails.send",
+                     "--every", "60", "--args", "[7]")
     assert code == 2 and "--args must be a JSON object" in said
-    code, said = run("schedules", "create", "org-7", "--task", "record", "--every", "60",
-                     "--args", '{"n": 7}', "--misfire-grace", "30", "--disabled")
+    code, said = run("schedules", "create", "org-7", "--task", "emails.send",
+                     "--every", "60", "--args", '{"to": "ops@example.com"}', "--misfire-grace",
+                     "30", "--disabled")
     assert code == 0, said
     code, said = run("schedules", "update", "org-7", "--enabled", "--misfire-grace", "5")
     assert code == 0 and "revision 2" in said
@@ -217,7 +219,8 @@ def test_the_command_line_takes_the_same_fields(tmp_path: Path, capsys) -> None:
         row = app.store.schedule_get("org-7")
         assert row is not None
         spec = ScheduleSpec.from_spec_dict(row.spec)
-        assert (spec.args, spec.misfire_grace, spec.enabled) == ({"n": 7}, 5, True)
+        assert (spec.args, spec.misfire_grace, spec.enabled) == ({"to": "ops@example.com"}, 5,
+                                                                   True)
         by = {e.detail.get("by") for e in app.store.schedule_history("org-7", 10)}
     finally:
         app.close()
