@@ -8,6 +8,7 @@ and is retried up to five attempts with exponential backoff from 5 s.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -37,6 +38,12 @@ def billing_app(url: str, clock: oncely.FrozenClock, **settings: object) -> once
 
     app.schedule(SCHEDULE, TASK, cron="35 * * * *")
     return app
+
+
+def billing_app_from_env() -> oncely.App:
+    """The same app on the real clock and ``ONCELY_DATABASE_URL``, for the command line:
+    ``--app tests.observe_data:billing_app_from_env``."""
+    return billing_app(os.environ["ONCELY_DATABASE_URL"], oncely.SystemClock())  # type: ignore[arg-type]
 
 
 def work(

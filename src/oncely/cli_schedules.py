@@ -9,7 +9,6 @@ act through the App's facade (:mod:`oncely.schedule_actions`), each recorded wit
 from __future__ import annotations
 
 import getpass
-import json
 import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ import click
 from oncely import readmodel
 from oncely.app import App
 from oncely.errors import ConfigError
-from oncely.schedule_actions import BACKFILL_CAP
+from oncely.schedule_actions import BACKFILL_CAP, args_from_json
 from oncely.store.base import UpsertOutcome
 
 
@@ -93,7 +92,7 @@ def resume(env: Env, name: str) -> None:
 @click.pass_obj
 def trigger(env: Env, name: str) -> None:
     """Run NAME's current slot now: one job for the whole fleet, whoever asks."""
-    handle = env.reader().trigger(name, by=who())
+    handle = env.reader(required=True).trigger(name, by=who())  # builds a job of its task
     if handle is None:
         click.echo(f"schedule {name}: its current slot already has a job (or it is disabled); "
                    "nothing enqueued")
@@ -109,8 +108,8 @@ def trigger(env: Env, name: str) -> None:
 @click.pass_obj
 def backfill(env: Env, name: str, start: str, end: str, yes: bool) -> None:
     """One job for each slot of NAME in (--from, --to] that has none."""
-    handles = env.reader().backfill_schedule(name, _instant(start, "--from"),
-                                          _instant(end, "--to"), yes=yes, by=who())
+    handles = env.reader(required=True).backfill_schedule(
+        name, _instant(start, "--from"), _instant(end, "--to"), yes=yes, by=who())
     click.echo(f"schedule {name}: {len(handles)} slot job(s) enqueued")
 
 
@@ -147,12 +146,7 @@ def _definition(cron: str | None, every: float | None, args: str | None,
     if every is not None:
         found["every"] = every
     if args is not None:
-        try:
-            found["args"] = json.loads(args)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--args is not JSON: {exc}") from None
-        if not isinstance(found["args"], dict):
-            raise ConfigError("--args must be a JSON object, e.g. '{\"org_id\": 42}'")
+        found["args"] = args_from_json(args)
     return found
 
 
@@ -165,6 +159,10 @@ def _definition_options(command: Any) -> Any:
         click.option("--overlap", type=click.Choice(["skip", "buffer_one", "allow"])),
         click.option("--catch-up", "catch_up", type=click.Choice(["none", "latest", "all"])),
         click.option("--queue", help="Queue of its jobs (default: the task's)."),
+        click.option("--misfire-grace", "misfire_grace", type=float,
+                     help="Seconds a slot may start late before it is recorded missed."),
+        click.option("--enabled/--disabled", default=None,
+                     help="A disabled schedule is stored but fires nothing."),
     ]):
         command = option(command)
     return command

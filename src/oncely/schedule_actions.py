@@ -20,6 +20,7 @@ store records in the schedule's history (``oncely ledger NAME``, the dashboard's
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,18 @@ if TYPE_CHECKING:
     from oncely.store.base import Store
 
 BACKFILL_CAP = 1000  # slots one backfill enqueues without yes=True
+
+
+def args_from_json(text: str, option: str = "--args") -> dict[str, Any]:
+    """A dynamic schedule's task arguments as typed by an operator (the command line's
+    ``--args``, the dashboard's form): a JSON object, or one clear error."""
+    try:
+        found = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{option} is not JSON: {exc}") from None
+    if not isinstance(found, dict):
+        raise ConfigError(f"{option} must be a JSON object, e.g. '{{\"org_id\": 42}}'")
+    return found
 
 
 class ScheduleActions:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from tests.conftest import open_basic_app
 
 from oncely.cli import main
+from oncely.schedules import ScheduleSpec
 from oncely.web.app import create_app
 
 with warnings.catch_warnings():  # Starlette asks for httpx2; httpx serves the test client fine
@@ -172,7 +174,8 @@ PAGES = ["/", "/jobs", "/jobs/{}", "/schedules", "/schedules/{}", "/workers", "/
          "/api/events", "/api/doctor", "/api/openapi.json", "/metrics", "/healthz",
          "/api/orgs/{}/ingestion"]  # an installed add-on's route (oncely_billing)
 ACTIONS = ["/jobs/{}/retry", "/jobs/{}/cancel", "/anomalies/{}/resolve", "/api/jobs/{}/retry",
-           "/api/jobs/{}/cancel", "/login", "/logout"]
+           "/api/jobs/{}/cancel", "/login", "/logout", "/schedules", "/schedules/{}/update",
+           "/schedules/{}/pause", "/schedules/{}/backfill", "/queues/{}/pause"]
 QUERY_KEYS = ["state", "queue", "task", "schedule", "limit", "before", "buckets", "all", "done"]
 
 
@@ -216,5 +219,51 @@ def test_random_requests_at_every_route(sweep_app: str, any_url: str) -> None:
 
     try:
         sweep()
+    finally:
+        app.close()
+
+
+SCHEDULE_FIELDS = ["name", "task", "cron", "every", "tz", "args", "overlap", "catch_up",
+                   "catch_up_limit", "misfire_grace", "queue", "priority", "jitter", "enabled"]
+
+
+def test_random_schedule_forms(any_url: str) -> None:
+    """The schedule form's every field with random values, signed in with a valid CSRF token,
+    to create a schedule and to edit a dynamic one: a redirect (stored) or the form again with
+    its reason (400), never a 500; the stored definitions all parse."""
+    app = open_basic_app(any_url)
+    app.create_schedule("org-1", "record", every=60, args={"n": 1})
+    web = TestClient(create_app(app, TOKEN), base_url="http://127.0.0.1:8700",
+                     raise_server_exceptions=False)
+    web.post("/login", data={"token": TOKEN}, follow_redirects=False)
+    found = re.search(r'name="csrf" value="([^"]+)"', web.get("/schedules").text)
+    assert found is not None
+    valid = st.fixed_dictionaries({
+        "name": st.from_regex(r"[a-z][a-z0-9-]{0,15}", fullmatch=True), "task": st.just("record"),
+        "every": st.just("30"), "args": st.just('{"n": 2}'), "enabled": st.just("on")})
+    changes = st.dictionaries(st.sampled_from(SCHEDULE_FIELDS), st.one_of(
+        values, st.sampled_from(["noop", "*/5 * * * *", "", "Europe/Paris", '{"api_key": "***"}',
+                                 "buffer_one", "all", "none", "0.5", "100"])), max_size=3)
+    fields = st.builds(lambda base, more: {**base, **more}, valid, changes)
+
+    seen: dict[int, int] = {}
+
+    @settings(SWEEP, max_examples=60)
+    @given(fields, st.sampled_from(["/schedules", "/schedules/org-1/update"]))
+    def sweep(form: dict[str, str], path: str) -> None:
+        data = {key: value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                for key, value in form.items()}
+        answer = web.post(path, data={**data, "csrf": found.group(1)}, follow_redirects=False)
+        assert answer.status_code in (303, 400), (form, answer.status_code, answer.text[:300])
+        assert "Traceback" not in answer.text
+        if answer.status_code == 400:
+            assert 'id="form-error"' in answer.text
+        seen[answer.status_code] = seen.get(answer.status_code, 0) + 1
+
+    try:
+        sweep()
+        assert seen.get(303) and seen.get(400), seen  # both ways were reached
+        for row in app.store.schedule_list():
+            ScheduleSpec.from_spec_dict(row.spec)
     finally:
         app.close()

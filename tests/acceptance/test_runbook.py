@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,8 @@ def quoted_commands() -> list[str]:
 def test_the_runbook_quotes_commands_and_marks_the_others() -> None:
     commands = quoted_commands()
     assert len(commands) >= 15 and all(c.startswith("oncely ") for c in commands)
-    assert not any(c.startswith("oncely schedules ") for c in commands)  # listed, not quoted
+    schedule_levers = {c.split()[2] for c in commands if c.startswith("oncely schedules ")}
+    assert {"pause", "resume", "backfill", "trigger", "history"} <= schedule_levers
 
 
 def test_every_quoted_command_runs_against_a_real_store(any_url: str, tmp_path: Path) -> None:
@@ -44,11 +46,13 @@ def test_every_quoted_command_runs_against_a_real_store(any_url: str, tmp_path: 
         dialect = app.dialect
     finally:
         app.close()
+    now = datetime.now(UTC)  # the commands run on the real clock: backfill refuses the future
     env = dict(os.environ, ONCELY_DATABASE_URL=any_url, PYTHONPATH=str(ROOT),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                SCHEDULE=SCHEDULE, QUEUE=failed.queue, TASK=failed.task, JOB_ID=str(failed.id),
-               PREVIOUS_VERSION=str(latest_version(dialect) - 1), COLUMNS="200")
-    env.pop("ONCELY_APP", None)
+               PREVIOUS_VERSION=str(latest_version(dialect) - 1), COLUMNS="200",
+               FROM=(now - timedelta(hours=3)).isoformat(), TO=now.isoformat())
+    env["ONCELY_APP"] = "tests.observe_data:billing_app_from_env"  # backfill, trigger build jobs
     for command in quoted_commands():
         result = subprocess.run(["bash", "-c", command], env=env, cwd=tmp_path,
                                 capture_output=True, text=True, timeout=120)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import itertools
 import json
 import os
@@ -162,7 +163,9 @@ def test_operators_act_on_schedules_of_a_running_fleet(stores, workers):
                                                          ("hourly", "dynamic")}
     history = json.loads(cli(url, "--json", "schedules", "history", "pulse").stdout)
     assert {"schedule.paused", "schedule.resumed"} <= {h["event"] for h in history}
-    assert [h["by"] for h in history if h["event"] == "schedule.resumed"] == ["api"]
+    by_token = f"dashboard:{hashlib.sha256(TOKEN.encode()).hexdigest()[:8]}"
+    assert [h["by"] for h in history if h["event"] == "schedule.resumed"] == [by_token]
+    assert next(h["by"] for h in history if h["event"] == "schedule.paused").count("@") == 1
     assert "history" in cli(url, "ledger", "pulse").stdout
     with contextlib.suppress(Exception):
         workers.stop_all()

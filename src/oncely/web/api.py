@@ -126,7 +126,7 @@ def _body(r: Request) -> dict[str, Any]:
 
 def _schedule_action(action: str) -> Handler:
     def handle(d: Dashboard, r: Request) -> Any:
-        return d.schedule_action(path_name(r), action, _body(r), by="api")
+        return d.schedule_action(path_name(r), action, _body(r))
 
     return handle
 
@@ -162,9 +162,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              query=("limit",)),
     Endpoint("POST", "/api/schedules", "Create a dynamic schedule: JSON {name, task, cron or "
              "every, args, tz, overlap, catch_up, ...}",
-             lambda d, r: d.schedule_define(_body(r), by="api"), action=True, tags=("action",)),
+             lambda d, r: d.schedule_define(_body(r)), action=True, tags=("action",)),
     Endpoint("PATCH", "/api/schedules/{name}", "Update a dynamic schedule (a new revision)",
-             lambda d, r: d.schedule_define(_body(r), path_name(r), by="api"),
+             lambda d, r: d.schedule_define(_body(r), path_name(r)),
              action=True, tags=("action",)),
     Endpoint("DELETE", "/api/schedules/{name}", "Delete a schedule (JSON {force} optional)",
              _schedule_action("delete"), action=True, tags=("action",)),

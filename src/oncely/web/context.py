@@ -59,11 +59,10 @@ class Dashboard:
     def retry_failed(self, queue: str | None, task: str | None) -> tuple[int, list[int]]:
         return self.app.retry_dead_letters(queue or None, task or None, by=self.by)
 
-    def schedule_action(self, name: str, action: str, body: dict[str, Any],
-                        by: str = "dashboard") -> dict[str, Any]:
-        """pause, resume, trigger, backfill, apply or delete schedule ``name`` (the dashboard's
-        buttons and the API); the result the API returns."""
-        app = self.app
+    def schedule_action(self, name: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """pause, resume, trigger, backfill or delete schedule ``name`` (the dashboard's buttons
+        and the API, both recorded as this dashboard's token); the result the API returns."""
+        app, by = self.app, self.by
         if action == "pause":
             app.pause_schedule(name, body.get("reason"), by=by)
         elif action == "resume":
@@ -82,10 +81,10 @@ class Dashboard:
             raise ConfigError(f"unknown schedule action {action!r}")
         return {"schedule": name, "state": "paused" if action == "pause" else "active"}
 
-    def schedule_define(self, body: dict[str, Any], name: str | None = None,
-                        by: str = "dashboard") -> dict[str, Any]:
-        """Create (``name`` None) or update a dynamic schedule from a JSON body."""
-        fields = dict(body)
+    def schedule_define(self, body: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        """Create (``name`` None) or update a dynamic schedule from a JSON body (the API) or the
+        dashboard's form, recorded as this dashboard's token."""
+        fields, by = dict(body), self.by
         if name is None:
             name, task = str(fields.pop("name", "")), str(fields.pop("task", ""))
             if not name or not task:

@@ -8,6 +8,7 @@ never repeats them.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from datetime import datetime
@@ -27,11 +28,11 @@ from oncely.observe.fmt import ratio, span
 from oncely.plugins import Page
 from oncely.redaction import mask_text
 from oncely.types import JobState
-from oncely.web import queue_pages
-from oncely.web.api import job_filter, path_id, path_name
+from oncely.web import queue_pages, schedule_pages
+from oncely.web.api import job_filter, path_id
 from oncely.web.auth import SESSION_COOKIE
-from oncely.web.charts import timeline_svg
 from oncely.web.context import Dashboard, dashboard
+from oncely.web.schedule_pages import FormRefused
 
 ENV = Environment(loader=PackageLoader("oncely.web", "templates"),
                   autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
@@ -44,7 +45,12 @@ DONE = {"retried": "Job requeued: it runs again as soon as a worker is free.",
         "schedule-pause": "Schedule paused: its slots are recorded paused until resumed.",
         "schedule-resume": "Schedule resumed (its catch-up policy ran the paused slots it keeps).",
         "schedule-trigger": "Current slot triggered (once for the fleet).",
+        "schedule-trigger-none": "Nothing enqueued: the current slot already has a job or ran, "
+                                 "or the schedule is disabled.",
         "schedule-deleted": "Schedule deleted.",
+        "schedule-created": "Schedule created (dynamic): workers that have its task fire it.",
+        "schedule-updated": "Schedule saved: its definition in force is the one shown.",
+        "schedule-backfill": "Backfill enqueued:",
         "paused": "Queue paused: no job of it starts on any worker; running jobs finish.",
         "resumed": "Queue resumed.", "retried-failed": "Failed jobs requeued.",
         "cancelled-selected": "Cancellation recorded for the selected jobs."}
@@ -145,23 +151,6 @@ def _job(d: Dashboard, r: Request) -> dict[str, Any]:
             "can_cancel": state in ("scheduled", "available", "retryable", "running")}
 
 
-def _schedules(d: Dashboard, r: Request) -> dict[str, Any]:
-    now = d.now()
-    rates = {row["schedule"]: row for row in readmodel.schedule_rates(d.store, now)}
-    return {"title": "Schedules",
-            "schedules": readmodel.schedules_overview(d.store, now, d.stale_after),
-            "rates": rates}
-
-
-def _schedule(d: Dashboard, r: Request) -> dict[str, Any]:
-    name = path_name(r)
-    now = d.now()
-    detail = readmodel.schedule_detail(d.store, name, now, d.stale_after)
-    timeline = readmodel.schedule_timeline(d.store, name, now)
-    return {"title": f"Schedule {name}", "schedule": detail, "timeline": timeline,
-            "chart": timeline_svg(timeline)}
-
-
 def _workers(d: Dashboard, r: Request) -> dict[str, Any]:
     now = d.now()
     rows = readmodel.workers(d.store)
@@ -191,8 +180,10 @@ async def _form(request: Request) -> dict[str, str]:
 
 def action(do: Callable[..., str]) -> Any:
     """A guarded form POST running ``do(dashboard, request)``, or ``do(dashboard, request,
-    form)`` (every value of every field) for the queue operations."""
-    wants_form = do.__module__ == queue_pages.__name__
+    form)`` (every value of every field) when ``do`` takes the form; answered with a redirect to
+    the URL ``do`` returns, or with its page again when it raises
+    :class:`~oncely.web.schedule_pages.FormRefused`."""
+    wants_form = len(inspect.signature(do).parameters) == 3
 
     async def endpoint(request: Request) -> Response:
         dash = dashboard(request)
@@ -207,6 +198,8 @@ def action(do: Callable[..., str]) -> Any:
         try:
             args = (dash, request, fields) if wants_form else (dash, request)
             target = await run_in_threadpool(do, *args)
+        except FormRefused as refused:
+            return render(request, refused.template, refused.status, **refused.context)
         except NotFound as exc:
             return render(request, "error.html", 404, title="Not found",
                           message=mask_text(str(exc)))
@@ -226,17 +219,6 @@ def _retry(d: Dashboard, r: Request) -> str:
 def _cancel(d: Dashboard, r: Request) -> str:
     job = d.cancel(path_id(r), "cancelled from the dashboard")
     return f"/jobs/{job['id']}?done=cancelled"
-
-
-def _schedule_button(action_name: str) -> Callable[[Dashboard, Request], str]:
-    def do(d: Dashboard, r: Request) -> str:
-        name = r.path_params["name"]
-        d.schedule_action(name, action_name, {})
-        if action_name == "delete":
-            return "/schedules?done=schedule-deleted"
-        return f"/schedules/{quote(name, safe='')}?done=schedule-{action_name}"
-
-    return do
 
 
 def _resolve(d: Dashboard, r: Request) -> str:
@@ -284,10 +266,7 @@ def routes() -> list[Route]:
         Route("/jobs/{job_id:int}", page("job.html", _job)),
         Route("/jobs/{job_id:int}/retry", action(_retry), methods=["POST"]),
         Route("/jobs/{job_id:int}/cancel", action(_cancel), methods=["POST"]),
-        Route("/schedules", page("schedules.html", _schedules)),
-        Route("/schedules/{name}", page("schedule.html", _schedule)),
-        *(Route(f"/schedules/{{name}}/{verb}", action(_schedule_button(verb)), methods=["POST"])
-          for verb in ("pause", "resume", "trigger", "delete")),
+        *schedule_pages.routes(action, page),
         Route("/workers", page("workers.html", _workers)),
         Route("/anomalies", page("anomalies.html", _anomalies)),
         Route("/anomalies/{anomaly_id:int}/resolve", action(_resolve), methods=["POST"]),
