@@ -488,3 +488,43 @@ def test_store_unavailable_during_an_outage_and_back_after_it(open_store, base_u
         assert len(store.job_list(JobFilter())) == 2
     finally:
         proxy.stop()
+
+
+def test_a_migration_that_adds_columns_does_not_stop_a_running_store(open_store) -> None:
+    """Statements prepared before a migration added columns to the tables they read (the
+    server then refuses them: "cached plan must not change result type") are dropped and run
+    again, on every pooled connection, instead of failing the worker that was running."""
+    import psycopg
+
+    store = open_store(pool_max="4")
+
+    def work(n: int) -> None:  # claims, finishes, reads: statements psycopg prepares
+        ids = [insert(store) for _ in range(n)]
+        for job in store.job_claim(JobClaimParams("w1", NOW, n, 30.0)).jobs:
+            store.job_finish_many([JobFinish(job.id, job.fence, NOW, JobState.SUCCEEDED)])
+        assert all(store.job_get(job_id) is not None for job_id in ids)
+        assert len(store.job_list(JobFilter(limit=1000))) >= n
+
+    threads = [threading.Thread(target=work, args=(8,)) for _ in range(4)]  # several connections
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with psycopg.connect(store.target.conninfo, autocommit=True) as admin:
+        admin.execute("ALTER TABLE oncely_jobs ADD COLUMN added_later INTEGER")
+        admin.execute("ALTER TABLE oncely_leases ADD COLUMN added_later INTEGER")
+    failures: list[BaseException] = []
+
+    def after() -> None:
+        try:
+            work(8)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=after) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    assert store.job_counts()

@@ -10,6 +10,14 @@ killed by a server restart or ``pg_terminate_backend`` are noticed when they are
 :class:`~oncely.errors.StoreUnavailable` (the caller backs off) and makes the next checkout probe
 the server first: during an outage every call fails at once, and the first call after it gets a
 fresh pool (see :class:`Engine`).
+
+Prepared statements and migrations: frequent statements run as server-side prepared statements
+(explicitly for the hot ones, by psycopg after five runs for the rest). A migration that changes
+the columns a prepared ``SELECT *`` or ``RETURNING *`` returns makes the server refuse that
+statement on every connection that prepared it ("cached plan must not change result type"). The
+first connection to meet it drops its prepared statements and the operation is retried; every
+other pooled connection drops its own at its next checkout, so a worker that was running when
+``oncely migrate`` added columns keeps working (see docs/migrations.md).
 """
 
 from __future__ import annotations
@@ -56,6 +64,14 @@ def _json_loads(data: str | bytes) -> Any:
     if data == b"[]":
         return []
     return json.loads(data.decode() if isinstance(data, bytes) else data)
+
+
+def _stale_plan(exc: BaseException) -> bool:
+    """The server refused a prepared statement whose result columns changed under it."""
+    if not isinstance(exc, psycopg.Error) or exc.sqlstate != "0A000":
+        return False
+    return (exc.diag.source_function == "RevalidateCachedQuery"
+            or "cached plan must not change result type" in str(exc))
 
 
 def _configure(conn: Conn) -> None:
@@ -134,6 +150,10 @@ class Engine:
         self._closed = False
         self._suspect = False
         self._local = threading.local()  # .conn: the thread's open transaction, if any
+        # Bumped when a migration made prepared statements stale; a pooled connection whose
+        # statements are older drops them at checkout.
+        self._plans = 0
+        self._conn_plans: weakref.WeakKeyDictionary[Conn, int] = weakref.WeakKeyDictionary()
 
     # connections --------------------------------------------------------------------------------
 
@@ -210,9 +230,21 @@ class Engine:
             if _healthy(conn):
                 if probed:
                     self._suspect = False
+                if self._conn_plans.setdefault(conn, self._plans) != self._plans:
+                    self._forget_plans(conn)
                 return pool, conn
             pool.putconn(conn)
             self._suspect = True
+
+    def _forget_plans(self, conn: Conn, stale: bool = False) -> None:
+        """Drop ``conn``'s prepared statements (psycopg forgets its own on DEALLOCATE ALL);
+        ``stale``: the server refused one, so every other pooled connection drops its own too."""
+        if stale:
+            self._plans += 1
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("DEALLOCATE ALL")
+            conn.commit()
+        self._conn_plans[conn] = self._plans
 
     def _lost(self, conn: Conn) -> bool:
         """After an error on ``conn``: True (and the engine suspect) if the connection is gone."""
@@ -251,7 +283,8 @@ class Engine:
             except BaseException as exc:
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
-                self._lost(conn)
+                if not self._lost(conn) and (_stale_plan(exc) or _stale_plan(exc.__cause__)):
+                    self._forget_plans(conn, stale=True)  # the caller's retry will work
                 if map_body and isinstance(exc, psycopg.Error):
                     raise self.mapped(exc) from exc
                 raise
@@ -289,7 +322,10 @@ class Engine:
                     with contextlib.suppress(psycopg.Error):
                         conn.rollback()
                     lost = self._lost(conn)
-                    retry = (attempt < BUSY_ATTEMPTS and is_busy(exc)) or (
+                    stale = not lost and _stale_plan(exc)
+                    if stale:
+                        self._forget_plans(conn, stale=True)
+                    retry = (attempt < BUSY_ATTEMPTS and (is_busy(exc) or stale)) or (
                         lost and attempt == 1 and not autocommit
                     )
                     if not retry:
