@@ -518,7 +518,7 @@ def test_a_migration_that_adds_columns_does_not_stop_a_running_store(open_store)
     def after() -> None:
         try:
             work(8)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             failures.append(exc)
 
     threads = [threading.Thread(target=after) for _ in range(4)]
