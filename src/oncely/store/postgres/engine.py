@@ -283,7 +283,8 @@ class Engine:
             except BaseException as exc:
                 with contextlib.suppress(psycopg.Error):
                     conn.rollback()
-                if not self._lost(conn) and (_stale_plan(exc) or (exc.__cause__ is not None and _stale_plan(exc.__cause__))):
+                cause = exc.__cause__ or exc
+                if not self._lost(conn) and (_stale_plan(exc) or _stale_plan(cause)):
                     self._forget_plans(conn, stale=True)  # the caller's retry will work
                 if map_body and isinstance(exc, psycopg.Error):
                     raise self.mapped(exc) from exc
