@@ -95,7 +95,7 @@ class FreshStore:
             self.url = f"{pg_url}{joiner}{urlencode({'schema': self.schema})}"
             self.pg_url = pg_url
         self.app = oncely.App(self.url, auto_migrate=False)
-        self.app.store.migrate()  # fails early, in one line, if the server is unreachable
+        self.app.migrate()  # fails early, in one line, if the server is unreachable
         self.app.store.check_schema()
         with self.app.store.transaction() as conn:
             conn.execute(f"CREATE TABLE {schedule_app.TABLE} "

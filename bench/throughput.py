@@ -110,7 +110,7 @@ class FreshStore:
         self.app = oncely.App(self.url, auto_migrate=False)
         self.app.task(name=TASK)(_noop)
         try:
-            self.app.store.migrate()  # fails early if the server is unreachable
+            self.app.migrate()  # fails early if the server is unreachable
             self.app.store.check_schema()
         except BaseException:
             with contextlib.suppress(Exception):
