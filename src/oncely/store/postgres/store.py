@@ -8,7 +8,8 @@ several apps can share one database, ``pool_max=N`` (connections per store, defa
 ``listen=off``. Every other parameter goes to libpq. Sessions run in UTC with
 ``idle_in_transaction_session_timeout`` at 10 s, so a worker paused in the middle of a
 transaction cannot hold rows the fleet needs for longer (a URL
-``options=-c idle_in_transaction_session_timeout=…`` overrides it).
+``options=-c idle_in_transaction_session_timeout=…`` overrides it), and with JIT compilation off
+(it cost whole seconds per claim when an estimate crossed ``jit_above_cost``).
 
 Claims lock rows with ``FOR UPDATE SKIP LOCKED`` and skip lease rows others hold, so claimers
 never wait for one another; every writer locks a job row before a lease row, so they cannot

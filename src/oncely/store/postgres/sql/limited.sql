@@ -29,17 +29,25 @@ WHERE j.state = 'running'
   AND j.queue IN (SELECT name FROM control WHERE kind = 'queue' AND max_running IS NOT NULL)
 GROUP BY j.queue
 UNION ALL
-SELECT 'ring', s.scope, s.slot, s.started_at
-FROM control AS c
-CROSS JOIN LATERAL generate_series(0, LEAST(%(limit)s, c.rate_limit) - 1) AS step(n)
-JOIN oncely_starts AS s
-  ON s.scope = c.kind || ':' || c.name AND s.slot = (c.rate_seq + step.n) %% c.rate_limit
-WHERE c.rate_limit IS NOT NULL AND c.rate_window IS NOT NULL
+SELECT 'ring', r.scope, r.slot, r.at
+FROM (SELECT c.kind || ':' || c.name AS scope, slot.n AS slot,
+             -- a subquery per slot: one index probe each, whatever the size of the ring
+             (SELECT s.started_at FROM oncely_starts AS s
+              WHERE s.scope = c.kind || ':' || c.name AND s.slot = slot.n) AS at
+      FROM control AS c
+      CROSS JOIN LATERAL (
+          SELECT ((c.rate_seq + step) %% c.rate_limit)::integer AS n
+          FROM generate_series(0, LEAST(%(limit)s, c.rate_limit) - 1) AS step) AS slot
+      WHERE c.rate_limit IS NOT NULL AND c.rate_window IS NOT NULL) AS r
+WHERE r.at IS NOT NULL
 UNION ALL
 SELECT 'key', j.concurrency_key, COUNT(*), NULL
 FROM oncely_jobs AS j
 WHERE j.state = 'running' AND j.concurrency_key IS NOT NULL
-  AND j.task IN (SELECT name FROM control WHERE kind = 'task' AND max_per_key IS NOT NULL)
+  -- "IS TRUE": a filter on the running jobs of oncely_jobs_running_key, never a scan of the
+  -- task's every job through oncely_jobs_task that stale statistics can make look cheaper
+  AND (j.task IN (SELECT name FROM control WHERE kind = 'task' AND max_per_key IS NOT NULL))
+      IS TRUE
 GROUP BY j.concurrency_key;
 
 -- name: job_claim_limited
@@ -90,9 +98,10 @@ WITH RECURSIVE control AS (
     SELECT c.kind, c.name,
            COALESCE((SELECT MIN(step.n)
                      FROM generate_series(0, LEAST(%(limit)s, c.rate_limit) - 1) AS step(n)
-                     JOIN oncely_starts AS s
-                       ON s.scope = c.scope AND s.slot = (c.rate_seq + step.n) %% c.rate_limit
-                     WHERE s.started_at > %(now)s - make_interval(secs => c.rate_window)),
+                     WHERE (SELECT s.started_at FROM oncely_starts AS s  -- an index probe each
+                            WHERE s.scope = c.scope
+                              AND s.slot = ((c.rate_seq + step.n) %% c.rate_limit)::integer)
+                           > %(now)s - make_interval(secs => c.rate_window)),
                     LEAST(%(limit)s, c.rate_limit)) AS room
     FROM control AS c
     WHERE c.rate_limit IS NOT NULL AND c.rate_window IS NOT NULL
@@ -111,10 +120,14 @@ WITH RECURSIVE control AS (
 ), task_room AS (
     SELECT r.name AS task, r.room FROM rate_room AS r WHERE r.kind = 'task'
 ), key_room AS (
-    SELECT j.concurrency_key AS key, MAX(c.max_per_key) - COUNT(*) AS room
+    -- (the task's max_per_key less the key's running jobs; "IS TRUE" as in the usage above)
+    SELECT j.concurrency_key AS key,
+           MAX((SELECT c.max_per_key FROM control AS c
+                WHERE c.kind = 'task' AND c.name = j.task)) - COUNT(*) AS room
     FROM oncely_jobs AS j
-    JOIN control AS c ON c.kind = 'task' AND c.name = j.task AND c.max_per_key IS NOT NULL
     WHERE j.state = 'running' AND j.concurrency_key IS NOT NULL
+      AND (j.task IN (SELECT name FROM control WHERE kind = 'task' AND max_per_key IS NOT NULL))
+          IS TRUE
     GROUP BY j.concurrency_key
 ), waiting(queue) AS (
     -- the queues with waiting jobs (one index probe each), unless the claim names its queues
