@@ -44,6 +44,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import oncely  # noqa: E402
+from bench.apps import KEYS, PER_KEY, PER_KEY_TASK, register_per_key  # noqa: E402
 from oncely.store.params import JobFilter  # noqa: E402
 from oncely.types import Job, JobState  # noqa: E402
 
@@ -349,13 +350,17 @@ def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1) if seconds > 0 else float("inf")
 
 
-def enqueue_batch(store: FreshStore, total: int, batch: int) -> float:
-    """Seconds to enqueue ``total`` no-op jobs with enqueue_many, ``batch`` per call."""
+def enqueue_batch(store: FreshStore, total: int, batch: int, task: str = TASK) -> float:
+    """Seconds to enqueue ``total`` no-op jobs with enqueue_many, ``batch`` per call (jobs of
+    the per-key task get one of ``KEYS`` keys each, in turn)."""
     began = time.perf_counter()
     left = total
     while left > 0:
         size = min(batch, left)
-        store.app.enqueue_many(TASK, ({} for _ in range(size)))
+        if task == PER_KEY_TASK:
+            store.app.enqueue_many(task, ({"key": n % KEYS} for n in range(left, left - size, -1)))
+        else:
+            store.app.enqueue_many(task, ({} for _ in range(size)))
         left -= size
     return time.perf_counter() - began
 
@@ -400,19 +405,24 @@ def verify(jobs: list[Job], expected: int) -> dict[str, Any]:
 
 
 def declare_limit(store: FreshStore, limit: str, workers: int, concurrency: int) -> str:
-    """Put one control on the jobs' queue (``default``) before any worker starts; returns what it
-    is. The workers' app declares no queue, so they keep it. The limits are set well above what
-    the fleet can reach, so the run measures what enforcing them costs, not throttling."""
+    """Put one control on the jobs' queue (``default``), or on their task, before any worker
+    starts; returns what it is. The workers' app declares no queue, so they keep it (and the
+    same task limit). The limits are set well above what the fleet can reach, so the run
+    measures what enforcing them costs, not throttling."""
     from oncely.controls import register_controls
 
     if limit == "max_running":
-        threads = concurrency or oncely.Settings().concurrency
-        running = workers * threads  # every handler thread of the fleet may run
+        settings = oncely.Settings()
+        # every job the fleet may hold: each worker's threads and its prefetch buffer
+        running = workers * ((concurrency or settings.concurrency) + settings.prefetch)
         store.app.queue("default", max_running=running)
         shown = f"max_running={running}"
     elif limit == "rate":
         store.app.queue("default", limit=(1_000_000, 1))
         shown = "limit=(1000000, 1 s)"
+    elif limit == "max_per_key":
+        register_per_key(store.app)
+        shown = f"max_per_key={PER_KEY['max_per_key']:,} ({KEYS} keys)"
     else:
         return "none"
     register_controls(store.app.runtime)
@@ -430,8 +440,11 @@ def measure_end_to_end(
     concurrency = args.concurrency if concurrency is None else concurrency
     with fresh_store(args, f"e2e-w{workers}-c{concurrency}-{limit}") as store:
         control = declare_limit(store, limit, workers, concurrency)
-        enqueue_seconds = enqueue_batch(store, jobs, args.batch_size)
-        with worker_pool(args, store.url, store.dir) as pool:
+        per_key = limit == "max_per_key"
+        enqueue_seconds = enqueue_batch(store, jobs, args.batch_size,
+                                        PER_KEY_TASK if per_key else TASK)
+        env = {"ONCELY_BENCH_PER_KEY": "1"} if per_key else None
+        with worker_pool(args, store.url, store.dir, env) as pool:
             pool.start(workers, concurrency)
             if args.profile_dir:
                 pool.profile(
@@ -503,7 +516,7 @@ def measure_e2e_rounds(
     return median
 
 
-LIMITS = ("none", "max_running", "rate")
+LIMITS = ("none", "max_running", "rate", "max_per_key")
 
 
 def measure_limits(args: argparse.Namespace, doc: dict[str, Any], console: Console) -> None:
@@ -517,7 +530,8 @@ def measure_limits(args: argparse.Namespace, doc: dict[str, Any], console: Conso
             result = run_part(
                 doc,
                 f"limits {limit} W={workers} (round {round_no}/{args.limit_rounds})",
-                functools.partial(measure_end_to_end, args, workers, limit, args.limit_jobs),
+                functools.partial(measure_end_to_end, args, workers, limit, args.limit_jobs,
+                                  args.limit_concurrency),
                 console,
             )
             if result is None:
@@ -535,7 +549,7 @@ def measure_limits(args: argparse.Namespace, doc: dict[str, Any], console: Conso
         doc["limits"].append({
             "limit": done[0]["limit"],
             "workers": workers,
-            "concurrency": args.concurrency,
+            "concurrency": args.limit_concurrency,
             "jobs": args.limit_jobs,
             "rounds": len(done),
             "jobs_per_s": rates[len(rates) // 2],
@@ -687,7 +701,7 @@ def render(doc: dict[str, Any], console: Console) -> None:
             f"limits, {run['limit']}",
             fmt(run["jobs_per_s"], " jobs/s"),
             f"median of {run['rounds']} (runs: {spread}); {cost}"
-            f"W={run['workers']} C={run['concurrency']}, {run['jobs']} no-ops; {ok}",
+            f"W={run['workers']} C={run['concurrency'] or 'defaults'}, {run['jobs']} no-ops; {ok}",
         )
     for lat in doc.get("start_latency", []):
         how = "LISTEN/NOTIFY" if doc["store"] == "postgres" else "data_version poll"
@@ -771,6 +785,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="rounds of the limits part; the variants alternate and each reports its median",
     )
     p.add_argument(
+        "--limit-concurrency", default="defaults",
+        help="handler threads per worker for the limits part ('defaults': the worker's own "
+        "settings, no --concurrency flag)",
+    )
+    p.add_argument(
         "--limit-workers",
         type=int,
         help="worker processes for the limits part (default: the first --workers count)",
@@ -823,7 +842,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ):
         p.error("counts must be at least 1")
     args.skip = {part.strip() for part in args.skip.split(",") if part.strip()}
-    if min(args.limit_jobs, args.limit_rounds) < 1 or (
+    try:
+        args.limit_concurrency = (0 if args.limit_concurrency == "defaults"
+                                  else int(args.limit_concurrency))
+    except ValueError:
+        p.error(f"--limit-concurrency takes a count or 'defaults', got {args.limit_concurrency!r}")
+    if min(args.limit_jobs, args.limit_rounds, args.limit_concurrency or 1) < 1 or (
         args.limit_workers is not None and args.limit_workers < 1
     ):
         p.error("counts must be at least 1")

@@ -173,6 +173,53 @@ def test_writes_wait_out_a_short_lock(db_url: str, tmp_path: Path) -> None:
         blocker.close()
 
 
+def test_a_claim_with_nothing_to_start_never_takes_the_write_lock(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Another process holding the write lock (stopped in the middle of a write) does not hold
+    up a claim that finds nothing due, nor one whose due job waits for its singleton key."""
+    store = SQLiteStore(db_url, busy_budget=0.3)
+    store.migrate()
+    store.job_insert(JobInsert(task="later", run_at=datetime(2026, 3, 2, 10, tzinfo=UTC)), NOW)
+    store.job_insert(JobInsert(task="s", singleton_key="k"), NOW)
+    [held] = store.job_claim(JobClaimParams("w0", NOW, 1, 30.0)).jobs
+    store.job_insert(JobInsert(task="s", singleton_key="k"), NOW)  # waits for k
+    blocker = sqlite3.connect(tmp_path / "oncely.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        assert store.job_claim(JobClaimParams("w1", NOW, 10, 30.0)).jobs == []
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert held.singleton_key == "k"
+
+
+def test_a_lazy_write_that_lost_its_snapshot_runs_again_under_the_lock(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The claim's transaction reads before it takes the write lock. When another process wrote
+    in between, its first write fails and the whole work runs again under the lock, seeing that
+    write: one atomic transaction either way."""
+    store = SQLiteStore(db_url)
+    store.migrate()
+    other = sqlite3.connect(tmp_path / "oncely.db", isolation_level=None)
+    seen: list[int] = []
+
+    def count_then_write(conn: sqlite3.Connection) -> int:
+        count = int(conn.execute("SELECT COUNT(*) FROM oncely_leases").fetchone()[0])
+        seen.append(count)
+        if len(seen) == 1:  # another process commits after this transaction's first read
+            other.execute("INSERT INTO oncely_leases (key, fence) VALUES ('other', 1)")
+        conn.execute("INSERT INTO oncely_leases (key, fence) VALUES (?, 1)", (f"k{count}",))
+        return count
+
+    assert store._engine.write_if_needed(count_then_write) == 1
+    assert seen == [0, 1]
+    keys = [row[0] for row in other.execute("SELECT key FROM oncely_leases ORDER BY key")]
+    assert keys == ["k1", "other"]
+    other.close()
+
+
 def test_store_calls_inside_a_transaction_join_it(db_url: str) -> None:
     store = SQLiteStore(db_url)
     store.migrate()

@@ -143,6 +143,27 @@ def test_insert_many_scales(kit: Kit) -> None:
     assert kit.store.job_counts() == [QueueCount("default", JobState.AVAILABLE, 2000)]
 
 
+def test_insert_many_without_unique_keys_returns_the_jobs_as_stored(kit: Kit) -> None:
+    """A batch no unique key can hold back (PostgreSQL writes it with COPY): every field the
+    store reads back is the one the insert returned, in the batch's order."""
+    params = [
+        JobInsert(task="a", args={"n": 1, "text": "é\t\\x"}, priority=2, max_attempts=3,
+                  timeout=1.5),
+        JobInsert(task="b", queue="other", run_at=kit.later(60), singleton_key="s",
+                  overlap=Overlap.BUFFER_ONE),
+        JobInsert(task="c", concurrency_key="c/org:1", args={"nested": [1, {"x": None}]}),
+    ]
+    results = kit.store.job_insert_many(params, kit.now())
+    assert all(r.created for r in results)
+    assert [r.job.task for r in results] == ["a", "b", "c"]
+    ids = [r.job.id for r in results]
+    assert ids == sorted(ids)
+    assert [r.job.state for r in results] == [JobState.AVAILABLE, JobState.SCHEDULED,
+                                              JobState.AVAILABLE]
+    for result in results:
+        assert kit.get(result.job.id) == result.job
+
+
 def test_insert_inside_caller_transaction_commits_with_it(kit: Kit) -> None:
     with kit.store.transaction() as conn:
         result = kit.store.job_insert(JobInsert(task="t"), kit.now(), conn=conn)

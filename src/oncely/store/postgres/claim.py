@@ -64,7 +64,7 @@ def _rank(item: Row | Job) -> tuple[int, datetime, int]:
     return (-int(item["priority"]), item["run_at"], int(item["id"]))
 
 
-def _common(params: JobClaimParams) -> dict[str, Any]:
+def claim_values(params: JobClaimParams) -> dict[str, Any]:
     now = utc(params.now)
     return {
         "now": now,
@@ -85,7 +85,7 @@ def claim_fast(conn: psycopg.Connection[Any], params: JobClaimParams) -> ClaimRe
     if params.limit <= 0:
         return ClaimResult(jobs=[])
     query = "job_claim_fast" if params.queues is None else "job_claim_fast_in_queues"
-    rows = fetch(conn, query, {**_common(params), "limit": params.limit})
+    rows = fetch(conn, query, {**claim_values(params), "limit": params.limit})
     if rows and rows[0]["claim_blocked"]:
         return None
     return ClaimResult(jobs=sorted((to_job(row) for row in rows if row["id"] is not None),
@@ -95,7 +95,7 @@ def claim_fast(conn: psycopg.Connection[Any], params: JobClaimParams) -> ClaimRe
 def claim_jobs(conn: psycopg.Connection[Any], params: JobClaimParams) -> ClaimResult:
     if params.limit <= 0:
         return ClaimResult(jobs=[])
-    common = _common(params)
+    common = claim_values(params)
     now = common["now"]
     gate = controls.open_gate(conn, params)
     limited = controls.LimitedPlan()
@@ -267,14 +267,17 @@ def is_plain_success(params: JobFinish) -> bool:
             and not params.require_expired_lease and not params.refund_attempt)
 
 
-def finish_plain(conn: psycopg.Connection[Any], batch: Sequence[JobFinish]) -> set[int]:
+def finish_plain(
+    conn: psycopg.Connection[Any], batch: Sequence[JobFinish], wake: bool = False
+) -> set[int]:
     """Successes of jobs without a singleton key or a slot (the bulk of a busy queue), in one
-    statement, each under its own fence. Returns the ids it recorded, or found recorded by an
-    earlier try of the same attempt; the others go through :func:`finish_job`, which re-checks
-    each fence."""
+    statement, each under its own fence; with ``wake``, waking claimers of the limited queues
+    and tasks they leave. Returns the ids it recorded, or found recorded by an earlier try of
+    the same attempt; the others go through :func:`finish_job`, which re-checks each fence."""
     if not batch:
         return set()
     rows = fetch(conn, "job_finish_plain_many", {
+        "wake": wake,
         "job_ids": [p.job_id for p in batch],
         "fences": [p.fence for p in batch],
         "results": [None if p.result is None else dump_json(p.result, "job result")

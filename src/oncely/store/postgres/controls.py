@@ -53,10 +53,15 @@ def read_usage(
         "tasks": tasks,
         "keys": list(keys),
     }
+    return usage_of(fetch(conn, "control_read_usage", values))
+
+
+def usage_of(rows: Sequence[Row]) -> ControlUsage:
+    """The usage in the rows of ``control_read_usage`` (or ``control_read_usage_for_claim``)."""
     running: dict[str, int] = {}
     ring: dict[str, dict[int, datetime]] = {}
     key_running: dict[str, int] = {}
-    for row in fetch(conn, "control_read_usage", values):
+    for row in rows:
         name, count = row["name"], int(row["count"])
         if row["what"] == "queue":
             running[name] = count

@@ -1,6 +1,12 @@
-"""What the PostgreSQL store does differently with jobs: a bulk enqueue in one statement per
-chunk (rather than a statement per job) that wakes idle workers once per queue, and the row locks
-behind ``fenced_transaction``.
+"""What the PostgreSQL store does differently with jobs: a bulk enqueue that wakes idle workers
+once per queue, and the row locks behind ``fenced_transaction``.
+
+A bulk enqueue writes a chunk of jobs without a unique key (nothing can conflict: ids come from
+the table's sequence and only slot jobs, never enqueued in bulk, have a slot) with ``COPY … FROM
+STDIN`` in binary, under ids drawn from the sequence first: the server inserts the rows in
+batches rather than one by one, about twice the rows per second of an ``INSERT … SELECT``. A
+chunk with unique keys goes through one ``INSERT … ON CONFLICT DO NOTHING`` statement, which
+says which rows found their key held.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ import psycopg
 
 from oncely.store.base import JobInsert, JobInsertResult, iter_chunks
 from oncely.store.ops.jobs import insert_job, inserted_job
-from oncely.store.postgres.dialect import PostgresDialect, fetch, fetch_one, to_job
+from oncely.store.postgres.dialect import QUERIES, PostgresDialect, fetch, fetch_one, to_job
 from oncely.store.rows import dump_json, utc
-from oncely.types import JobState
+from oncely.types import Job, JobState
 
 INSERT_CHUNK = 5000  # rows per INSERT statement of job_insert_many
 
@@ -28,7 +34,10 @@ def insert_jobs(
     results: list[JobInsertResult] = []
     woken: set[str] = set()
     for chunk in iter_chunks(params, INSERT_CHUNK):
-        chunk_results = _insert_chunk(d, conn, chunk, now)
+        if any(item.unique_key is not None for item in chunk):
+            chunk_results = _insert_chunk(d, conn, chunk, now)
+        else:
+            chunk_results = _copy_chunk(conn, chunk, now)
         results.extend(chunk_results)
         woken.update(
             r.job.queue for r in chunk_results if r.created and r.job.state == JobState.AVAILABLE
@@ -90,6 +99,49 @@ def _insert_chunk(
                 else insert_job(d, conn, chunk[index], now)
             )
     return [result for result in results if result is not None]
+
+
+# The columns _copy_chunk writes, with their types for the binary COPY.
+_COPY_TYPES = ["int8", "text", "text", "jsonb", "text", "int4", "int4", "timestamptz",
+               "timestamptz", "text", "text", "float8", "text"]
+
+
+def _copy_chunk(
+    conn: psycopg.Connection[Any], chunk: Sequence[JobInsert], now: datetime
+) -> list[JobInsertResult]:
+    """Jobs without a unique key, written with one COPY under ids drawn beforehand (ascending,
+    so the chunk keeps its order among jobs of the same priority and due time)."""
+    with conn.cursor() as cur:
+        cur.execute(QUERIES["job_reserve_ids"], {"count": len(chunk)}, prepare=True)
+        ids = sorted(int(row[0]) for row in cur.fetchall())
+        results: list[JobInsertResult] = []
+        # Every field of a new job that its insert does not set, as the table's defaults give it.
+        blank = vars(Job(id=0, queue="", task="", args={}, state=JobState.AVAILABLE, priority=0,
+                         attempt=0, max_attempts=1, run_at=now, created_at=now))
+        with cur.copy(QUERIES["job_copy"]) as copy:
+            copy.set_types(_COPY_TYPES)
+            for job_id, item in zip(ids, chunk, strict=True):
+                run_at = now if item.run_at is None else utc(item.run_at)
+                state = JobState.SCHEDULED if run_at > now else JobState.AVAILABLE
+                try:
+                    copy.write_row((job_id, item.queue, item.task, item.args, state.value,
+                                    item.priority, item.max_attempts, run_at, now,
+                                    item.singleton_key, item.overlap.value, item.timeout,
+                                    item.concurrency_key))
+                except (TypeError, ValueError):
+                    dump_json(item.args, f"arguments of task {item.task!r}")  # names the job
+                    raise
+                # Built from the blank job's fields rather than through the frozen dataclass's
+                # __init__, which sets its 26 fields one object.__setattr__ at a time: a third
+                # of the whole enqueue's time per job.
+                job = object.__new__(Job)
+                vars(job).update(blank, id=job_id, queue=item.queue, task=item.task,
+                                 args=dict(item.args), state=state, priority=item.priority,
+                                 max_attempts=item.max_attempts, run_at=run_at,
+                                 singleton_key=item.singleton_key, overlap=item.overlap,
+                                 timeout=item.timeout, concurrency_key=item.concurrency_key)
+                results.append(JobInsertResult(job, created=True))
+    return results
 
 
 def _dump_rows(rows: list[dict[str, Any]], chunk: Sequence[JobInsert]) -> str:

@@ -8,7 +8,8 @@ several apps can share one database, ``pool_max=N`` (connections per store, defa
 ``listen=off``. Every other parameter goes to libpq. Sessions run in UTC with
 ``idle_in_transaction_session_timeout`` at 10 s, so a worker paused in the middle of a
 transaction cannot hold rows the fleet needs for longer (a URL
-``options=-c idle_in_transaction_session_timeout=…`` overrides it).
+``options=-c idle_in_transaction_session_timeout=…`` overrides it), and with JIT compilation off
+(it cost whole seconds per claim when an estimate crossed ``jit_above_cost``).
 
 Claims lock rows with ``FOR UPDATE SKIP LOCKED`` and skip lease rows others hold, so claimers
 never wait for one another; every writer locks a job row before a lease row, so they cannot
@@ -40,7 +41,7 @@ from oncely.store.base import (
 )
 from oncely.store.controls import Control, ControlUsage
 from oncely.store.ops import claimpolicy
-from oncely.store.postgres import claim, controls, jobs, wakeups
+from oncely.store.postgres import claim, controls, jobs, limited, wakeups
 from oncely.store.postgres.dialect import PostgresDialect, fetch
 from oncely.store.postgres.engine import Engine
 from oncely.store.postgres.listen import Listener
@@ -63,6 +64,7 @@ class PostgresStore(SQLStore[PostgresDialect]):
         self._engine = Engine(self.target)
         self._listener = Listener(self.target)
         self._wake = wakeups.LimitedWake()
+        self._limited_first = False  # the last claim met controls: try the limited claim first
         super().__init__(url, PostgresDialect(self._engine))
 
     def __repr__(self) -> str:
@@ -80,10 +82,21 @@ class PostgresStore(SQLStore[PostgresDialect]):
         return self._engine.run(partial(jobs.insert_jobs, self.sql, params=params, now=now))
 
     def job_claim(self, params: JobClaimParams) -> ClaimResult:
-        fast = self._engine.run(lambda conn: claim.claim_fast(conn, params), autocommit=True)
-        if fast is not None:
-            return fast
+        # Three claims, each one exact and each saying when it cannot serve: the one-statement
+        # claim (no control, no due singleton or policy slot job), the limited claim (controls
+        # that limit no job twice) and the full claim. A store starts where its last claim was
+        # served, so a worker of limited queues does not try the first one every time.
+        if not self._limited_first:
+            fast = self._engine.run(lambda conn: claim.claim_fast(conn, params), autocommit=True)
+            if fast is not None:
+                return fast
         self._wake.saw_full_claim()
+        served = self._engine.run(lambda conn: limited.claim_limited(conn, params),
+                                  autocommit=True)
+        if served is not None:
+            result, self._limited_first = served
+            return result
+        self._limited_first = True
         return self._engine.run(lambda conn: claimpolicy.claim_after_policies(
             self.sql, conn, params, lambda conn: claim.claim_jobs(conn, params)))
 
@@ -96,10 +109,9 @@ class PostgresStore(SQLStore[PostgresDialect]):
         # any it did not take, in one transaction.
         wake = self._wake.active
         plain = [p for p in params if claim.is_plain_success(p)]
-        done = (self._engine.run(lambda conn: claim.finish_plain(conn, plain), autocommit=True)
+        done = (self._engine.run(lambda conn: claim.finish_plain(conn, plain, wake),
+                                 autocommit=True)
                 if plain else set())
-        if done and wake:
-            self._engine.run(lambda conn: wakeups.notify_released(conn, sorted(done)))
         if len(done) == len(params):
             return [True] * len(params)
         return self._engine.run(lambda conn: wakeups.finish_many_waking(conn, params, done, wake))

@@ -75,9 +75,12 @@ def parse_url(url: str) -> Target:
         given = conninfo_to_dict(libpq_url)
     except psycopg.ProgrammingError as exc:
         raise InvalidURL(f"malformed PostgreSQL URL: {_first_line(exc)}") from None
+    # jit=off: oncely's statements touch a few rows each, but a planner estimate past
+    # jit_above_cost (a generate_series bound it cannot know, a table not yet analysed) made
+    # the server compile a claim for 0.5-2 s, at every execution.
     options = (
         f"-c search_path={schema} -c TimeZone=UTC "
-        f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+        f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} -c jit=off"
     )
     if given.get("options"):  # the URL's own options come last, so they can override ours
         options = f"{options} {given['options']}"

@@ -136,22 +136,23 @@ def _consider(conn: sqlite3.Connection, claim: _Claim, candidate: sqlite3.Row) -
     job_id = int(candidate["id"])
     key: str = candidate["singleton_key"]
     if key not in claim.held:
-        granted = fetch_one(
-            conn,
-            "lease_grant",
-            {
+        # Read the lease before writing it: a claim whose keys are all held writes nothing,
+        # so it never takes the write lock (Engine.write_if_needed).
+        holder = fetch_one(conn, "lease_get", {"key": key})
+        if holder is None or holder["owner"] is None or holder["expires_at"] is None or float(
+            holder["expires_at"]
+        ) <= claim.now:
+            granted = fetch_one(conn, "lease_grant", {
                 "key": key,
                 "owner": claim.params.worker_id,
                 "job_id": job_id,
                 "now": claim.now,
                 "expires_at": claim.lease_expires_at,
-            },
-        )
-        if granted is not None:
-            claim.held[key] = job_id
-            claim.claimed.append(_start(conn, claim, job_id, fence=int(granted["fence"])))
-            return True
-        holder = fetch_one(conn, "lease_get", {"key": key})
+            })
+            if granted is not None:  # always, in the same transaction as the read
+                claim.held[key] = job_id
+                claim.claimed.append(_start(conn, claim, job_id, fence=int(granted["fence"])))
+                return True
         claim.held[key] = None if holder is None else holder["job_id"]
         if holder is not None and holder["expires_at"] is not None and holder_overdue(
             float(holder["expires_at"]) - claim.now, claim.params.lease_ttl

@@ -2,8 +2,9 @@
 
 Owns URL parsing, one connection per thread (a single locked connection for ``:memory:``), the
 pragmas, write transactions (``BEGIN IMMEDIATE``, so a claim is atomic across processes) with a
-bounded, jittered retry while another process holds the write lock, and the mapping of sqlite3
-errors to :mod:`oncely.errors`.
+bounded, jittered retry while another process holds the write lock, transactions that take the
+write lock only when they write (claims), and the mapping of sqlite3 errors to
+:mod:`oncely.errors`.
 """
 
 from __future__ import annotations
@@ -248,6 +249,38 @@ class Engine:
 
         result = self._mapped(lambda: self._retry(attempt))
         self._notify()
+        return result
+
+    def write_if_needed(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in a transaction that takes SQLite's write lock only at its first write
+        (``BEGIN DEFERRED``): when ``work`` only reads (a claim that finds nothing to start) the
+        lock is never taken, so a process stopped in the middle of it (SIGSTOP, a debugger)
+        blocks nobody; when it writes, the lock is held from that write to the commit only.
+
+        It stays one atomic transaction: SQLite lets a read transaction become a write one
+        only if nobody else wrote since its first read. Otherwise (or while another process
+        holds the lock) the first write fails at once with SQLITE_BUSY, and ``work`` runs again
+        whole in :meth:`write`."""
+        with self.session() as conn:
+            if conn.in_transaction:
+                return self._mapped(lambda: work(conn))
+        try:
+            with self._write_lock, self.session() as conn:
+                before = conn.total_changes
+                conn.execute("BEGIN")
+                try:
+                    result = work(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    rollback(conn)
+                    raise
+                wrote = conn.total_changes != before
+        except sqlite3.Error as exc:
+            if not is_busy(exc):
+                raise map_error(exc, self.path) from exc
+            return self.write(work)
+        if wrote:
+            self._notify()
         return result
 
     def read(self, work: Callable[[sqlite3.Connection], T]) -> T:

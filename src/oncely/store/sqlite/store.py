@@ -50,7 +50,9 @@ class SQLiteStore(SQLStore[SQLiteDialect]):
     # the run cycle ----------------------------------------------------------------------------
 
     def job_claim(self, params: JobClaimParams) -> ClaimResult:
-        return self._engine.write(lambda conn: claimpolicy.claim_after_policies(
+        # Read first, write only what the claim decided (see Engine.write_if_needed): an empty
+        # claim never takes the write lock.
+        return self._engine.write_if_needed(lambda conn: claimpolicy.claim_after_policies(
             self.sql, conn, params, partial(claim.claim_jobs, self.sql, params=params)))
 
     def job_finish(self, params: JobFinish) -> bool:

@@ -314,17 +314,30 @@ FROM job;
 -- fence; jobs it does not return go through job_finish one by one. The state test is written
 -- "IS TRUE" so the planner looks the jobs up by id: right after a burst of claims its statistics
 -- can count few running jobs, and a plain test made it scan every running job instead.
+-- With wake, the finished jobs that freed a place in a queue or task with max_running or
+-- max_per_key wake idle claimers of their queues (as notify_released does), in the same
+-- statement and commit.
 WITH done AS (
     SELECT * FROM unnest(%(job_ids)s::bigint[], %(fences)s::bigint[], %(results)s::text[])
         AS d(job_id, fence, result)
+), finished AS (
+    UPDATE oncely_jobs AS j
+    SET state = 'succeeded', finished_at = %(now)s, result = d.result::jsonb,
+        lease_owner = NULL, lease_expires_at = NULL
+    FROM done AS d
+    WHERE j.id = d.job_id AND j.fence = d.fence AND (j.state = 'running') IS TRUE
+      AND j.singleton_key IS NULL AND j.schedule IS NULL
+    RETURNING j.id, j.queue, j.task
+), woke AS (
+    SELECT COUNT(pg_notify('oncely_jobs', current_schema() || ':' || freed.queue)) AS count
+    FROM (SELECT DISTINCT f.queue FROM finished AS f
+          WHERE %(wake)s AND EXISTS (
+                SELECT 1 FROM oncely_controls AS c
+                WHERE (c.max_running IS NOT NULL OR c.max_per_key IS NOT NULL)
+                  AND ((c.kind = 'queue' AND c.name = f.queue)
+                       OR (c.kind = 'task' AND c.name = f.task)))) AS freed
 )
-UPDATE oncely_jobs AS j
-SET state = 'succeeded', finished_at = %(now)s, result = d.result::jsonb,
-    lease_owner = NULL, lease_expires_at = NULL
-FROM done AS d
-WHERE j.id = d.job_id AND j.fence = d.fence AND (j.state = 'running') IS TRUE
-  AND j.singleton_key IS NULL AND j.schedule IS NULL
-RETURNING j.id;
+SELECT f.id, (SELECT count FROM woke) AS woke FROM finished AS f;
 
 -- name: job_find_plain_finished
 -- Of the successes job_finish_plain_many did not take, those already recorded under the same

@@ -46,6 +46,16 @@ SELECT src.ord, src.id, job.id IS NOT NULL AS created
 FROM src LEFT JOIN job ON job.id = src.id
 ORDER BY src.ord;
 
+-- name: job_reserve_ids
+-- Ids for a bulk enqueue written with job_copy.
+SELECT nextval('oncely_jobs_id_seq') FROM generate_series(1, %(count)s);
+
+-- name: job_copy
+-- A bulk enqueue of jobs without a unique key (oncely.store.postgres.jobs), in binary.
+COPY oncely_jobs (id, queue, task, args, state, priority, max_attempts, run_at, created_at,
+                  singleton_key, overlap, timeout, concurrency_key)
+FROM STDIN (FORMAT BINARY);
+
 -- name: notify_queues
 SELECT pg_notify('oncely_jobs', current_schema() || ':' || queue)
 FROM unnest(%(queues)s::text[]) AS queue;
