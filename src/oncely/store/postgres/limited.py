@@ -23,8 +23,8 @@ scope holds its control row until its starts are committed, and counts after tak
 
 The statement walks the controls as :class:`oncely.store.controls.ClaimRoom` does only while no
 job is under two of them at once; otherwise, and when a due singleton job or a slot job with a
-catch-up policy waits, it starts nothing and says so (``claim_blocked``), and the store runs the full
-claim. The waits of the result (which scopes held jobs back, and until when) come from a gate
+catch-up policy waits, it starts nothing and says so (``claim_blocked``), and the store runs the
+full claim. The waits of the result (which scopes held jobs back, and until when) come from a gate
 rebuilt from the controls and usage read in the same transaction, with the claim's starts taken.
 """
 
