@@ -154,3 +154,14 @@ def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield with_query(base, schema=schema)
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fleets of worker processes run one at a time per store: the PostgreSQL cases of the
+    ``fleet`` group form a group of their own, so the two test processes each take one fleet
+    at a time instead of one process taking every fleet."""
+    for item in items:
+        groups = {mark.args[0] for mark in item.iter_markers("xdist_group") if mark.args}
+        if groups == {"fleet"} and item.get_closest_marker("postgres") is not None:
+            item.add_marker(pytest.mark.xdist_group("pg"))
