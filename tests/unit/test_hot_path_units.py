@@ -4,13 +4,14 @@ dataclass's ``__init__``, and an event bus that builds no event nobody wants."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sqlite3
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from oncely.observe.events import Event, EventBus
+from oncely.observe.events import Event, EventBus, logs_event
 from oncely.store.rows import JOB_COLUMNS, job_from_row
 from oncely.types import ErrorKind, Job, JobError, JobState, Overlap
 
@@ -111,3 +112,24 @@ def test_events_reach_only_the_subscribers_that_want_them() -> None:
     assert [e.fields["job_id"] for e in everything] == [3, 4, 5]
     stop_all()
     assert not bus.wants("fence.rejected")
+
+
+def test_a_subscriber_may_decline_an_event_at_the_moment_it_happens() -> None:
+    logger = logging.getLogger("oncely")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        ticks: list[int] = []
+        bus = EventBus(lambda: ticks.append(1) or AT)  # type: ignore[func-returns-value]
+        seen: list[str] = []
+        bus.subscribe(lambda event: seen.append(event.name), when=logs_event)
+        assert bus.wants("job.failed") and not bus.wants("job.started")
+        bus.emit("job.started", job_id=1)  # DEBUG: not logged, so not built
+        bus.emit("job.failed", job_id=1)
+        assert seen == ["job.failed"] and ticks == [1]
+        logger.setLevel(logging.DEBUG)
+        assert bus.wants("job.started")
+        bus.emit("job.started", job_id=2)
+        assert seen == ["job.failed", "job.started"]
+    finally:
+        logger.setLevel(level)
