@@ -356,19 +356,12 @@ class Worker:
     def _record(self, running: Running, outcome: Outcome) -> None:
         self._completer.submit(running, outcome)
 
-    def recorded(self, running: Running, outcome: Outcome, applied: bool | None) -> None:
-        """Called by the completer once the outcome was written (True), refused by the fence
-        (False) or given up because the store stayed unreachable (None)."""
-        self.recorded_many([(running, outcome, applied)])
-
     def recorded_many(self, done: Sequence[tuple[Running, Outcome, bool | None]]) -> None:
-        """:meth:`recorded` for a batch the completer wrote together: the handler slots are
-        freed under one hold of the lock and with one wake-up of the claim loop, then each
-        job's event follows."""
+        """Called by the completer for a batch it wrote: each outcome written (True), refused by
+        the fence (False) or given up because the store stayed unreachable (None). The slots
+        are freed under one hold of the lock and one wake-up of the claim loop; events follow."""
         self._forget_all([running for running, _, _ in done])
-        app = self.runtime
-        events = app.events
-        mono: float | None = None
+        events, mono = self.runtime.events, self.runtime.clock.monotonic()
         for running, outcome, applied in done:
             job = running.job
             try:
@@ -384,8 +377,6 @@ class Worker:
                     if job.schedule is not None and job.slot is not None:
                         fields["schedule"], fields["slot"] = job.schedule, job.slot.isoformat()
                     if running.started is not None:
-                        if mono is None:
-                            mono = app.clock.monotonic()
                         fields["duration"] = round(mono - running.started, 6)
                     if outcome.error is not None:
                         fields["error"] = outcome.error.message
