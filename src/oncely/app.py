@@ -42,7 +42,7 @@ from oncely.config import Settings
 from oncely.errors import ConfigError, OncelyError, UnknownTask
 from oncely.observe.diagnose import WatchdogConfig
 from oncely.observe.events import EventBus
-from oncely.observe.recorder import fleet_recorder
+from oncely.observe.recorder import FLEET_EVENTS, fleet_recorder
 from oncely.operations import Operations
 from oncely.queues import QueueSpec, Rate, Retention, positive
 from oncely.reads import Reads
@@ -77,7 +77,7 @@ class App(Operations, ScheduleActions):
         self.settings = base.with_(database_url=url)
         self.clock: Clock = clock or clock_from_spec(os.environ.get("ONCELY_CLOCK"))
         self.events = EventBus(self.clock.now)
-        self.events.subscribe(fleet_recorder(lambda: self.store))
+        self.events.subscribe(fleet_recorder(lambda: self.store), names=FLEET_EVENTS)
         self.tasks: dict[str, Task] = {}
         self.schedules: dict[str, ScheduleSpec] = {}
         self.queues: dict[str, QueueSpec] = {}

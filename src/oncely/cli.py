@@ -34,7 +34,7 @@ from oncely.cli_input import id_of, load_app, name_of, stored_text
 from oncely.cli_plugins import PluginGroup
 from oncely.config import DEFAULT_DATABASE_URL, Settings
 from oncely.errors import ArgsNotJSON, ConfigError, OncelyError
-from oncely.observe.events import log_subscriber
+from oncely.observe.events import log_subscriber, logs_event
 from oncely.redaction import mask_text
 from oncely.store.base import JobFilter
 from oncely.types import JobState
@@ -143,7 +143,8 @@ def worker(env: Env, concurrency: int | None, queues: str | None, metrics_port: 
     app = env.app(required=True)
     if no_migrate:
         app.auto_migrate = False
-    app.events.subscribe(log_subscriber(json_format=getattr(env, "log_format", "") == "json"))
+    app.events.subscribe(log_subscriber(json_format=getattr(env, "log_format", "") == "json"),
+                         when=logs_event)
     if metrics_port:
         from oncely.observe.metrics import serve_process_metrics
 

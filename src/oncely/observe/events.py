@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,42 +96,98 @@ _INFO_EVENTS = frozenset(
 _WARNING_EVENTS = frozenset({"anomaly.raised"})
 
 
+Route = tuple[tuple[Subscriber, Callable[[str], bool] | None], ...]
+
+
 class EventBus:
+    """Delivers each event to the subscribers that want it. A subscriber may name the events it
+    wants (``subscribe(fn, names=…)``) and say at each event whether it wants it now
+    (``when=``, e.g. whether its logger's level is enabled). An event nobody wants costs a dict
+    lookup: no :class:`Event`, no clock read; :meth:`wants` lets a hot path skip gathering its
+    fields too."""
+
     def __init__(self, now: Callable[[], datetime] | None = None) -> None:
         self._now = now or (lambda: datetime.now(UTC))
-        # Replaced, never mutated: emit (several times per job) reads it without a lock.
-        self._subscribers: tuple[Subscriber, ...] = ()
+        # The subscriptions, and the route of each event name seen so far. Replaced together,
+        # never mutated but for adding a name's route: emit (several times per job) reads them
+        # without a lock.
+        self._state: tuple[tuple[_Subscription, ...], dict[str, Route]] = ((), {})
         self._lock = threading.Lock()
 
-    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+    def subscribe(
+        self,
+        subscriber: Subscriber,
+        names: Iterable[str] | None = None,
+        *,
+        when: Callable[[str], bool] | None = None,
+    ) -> Callable[[], None]:
+        """Deliver the events called ``names`` (every event when None) to ``subscriber``, each
+        only if ``when(name)`` says so at that moment (when given)."""
+        entry = _Subscription(subscriber, None if names is None else frozenset(names), when)
         with self._lock:
-            self._subscribers = (*self._subscribers, subscriber)
+            self._state = ((*self._state[0], entry), {})
 
         def unsubscribe() -> None:
             with self._lock:
-                if subscriber in self._subscribers:
-                    rest = list(self._subscribers)
-                    rest.remove(subscriber)
-                    self._subscribers = tuple(rest)
+                rest = list(self._state[0])
+                if entry in rest:
+                    rest.remove(entry)
+                    self._state = (tuple(rest), {})
 
         return unsubscribe
 
-    def emit(self, name: str, /, **fields: Any) -> Event:
-        event = Event(name, self._now(), fields)
-        for subscriber in self._subscribers:
+    def _route(self, name: str) -> Route:
+        subscriptions, routes = self._state
+        route = routes.get(name)
+        if route is None:  # a stale write after a (un)subscribe lands in the dropped dict
+            route = routes[name] = tuple(
+                (entry.subscriber, entry.when) for entry in subscriptions
+                if entry.names is None or name in entry.names
+            )
+        return route
+
+    def wants(self, name: str) -> bool:
+        """Whether any subscriber wants the event ``name`` now."""
+        return any(when is None or when(name) for _, when in self._route(name))
+
+    def emit(self, name: str, /, **fields: Any) -> None:
+        event: Event | None = None
+        for subscriber, when in self._route(name):
+            if when is not None and not when(name):
+                continue
+            if event is None:
+                event = Event(name, self._now(), fields)
             try:
                 subscriber(event)
             except Exception:  # a broken subscriber must never break a job
                 log.exception("event subscriber %r failed on %s", subscriber, name)
-        return event
+
+
+class _Subscription:
+    __slots__ = ("names", "subscriber", "when")
+
+    def __init__(self, subscriber: Subscriber, names: frozenset[str] | None,
+                 when: Callable[[str], bool] | None) -> None:
+        self.subscriber, self.names, self.when = subscriber, names, when
+
+
+def log_level(name: str) -> int:
+    """The level the event ``name`` is logged at."""
+    return (logging.WARNING if name in _WARNING_EVENTS
+            else logging.INFO if name in _INFO_EVENTS else logging.DEBUG)
+
+
+def logs_event(name: str) -> bool:
+    """Whether :func:`log_subscriber` would write the event ``name`` now (its logger's level):
+    subscribe it with ``when=logs_event``."""
+    return log.isEnabledFor(log_level(name))
 
 
 def log_subscriber(json_format: bool = False) -> Subscriber:
     """A subscriber that writes each event to the ``oncely`` logger with a stable ``event`` key."""
 
     def write(event: Event) -> None:
-        level = (logging.WARNING if event.name in _WARNING_EVENTS
-                 else logging.INFO if event.name in _INFO_EVENTS else logging.DEBUG)
+        level = log_level(event.name)
         if not log.isEnabledFor(level):
             return
         if json_format:

@@ -38,13 +38,16 @@ SCHEDULE_HISTORY = frozenset({
     "schedule.declaration_refused", "schedule.paused", "schedule.resumed", "schedule.deleted",
     "schedule.backfilled", "slot.triggered",
 })
+# Every event the fleet recorder writes: subscribe it to these alone (``names=``).
+FLEET_EVENTS = RECORDED | SCHEDULE_HISTORY
 
 
 def fleet_recorder(store: Callable[[], Store]) -> Subscriber:
-    """``store`` opens the store on first use (the App's)."""
+    """``store`` opens the store on first use (the App's). Subscribe it with
+    ``names=FLEET_EVENTS``: it ignores every other event."""
 
     def record(event: Event) -> None:
-        if event.name not in RECORDED and event.name not in SCHEDULE_HISTORY:
+        if event.name not in FLEET_EVENTS:
             return
         fields = dict(event.fields)
         job_id = fields.pop("job_id", None)

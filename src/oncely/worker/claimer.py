@@ -20,6 +20,8 @@ prefetching for another ``prefetch_wait``. So no job waits in a worker's buffer 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from oncely.errors import StoreError
@@ -87,8 +89,8 @@ class Claimer:
                 app.events.emit(f"slot.{ended.outcome}", job_id=ended.job_id,
                                 schedule=ended.schedule, slot=ended.slot.isoformat(),
                                 note=ended.note)
-            for job in result.jobs:
-                self.dispatch(job, started)
+            if result.jobs:
+                self.dispatch_all(result.jobs, started)
             backlog = len(result.jobs) == free
             if not result.jobs:
                 app.store.wait_for_work(self.idle_wait(result))
@@ -130,17 +132,35 @@ class Claimer:
 
     def dispatch(self, job: Job, claim_sent: float) -> None:
         """Hand a claimed job to the handler threads; its lease is kept from now on."""
+        self.dispatch_all((job,), claim_sent)
+
+    def dispatch_all(self, jobs: Sequence[Job], claim_sent: float) -> None:
+        """Hand one claim's jobs to the handler threads (in claim order); their leases are kept
+        from now on. All are entered under one hold of the worker's lock."""
         worker = self.worker
-        ctx = JobContext(worker.runtime, job, worker.worker_id)
+        runtime, worker_id, keeper = worker.runtime, worker.worker_id, worker._keeper
         deadline = claim_sent + worker.lease_ttl - safety_margin(worker.lease_ttl)
-        running = Running(job, ctx, lease_deadline=deadline,
-                          start_by=claim_sent + self.prefetch_wait)
-        ctx.heartbeat_hook = lambda: worker._keeper.renew(worker.runtime.clock.monotonic(),
-                                                          running)
+        start_by = claim_sent + self.prefetch_wait
+        batch = []
+        for job in jobs:
+            ctx = JobContext(runtime, job, worker_id)
+            running = Running(job, ctx, deadline, start_by)
+            ctx.heartbeat_hook = partial(keeper.renew_one, running)
+            batch.append(running)
         with worker._lock:
-            worker._jobs[job.id] = running
-        wait = max(0.0, (job.started_at - job.run_at).total_seconds()) if job.started_at else 0.0
-        worker.runtime.events.emit("job.claimed", job_id=job.id, task=job.task, fence=job.fence,
-                                   attempt=job.attempt, worker_id=worker.worker_id,
-                                   queue=job.queue, wait=round(wait, 6))
-        worker._inbox.put(running)
+            held = worker._jobs
+            for running in batch:
+                held[running.job.id] = running
+        events = runtime.events
+        announce = events.wants("job.claimed")
+        put = worker._inbox.put
+        for running in batch:
+            if announce:
+                job = running.job
+                started_at = job.started_at
+                wait = (0.0 if started_at is None
+                        else max(0.0, (started_at - job.run_at).total_seconds()))
+                events.emit("job.claimed", job_id=job.id, task=job.task, fence=job.fence,
+                            attempt=job.attempt, worker_id=worker_id, queue=job.queue,
+                            wait=round(wait, 6))
+            put(running)

@@ -83,11 +83,8 @@ class Completer(threading.Thread):
         applied = self._write_batch(batch)
         if applied is None:
             applied = [self._write_one(running, outcome) for running, outcome in batch]
-        for (running, outcome), ok in zip(batch, applied, strict=True):
-            try:
-                self.worker.recorded(running, outcome, ok)
-            except Exception:  # one job's bookkeeping must not keep the others' slots
-                log.exception("after recording job %d", running.job.id)
+        self.worker.recorded_many([(running, outcome, ok) for (running, outcome), ok
+                                   in zip(batch, applied, strict=True)])
 
     def _write_batch(self, batch: list[Item]) -> list[bool | None] | None:
         """Write the batch in one call: per job True (written), False (fence refused) or None

@@ -82,6 +82,7 @@ class Outcome:
 
 
 ABANDONED = Outcome(state=None)
+RETURNED_NOTHING = Outcome.of(JobEvent.SUCCEED)  # the common success: shared, it is immutable
 
 
 def call_handler(task: Task, ctx: JobContext) -> Any:
@@ -165,6 +166,8 @@ def outcome_of(task: Task, ctx: JobContext, now_fn: Any) -> Outcome:
 def succeeded(job: Job, value: Any, now_fn: Any) -> Outcome:
     """Success with ``value`` as it will be stored, or — when no store can hold it — failure of
     this job alone, for good (running it again would return the same)."""
+    if value is None:
+        return RETURNED_NOTHING
     try:
         return Outcome.of(JobEvent.SUCCEED, result=storable(value))
     except NotStorable as exc:

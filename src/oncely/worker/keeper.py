@@ -82,6 +82,10 @@ class LeaseKeeper(threading.Thread):
             except Exception:  # the renewer must survive anything a tick throws
                 log.exception("lease renewal failed")
 
+    def renew_one(self, running: Running) -> bool:
+        """Renew one job's lease now (``ctx.heartbeat()``); whether it was renewed."""
+        return self.renew(self.worker.runtime.clock.monotonic(), running)
+
     def renew(self, mono: float, only: Running | None = None, leases: bool = True) -> bool:
         """Renew all leases (or one) and the worker's own row; returns whether ``only`` (if
         given) was renewed. ``leases=False`` touches only the worker row."""

@@ -289,18 +289,19 @@ class Worker:
                               f"task {job.task!r} is not registered in worker {self.worker_id}",
                               None)
         else:
-            running.started = app.clock.monotonic()
-            running.isolated = task.options.isolation == "process"
-            if job.timeout and not running.isolated:  # a child's counts from its own start
-                running.timeout_at = running.started + job.timeout
+            clock = app.clock
+            running.started = started = clock.monotonic()
+            running.isolated = isolated = task.options.isolation == "process"
+            if job.timeout and not isolated:  # a child's counts from its own start
+                running.timeout_at = started + job.timeout
             app.events.emit("job.started", job_id=job.id, task=job.task, attempt=job.attempt)
-            if running.isolated:
-                outcome = run_in_process(task, running, app.clock.now)
+            if isolated:
+                outcome = run_in_process(task, running, clock.now)
             else:
-                outcome = outcome_of(task, running.ctx, app.clock.now)
+                outcome = outcome_of(task, running.ctx, clock.now)
             if running.overrunning:
                 outcome = self._overran(task, running, outcome)
-            self._claimer.ran(app.clock.monotonic() - running.started)
+            self._claimer.ran(clock.monotonic() - started)
         if running.claim_finish():
             if outcome.abandoned:
                 self._forget(running)
@@ -355,32 +356,46 @@ class Worker:
     def _record(self, running: Running, outcome: Outcome) -> None:
         self._completer.submit(running, outcome)
 
-    def recorded(self, running: Running, outcome: Outcome, applied: bool | None) -> None:
-        """Called by the completer once the outcome was written (True), refused by the fence
-        (False) or given up because the store stayed unreachable (None)."""
-        app, job = self.runtime, running.job
-        self._forget(running)
-        if applied is None:
-            app.events.emit("job.unrecorded", job_id=job.id, task=job.task,
-                            outcome=str(outcome.state))
-            return
-        if not applied:
-            app.events.emit("fence.rejected", job_id=job.id, fence=job.fence, task=job.task,
-                            transition=str(outcome.state))
-            return
-        fields = {"job_id": job.id, "task": job.task, "attempt": job.attempt, "queue": job.queue}
-        if job.schedule is not None and job.slot is not None:
-            fields["schedule"], fields["slot"] = job.schedule, job.slot.isoformat()
-        if running.started is not None:
-            fields["duration"] = round(app.clock.monotonic() - running.started, 6)
-        if outcome.error is not None:
-            fields["error"] = outcome.error.message
-        app.events.emit(f"job.{outcome.state}", **fields)
+    def recorded_many(self, done: Sequence[tuple[Running, Outcome, bool | None]]) -> None:
+        """Called by the completer for a batch it wrote: each outcome written (True), refused by
+        the fence (False) or given up because the store stayed unreachable (None). The slots
+        are freed under one hold of the lock and one wake-up of the claim loop; events follow."""
+        self._forget_all([running for running, _, _ in done])
+        events, mono = self.runtime.events, self.runtime.clock.monotonic()
+        for running, outcome, applied in done:
+            job = running.job
+            try:
+                if applied is None:
+                    events.emit("job.unrecorded", job_id=job.id, task=job.task,
+                                outcome=str(outcome.state))
+                elif not applied:
+                    events.emit("fence.rejected", job_id=job.id, fence=job.fence,
+                                task=job.task, transition=str(outcome.state))
+                elif events.wants(f"job.{outcome.state}"):
+                    fields = {"job_id": job.id, "task": job.task, "attempt": job.attempt,
+                              "queue": job.queue}
+                    if job.schedule is not None and job.slot is not None:
+                        fields["schedule"], fields["slot"] = job.schedule, job.slot.isoformat()
+                    if running.started is not None:
+                        fields["duration"] = round(mono - running.started, 6)
+                    if outcome.error is not None:
+                        fields["error"] = outcome.error.message
+                    events.emit(f"job.{outcome.state}", **fields)
+            except Exception:  # one job's event must not cost the others theirs
+                log.exception("after recording job %d", job.id)
 
     def _forget(self, running: Running) -> None:
+        self._forget_all((running,))
+
+    def _forget_all(self, done: Sequence[Running]) -> None:
+        """These jobs no longer hold a handler slot (or their lease): the claim loop may fill
+        their slots."""
         with self._lock:
-            self._jobs.pop(running.job.id, None)
-            self._overrun.pop(running.job.id, None)
+            jobs, overrun = self._jobs, self._overrun
+            for running in done:
+                job_id = running.job.id
+                jobs.pop(job_id, None)
+                overrun.pop(job_id, None)
         self._capacity.set()
 
     # store health --------------------------------------------------------------------------
