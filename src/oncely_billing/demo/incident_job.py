@@ -48,7 +48,7 @@ log = logging.getLogger("oncely_billing.demo.incident_job")
 
 CHUNK = 1000  # organization rows per UPDATE, as in the reference system
 ORGS = ("SELECT id, name, plan, subscription_status, plan_override, external_billing, anchor_day,"
-        " cycle_start, cycle_usage, threshold_state FROM metering_organizations ORDER BY id")
+        " cycle_usage, threshold_state FROM metering_organizations ORDER BY id")
 PAID_STATUSES = ("active", "trialing", "past_due")
 ORG_COLUMNS = ("id", "cycle_day", "usage", "state", "state_changed", "usage_changed")
 RANK = {None: 0, ThresholdState.WARNING: 1, ThresholdState.BLOCKED: 2}
@@ -61,8 +61,7 @@ class Org:
     plan: str
     paid: bool
     anchor_day: int
-    cycle_start: Any  # the stored cycle start (a date, or None)
-    usage: int
+    usage: int  # as stored by the previous run
     state: ThresholdState | None
 
 
@@ -82,8 +81,8 @@ def load_orgs(app: oncely.App) -> list[Org]:
         rows = conn.execute(ORGS).fetchall()
     return [Org(int(r[0]), str(r[1]), str(r[2] or "free"),
                 (r[3] or "") in PAID_STATUSES or r[4] is not None or r[5] is not None,
-                int(r[6]), db.as_date(r[7]), int(r[8] or 0),
-                ThresholdState(r[9]) if r[9] else None) for r in rows]
+                int(r[6]), int(r[7] or 0), ThresholdState(r[8]) if r[8] else None)
+            for r in rows]
 
 
 def recount(rt: Metering, app: oncely.App, orgs: list[Org], cycles: dict[int, Cycle],
