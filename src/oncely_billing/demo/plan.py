@@ -36,13 +36,13 @@ SEED = 1
 
 # Real seconds behind the clock-second settings, at 5,000 organizations (see Plan.sim).
 GUARDED_LEASE_REAL = 0.9  # renewed every 0.3 s by the heartbeat
-UNSAFE_LEASE_REAL = 0.3  # shorter than most runs of the free-tier job; never renewed
+UNSAFE_LEASE_REAL = 0.15  # shorter than a run of the incident's free-tier job; never renewed
 LEADER_TTL_REAL = 0.5  # a dead leader is replaced well before a dead worker's lease expires
 MAINTENANCE_REAL = 0.5
 WATCHDOG_REAL = 1.0
 KEEP_SIM = 30 * 86400.0  # keep finished jobs for the analysis (simulated seconds)
 INCIDENT_ATTEMPTS = 5  # the incident's queue: attempts 5, for failed and stalled jobs alike
-HEAVY_FRACTION = 0.01  # organizations with 30k-400k units a month (the seed's default: 0.002)
+HEAVY_FRACTION = 0.002  # organizations with 30k-400k units a month (the seed's default)
 # The watchdog's noise floors, in real seconds (see watchdog_config).
 SETTLE_REAL, STUCK_MIN_REAL, PRESSURE_MIN_REAL = 0.5, 3.0, 1.0
 
@@ -171,12 +171,17 @@ class PhaseConfig:
     kill_at: float | None = None  # fraction of the day: SIGKILL the free-tier job's worker
     freeze_at: float | None = None  # fraction: SIGSTOP the Stripe job's worker past its lease
     max_rescues: int | None = None  # runs of one job handed over before it fails (None: default)
+    concurrency: int | None = None  # handler threads per worker, none prefetched (None: default)
     notes: list[str] = field(default_factory=list)
 
     def engine_env(self, plan: Plan) -> dict[str, str]:
-        rescues = {} if self.max_rescues is None else {"ONCELY_MAX_RESCUES": str(self.max_rescues)}
+        own: dict[str, str] = {}
+        if self.max_rescues is not None:
+            own["ONCELY_MAX_RESCUES"] = str(self.max_rescues)
+        if self.concurrency is not None:
+            own.update(ONCELY_CONCURRENCY=str(self.concurrency), ONCELY_PREFETCH="0")
         return {
-            **rescues,
+            **own,
             "ONCELY_SIM_MODE": self.name,
             "ONCELY_SIM_SCALE": f"{plan.sim(1.0):g}",
             "ONCELY_LEASE_TTL": f"{self.lease_ttl:g}",
@@ -206,6 +211,7 @@ class PhaseConfig:
             else None,
             "freeze_after": plan.at(self.freeze_at).isoformat() if self.freeze_at is not None
             else None,
+            "max_rescues": self.max_rescues, "concurrency": self.concurrency,
             "notes": list(self.notes),
         }
 
@@ -214,7 +220,7 @@ def phases(plan: Plan) -> tuple[PhaseConfig, PhaseConfig]:
     unsafe = PhaseConfig(
         "unsafe", "unsafe replay (incident config)", heartbeat=False,
         lease_ttl=max(1.0, plan.sim(UNSAFE_LEASE_REAL)), restarts=(0.25, 0.5, 0.75),
-        max_rescues=INCIDENT_ATTEMPTS - 1,
+        max_rescues=INCIDENT_ATTEMPTS - 1, concurrency=1,
         notes=["the free-tier job as the incident's system had it "
                "(oncely_billing.demo.incident_job): a full recount and every organization row "
                "rewritten each run, the email sent before the state is committed, no outbox, "
@@ -222,6 +228,7 @@ def phases(plan: Plan) -> tuple[PhaseConfig, PhaseConfig]:
                "every worker enqueues an immediate run of both jobs when it starts "
                "(task.enqueue(), no unique key)",
                "overlap 'allow', no singleton: runs of the same job may run side by side",
+               "concurrency 1 per worker process (nothing prefetched)",
                f"{INCIDENT_ATTEMPTS} attempts, exponential backoff from 5 s; a stalled job is "
                f"handed over up to {INCIDENT_ATTEMPTS - 1} times too",
                f"lease {plan.sim(UNSAFE_LEASE_REAL) / 60:.0f} simulated min, shorter than a run "
