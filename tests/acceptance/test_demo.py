@@ -72,6 +72,31 @@ def test_guarded_run_is_one_run_per_slot_and_unsafe_run_is_not(quick):
 
 
 @pytest.mark.timeout(180)
+def test_unsafe_run_reproduces_the_write_explosion_and_guarded_run_does_not(quick):
+    result, report, _ = quick
+    orgs = report["options"]["orgs"]
+    unsafe, guarded = report["phases"]["unsafe"], report["phases"]["guarded"]
+    blown, kept = unsafe["write_explosion"], guarded["write_explosion"]
+    # the engine's multiplier, then the job's: every run that wrote rewrote every organization
+    assert blown["runs_per_slot"] > 1 and kept["runs_per_slot"] == 1.0, (blown, kept)
+    assert unsafe["org_writes"]["batch_rows_min"] == orgs, unsafe["org_writes"]
+    assert unsafe["org_writes"]["batch_rows_max"] == orgs, unsafe["org_writes"]
+    assert blown["rows_per_run"] > orgs / 2, blown
+    assert kept["rows_per_batch_max"] < orgs / 2 and kept["rows_per_run"] < orgs / 2, kept
+    assert blown["writes_per_slot"] == round(blown["runs_per_slot"] * blown["rows_per_run"])
+    assert blown["writes_per_slot"] > 2 * orgs > 10 * kept["writes_per_slot"], (blown, kept)
+    assert unsafe["org_writes"]["per_hour_max"] > orgs, unsafe["org_writes"]
+    # the incident's emails go out before its state commits: overlapping runs send them again
+    surges = len({surge["org_id"] for surge in report["dataset"]["surges"]})
+    assert surges >= 3
+    assert unsafe["emails"]["sent_more_than_once"] > 0, unsafe["emails"]
+    assert guarded["emails"]["sent_more_than_once"] == 0, guarded["emails"]
+    assert guarded["emails"]["distinct_notifications"] >= 2 * surges, guarded["emails"]
+    assert "x org rows written per run" in result.stdout
+    assert "emails sent / sent more than once" in result.stdout
+
+
+@pytest.mark.timeout(180)
 def test_watchdog_flags_the_unsafe_run_and_not_the_guarded_one(quick):
     _, report, _ = quick
     unsafe = report["phases"]["unsafe"]["watchdog"]

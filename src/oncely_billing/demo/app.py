@@ -32,10 +32,14 @@ replicas did when they created their queue object:
   no unique key. The schedules also get the rest of the incident's configuration: overlap
   ``allow``, no singleton, five attempts with exponential backoff from 5 s, and workers without
   heartbeats (:class:`IncidentWorker`: leases never renewed, no self-fencing). The lease TTL
-  comes from the environment.
+  and the rescues per job come from the environment. And the free-tier task runs the job as the
+  incident's system had it (:mod:`.incident_job`: a full recount and every organization row
+  rewritten each run, the email sent before the state is committed, no outbox, no fence); the
+  Stripe job stays oncely's.
 
-These unsafe switches are the demo's own: task options and schedule definitions it rewrites, and
-a Worker subclass it gives the app (``app.worker_class``); the engine has no setting for them.
+These unsafe switches are the demo's own: task options, a handler and schedule definitions it
+rewrites, and a Worker subclass it gives the app (``app.worker_class``); the engine has no
+setting for them.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ from pathlib import Path
 
 import oncely
 from oncely_billing import THRESHOLDS_SCHEDULE, build_app, metering_of, stripe_store
-from oncely_billing.demo.plan import scale_timeouts, watchdog_config
+from oncely_billing.demo import incident_job
+from oncely_billing.demo.plan import INCIDENT_ATTEMPTS, scale_timeouts, watchdog_config
 from oncely_billing.meter import SCHEDULE_NAME as STRIPE_SCHEDULE
 from oncely_billing.meter import TASK_NAME as STRIPE_TASK
 from oncely_billing.meter import StripeMetering
@@ -58,7 +63,8 @@ from oncely_billing.stripe_usage import install_stripe_usage_metering
 MODES = ("guarded", "unsafe")
 SCHEDULES = (THRESHOLDS_SCHEDULE, STRIPE_SCHEDULE)
 # The incident's queue: attempts 5, exponential backoff from 5 s.
-INCIDENT_RETRY = oncely.RetryPolicy(attempts=5, backoff="exponential", base_delay=5.0)
+INCIDENT_RETRY = oncely.RetryPolicy(attempts=INCIDENT_ATTEMPTS, backoff="exponential",
+                                    base_delay=5.0)
 START_TIMEOUT = 300.0  # real seconds a worker waits for the demo to start the day
 
 
@@ -77,9 +83,10 @@ class IncidentWorker(oncely.Worker):
 
 
 def make_unsafe(app: oncely.App) -> None:
-    """Give both billing schedules the incident's queue settings: overlap allowed, no mutual
-    exclusion, retries x5, no heartbeats."""
+    """Give both billing schedules the incident's queue settings (overlap allowed, no mutual
+    exclusion, retries x5, no heartbeats), and the free-tier task the incident's job."""
     app.worker_class = IncidentWorker
+    incident_job.install(app)
     for name in SCHEDULES:
         spec = app.schedules[name]
         app.schedules[name] = dataclasses.replace(spec, overlap=oncely.Overlap.ALLOW)

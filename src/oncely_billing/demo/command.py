@@ -13,7 +13,7 @@ import click
 @click.option("--workers", type=click.IntRange(2, 32),
               help="Worker processes per phase (default 4).")
 @click.option("--hours", type=click.FloatRange(3, 24 * 14),
-              help="Simulated hours per phase (default 24; --quick: 6).")
+              help="Simulated hours per phase (default 24; --quick: 5).")
 @click.option("--speed", type=click.FloatRange(10, 20_000),
               help="Simulated seconds per real second (default 1500, an hour every 2.4 s, up to "
                    "5,000 orgs; slower above).")
@@ -24,7 +24,7 @@ import click
               default=Path("oncely-demo"), show_default=True,
               help="Where the dataset, the stores, the logs and the report go.")
 @click.option("--quick", is_flag=True,
-              help="A shortened run (CI): 1,000 orgs, 6 hours, an hour every 3 s.")
+              help="A shortened run (CI): 1,000 orgs, 5 hours, an hour every 3 s.")
 def demo(orgs: int | None, workers: int | None, hours: float | None, speed: float | None,
          store_url: str | None, out_dir: Path, quick: bool) -> None:
     """Replay the billing incident on real workers, unsafely and then guarded, and report.

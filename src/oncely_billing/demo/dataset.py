@@ -1,5 +1,11 @@
 """The demo's data: one DuckDB usage dataset, and a fresh, identically prepared store per phase.
 
+The dataset is the seed's (:func:`oncely_billing.seed.build_usage`) plus a few **surges**
+(:func:`add_surges`): free organizations with little usage that import a burst of traces during
+the simulated day — 60,000, which crosses the 50,000 warning, and later 200,000, which crosses
+the 250,000 block — so both phases have threshold emails to send, at known times, and the
+report can count the ones sent more than once.
+
 Preparing a store (:func:`prepare_store`):
 
 1. the engine and metering schemas, and the seeded organizations, projects and members
@@ -24,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -36,6 +42,19 @@ from oncely_billing.demo.plan import HEAVY_FRACTION, Plan
 from oncely_billing.settings import SmtpSettings
 
 Progress = Callable[[str, int, int], None]
+
+SURGES = (60_000, 200_000)  # traces per burst: past the warning, then past the block
+SURGE_FIRST, SURGE_SPREAD, SURGE_GAP = 0.1, 0.4, 0.35  # of the day, before its last slot
+SURGE_ORGS = """SELECT o.org_id, min(p.project_id) FROM seed_orgs o
+JOIN seed_projects p ON p.org_id = o.org_id AND p.deleted_at IS NULL
+WHERE NOT o.paid AND o.plan = 'free' AND o.monthly_units < 1000
+  AND o.created_at < $before AND day(o.created_at) <= 27
+  AND NOT list_contains($days, day(o.created_at))
+GROUP BY o.org_id ORDER BY hash($seed, o.org_id) LIMIT $count"""
+SURGE_INSERT = """INSERT INTO traces
+SELECT (hash($seed, $project, $at, k) >> 1)::BIGINT, $project,
+       $at::TIMESTAMP + to_microseconds(k * 1000), 'import'
+FROM range($events) r(k)"""
 
 TRIM_CUSTOMERS = """UPDATE metering_organizations SET stripe_customer_id = NULL
 WHERE stripe_customer_id IS NOT NULL AND id NOT IN (
@@ -76,6 +95,7 @@ class Dataset:
     events: int
     end: datetime
     seconds: float
+    surges: tuple[dict[str, Any], ...] = ()
 
     @property
     def usage_url(self) -> str:
@@ -98,9 +118,46 @@ def build_usage(plan: Plan, progress: Progress) -> Dataset:
     started = time.perf_counter()
     seed.build_usage(path, orgs=plan.orgs, seed=plan.seed, end=plan.usage_end,
                      heavy_fraction=HEAVY_FRACTION, progress=progress)
+    surges = add_surges(plan, path)
     found = seed.summary(path, plan.usage_end)
     return Dataset(path, found.orgs, found.projects, found.paid_orgs, found.events,
-                   plan.usage_end, time.perf_counter() - started)
+                   plan.usage_end, time.perf_counter() - started, tuple(surges))
+
+
+def surge_orgs(orgs: int) -> int:
+    return min(8, max(3, orgs // 500))
+
+
+def add_surges(plan: Plan, path: Path) -> list[dict[str, Any]]:
+    """Give a few idle free organizations their bursts of traces (see the module docstring);
+    returns what was added. Their anchor days stay clear of the day, so no cycle resets under
+    them."""
+    import duckdb
+
+    days = sorted({(plan.origin + timedelta(days=n)).day
+                   for n in range(int(plan.sim_seconds // 86400) + 2)})
+    count = surge_orgs(plan.orgs)
+    conn = duckdb.connect(str(path))
+    added = []
+    try:
+        chosen = conn.execute(SURGE_ORGS, {
+            "before": naive(plan.origin - timedelta(days=2)), "days": days, "seed": plan.seed,
+            "count": count}).fetchall()
+        for index, (org_id, project_id) in enumerate(chosen):
+            first = SURGE_FIRST + SURGE_SPREAD * index / count
+            for number, events in enumerate(SURGES):
+                at = naive(plan.at(first + SURGE_GAP * number))
+                conn.execute(SURGE_INSERT, {"seed": plan.seed, "project": int(project_id),
+                                            "at": at, "events": events})
+                added.append({"org_id": int(org_id), "at": at.isoformat(), "traces": events})
+        conn.execute("CHECKPOINT")
+    finally:
+        conn.close()
+    return added
+
+
+def naive(instant: datetime) -> datetime:
+    return instant.astimezone(UTC).replace(tzinfo=None)
 
 
 def phase_urls(plan: Plan) -> dict[str, str]:

@@ -4,8 +4,10 @@
 
 1. builds the usage dataset (DuckDB) and a fresh store per phase (:mod:`.dataset`);
 2. starts the local SMTP capture; each phase gets a fresh Stripe stub (:mod:`.services`);
-3. runs the **unsafe** phase, then the **guarded** one (:mod:`.phase`), each a fleet of
-   real worker processes through one simulated day on a shared warp clock;
+3. runs the **unsafe** phase (the incident's job, :mod:`.incident_job`, under the incident's
+   engine settings), then the **guarded** one (oncely's job with oncely's defaults), each a
+   fleet of real worker processes through one simulated day on a shared warp clock
+   (:mod:`.phase`);
 4. measures both (:mod:`.measure`), prints the side-by-side report and writes
    ``report.json`` and ``report.html`` under ``--out`` (:mod:`.report`);
 5. returns 0 when the guarded run held every invariant, else 1 (the reason is printed on one

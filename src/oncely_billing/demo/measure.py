@@ -5,13 +5,19 @@ Executions come from ``oncely_executions`` (one row per attempt a worker started
 database). **Runs** of a schedule are those attempts, less the ones the demo itself cut short (the
 attempt of a worker it SIGKILLed or froze, which the rescuer then handed over: the process was
 dead, or frozen and fenced off) and the ones a graceful shutdown released (their attempt is
-refunded). Attempts handed over from a *live* worker — the unsafe run's leases expire under
-running jobs, without heartbeat or self-fencing — stay counted: those handlers kept running.
+refunded, and no rescue recorded). Attempts handed over from a *live* worker — the unsafe run's
+leases expire under running jobs, without heartbeat or self-fencing — stay counted: those
+handlers kept running.
 The **expected** runs are the schedule's slots from the one current when the fleet started
 through the last one before the end of the day.
 
 Organization writes are counted from the write log that :mod:`.dataset` installs (one
-row per organization row the free-tier job wrote), per simulated hour.
+row per organization row the free-tier job wrote), per simulated hour. The **write explosion**
+splits them into two multipliers: runs per slot (the engine's: runs / slots) and organization
+rows written per run (the job's: writes / runs), whose product is the writes per slot — per
+hour, for an hourly job. Rows written in one statement batch share their instant in the write
+log, so the log also tells how many rows each batch wrote: each run of the incident's job
+writes all its chunks at one instant, every organization.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ FENCE_REJECTED, LEASE_TAKEN_OVER = "fence.rejected", "lease.taken_over"
 # attempts another worker took over: its worker was proven gone, or its lease expired
 RESCUED = ("worker_gone", "lease_expired")
 HOUR = timedelta(hours=1)
+WRITES_PER_BATCH = "SELECT COUNT(*) FROM sim_org_writes WHERE at >= {since} GROUP BY at"
 WRITES_PER_HOUR = {
     "sqlite": "SELECT CAST(at / 3600 AS INTEGER), COUNT(*), COUNT(DISTINCT org_id) "
               "FROM sim_org_writes WHERE at >= {since} GROUP BY 1 ORDER BY 1",
@@ -60,9 +67,12 @@ def measure(plan: Plan, run: PhaseRun) -> dict[str, Any]:
         anomalies = read.anomalies(open_only=False, limit=1000)
         failed = Counter(job.task for job in read.jobs(state=oncely.JobState.FAILED,
                                                        limit=100_000))
+        schedules = {name: schedule_figures(app, plan, run, name) for name in SCHEDULES}
+        writes = org_writes(app, plan)
         return {
-            "schedules": {name: schedule_figures(app, plan, run, name) for name in SCHEDULES},
-            "org_writes": org_writes(app, plan),
+            "schedules": schedules,
+            "org_writes": writes,
+            "write_explosion": write_explosion(plan, schedules[THRESHOLDS_SCHEDULE], writes),
             "emails": dict(run.mail, outbox=grouped(app, "outbox")),
             "stripe": dict(run.stripe, **stripe_hours(app, plan, run)),
             "fenced_writes_rejected": events.get(FENCE_REJECTED, 0),
@@ -97,7 +107,8 @@ def schedule_figures(app: oncely.App, plan: Plan, run: PhaseRun, name: str) -> d
     attempts = read.executions(task=spec.task, limit=1_000_000)
     cut = {e.id for e in attempts if e.worker_id in run.cut_workers
            and e.error_kind in RESCUED}
-    released = {e.id for e in attempts if e.outcome == "released"}
+    # a rescue gives the attempt back too: only a release without one is a shutdown's
+    released = {e.id for e in attempts if e.outcome == "released" and e.error_kind not in RESCUED}
     runs = [e for e in attempts if e.id not in cut and e.id not in released]
     per_slot = Counter(e.slot for e in runs if e.slot is not None)
     ledger = {r.slot: r.outcome for r in read.ledger(name, limit=100_000)}
@@ -158,12 +169,37 @@ def org_writes(app: oncely.App, plan: Plan) -> dict[str, Any]:
                       "rewrites": writes - orgs})
         counts.append(writes)
         rewrites += writes - orgs
+    with db.connection(app) as conn:
+        batches = [int(row[0]) for row in conn.execute(
+            WRITES_PER_BATCH.format(since=float(plan.origin.timestamp()))).fetchall()]
     return {
         "total": sum(counts),
         "per_hour_mean": round(sum(counts) / max(1, len(counts)), 1),
         "per_hour_max": max(counts, default=0),
         "rewrites": rewrites,
+        "batches": len(batches),
+        "batch_rows_min": min(batches, default=0),
+        "batch_rows_max": max(batches, default=0),
         "per_hour": table,
+    }
+
+
+def write_explosion(plan: Plan, free_tier: dict[str, Any], writes: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """The free-tier job's organization writes as runs per slot times rows written per run."""
+    runs, slots = free_tier["runs"], free_tier["expected"]
+    runs_per_slot = runs / max(1, slots)
+    rows_per_run = writes["total"] / max(1, runs)
+    return {
+        "orgs": plan.orgs,
+        "slots": slots,
+        "runs": runs,
+        "runs_per_slot": round(runs_per_slot, 2),
+        "rows_per_run": round(rows_per_run, 1),
+        "writes_per_slot": round(runs_per_slot * rows_per_run),
+        "writes_per_hour_mean": writes["per_hour_mean"],
+        "writes_per_hour_max": writes["per_hour_max"],
+        "rows_per_batch_max": writes["batch_rows_max"],
     }
 
 

@@ -24,7 +24,7 @@ from oncely import WatchdogConfig
 ORIGIN = datetime(2026, 3, 10, 0, 40, tzinfo=UTC)
 END_BEFORE = timedelta(minutes=10)  # the day ends at origin + hours - this: the last slots finish
 DEFAULT_ORGS, QUICK_ORGS = 5_000, 1_000
-DEFAULT_HOURS, QUICK_HOURS = 24.0, 6.0
+DEFAULT_HOURS, QUICK_HOURS = 24.0, 5.0
 DEFAULT_WORKERS = 4
 BASE_SPEED = 1500.0  # simulated seconds per real second at 5,000 orgs: an hour every 2.4 s
 QUICK_SPEED = 1200.0  # --quick (CI, often a busy machine): an hour every 3 s
@@ -36,12 +36,13 @@ SEED = 1
 
 # Real seconds behind the clock-second settings, at 5,000 organizations (see Plan.sim).
 GUARDED_LEASE_REAL = 0.9  # renewed every 0.3 s by the heartbeat
-UNSAFE_LEASE_REAL = 0.3  # shorter than most runs of the free-tier job; never renewed
+UNSAFE_LEASE_REAL = 0.15  # shorter than a run of the incident's free-tier job; never renewed
 LEADER_TTL_REAL = 0.5  # a dead leader is replaced well before a dead worker's lease expires
 MAINTENANCE_REAL = 0.5
 WATCHDOG_REAL = 1.0
 KEEP_SIM = 30 * 86400.0  # keep finished jobs for the analysis (simulated seconds)
-HEAVY_FRACTION = 0.01  # organizations with 30k-400k units a month (the seed's default: 0.002)
+INCIDENT_ATTEMPTS = 5  # the incident's queue: attempts 5, for failed and stalled jobs alike
+HEAVY_FRACTION = 0.002  # organizations with 30k-400k units a month (the seed's default)
 # The watchdog's noise floors, in real seconds (see watchdog_config).
 SETTLE_REAL, STUCK_MIN_REAL, PRESSURE_MIN_REAL = 0.5, 3.0, 1.0
 
@@ -169,10 +170,18 @@ class PhaseConfig:
     restart_count: int = 2  # workers restarted each time
     kill_at: float | None = None  # fraction of the day: SIGKILL the free-tier job's worker
     freeze_at: float | None = None  # fraction: SIGSTOP the Stripe job's worker past its lease
+    max_rescues: int | None = None  # runs of one job handed over before it fails (None: default)
+    concurrency: int | None = None  # handler threads per worker, none prefetched (None: default)
     notes: list[str] = field(default_factory=list)
 
     def engine_env(self, plan: Plan) -> dict[str, str]:
+        own: dict[str, str] = {}
+        if self.max_rescues is not None:
+            own["ONCELY_MAX_RESCUES"] = str(self.max_rescues)
+        if self.concurrency is not None:
+            own.update(ONCELY_CONCURRENCY=str(self.concurrency), ONCELY_PREFETCH="0")
         return {
+            **own,
             "ONCELY_SIM_MODE": self.name,
             "ONCELY_SIM_SCALE": f"{plan.sim(1.0):g}",
             "ONCELY_LEASE_TTL": f"{self.lease_ttl:g}",
@@ -203,6 +212,7 @@ class PhaseConfig:
             else None,
             "freeze_after": plan.at(self.freeze_at).isoformat() if self.freeze_at is not None
             else None,
+            "max_rescues": self.max_rescues, "concurrency": self.concurrency,
             "notes": list(self.notes),
         }
 
@@ -211,10 +221,17 @@ def phases(plan: Plan) -> tuple[PhaseConfig, PhaseConfig]:
     unsafe = PhaseConfig(
         "unsafe", "unsafe replay (incident config)", heartbeat=False,
         lease_ttl=max(1.0, plan.sim(UNSAFE_LEASE_REAL)), restarts=(0.25, 0.5, 0.75),
-        notes=["every worker enqueues an immediate run of both jobs when it starts "
+        max_rescues=INCIDENT_ATTEMPTS - 1, concurrency=1,
+        notes=["the free-tier job as the incident's system had it "
+               "(oncely_billing.demo.incident_job): a full recount and every organization row "
+               "rewritten each run, the email sent before the state is committed, no outbox, "
+               "no fence",
+               "every worker enqueues an immediate run of both jobs when it starts "
                "(task.enqueue(), no unique key)",
                "overlap 'allow', no singleton: runs of the same job may run side by side",
-               "5 attempts, exponential backoff from 5 s",
+               "concurrency 1 per worker process (nothing prefetched)",
+               f"{INCIDENT_ATTEMPTS} attempts, exponential backoff from 5 s; a stalled job is "
+               f"handed over up to {INCIDENT_ATTEMPTS - 1} times too",
                f"lease {plan.sim(UNSAFE_LEASE_REAL) / 60:.0f} simulated min, shorter than a run "
                "of the free-tier job, and no heartbeat: never renewed, no self-fencing",
                "workers restarted (graceful) at 25%, 50% and 75% of the day, two at a time"],
@@ -222,7 +239,9 @@ def phases(plan: Plan) -> tuple[PhaseConfig, PhaseConfig]:
     guarded = PhaseConfig(
         "guarded", "guarded run (oncely defaults)", heartbeat=True,
         lease_ttl=plan.sim(GUARDED_LEASE_REAL), kill_at=0.25, freeze_at=0.5,
-        notes=["every worker calls app.trigger() for both schedules when it starts",
+        notes=["oncely's free-tier job (oncely_billing.thresholds): the rollup, only changed "
+               "organizations written, the outbox, fenced writes",
+               "every worker calls app.trigger() for both schedules when it starts",
                "overlap 'skip', singleton, the jobs' own retry policies",
                f"lease {plan.sim(GUARDED_LEASE_REAL) / 60:.0f} simulated min, renewed by the "
                "heartbeat every third of it; self-fencing on",

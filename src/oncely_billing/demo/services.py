@@ -73,6 +73,7 @@ class MailCapture:
             "sent": len(mails),
             "distinct_notifications": len(per_key),
             "duplicates": sum(count - 1 for count in repeated.values()),
+            "sent_more_than_once": len(repeated),
             "duplicated_notifications": sorted(repeated)[:20],
             "recipients": sum(len(mail.recipients) for mail in mails),
         }
