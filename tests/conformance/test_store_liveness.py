@@ -12,12 +12,13 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from oncely.store.base import Store
+from oncely.store.observability import ExecutionWindow
 from oncely.store.params import JobClaimParams, JobInsert, WorkerInfo
 from oncely.store.rescue import JobRescue
 from oncely.testing import wait_until
@@ -101,3 +102,8 @@ def test_a_gone_owners_job_is_rescued_before_its_lease_expires(store: Store, own
     assert error.kind == ErrorKind.WORKER_GONE and error.attempt == 1
     assert error.message == f"rescued (1 of 3), attempt given back: worker {worker_id} is gone"
     assert store.job_running_of(worker_id) == []
+    # The attempt its worker's death cut short is counted as lost (the watchdog counts the slot's
+    # run once, not once per attempt).
+    window = ExecutionWindow(now - timedelta(hours=1), datetime.now(UTC) + timedelta(seconds=1))
+    (count,) = store.execution_counts(window)
+    assert (count.executions, count.lost) == (1, 1)

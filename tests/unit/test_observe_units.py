@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from oncely import readmodel
 from oncely.errors import ConfigError
-from oncely.observe.diagnose import WatchdogConfig, windows_for
+from oncely.observe.diagnose import Rate, WatchdogConfig, windows_for
 from oncely.observe.fmt import ratio, span, window_phrase
 from oncely.observe.notify import WebhookNotifier
 from oncely.schedules import ScheduleSpec
@@ -50,3 +52,12 @@ def test_invalid_watchdog_settings_are_refused() -> None:
             WatchdogConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="http"):
         WebhookNotifier("ftp://example.com/hook")
+
+
+def test_an_attempt_lost_with_its_worker_and_its_rerun_count_as_one_run() -> None:
+    """Two slots ran; one of them twice because its first worker died (rescued, run again)."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    rate = Rate("s", "t", 3600.0, now, now, expected=2, slot_runs=3, retries=0, non_slot=0,
+                non_slot_workers=0, overlaps=0, lost=1)
+    assert rate.observed == 2 and rate.ratio == 1.0
+    assert rate.to_dict()["lost"] == 1

@@ -109,10 +109,13 @@ class Rate:
     non_slot: int  # first attempts of the task's jobs not tied to a slot
     non_slot_workers: int
     overlaps: int
+    # Attempts whose worker was proven dead (rescued at once, the slot run again, the attempt
+    # refunded): one run of the slot between them and their re-run, counted once.
+    lost: int = 0
 
     @property
     def observed(self) -> int:
-        return self.slot_runs + self.retries + self.non_slot
+        return max(0, self.slot_runs + self.retries + self.non_slot - self.lost)
 
     @property
     def ratio(self) -> float:
@@ -124,7 +127,7 @@ class Rate:
             "expected": self.expected, "observed": self.observed, "slot_runs": self.slot_runs,
             "retries": self.retries, "non_slot": self.non_slot,
             "non_slot_workers": self.non_slot_workers, "overlaps": self.overlaps,
-            "ratio": round(self.ratio, 3),
+            "lost": self.lost, "ratio": round(self.ratio, 3),
         }
 
 
@@ -158,10 +161,11 @@ def rate(store: Store, row: ScheduleRow, spec: ScheduleSpec, now: datetime, wind
     counted_from = max(since, row.created_at)
     expected = expected_count(spec, counted_from, now) if spec.enabled else 0
     expected = max(0, expected - paused_slots(store, spec.name, counted_from, now))
-    slot_runs = retries = non_slot = workers = 0
+    slot_runs = retries = non_slot = workers = lost = 0
     for count in store.execution_counts(ExecutionWindow(since, now, task=spec.task)):
         if count.schedule == spec.name:
             slot_runs += count.executions - count.retries
+            lost += count.lost
         elif count.schedule is None:
             non_slot += count.executions - count.retries
             workers += count.workers
@@ -170,7 +174,7 @@ def rate(store: Store, row: ScheduleRow, spec: ScheduleSpec, now: datetime, wind
         retries += count.retries
     overlaps = store.execution_overlaps(spec.task, since, now)
     return Rate(spec.name, spec.task, window, since, now, expected, slot_runs, retries, non_slot,
-                workers, overlaps)
+                workers, overlaps, lost)
 
 
 def check_rate(

@@ -50,6 +50,7 @@ def execution_count_from_row(row: RowLike) -> ExecutionCount:
         workers=int(row["workers"]),
         failures=int(row["failures"] or 0),
         wait_seconds=float(row["wait_seconds"] or 0.0),
+        lost=int(row["lost"] or 0),
     )
 
 

@@ -14,7 +14,8 @@ SELECT task, queue, schedule,
        COUNT(DISTINCT worker_id) AS workers,
        COUNT(*) FILTER (WHERE outcome IN ('retryable', 'failed')) AS failures,
        COALESCE(SUM(GREATEST(extract(epoch FROM started_at - run_at)::float8, 0)), 0)
-           AS wait_seconds
+           AS wait_seconds,
+       COUNT(*) FILTER (WHERE error_kind = 'worker_gone') AS lost
 FROM oncely_executions
 WHERE started_at > %(since)s AND started_at <= %(until)s
   AND (%(task)s::text IS NULL OR task = %(task)s::text)
