@@ -42,6 +42,14 @@ def stores(request, tmp_path, effects_sqlite) -> Iterator[tuple[str, str]]:
         yield with_query(pg[0], pool_max="3"), effects
 
 
+@pytest.fixture(autouse=True)
+def _database_url_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_app points ONCELY_DATABASE_URL at the test's store (the rolling app reads it at
+    import); afterwards the variable is as it was, so no later test in this process uses it."""
+    monkeypatch.setenv("ONCELY_DATABASE_URL", "")  # recorded as it was, even when unset
+    monkeypatch.delenv("ONCELY_DATABASE_URL")
+
+
 def open_app(url: str) -> oncely.App:
     os.environ["ONCELY_DATABASE_URL"] = url
     from tests.apps import rolling
