@@ -306,11 +306,12 @@ class App(Operations, ScheduleActions):
         """Enqueue one job per args dict in one transaction per batch."""
         resolved = task if isinstance(task, Task) else self.get_task(task)
         now = self.clock.now()
-        params = [resolved.build_insert(dict(args), now, **options) for args in args_list]
-        results = self.store.job_insert_many(params, now)
-        for result in results:
-            if result.created:
-                self.events.emit("job.enqueued", job_id=result.job.id, task=resolved.name)
+        results = self.store.job_insert_many(resolved.build_inserts(args_list, now, **options),
+                                             now)
+        if self.events.wants("job.enqueued"):
+            for result in results:
+                if result.created:
+                    self.events.emit("job.enqueued", job_id=result.job.id, task=resolved.name)
         return [JobHandle(self, result.job, result.created) for result in results]
 
     # schedules ---------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -45,7 +45,7 @@ from oncely.retry import NO_RETRY, RetryPolicy
 from oncely.store.base import JobInsert
 from oncely.store.controls import concurrency_key
 from oncely.types import Job, JobState, Overlap
-from oncely.validate import INT32, check_delay, check_int, check_name, dump_args
+from oncely.validate import INT32, check_delay, check_int, check_name, encode_args
 
 if TYPE_CHECKING:
     from oncely.app import App
@@ -159,7 +159,7 @@ class Task:
             run_at = now + timedelta(seconds=check_delay(seconds))
         if run_at is not None and run_at.tzinfo is None:
             raise ConfigError("run_at must be timezone-aware (e.g. datetime.now(UTC))")
-        stored = dump_args(self.name, args)
+        stored, text = encode_args(self.name, args)
         key = None if overlap == Overlap.ALLOW else self.singleton_key(stored, scheduled)
         concurrency = self.concurrency_key(stored)
         return JobInsert(
@@ -177,7 +177,42 @@ class Task:
             timeout=self.options.timeout,
             concurrency_key=None if concurrency is None
             else check_name("concurrency key", concurrency),
+            args_json=text,
         )
+
+    def build_inserts(
+        self, args_list: Iterable[Any], now: datetime, **options: Any
+    ) -> list[JobInsert]:
+        """One JobInsert per args dict, as :meth:`build_insert` makes each (same checks, same
+        errors, in the same order), with the options checked once: the first job goes through
+        :meth:`build_insert`, the others share its fields but for their args and keys."""
+        inserts: list[JobInsert] = []
+        first: JobInsert | None = None
+        shared: dict[str, Any] = {}
+        name = self.name
+        unkeyed = options.get("overlap", Overlap.SKIP) == Overlap.ALLOW
+        scheduled = bool(options.get("scheduled", False))
+        concurrency_keyed = self.options.concurrency_key is not None
+        new = object.__new__
+        for args in args_list:
+            if first is None:
+                first = self.build_insert(dict(args), now, **options)
+                inserts.append(first)
+                shared = dict(vars(first))
+                continue
+            stored, text = encode_args(name, dict(args))
+            key = None if unkeyed else self.singleton_key(stored, scheduled)
+            concurrency = self.concurrency_key(stored) if concurrency_keyed else None
+            # Built from the first job's fields rather than through the frozen dataclass's
+            # __init__ (one object.__setattr__ per field, twice the rest of the job's cost).
+            insert = new(JobInsert)
+            vars(insert).update(
+                shared, args=stored, args_json=text,
+                singleton_key=None if key is None else check_name("singleton key", key),
+                concurrency_key=None if concurrency is None
+                else check_name("concurrency key", concurrency))
+            inserts.append(insert)
+        return inserts
 
     def enqueue(self, **args: Any) -> JobHandle:
         """Enqueue a run. Keyword options (``run_at``, ``delay``, ``priority``, ``unique_key``,
@@ -239,6 +274,8 @@ def _check_key_template(task_name: str, fn: Callable[..., Any], template: str) -
 
 class JobHandle:
     """What enqueue returns: the job's id, whether it was new, and a way to look it up."""
+
+    __slots__ = ("app", "created", "id", "job")
 
     def __init__(self, app: App, job: Job, created: bool) -> None:
         self.app = app

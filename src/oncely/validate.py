@@ -77,8 +77,21 @@ def check_text(what: str, text: str) -> str:
 
 def dump_args(task_name: str, args: dict[str, Any]) -> dict[str, Any]:
     """``args`` as stored (a JSON round trip), or ArgsNotJSON saying what cannot be stored."""
+    return encode_args(task_name, args)[0]
+
+
+# Values whose JSON round trip gives them back unchanged (exact types: a subclass may not).
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+# One encoder for every job (json.dumps with options builds a new one per call).
+_ENCODE = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
+
+
+def encode_args(task_name: str, args: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """``args`` as stored and their JSON text (what a store writes), or ArgsNotJSON saying what
+    cannot be stored. A flat dict of strings, numbers, booleans and nulls under string keys is
+    its own round trip: it is copied rather than decoded again."""
     try:
-        text = json.dumps(args, allow_nan=False, ensure_ascii=False)
+        text = _ENCODE(args)
     except (TypeError, ValueError) as exc:
         raise ArgsNotJSON(f"arguments of {task_name!r} must be JSON-serialisable: {exc}") from None
     # json escapes NUL as \u0000 and leaves a lone surrogate raw: look closer only then.
@@ -87,7 +100,11 @@ def dump_args(task_name: str, args: dict[str, Any]) -> dict[str, Any]:
         if where is not None:
             raise ArgsNotJSON(f"arguments of {task_name!r} cannot be stored: {where} holds a NUL "
                               "character or a lone surrogate")
-    return dict(json.loads(text))
+    if args.__class__ is dict and all(
+        key.__class__ is str and value.__class__ in _PLAIN for key, value in args.items()
+    ):
+        return dict(args), text
+    return dict(json.loads(text)), text
 
 
 def _unstorable(value: Any, path: str) -> str | None:

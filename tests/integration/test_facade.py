@@ -5,6 +5,7 @@ refuses, leaving nothing queued."""
 
 from __future__ import annotations
 
+import enum
 import re
 import threading
 from collections.abc import Iterator
@@ -104,6 +105,50 @@ def test_enqueue_many_emits_one_event_per_job_it_created(app: oncely.App) -> Non
     assert [h.created for h in handles] == [True, True] and again[0].created is False
     enqueued = [fields["job_id"] for fields in seen.named("job.enqueued")]
     assert enqueued == [again[0].id, *(h.id for h in handles)]
+
+
+def test_enqueue_many_builds_each_job_as_enqueue_job_does(app: oncely.App) -> None:
+    @app.task(name="keyed", singleton="org:{org}", concurrency_key="region:{region}")
+    def keyed(ctx: oncely.JobContext, org: object = None, region: str = "eu",
+              **rest: object) -> None:
+        return None
+
+    class Level(enum.IntEnum):
+        HIGH = 2
+
+    batch = [{"org": 1}, {"org": "é", "region": "us", "tags": ("a", "b"), "level": Level.HIGH},
+             {"org": 3, "nested": {"k": [1.5, None, True]}, "big": 2**70, "x": -0.0}]
+    handles = app.enqueue_many("keyed", batch, priority=4)
+    singles = [app.enqueue_job("keyed", args, priority=4) for args in batch]
+    fields = ("args", "singleton_key", "concurrency_key", "queue", "priority", "max_attempts",
+              "state", "run_at")
+    for many, single in zip(handles, singles, strict=True):
+        stored, expected = app.get_job(many.id), app.get_job(single.id)
+        assert stored is not None and expected is not None
+        assert [getattr(stored, f) for f in fields] == [getattr(expected, f) for f in fields]
+        assert many.job.args == stored.args  # the handle holds the args as stored
+    assert handles[1].job.args["tags"] == ["a", "b"] and handles[1].job.args["level"] == 2
+    assert app.get_job(handles[2].id).args["big"] == 2**70  # type: ignore[union-attr]
+    before = len(app.read.jobs(limit=100))
+    # A later job's bad args or missing key argument fail the whole call, naming the task.
+    with pytest.raises(oncely.ArgsNotJSON, match="'keyed'"):
+        app.enqueue_many("keyed", [{"org": 1}, {"org": 2, "when": object()}])
+    with pytest.raises(oncely.ConfigError, match=re.escape("'org:{org}' names argument")):
+        app.enqueue_many("keyed", [{"org": 1}, {"region": "us"}])
+    with pytest.raises(oncely.ArgsNotJSON, match="NUL"):
+        app.enqueue_many("keyed", [{"org": 1}, {"org": "a\x00b"}])
+    assert len(app.read.jobs(limit=100)) == before
+
+
+def test_enqueue_many_events_only_to_who_takes_them(app: oncely.App) -> None:
+    others: list[str] = []
+    app.events.subscribe(lambda event: others.append(event.name), names=["job.cancelled"])
+    handles = app.enqueue_many("report", [{"n": n} for n in range(3)])
+    assert others == [] and [h.created for h in handles] == [True] * 3
+    seen = Recorder(app)
+    handles = app.enqueue_many("report", [{"n": n} for n in range(3)])
+    assert [f["job_id"] for f in seen.named("job.enqueued")] == [h.id for h in handles]
+    assert {f["task"] for f in seen.named("job.enqueued")} == {"report"}
 
 
 # transactions ------------------------------------------------------------------------------

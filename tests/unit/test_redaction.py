@@ -3,11 +3,14 @@ the one validation of names, keys and args (oncely.validate)."""
 
 from __future__ import annotations
 
+import enum
+import json
+
 import pytest
 
 from oncely import readmodel, redaction
 from oncely.errors import ArgsNotJSON, ConfigError
-from oncely.validate import check_database_url, check_name, dump_args
+from oncely.validate import check_database_url, check_name, dump_args, encode_args
 
 URLS = [
     # (shown as given, shown masked)
@@ -113,3 +116,15 @@ def test_args_neither_store_can_keep_are_refused(args: dict) -> None:
 
 def test_args_that_merely_look_like_escapes_are_kept() -> None:
     assert dump_args("t", {"a": "\\u0000", "b": "😀"}) == {"a": "\\u0000", "b": "😀"}
+
+
+@pytest.mark.parametrize("args", [
+    {}, {"a": 1, "b": "é", "c": None, "d": True, "e": -0.0, "f": 2**70, "g": 1e300},
+    {"t": (1, 2)}, {"n": {"k": [1.5]}}, {1: "int key"}, {"e": enum.IntEnum("E", "A").A},
+    {"s": type("S", (str,), {})("sub")},
+])
+def test_encoded_args_are_their_json_round_trip(args: dict) -> None:
+    stored, text = encode_args("t", args)
+    assert stored == json.loads(json.dumps(args)) == json.loads(text)
+    assert [type(v) for v in stored.values()] == [type(v) for v in json.loads(text).values()]
+    assert stored is not args

@@ -34,6 +34,8 @@ class JobInsert:
     # a slot job's schedule policies, applied again when the job is claimed (None: not a slot)
     catch_up: str | None = None
     misfire_grace: float | None = None
+    # ``args`` as JSON text when the caller already encoded them (a store may write it as is)
+    args_json: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
