@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from oncely.clock import Clock
 from oncely.config import Settings
@@ -43,3 +43,22 @@ class Runtime:
     @property
     def store(self) -> Store:
         return self.open_store()
+
+
+class Service(Protocol):
+    """Something a worker starts and stops (its maintenance)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+# Builds a worker's maintenance (the App passes the supervisor of :mod:`oncely.maintenance`,
+# which sits above the worker: the worker only starts and stops what it is given).
+MaintenanceFactory = Callable[[Runtime, str], Service]
+
+
+class HasRuntime(Protocol):
+    """An object that carries a runtime (the App)."""
+
+    @property
+    def runtime(self) -> Runtime: ...

@@ -27,14 +27,13 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import FrameType
-from typing import Protocol
 
 from oncely.controls import register_controls
 from oncely.errors import StoreError
 from oncely.lifecycle import JobEvent
-from oncely.runtime import Runtime
+from oncely.runtime import HasRuntime, MaintenanceFactory, Runtime, Service
 from oncely.store.params import WorkerInfo
 from oncely.tasks import Task
 from oncely.types import ErrorKind, Job, JobError
@@ -48,21 +47,6 @@ from oncely.worker.liveness import Liveness
 from oncely.worker.running import Running
 
 log = logging.getLogger("oncely.worker")
-
-
-class Service(Protocol):
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-
-
-# Builds the worker's maintenance (the App passes the supervisor of :mod:`oncely.maintenance`,
-# which sits above the worker: the worker only starts and stops what it is given).
-MaintenanceFactory = Callable[[Runtime, str], Service]
-
-
-class HasRuntime(Protocol):
-    @property
-    def runtime(self) -> Runtime: ...
 
 
 class Worker:
