@@ -109,8 +109,9 @@ class Rate:
     non_slot: int  # first attempts of the task's jobs not tied to a slot
     non_slot_workers: int
     overlaps: int
-    # Attempts whose worker was proven dead (rescued at once, the slot run again, the attempt
-    # refunded): one run of the slot between them and their re-run, counted once.
+    # Attempts cut short and rescued (their worker died, froze past its lease or lost it; the
+    # attempt refunded, the slot run again, a frozen one's late writes refused by its fence):
+    # one run of the slot between them and their re-run, counted once.
     lost: int = 0
 
     @property
