@@ -61,15 +61,9 @@ def print_status(env: Env, what: str, version: int, steps: Sequence[MigrationSte
 
 
 def print_result(env: Env, what: str, result: MigrateResult) -> None:
-    """What ``migrate`` did, shared with ``oncely metering migrate``."""
+    """What ``migrate`` did."""
     if env.as_json:
         env.emit({"from": result.from_version, "to": result.to_version,
                   "applied": list(result.applied), "reverted": list(result.reverted)})
-    elif result.reverted:
-        click.echo(f"rolled {what} back from version {result.from_version} to "
-                   f"{result.to_version}: ran the down steps of {', '.join(result.reverted)}")
-    elif result.applied:
-        click.echo(f"migrated {what} from version {result.from_version} "
-                   f"to {result.to_version}: {', '.join(result.applied)}")
     else:
-        click.echo(f"{what} is current (version {result.to_version})")
+        click.echo(result.summary(what))

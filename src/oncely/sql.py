@@ -155,6 +155,16 @@ class MigrateResult:
     applied: tuple[str, ...]  # labels of the migrations this call applied
     reverted: tuple[str, ...] = ()  # labels of the migrations whose down step this call ran
 
+    def summary(self, what: str) -> str:
+        """One line saying what the call did to ``what`` (e.g. "the metering schema")."""
+        if self.reverted:
+            return (f"rolled {what} back from version {self.from_version} to "
+                    f"{self.to_version}: ran the down steps of {', '.join(self.reverted)}")
+        if self.applied:
+            return (f"migrated {what} from version {self.from_version} "
+                    f"to {self.to_version}: {', '.join(self.applied)}")
+        return f"{what} is current (version {self.to_version})"
+
 
 @dataclass(frozen=True)
 class MigrationStep:

@@ -106,14 +106,8 @@ def migrate(obj: Context, to_version: int | None, show_status: bool) -> None:
     result = metering_migrate(app, to_version)
     if obj.as_json:
         obj.emit(asdict(result))
-    elif result.reverted:
-        click.echo(f"rolled the metering schema back from version {result.from_version} to "
-                   f"{result.to_version}: ran the down steps of {', '.join(result.reverted)}")
-    elif result.applied:
-        click.echo(f"migrated the metering schema from version {result.from_version} to "
-                   f"{result.to_version}: {', '.join(result.applied)}")
     else:
-        click.echo(f"metering schema is current (version {result.to_version})")
+        click.echo(result.summary("the metering schema"))
 
 
 @metering.command()
