@@ -110,6 +110,18 @@ def rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
+def committed(conn: sqlite3.Connection, begin: str, work: Callable[[sqlite3.Connection], T]) -> T:
+    """``work`` on ``conn`` between ``begin`` and COMMIT; rolled back if anything raises."""
+    conn.execute(begin)
+    try:
+        result = work(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+    return result
+
+
 class _Connection(sqlite3.Connection):
     """A plain connection that ``close()`` can reach through a weak reference."""
 
@@ -238,14 +250,7 @@ class Engine:
 
         def attempt() -> T:
             with self._write_lock, self.session() as conn:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    result = work(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    rollback(conn)
-                    raise
-                return result
+                return committed(conn, "BEGIN IMMEDIATE", work)
 
         result = self._mapped(lambda: self._retry(attempt))
         self._notify()
@@ -267,13 +272,7 @@ class Engine:
         try:
             with self._write_lock, self.session() as conn:
                 before = conn.total_changes
-                conn.execute("BEGIN")
-                try:
-                    result = work(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    rollback(conn)
-                    raise
+                result = committed(conn, "BEGIN", work)
                 wrote = conn.total_changes != before
         except sqlite3.Error as exc:
             if not is_busy(exc):
