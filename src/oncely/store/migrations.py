@@ -12,6 +12,7 @@ from __future__ import annotations
 from functools import cache
 
 from oncely import sql
+from oncely.errors import SchemaMismatch
 
 Migration = sql.Migration
 
@@ -34,3 +35,15 @@ def migrations_for(dialect: str) -> tuple[sql.Migration, ...]:
 
 def latest_version(dialect: str) -> int:
     return len(migrations_for(dialect))
+
+
+def require_current(found: int, dialect: str) -> None:
+    """Raise SchemaMismatch unless schema version ``found`` is the one this code needs."""
+    needed = latest_version(dialect)
+    if found < needed:
+        raise SchemaMismatch(
+            f"database schema is version {found}, this oncely needs {needed}: "
+            "run `oncely migrate`"
+        )
+    if found > needed:
+        raise SchemaMismatch(sql.newer_message("database schema", found, needed))

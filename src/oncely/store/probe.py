@@ -19,7 +19,6 @@ import os
 import sqlite3
 from urllib.parse import quote
 
-from oncely import sql
 from oncely.errors import SchemaMismatch
 from oncely.store import migrations, open_store
 
@@ -34,14 +33,7 @@ def require_current_schema(url: str) -> None:
         return  # an in-memory database: nothing to protect, nothing to find
     if version == 0:
         raise SchemaMismatch(f"{where} holds no oncely schema; {_CREATE_HINT}")
-    latest = migrations.latest_version(dialect)
-    if version < latest:
-        raise SchemaMismatch(
-            f"database schema is version {version}, this oncely needs {latest}: "
-            "run `oncely migrate`"
-        )
-    if version > latest:
-        raise SchemaMismatch(sql.newer_message("database schema", version, latest))
+    migrations.require_current(version, dialect)
 
 
 def read_schema_version(url: str) -> tuple[str, str, int | None]:

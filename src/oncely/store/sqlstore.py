@@ -19,7 +19,6 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from oncely import sql
-from oncely.errors import SchemaMismatch
 from oncely.store import migrations
 from oncely.store.base import (
     LEADER_LEASE_KEY,
@@ -86,14 +85,7 @@ class SQLStore(ABC, Generic[D]):
         return self.sql.read(self.sql.version)
 
     def check_schema(self) -> None:
-        found, needed = self.schema_version(), migrations.latest_version(self.dialect)
-        if found < needed:
-            raise SchemaMismatch(
-                f"database schema is version {found}, this oncely needs {needed}: "
-                "run `oncely migrate`"
-            )
-        if found > needed:
-            raise SchemaMismatch(sql.newer_message("database schema", found, needed))
+        migrations.require_current(self.schema_version(), self.dialect)
 
     def migrate(self, to: int | None = None) -> MigrateResult:
         """Bring the schema to version ``to`` (default: the newest): apply the missing
