@@ -5,12 +5,14 @@ in the test's tmp dir."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.observe_data import SCHEDULE, START, billing_app, healthy_hours, incident
@@ -39,6 +41,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def serve(web: Any) -> Iterator[str]:
+    """``web`` (an ASGI app) served by uvicorn on a free loopback port, in a thread: its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(web, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[oncely.App]:
     app = billing_app(f"sqlite:///{tmp_path / 'dashboard.db'}", oncely.FrozenClock(START))
@@ -61,22 +83,11 @@ def app(tmp_path: Path) -> Iterator[oncely.App]:
 
 @pytest.fixture
 def base_url(app: oncely.App) -> Iterator[str]:
-    import uvicorn
 
     from oncely.web.app import create_app
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(app, TOKEN), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve(create_app(app, TOKEN)) as url:
+        yield url
 
 
 @pytest.fixture

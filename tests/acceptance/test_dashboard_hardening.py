@@ -5,8 +5,6 @@ never a 500."""
 from __future__ import annotations
 
 import logging
-import threading
-import time
 import uuid
 import warnings
 from collections import Counter
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.acceptance.test_dashboard_browser import free_port
+from tests.acceptance.test_dashboard_browser import serve
 from tests.conftest import open_basic_app, postgres_url_or_skip, with_query
 
 import oncely
@@ -152,23 +150,13 @@ def test_the_shared_bucket_holds_a_flood_from_many_addresses() -> None:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[str]:
     """A dashboard served by uvicorn (the throttle does not depend on the store: SQLite)."""
-    import uvicorn
 
     app = open_basic_app(f"sqlite:///{tmp_path / 'served.db'}")
 
-    port = free_port()
     web = create_app(app, TOKEN)
     web.state.dashboard.guard.throttle = Throttle(monotonic=lambda: 0.0)
-    server = uvicorn.Server(uvicorn.Config(web, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve(web) as url:
+        yield url
     app.close()
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from oncely_billing.meter import install_stripe_metering
 from oncely_billing.notify import SEND_TASK, outbox_rows
 from oncely_billing.stripe_client import StripeSettings
 from oncely_billing.thresholds import LAST_RUN_KEY, THRESHOLDS_TASK
-from tests.acceptance.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.acceptance.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, serve
 
 from .conftest import Events, load_scenario, make_app, run_thresholds
 from .test_notifications import Inbox, free_port, smtp  # noqa: F401 (a fixture)
@@ -244,35 +242,21 @@ def test_the_billing_page_in_chromium(billed_sqlite: Billed, tmp_path: Path) -> 
     error, the figures shown."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is absent (apt-get install -y chromium)")
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(billed_sqlite.app), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
     problems: list[str] = []
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            tab = browser.new_page(base_url=f"http://127.0.0.1:{port}")
-            tab.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            tab.on("pageerror", lambda e: problems.append(str(e)))
-            tab.goto("/")
-            tab.click("nav a[href='/billing']")
-            tab.locator("#billing-figures").wait_for()
-            assert tab.title() == "Billing · oncely"
-            assert tab.locator("#billing-emails-failing").inner_text() == "1"
-            assert tab.locator("#billing-orgs-blocked").inner_text() == "1"
-            assert tab.locator("table.billing-history tbody tr").count() == 1
-            tab.screenshot(path=str(tmp_path / "billing.png"), full_page=True)
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve(create_app(billed_sqlite.app)) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        tab = browser.new_page(base_url=url)
+        tab.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        tab.on("pageerror", lambda e: problems.append(str(e)))
+        tab.goto("/")
+        tab.click("nav a[href='/billing']")
+        tab.locator("#billing-figures").wait_for()
+        assert tab.title() == "Billing · oncely"
+        assert tab.locator("#billing-emails-failing").inner_text() == "1"
+        assert tab.locator("#billing-orgs-blocked").inner_text() == "1"
+        assert tab.locator("table.billing-history tbody tr").count() == 1
+        tab.screenshot(path=str(tmp_path / "billing.png"), full_page=True)
+        browser.close()
     assert problems == [], problems
