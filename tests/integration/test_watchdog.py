@@ -11,15 +11,26 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from tests.observe_data import SCHEDULE, START, TASK, billing_app, healthy_hours, incident, work
+from tests.observe_data import (
+    SCHEDULE,
+    START,
+    TASK,
+    billing_app,
+    healthy_hours,
+    incident,
+    next_slot,
+    work,
+)
 
 import oncely
+from oncely.lifecycle import JobEvent
 from oncely.maintenance.enqueuer import SlotEnqueuer
 from oncely.maintenance.watchdog import Watchdog
 from oncely.observe.notify import WebhookNotifier
-from oncely.store.observability import AnomalyKind
-from oncely.store.params import JobClaimParams, JobInsert, LeaseRenewal
-from oncely.types import SlotOutcome
+from oncely.store.observability import AnomalyKind, ExecutionWindow
+from oncely.store.params import JobClaimParams, JobFilter, JobInsert, LeaseRenewal
+from oncely.types import JobState, SlotOutcome
+from oncely.worker.execute import Outcome
 
 
 @pytest.fixture
@@ -76,6 +87,26 @@ def test_a_duplicate_storm_is_too_many_with_its_evidence(app: oncely.App) -> Non
     calm = Watchdog(app.runtime).run_once()
     assert calm.findings == [] and [a.id for a in calm.resolved] == [anomaly.id]
     assert app.store.anomaly_list() == []
+
+
+def test_a_handed_back_attempt_and_its_rerun_are_one_run(app: oncely.App) -> None:
+    # A worker hands back a prefetched slot job no thread began (or releases it at shutdown):
+    # the attempt is refunded and another worker runs the slot. Twice in one hour, so a count
+    # of attempts would raise too_many (4 executions where 1 is expected).
+    enqueuer = SlotEnqueuer(app.runtime)
+    next_slot(app)
+    enqueuer.run_once()
+    for holder in ("w1", "w2"):
+        (job,) = app.store.job_claim(JobClaimParams(holder, app.clock.now(), 1, 60.0)).jobs
+        now = app.clock.now()
+        app.store.job_finish(Outcome.of(JobEvent.RELEASE, retry_at=job.run_at).finish(job, now))
+    work(app, "w3", run_seconds=30)
+    [count] = app.store.execution_counts(
+        ExecutionWindow(app.clock.now() - timedelta(hours=1), app.clock.now(), task=TASK))
+    assert (count.executions, count.lost) == (3, 2)
+    assert Watchdog(app.runtime).run_once().findings == []
+    (job,) = app.store.job_list(JobFilter(task=TASK))
+    assert job.state == JobState.SUCCEEDED and job.attempt == 1
 
 
 def test_the_apps_watchdog_thresholds_decide(app: oncely.App) -> None:

@@ -109,9 +109,10 @@ class Rate:
     non_slot: int  # first attempts of the task's jobs not tied to a slot
     non_slot_workers: int
     overlaps: int
-    # Attempts cut short and rescued (their worker died, froze past its lease or lost it; the
-    # attempt refunded, the slot run again, a frozen one's late writes refused by its fence):
-    # one run of the slot between them and their re-run, counted once.
+    # Attempts given back (refunded): rescued because their worker died, froze past its lease
+    # or lost it (a frozen one's late writes refused by its fence), or handed back unstarted by
+    # their worker (a prefetched job no thread began, a release at shutdown). Each is one run of
+    # its job together with the re-run, so it is counted once.
     lost: int = 0
 
     @property

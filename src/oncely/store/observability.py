@@ -69,7 +69,7 @@ class ExecutionCount:
     workers: int  # distinct workers that ran them
     failures: int  # executions that ended retryable or failed (released ones excluded)
     wait_seconds: float  # total of started_at - run_at
-    lost: int = 0  # executions cut short and rescued: worker gone, lease expired or lost
+    lost: int = 0  # executions given back (outcome released): rescued or handed back unstarted
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ SELECT task, queue, schedule,
        COUNT(*) FILTER (WHERE outcome IN ('retryable', 'failed')) AS failures,
        COALESCE(SUM(GREATEST(extract(epoch FROM started_at - run_at)::float8, 0)), 0)
            AS wait_seconds,
-       COUNT(*) FILTER (WHERE error_kind IN ('worker_gone', 'lease_expired', 'lease_lost')) AS lost
+       COUNT(*) FILTER (WHERE outcome = 'released') AS lost
 FROM oncely_executions
 WHERE started_at > %(since)s AND started_at <= %(until)s
   AND (%(task)s::text IS NULL OR task = %(task)s::text)

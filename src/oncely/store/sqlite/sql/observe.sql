@@ -13,7 +13,7 @@ SELECT task, queue, schedule,
        COUNT(DISTINCT worker_id) AS workers,
        SUM(COALESCE(outcome IN ('retryable', 'failed'), 0)) AS failures,
        SUM(MAX(started_at - run_at, 0)) AS wait_seconds,
-       SUM(COALESCE(error_kind IN ('worker_gone', 'lease_expired', 'lease_lost'), 0)) AS lost
+       SUM(COALESCE(outcome = 'released', 0)) AS lost
 FROM oncely_executions
 WHERE started_at > :since AND started_at <= :until
   AND (:task IS NULL OR task = :task)
