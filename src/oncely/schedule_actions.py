@@ -51,6 +51,8 @@ def args_from_json(text: str, option: str = "--args") -> dict[str, Any]:
         found = json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"{option} is not JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{option} is nested too deeply") from None
     if not isinstance(found, dict):
         raise ConfigError(f"{option} must be a JSON object, e.g. '{{\"org_id\": 42}}'")
     return found
