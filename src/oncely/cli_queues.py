@@ -14,7 +14,7 @@ import click
 
 from oncely import readmodel
 from oncely.app import App
-from oncely.cli_input import name_of
+from oncely.cli_input import name_of, stored_text
 from oncely.validate import check_name
 
 
@@ -79,7 +79,8 @@ def _table_row(row: dict[str, Any]) -> dict[str, Any]:
 
 @queues.command("pause")
 @click.argument("queue", callback=name_of("queue"))
-@click.option("--reason", help="Why, for the event and whoever looks at the queue next.")
+@click.option("--reason", callback=stored_text,
+              help="Why, for the event and whoever looks at the queue next.")
 @click.pass_obj
 def queues_pause(env: Env, queue: str, reason: str | None) -> None:
     """Stop starting jobs of QUEUE, on every worker; running jobs finish."""

@@ -15,7 +15,7 @@ from oncely.observe.diagnose import WatchdogConfig
 from oncely.store.base import UpsertOutcome
 from oncely.tasks import Task
 from oncely.types import Job, JobState
-from oncely.validate import check_name
+from oncely.validate import check_name, check_reason
 
 if TYPE_CHECKING:
     from oncely.clock import Clock
@@ -49,7 +49,9 @@ class Operations:
 
     def cancel_job(self, job_id: int, reason: str = "cancelled", *, by: str | None = None) -> Job:
         """Cancel a waiting job, or ask a running one to stop (its handler sees
-        ``ctx.cancelled``)."""
+        ``ctx.cancelled``). ``reason`` is checked like every operator's reason
+        (:func:`oncely.validate.check_reason`)."""
+        reason = check_reason(reason) or "cancelled"
         job = self.store.job_cancel(job_id, self.clock.now(), reason)
         self.events.emit("job.cancel_requested", job_id=job.id, task=job.task,
                          running=job.state == JobState.RUNNING, reason=reason, by=by)
@@ -71,6 +73,7 @@ class Operations:
     def pause_queue(self, name: str, reason: str | None = None, *,
                     by: str | None = None) -> Control:
         """Stop starting jobs of queue ``name`` on every worker; running jobs finish."""
+        reason = check_reason(reason)
         control = self.store.control_pause(check_name("queue", name), True, self.clock.now())
         self.events.emit("queue.paused", queue=name, reason=reason, by=by)
         return control

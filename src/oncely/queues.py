@@ -9,8 +9,9 @@
     def meter(ctx, org_id: int) -> None: ...
 
 * ``max_running=N`` — at most N jobs of the queue run at once, across every worker.
-* ``limit=(n, window)`` — at most n job starts per window (seconds or a ``timedelta``), on a queue
-  or a task, across every worker; a sliding window (see :mod:`oncely.store.base`).
+* ``limit=(n, window)`` — at most n job starts per window (seconds or a ``timedelta``: finite,
+  above 0 and at most 100 years), on a queue or a task, across every worker; a sliding window
+  (see :mod:`oncely.store.base`).
 * ``concurrency_key`` / ``max_per_key`` (tasks) — at most ``max_per_key`` (default 1) running jobs
   of the task per value of the key template, formatted from the job's args when it is enqueued.
 * ``retention`` — how many finished jobs of the queue to keep, and for how long, per final state
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from oncely.errors import ConfigError
 from oncely.store.controls import ControlKind, ControlUpsert
 from oncely.types import JobState
+from oncely.validate import check_seconds
 
 if TYPE_CHECKING:
     from oncely.config import Settings
@@ -61,12 +62,8 @@ class Keep:
     def __post_init__(self) -> None:
         if self.age is None and self.count is None:
             raise ConfigError("Keep() needs an age, a count or both: retention is never unbounded")
-        if self.age is not None and (
-            not isinstance(self.age, int | float | timedelta) or isinstance(self.age, bool)
-            or not 0 < _seconds(self.age) < math.inf
-        ):
-            raise ConfigError(f"Keep(age=…) must be a positive, finite number of seconds or a "
-                              f"timedelta, got {self.age!r}")
+        if self.age is not None:
+            check_seconds("Keep(age=…)", self.age, zero=False)
         if self.count is not None and (not _whole(self.count) or self.count < 0):
             raise ConfigError(f"Keep(count=…) must be a whole number >= 0, got {self.count!r}")
 
@@ -132,12 +129,10 @@ class Rate:
         if not _whole(count) or count < 1:
             raise ConfigError(f"{owner}: limit=({count!r}, …) must allow a whole number >= 1 of "
                               "starts per window (to stop a queue, pause it)")
-        if not isinstance(window, int | float | timedelta) or isinstance(window, bool):
-            raise ConfigError(f"{owner}: limit window must be seconds or a timedelta, "
-                              f"got {window!r}")
-        seconds = _seconds(window)
-        if not seconds > 0:
-            raise ConfigError(f"{owner}: limit window must be longer than zero, got {window!r}")
+        try:
+            seconds = check_seconds("limit window", window, zero=False)
+        except ConfigError as exc:
+            raise ConfigError(f"{owner}: {exc}") from None
         return cls(int(count), seconds)
 
     def __str__(self) -> str:

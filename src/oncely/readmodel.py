@@ -140,25 +140,31 @@ def disagreeing_workers(
 def schedules_overview(
     store: Store, now: datetime, stale_after: float = 90.0
 ) -> list[dict[str, Any]]:
+    """Every stored schedule with its state, revision, last and next slot. A stored definition
+    that does not parse is listed with state ``invalid`` and the reason (``invalid``), never an
+    error: no worker fires it until it is updated, applied again or deleted."""
     rows = []
     disagreeing = disagreeing_workers(store, now, stale_after)
     for row in store.schedule_list():
         ledger = store.ledger_list(row.name, limit=1)
         last = ledger[0] if ledger else None
+        invalid = None
         try:
             spec = ScheduleSpec.from_spec_dict(row.spec)
             upcoming = next_slot(spec, max(now, row.cursor) if row.cursor else now)
             trigger = spec.cron or f"every {spec.every:g}s"
             enabled = spec.enabled
-        except InvalidSchedule as exc:
-            upcoming, trigger, enabled = None, f"invalid: {exc}", False
+        except InvalidSchedule as exc:  # a stored row no worker can fire: shown, not fatal
+            upcoming, trigger, enabled, invalid = None, f"invalid: {exc}", False, str(exc)
         others = disagreeing.get(row.name, [])
         rows.append({
             "name": row.name,
             "task": row.task,
             "trigger": trigger,
             "enabled": enabled,
-            "state": "paused" if row.paused else "active" if enabled else "disabled",
+            "invalid": invalid,
+            "state": ("invalid" if invalid else "paused" if row.paused else
+                      "active" if enabled else "disabled"),
             "paused_at": _iso(row.paused_at),
             "paused_reason": row.paused_reason,
             "origin": row.origin,
@@ -299,7 +305,11 @@ def schedule_timeline(
     row = store.schedule_get(name)
     if row is None:
         raise NotFound(f"schedule {name!r} does not exist")
-    spec = ScheduleSpec.from_spec_dict(row.spec)
+    try:
+        spec = ScheduleSpec.from_spec_dict(row.spec)
+    except InvalidSchedule as exc:  # nothing is expected of a definition that cannot fire
+        return {"schedule": name, "task": row.task, "invalid": str(exc), "bucket_seconds": None,
+                "buckets": []}
     size = min(max(period_hint(spec), 300.0), 86400.0)
     end = (int(now.timestamp() // size) + 1) * size
     since = datetime.fromtimestamp(end - buckets * size, UTC)
@@ -320,7 +330,8 @@ def schedule_timeline(
         expected = expected_count(spec, counted_from, stop) if stop > counted_from else 0
         table.append({"start": _iso(start), "expected": expected,
                       "actual": sum(cell.values()), **cell})
-    return {"schedule": name, "task": spec.task, "bucket_seconds": size, "buckets": table}
+    return {"schedule": name, "task": spec.task, "invalid": None,
+            "bucket_seconds": size, "buckets": table}
 
 
 def schedule_detail(

@@ -41,7 +41,8 @@ class Reads:
         return table
 
     def schedule(self, name: str) -> ScheduleSpec | None:
-        """The definition in force (the stored one, whichever worker registered it)."""
+        """The definition in force (the stored one, whichever worker registered it);
+        InvalidSchedule when the stored definition does not parse."""
         row = self._runtime.store.schedule_get(name)
         return None if row is None else ScheduleSpec.from_spec_dict(row.spec)
 

@@ -21,6 +21,8 @@ store records in the schedule's history (``oncely ledger NAME``, the dashboard's
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +32,7 @@ from oncely.schedules import ScheduleSpec, latest_slot, slots_between
 from oncely.store.base import ScheduleRow, SlotEnqueue, UpsertOutcome
 from oncely.tasks import JobHandle, Task
 from oncely.types import Overlap
-from oncely.validate import check_name
+from oncely.validate import check_name, check_reason
 
 if TYPE_CHECKING:
     from oncely.clock import Clock
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from oncely.store.base import Store
 
 BACKFILL_CAP = 1000  # slots one backfill enqueues without yes=True
+SPEC_FIELDS = frozenset(f.name for f in fields(ScheduleSpec))
 
 
 def args_from_json(text: str, option: str = "--args") -> dict[str, Any]:
@@ -48,6 +51,8 @@ def args_from_json(text: str, option: str = "--args") -> dict[str, Any]:
         found = json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"{option} is not JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{option} is nested too deeply") from None
     if not isinstance(found, dict):
         raise ConfigError(f"{option} must be a JSON object, e.g. '{{\"org_id\": 42}}'")
     return found
@@ -68,21 +73,30 @@ class ScheduleActions:
 
     # reading ------------------------------------------------------------------------------
     def stored_schedule(self, name: str) -> tuple[ScheduleRow, ScheduleSpec]:
-        """The stored row and the definition in force; NotFound when there is none."""
-        row = self.store.schedule_get(name)
+        """The stored row and the definition in force; NotFound when there is none,
+        InvalidSchedule when the stored definition does not parse."""
+        row = self._stored_row(name)
+        return row, ScheduleSpec.from_spec_dict(row.spec)
+
+    def _stored_row(self, name: str) -> ScheduleRow:
+        """The stored row, whether or not its definition is valid (pause, delete and update
+        work on an invalid one, so an operator can stop, fix or remove it)."""
+        row = self.store.schedule_get(check_name("schedule", name))
         if row is None:
             raise NotFound(f"schedule {name!r} does not exist")
-        return row, ScheduleSpec.from_spec_dict(row.spec)
+        return row
 
     # pause and resume ---------------------------------------------------------------------
     def pause_schedule(self, name: str, reason: str | None = None, *,
                        by: str | None = None) -> ScheduleRow:
-        """Record each due slot ``paused`` (nothing runs) until :meth:`resume_schedule`."""
-        row, _ = self.stored_schedule(name)
+        """Record each due slot ``paused`` (nothing runs) until :meth:`resume_schedule`;
+        ``reason`` is checked like every operator's (:func:`oncely.validate.check_reason`)."""
+        reason = check_reason(reason)
+        row = self._stored_row(name)
         if not row.paused:
             self.store.schedule_pause(name, self.clock.now(), reason)
         self.events.emit("schedule.paused", schedule=name, reason=reason, by=by)
-        return self.stored_schedule(name)[0]
+        return self._stored_row(name)
 
     def resume_schedule(self, name: str, *, by: str | None = None) -> list[JobHandle]:
         """Fire the schedule again; its catch-up policy decides which paused slots run now."""
@@ -190,22 +204,29 @@ class ScheduleActions:
     def update_schedule(self, name: str, *, by: str | None = None,
                         **changes: Any) -> ScheduleRow:
         """A new revision of a dynamic schedule: its stored definition with ``changes``."""
-        row, spec = self.stored_schedule(name)
+        row = self._stored_row(name)
         if row.origin != "dynamic":
             raise ConfigError(f"schedule {name!r} is declared by code: change it with a deploy "
                               "(or `oncely schedules apply`), not update")
-        data = {**spec.to_spec_dict(), **changes}
+        # The stored fields, valid or not (an invalid stored definition is fixed by updating
+        # the fields that are wrong), with the changes over them.
+        stored = row.spec if isinstance(row.spec, Mapping) else {}
+        data = {key: value for key, value in stored.items() if key in SPEC_FIELDS} | changes
         if "cron" in changes:
             data["every"] = None
         if "every" in changes:
             data["cron"] = None
-        data.pop("name")
-        return self._store_dynamic(self._dynamic_spec(name, data.pop("task"), data), by)
+        data.pop("name", None)
+        return self._store_dynamic(self._dynamic_spec(name, data.pop("task", row.task), data),
+                                   by)
 
-    def _dynamic_spec(self, name: str, task: str, definition: dict[str, Any]) -> ScheduleSpec:
-        resolved = self.get_task(task)
-        spec = ScheduleSpec.create(name, resolved.name, **definition)
-        resolved.build_insert(spec.args, self.clock.now(), scheduled=True)  # validates args
+    def _dynamic_spec(self, name: str, task: object, definition: dict[str, Any]) -> ScheduleSpec:
+        """The definition an operator gives (the command line, the API, the form), validated as
+        every definition is (:mod:`oncely.schedules`), and its args against the task."""
+        resolved = self.get_task(check_name("task", task))
+        spec = ScheduleSpec.from_spec_dict({**definition, "name": name, "task": resolved.name})
+        resolved.build_insert(spec.args, self.clock.now(), queue=spec.queue,
+                              priority=spec.priority or None, scheduled=True)  # args, queue
         return spec
 
     def _store_dynamic(self, spec: ScheduleSpec, by: str | None) -> ScheduleRow:
@@ -217,7 +238,7 @@ class ScheduleActions:
     def delete_schedule(self, name: str, *, force: bool = False, by: str | None = None) -> None:
         """Delete a stored schedule (its ledger and history stay). Refused while a live worker's
         code declares it — it would come back at that worker's next start — unless ``force``."""
-        row, _ = self.stored_schedule(name)
+        row = self._stored_row(name)
         declaring = self.declaring_workers(name)
         if declaring and not force:
             raise ConfigError(f"schedule {name!r} is declared by live worker(s) "

@@ -34,6 +34,20 @@ exactly one outcome across the calls; the planner looks ``catch_up_limit`` slots
 classify it. A disabled schedule has no due slots: nothing is recorded, and its cursor moves to
 ``now``, so enabling it again does not catch up the pause.
 
+Validation
+==========
+
+A spec is validated when it is built, whichever way it comes — ``app.schedule``, a dynamic
+schedule from the command line, the API or the dashboard's form, or a stored definition read
+back (:meth:`ScheduleSpec.from_spec_dict`) — with :mod:`oncely.validate`'s checks: the schedule,
+task and queue are names (1-200 of ``A-Z a-z 0-9 _ . : -``); ``priority`` a 32-bit whole number;
+``every`` (at least 1 s), ``misfire_grace`` and ``jitter`` (at least 0) finite numbers of seconds
+of at most 100 years (:data:`~oncely.validate.DELAY_MAX`); ``args`` JSON without a NUL or lone
+surrogate; ``catch_up_limit`` 1-10,000; a cron of at most 500 characters; a known IANA time
+zone. A stored row that fails (an older release's, or one written straight into the store) is
+an :class:`~oncely.errors.InvalidSchedule`: the enqueuer skips it (the others fire), readers
+show it as invalid.
+
 Jitter
 ======
 
@@ -46,8 +60,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice, takewhile
@@ -55,8 +68,9 @@ from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from oncely.cron import check_cron, cron_instants, cron_period
-from oncely.errors import ArgsNotJSON, InvalidSchedule
+from oncely.errors import ArgsNotJSON, ConfigError, InvalidSchedule
 from oncely.types import Overlap
+from oncely.validate import INT32, NAME_MAX, check_int, check_name, check_seconds, dump_args
 
 CatchUp = Literal["none", "latest", "all"]
 DstPolicy = Literal["skip", "shift"]
@@ -65,6 +79,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_SLOTS_PER_PLAN = 1000
 MAX_CATCH_UP_LIMIT = 10_000
 DEFAULT_MISFIRE_GRACE = 60.0
+CRON_MAX = 500  # characters of a cron expression
 _US = timedelta(microseconds=1)
 
 
@@ -131,13 +146,27 @@ class ScheduleSpec:
 
     @classmethod
     def from_spec_dict(cls, data: Mapping[str, Any]) -> ScheduleSpec:
+        """A definition as stored (or sent as JSON) read back, validated like any other: a
+        stored row that does not hold a valid definition — written by an older release, or
+        straight into the store — raises :class:`InvalidSchedule`, never anything else, so
+        every reader can show it as invalid instead of failing."""
+        if not isinstance(data, Mapping):
+            raise InvalidSchedule(f"a schedule definition must be an object, got "
+                                  f"{ascii(data)[:60]}")
         name = data.get("name", "?")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        unknown = sorted(str(key) for key in set(data) - {f.name for f in fields(cls)})
         if unknown:
-            raise _invalid(name, f"unknown spec keys: {', '.join(unknown)}")
+            raise _invalid(name, f"unknown spec keys: {ascii(', '.join(unknown))[1:-1][:200]}")
         if "name" not in data or "task" not in data:
             raise _invalid(name, "a spec needs both name and task")
-        return cls.create(**data)
+        try:
+            return cls.create(**data)
+        except InvalidSchedule:
+            raise
+        except ConfigError as exc:  # args that cannot be stored: already names the schedule
+            raise InvalidSchedule(str(exc)) from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _invalid(name, f"{type(exc).__name__}: {exc}") from None
 
     def spec_hash(self) -> str:
         """sha256 of the canonical JSON of :meth:`to_spec_dict`: equal specs, equal hashes."""
@@ -157,7 +186,9 @@ class SlotPlan:
 
 
 def _invalid(name: object, problem: str) -> InvalidSchedule:
-    return InvalidSchedule(f"schedule {name!r}: {problem}")
+    shown = ascii(name)
+    return InvalidSchedule(f"schedule {shown if len(shown) <= 80 else shown[:79] + '…'}: "
+                           f"{problem}")
 
 
 def _seconds(value: float | timedelta | None) -> float | None:
@@ -169,13 +200,22 @@ def _is_int(value: object) -> bool:
 
 
 def _number(spec: ScheduleSpec, attr: str, minimum: float) -> float:
-    value = getattr(spec, attr)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _invalid(spec.name, f"{attr} must be a number of seconds, got {value!r}")
-    if value < minimum:
-        raise _invalid(spec.name, f"{attr} must be at least {minimum:g} s, got {value:g}")
-    object.__setattr__(spec, attr, float(value))
-    return float(value)
+    """A duration field as float seconds: finite, at least ``minimum``, at most
+    :data:`~oncely.validate.DELAY_MAX` (100 years), so no slot arithmetic can overflow."""
+    try:
+        value = check_seconds(attr, getattr(spec, attr), minimum)
+    except ConfigError as exc:
+        raise _invalid(spec.name, str(exc)) from None
+    object.__setattr__(spec, attr, value)
+    return value
+
+
+def _checked(spec: ScheduleSpec, check: Callable[[], object]) -> None:
+    """Run one of :mod:`oncely.validate`'s checks; its refusal names the schedule."""
+    try:
+        check()
+    except ConfigError as exc:
+        raise _invalid(spec.name, str(exc)) from None
 
 
 def _expect(spec: ScheduleSpec, ok: object, problem: str) -> None:
@@ -189,13 +229,15 @@ def _one_of(spec: ScheduleSpec, attr: str, options: tuple[str, ...]) -> None:
 
 
 def _validate_fields(spec: ScheduleSpec) -> None:
-    if not isinstance(spec.name, str) or not spec.name.strip():
-        raise InvalidSchedule(f"schedule name must be a non-empty string, got {spec.name!r}")
-    task, queue, limit = spec.task, spec.queue, spec.catch_up_limit
-    _expect(spec, isinstance(task, str) and task.strip(), f"task must be named, got {task!r}")
-    queue_ok = queue is None or (isinstance(queue, str) and queue.strip())
-    _expect(spec, queue_ok, f"queue must be a non-empty name or None, got {queue!r}")
-    _expect(spec, _is_int(spec.priority), f"priority must be an integer, got {spec.priority!r}")
+    try:
+        check_name("schedule", spec.name)
+    except ConfigError as exc:
+        raise InvalidSchedule(str(exc)) from None
+    limit = spec.catch_up_limit
+    _checked(spec, lambda: check_name("task", spec.task))
+    if spec.queue is not None:
+        _checked(spec, lambda: check_name("queue", spec.queue))
+    _checked(spec, lambda: check_int("priority", spec.priority, *INT32))
     _expect(spec, isinstance(spec.enabled, bool), f"enabled must be a bool, got {spec.enabled!r}")
     _one_of(spec, "overlap", tuple(option.value for option in Overlap))
     _one_of(spec, "catch_up", ("none", "latest", "all"))
@@ -207,15 +249,21 @@ def _validate_fields(spec: ScheduleSpec) -> None:
         raise ArgsNotJSON(f"schedule {spec.name!r}: args must be a dict with string keys")
     try:
         # A private, canonical copy: later changes to the caller's dict cannot reach the spec.
-        object.__setattr__(spec, "args", json.loads(json.dumps(spec.args, allow_nan=False)))
-    except (TypeError, ValueError) as exc:
-        raise ArgsNotJSON(f"schedule {spec.name!r}: args are not JSON-safe: {exc}") from None
+        # Refused like a job's args: not JSON, or a NUL / lone surrogate no store keeps.
+        object.__setattr__(spec, "args", dump_args(spec.task, dict(spec.args)))
+    except ArgsNotJSON as exc:
+        raise ArgsNotJSON(f"schedule {spec.name!r}: {exc}") from None
+    except RecursionError:
+        raise ArgsNotJSON(f"schedule {spec.name!r}: args are nested too deeply") from None
 
 
 def _validate_trigger(spec: ScheduleSpec) -> None:
     if (spec.cron is None) == (spec.every is None):
         raise _invalid(spec.name, "give exactly one of cron= or every=")
     if spec.cron is not None:
+        if not isinstance(spec.cron, str) or len(spec.cron) > CRON_MAX:
+            raise _invalid(spec.name, f"cron must be text of at most {CRON_MAX} characters, "
+                           f"got {ascii(spec.cron)[:60]}")
         try:
             check_cron(spec.cron)
         except ValueError as exc:
@@ -223,19 +271,26 @@ def _validate_trigger(spec: ScheduleSpec) -> None:
     else:
         _number(spec, "every", 1.0)
     try:
+        if not isinstance(spec.tz, str) or len(spec.tz) > NAME_MAX:
+            raise ValueError(spec.tz)
         ZoneInfo(spec.tz)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise _invalid(spec.name, f"unknown time zone {spec.tz!r} (use an IANA name)") from None
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
+        raise _invalid(spec.name, f"unknown time zone {ascii(spec.tz)[:60]} (use an IANA "
+                       "name)") from None
     anchor: object = spec.anchor
     if isinstance(anchor, str):
         try:
             anchor = datetime.fromisoformat(anchor)
         except ValueError:
-            raise _invalid(spec.name, f"anchor {anchor!r} is not an ISO 8601 datetime") from None
+            raise _invalid(spec.name, f"anchor {ascii(anchor)[:60]} is not an ISO 8601 "
+                           "datetime") from None
     if anchor is not None:
         if not isinstance(anchor, datetime) or anchor.utcoffset() is None:
             raise _invalid(spec.name, f"anchor must be a timezone-aware datetime, got {anchor!r}")
-        object.__setattr__(spec, "anchor", anchor.astimezone(UTC))
+        try:
+            object.__setattr__(spec, "anchor", anchor.astimezone(UTC))
+        except OverflowError:
+            raise _invalid(spec.name, f"anchor {anchor.isoformat()} is out of range") from None
 
 
 def _validate_timing(spec: ScheduleSpec) -> None:

@@ -18,6 +18,11 @@ job args                               a JSON object; no NUL character and no lo
 priority                               a whole number from -2147483648 to 2147483647
 max_attempts                           a whole number from 1 to 2147483647
 delay                                  a finite number of seconds, at most 100 years
+durations (a schedule's every,         a finite number of seconds, at most 100 years
+misfire_grace and jitter, a limit's    (:func:`check_seconds`; each says its own minimum)
+window, a retention age)
+operator reasons (pause, cancel)       text of at most 1000 characters, no NUL character
+                                       and no lone surrogate (:func:`check_reason`)
 ids (jobs, anomalies)                  a whole number from 1 to 9223372036854775807
 database URL                           see :func:`check_database_url`
 =====================================  =====================================================
@@ -28,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -39,6 +45,7 @@ KEY_MAX_BYTES = 1000
 INT32 = (-(2**31), 2**31 - 1)
 ID_MAX = 2**63 - 1
 DELAY_MAX = 100 * 366 * 86400.0  # seconds
+REASON_MAX = 1000  # characters of an operator's reason
 
 _NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -73,6 +80,20 @@ def check_text(what: str, text: str) -> str:
         raise ConfigError(f"{what} contains a NUL character or a lone surrogate "
                           f"({_shown(text)}); neither can be stored")
     return text
+
+
+def check_reason(reason: object) -> str | None:
+    """An operator's free-text reason (pausing a queue or a schedule, cancelling a job): None,
+    or text of at most :data:`REASON_MAX` characters that both stores can keep."""
+    if reason is None:
+        return None
+    if not isinstance(reason, str):
+        raise ConfigError(f"reason must be text, got {_shown(reason)}")
+    check_text("reason", reason)
+    if len(reason) > REASON_MAX:
+        raise ConfigError(f"reason is too long: at most {REASON_MAX} characters, "
+                          f"got {len(reason)}")
+    return reason
 
 
 def dump_args(task_name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +159,29 @@ def check_delay(value: float) -> float:
         raise ConfigError(f"delay must be a finite number of seconds, at most {DELAY_MAX:.0f} "
                           f"(100 years), got {value!r}")
     return value
+
+
+def check_seconds(what: str, value: object, minimum: float = 0.0, *,
+                  zero: bool = True) -> float:
+    """``value`` (a number of seconds or a ``timedelta``) as float seconds if it is finite, at
+    least ``minimum`` (above it when ``zero`` is False) and at most :data:`DELAY_MAX` (100 years),
+    else ConfigError naming ``what``. NaN, infinities and numbers too large for a float never
+    pass, so no date arithmetic downstream can overflow."""
+    seconds: float | None = None
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond any float
+            seconds = math.inf
+    if seconds is None or not math.isfinite(seconds) or not (
+            seconds >= minimum if zero else seconds > minimum) or seconds > DELAY_MAX:
+        kind = (f"a finite number of seconds from {minimum:g} to" if zero or minimum else
+                "a positive, finite number of seconds, at most")
+        raise ConfigError(f"{what} must be {kind} {DELAY_MAX:.0f} (100 years), "
+                          f"got {_shown(value)}")
+    return seconds
 
 
 def check_id(what: str, value: object) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 import oncely
+from oncely.cli_input import id_of
 from oncely_billing import models, notify, reconcile_cli, stripe_cli
 from oncely_billing.errors import UsageSourceError, UsageSourceUnavailable
 from oncely_billing.migrations import migrate as metering_migrate
@@ -208,7 +209,7 @@ def orgs() -> None:
 
 
 @orgs.command("show")
-@click.argument("org_id", type=int)
+@click.argument("org_id", type=int, callback=id_of("organization"))
 @click.pass_obj
 def orgs_show(obj: Context, org_id: int) -> None:
     """Plan, cycle, usage, threshold state, gate answer, recipients and notifications."""

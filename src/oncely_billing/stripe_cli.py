@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 import oncely
+from oncely.cli_input import stored_text
 from oncely_billing import db, stripe_store
 from oncely_billing.meter import MeterConfig, Plan, from_ms, to_ms
 
@@ -142,7 +143,7 @@ def status_command() -> None:
 
 
 @click.command("stripe-failures")
-@click.option("--code", help="Only this Stripe error code.")
+@click.option("--code", callback=stored_text, help="Only this Stripe error code.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 def failures_command(code: str | None, limit: int) -> None:
     """Meter events Stripe refused (4xx), newest hour first."""
@@ -164,8 +165,9 @@ def failures_command(code: str | None, limit: int) -> None:
 
 
 @click.command("stripe-retry-failures")
-@click.option("--code", help="Only events refused with this Stripe error code.")
-@click.option("--org", "org_id", help="Only this organization.")
+@click.option("--code", callback=stored_text,
+              help="Only events refused with this Stripe error code.")
+@click.option("--org", "org_id", callback=stored_text, help="Only this organization.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def retry_failures_command(code: str | None, org_id: str | None, yes: bool) -> None:
     """Send refused meter events again on the next run (after fixing their cause)."""

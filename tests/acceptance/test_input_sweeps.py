@@ -61,7 +61,13 @@ COMMANDS: list[tuple[list[str], list[str], int]] = [
     (["anomalies"], ["--limit"], 0),
     (["anomalies", "resolve"], [], 1),
     (["ledger"], ["--limit"], 1),
-    (["queues", "pause"], [], 1),
+    (["queues", "pause"], ["--reason"], 1),
+    (["schedules", "pause"], ["--reason"], 1),
+    (["schedules", "trigger"], [], 1),
+    (["schedules", "create"], ["--task", "--cron", "--every", "--args", "--tz", "--queue",
+                               "--misfire-grace"], 1),
+    (["schedules", "update"], ["--cron", "--every", "--args", "--tz", "--queue",
+                               "--misfire-grace"], 1),
     (["queues", "resume"], [], 1),
     (["queues", "list"], [], 0),
     (["schedules"], [], 0),
@@ -80,6 +86,10 @@ def command_lines(draw: Callable[..., Any]) -> list[str]:
     argv += [draw(values) for _ in range(positional)]
     if words == ["enqueue"] and draw(st.booleans()):
         argv[1:2] = ["record"]  # a real task, so the options are what is judged
+    if words[0] == "schedules" and draw(st.booleans()):  # a real schedule and task
+        argv[-1] = "org-1"
+        if "--task" in argv:
+            argv[argv.index("--task") + 1] = "record"
     return argv
 
 
@@ -106,7 +116,7 @@ def assert_one_line(argv: list[str], code: int, stderr: str) -> None:
 @pytest.fixture
 def sweep_app(any_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A module ``sweep_app_<n>`` in the working directory with the basic tasks on ``any_url``,
-    holding one job; returns its --app path."""
+    holding one job and one dynamic schedule (org-1); returns its --app path."""
     name = f"sweep_app_{abs(hash(any_url)) % 10**8}"
     (tmp_path / f"{name}.py").write_text(
         "import oncely\nfrom tests.apps import basic\n"
@@ -114,6 +124,7 @@ def sweep_app(any_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.chdir(tmp_path)
     app = open_basic_app(any_url)
     app.enqueue_job("record", {"n": 1})
+    app.create_schedule("org-1", "record", every=60, args={"n": 1})
     app.close()
     return f"{name}:app"
 

@@ -86,3 +86,29 @@ def test_seed_replace_with_a_bad_usage_path_destroys_nothing(tmp_path: Path, bad
     assert models.count_organizations(app) == 20  # nothing was deleted
     app.close()
     assert usage.read_bytes() == before
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["stripe-failures", "--code", "\udcff"],
+     "--code contains a NUL character or a lone surrogate ('\\udcff')"),
+    (["stripe-retry-failures", "--yes", "--code", "bad \udcfe"], "--code contains a NUL"),
+    (["stripe-retry-failures", "--yes", "--org", "\udcff"], "--org contains a NUL"),
+    (["orgs", "show", "99999999999999999999"],
+     "organization id must be a whole number from 1 to 9223372036854775807"),
+    (["orgs", "show", "0"], "organization id must be a whole number"),
+])
+def test_undecodable_text_and_huge_ids_are_one_line_and_exit_2(
+    tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    """Undecodable bytes arrive as lone surrogates; an id beyond 64 bits used to be an
+    OverflowError traceback. Both are refused as they are parsed, before any store is read,
+    standalone and under ``oncely metering``."""
+    store = f"sqlite:///{tmp_path / 'o.db'}"
+    result = metering("--database-url", store, *args)
+    assert result.returncode == 2, result.stderr
+    assert fragment in one_line(result)
+    attached = subprocess.run([sys.executable, "-m", "oncely", "--database-url", store,
+                               "metering", *args], capture_output=True, text=True, timeout=120)
+    assert attached.returncode == 2, attached.stderr
+    assert fragment in one_line(attached)
+    assert not (tmp_path / "o.db").exists()

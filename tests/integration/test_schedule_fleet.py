@@ -1,6 +1,7 @@
 """Schedules in a fleet of real worker processes, on both stores: a rolling deploy from one
 definition to another switches once and never fires both; operators pause, resume, trigger,
-backfill, create and delete schedules from the command line and the API while workers run."""
+backfill, create and delete schedules from the command line and the API while workers run; a
+stored schedule no worker can fire stops none of the others."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 from starlette.testclient import TestClient
 from tests.conftest import ROOT, read_effects, with_query
 from tests.integration.test_postgres_fleet import effects_schema
+from tests.integration.test_schedule_validation import UNFIREABLE, store_raw
 
 import oncely
 from oncely import readmodel
@@ -177,3 +179,41 @@ def test_operators_act_on_schedules_of_a_running_fleet(stores, workers):
     assert "history" in cli(url, "ledger", "pulse").stdout
     with contextlib.suppress(Exception):
         workers.stop_all()
+
+
+def test_a_stored_schedule_no_worker_can_fire_stops_none_of_the_others(stores, workers):
+    """Definitions written straight into the store (as an older release or a hand-written INSERT
+    would): every=1e300, a priority beyond 32 bits, a queue with a terminal escape or of 9,000
+    characters, an unknown key… The worker skips each, says so once, and fires ``pulse`` every
+    second all the same; the readers show them invalid."""
+    url, effects = stores
+    app = open_app(url)
+    app.migrate()
+    for name, definition in UNFIREABLE.items():
+        store_raw(app, name, "pulse", definition)
+    start(workers, url, effects, 1)
+    more_runs(effects, 4)
+    wait_until(lambda: all(f"schedule.invalid schedule={name} " in workers.log(0)
+                           for name in UNFIREABLE), timeout=60, interval=0.2,
+               message="each invalid schedule reported")
+    more_runs(effects, 2)  # many enqueuer runs later …
+    log = workers.log(0)
+    for name in UNFIREABLE:  # … still said once each
+        assert log.count(f"schedule.invalid schedule={name} ") == 1, log[-3000:]
+    assert "maintenance enqueuer failed" not in log and "Traceback" not in log
+    assert "\x1b" not in log  # the escape is quoted, never written raw
+    listed = cli(url, "--json", "schedules")
+    assert listed.returncode == 0, listed.stderr
+    states = {row["name"]: row["state"] for row in json.loads(listed.stdout)}
+    assert states == {"pulse": "active", **{name: "invalid" for name in UNFIREABLE}}
+    doctor = cli(url, "doctor")
+    assert "Traceback" not in doctor.stderr
+    assert "schedule huge-every: its stored definition (revision 1) is invalid" in doctor.stdout
+    web = TestClient(create_app(app, token=TOKEN), base_url="http://127.0.0.1",
+                     raise_server_exceptions=False)
+    for path in ("/schedules", "/schedules/huge-priority", "/api/schedules", "/api/doctor",
+                 "/api/schedules/long-queue"):
+        assert web.get(path).status_code == 200, path
+    assert workers.stop_all() == [0]
+    for name in UNFIREABLE:
+        assert not slots_run(effects, name)

@@ -11,6 +11,8 @@ import oncely
 from oncely.controls import task_control
 from oncely.store.limits import ControlKind
 
+WINDOW = "limit window must be a positive, finite number of seconds"
+
 
 @pytest.fixture
 def app(tmp_path):
@@ -25,11 +27,17 @@ def app(tmp_path):
         ({"max_running": 1.5}, "max_running must be a whole number >= 1"),
         ({"limit": (-1, 30)}, "limit=(-1, …) must allow a whole number >= 1"),
         ({"limit": (0, 30)}, "limit=(0, …) must allow a whole number >= 1"),
-        ({"limit": (1, 0)}, "limit window must be longer than zero, got 0"),
-        ({"limit": (1, -5)}, "limit window must be longer than zero"),
-        ({"limit": (1, timedelta(0))}, "limit window must be longer than zero"),
+        ({"limit": (1, 0)}, f"{WINDOW}, at most 3162240000 (100 years), got 0"),
+        ({"limit": (1, -5)}, WINDOW),
+        ({"limit": (1, timedelta(0))}, WINDOW),
+        ({"limit": (1, float("nan"))}, f"{WINDOW}, at most 3162240000 (100 years), got nan"),
+        ({"limit": (1, float("inf"))}, f"{WINDOW}, at most 3162240000 (100 years), got inf"),
+        ({"limit": (1, -float("inf"))}, WINDOW),
+        ({"limit": (1, 1e300)}, WINDOW),
+        ({"limit": (1, 10**400)}, WINDOW),
+        ({"limit": (1, True)}, WINDOW),
         ({"limit": 30}, "limit must be (starts, window)"),
-        ({"limit": (1, "30s")}, "limit window must be seconds or a timedelta"),
+        ({"limit": (1, "30s")}, f"{WINDOW}, at most 3162240000 (100 years), got '30s'"),
         ({"retention": {"failed": 10}}, "retention must be oncely.Retention"),
     ],
 )
@@ -53,7 +61,10 @@ def test_impossible_queue_settings_fail_in_one_line(app, options, fragment):
         ({"max_per_key": 2}, lambda ctx, org_id: None, "max_per_key needs a concurrency_key"),
         ({"concurrency_key": "{org_id}", "max_per_key": 0}, lambda ctx, org_id: None,
          "max_per_key must be a whole number >= 1, got 0"),
-        ({"limit": (200, 0)}, lambda ctx: None, "limit window must be longer than zero"),
+        ({"limit": (200, 0)}, lambda ctx: None, WINDOW),
+        ({"limit": (200, float("inf"))}, lambda ctx: None, WINDOW),
+        ({"limit": (200, float("nan"))}, lambda ctx: None, WINDOW),
+        ({"limit": (200, -1)}, lambda ctx: None, WINDOW),
         ({"limit": (-200, 1)}, lambda ctx: None, "must allow a whole number >= 1"),
     ],
 )

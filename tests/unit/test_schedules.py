@@ -22,6 +22,7 @@ from oncely.schedules import (
     slots_between,
 )
 from oncely.types import Overlap
+from oncely.validate import DELAY_MAX
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)  # a Monday
 
@@ -138,6 +139,8 @@ def test_slots_between_without_lower_bound_starts_at_the_epoch():
 
 # validation ---------------------------------------------------------------------------------
 
+SECONDS = "a finite number of seconds"
+
 
 @pytest.mark.parametrize(
     ("options", "message"),
@@ -151,17 +154,38 @@ def test_slots_between_without_lower_bound_starts_at_the_epoch():
         ({"cron": "61 * * * * *"}, "second must be 0-59 (got '61')"),
         ({"cron": "* * * * *", "every": 60}, "give exactly one of cron= or every="),
         ({}, "give exactly one of cron= or every="),
-        ({"every": 0.5}, "every must be at least 1 s, got 0.5"),
-        ({"every": float("inf")}, "every must be a number of seconds"),
+        ({"every": 0.5}, f"every must be {SECONDS} from 1 to {DELAY_MAX:.0f} (100 years), got 0.5"),
+        ({"every": float("inf")}, "every must be a finite number of seconds"),
+        ({"every": float("nan")}, "every must be a finite number of seconds from 1"),
+        ({"every": 1e300}, "every must be a finite number of seconds from 1 to 3162240000"),
+        ({"every": 10**400}, "every must be a finite number of seconds from 1"),
+        ({"every": DELAY_MAX + 1}, "got 3162240001.0"),
+        ({"every": "60"}, "every must be a finite number of seconds from 1"),
+        ({"every": True}, "every must be a finite number of seconds from 1"),
+        ({"every": 60, "queue": "\x1b[31mred"}, "queue name '\\x1b[31mred' is invalid"),
+        ({"every": 60, "queue": "bad queue"}, "queue name 'bad queue' is invalid"),
+        ({"every": 60, "queue": "q" * 9000}, "queue name 'qqqq"),
+        ({"every": 60, "queue": ""}, "queue name '' is invalid"),
+        ({"every": 60, "priority": 10**20}, "priority must be a whole number from -2147483648"),
+        ({"every": 60, "priority": 1.5}, "priority must be a whole number"),
+        ({"every": 60, "tz": "a" * 9000}, "unknown time zone 'aaaa"),
+        ({"every": 60, "tz": "\x00"}, "unknown time zone '\\x00'"),
+        ({"cron": "* " * 300}, "cron must be text of at most 500 characters"),
+        ({"every": 60, "anchor": "0001-01-01T00:00:00+14:00"}, "is out of range"),
         ({"every": 60, "tz": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
         ({"every": 60, "overlap": "sometimes"}, "overlap must be one of skip, buffer_one, allow"),
         ({"every": 60, "catch_up": "some"}, "catch_up must be one of none, latest, all"),
         ({"every": 60, "dst": "ignore"}, "dst must be one of skip, shift"),
         ({"every": 60, "catch_up_limit": 0}, "catch_up_limit must be 1-"),
-        ({"every": 60, "jitter": -1}, "jitter must be at least 0 s"),
+        ({"every": 60, "jitter": -1}, "jitter must be a finite number of seconds from 0"),
+        ({"every": 60, "jitter": float("nan")}, "jitter must be a finite number of seconds"),
+        ({"every": 60, "jitter": 1e300}, "jitter must be a finite number of seconds"),
         ({"every": 60, "jitter": 60}, "jitter (60 s) must be below the period (60 s)"),
         ({"cron": "*/5 * * * *", "jitter": 300}, "must be below the period (300 s)"),
-        ({"every": 60, "misfire_grace": -5}, "misfire_grace must be at least 0 s"),
+        ({"every": 60, "misfire_grace": -5}, "misfire_grace must be a finite number of seconds"),
+        ({"every": 60, "misfire_grace": 1e300}, "misfire_grace must be a finite number of seconds "
+         "from 0 to 3162240000 (100 years), got 1e+300"),
+        ({"every": 60, "misfire_grace": float("inf")}, "misfire_grace must be a finite number"),
         ({"every": 60, "anchor": datetime(2026, 1, 1)}, "anchor must be a timezone-aware"),
         ({"every": 60, "anchor": "soon"}, "anchor 'soon' is not an ISO 8601 datetime"),
     ],
@@ -177,8 +201,13 @@ def test_invalid_schedules_say_what_to_fix(options, message):
 
 
 def test_args_must_be_json():
-    with pytest.raises(ArgsNotJSON, match="schedule 'job': args are not JSON-safe"):
+    with pytest.raises(ArgsNotJSON, match="schedule 'job': arguments of 'task' must be JSON"):
         every(60, args={"when": datetime.now(UTC)})
+    for bad in ("a\x00b", "\ud800", "\udcff"):  # neither store keeps these (PostgreSQL)
+        with pytest.raises(ArgsNotJSON, match="holds a NUL character or a lone surrogate"):
+            every(60, args={"note": bad})
+        with pytest.raises(ArgsNotJSON, match="holds a NUL character or a lone surrogate"):
+            every(60, args={"nested": [{bad: 1}]})
     with pytest.raises(ArgsNotJSON, match="string keys"):
         ScheduleSpec("job", "task", every=60, args={1: "x"})  # type: ignore[dict-item]
 
@@ -591,10 +620,13 @@ def test_from_spec_dict_rejects_unknown_keys():
         ScheduleSpec.from_spec_dict({"name": "job", "every": 60})
 
 
+STORABLE_TEXT = st.text(st.characters(exclude_characters="\x00"), max_size=5)  # no surrogates
+
+
 @settings(max_examples=50)
 @given(
-    name=st.text(min_size=1, max_size=20).filter(str.strip),
-    args=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5) | st.none()),
+    name=st.from_regex(r"[A-Za-z0-9_.:\-]{1,20}", fullmatch=True),
+    args=st.dictionaries(STORABLE_TEXT, st.integers() | STORABLE_TEXT | st.none()),
     seconds=st.integers(min_value=2, max_value=10**6),
     catch_up=st.sampled_from(["none", "latest", "all"]),
 )

@@ -40,15 +40,32 @@ last run), so runs are never closer together than the period in force.
 
 A paused schedule (``oncely schedules pause``) records each due slot ``paused``; the watchdog
 expects nothing for those. Registration enqueues nothing.
+
+One bad schedule stops nothing else
+===================================
+
+Each schedule is planned and recorded on its own: a stored definition that does not parse (an
+older release's, or one written straight into the store — every path of this release validates
+it, :mod:`oncely.schedules`), or a slot its task refuses (args the task no longer takes), skips
+that schedule alone. It is reported once per definition and kind of error as ``schedule.invalid``
+(WARNING in the log, and in the schedule's history); ``oncely schedules``, the dashboard and
+``oncely doctor`` show it invalid. Only a store that is down stops the whole run.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
 
-from oncely.errors import InvalidSchedule
+from oncely.errors import (
+    InvalidSchedule,
+    OncelyError,
+    SchemaMismatch,
+    StoreBusy,
+    StoreUnavailable,
+)
 from oncely.runtime import Runtime
 from oncely.schedules import (
     MAX_SLOTS_PER_PLAN,
@@ -60,6 +77,8 @@ from oncely.schedules import (
 )
 from oncely.store.base import ScheduleRow, ScheduleUpsert, SlotEnqueue, UpsertOutcome
 from oncely.types import SlotOutcome
+
+log = logging.getLogger("oncely.maintenance")
 
 Decision = tuple[datetime, SlotOutcome]
 
@@ -112,38 +131,75 @@ def register_schedules(runtime: Runtime, worker_id: str | None = None) -> dict[s
 
 
 class SpecCache:
-    """Parsed definitions by hash: a definition is parsed once per process."""
+    """Parsed definitions by hash: a definition is parsed once per process; one that does not
+    parse is remembered with its reason (:class:`InvalidSchedule`)."""
 
     def __init__(self) -> None:
-        self._specs: dict[str, ScheduleSpec | None] = {}
+        self._specs: dict[str, ScheduleSpec | str] = {}
 
-    def get(self, row: ScheduleRow) -> ScheduleSpec | None:
+    def get(self, row: ScheduleRow) -> ScheduleSpec:
+        """The row's definition, or InvalidSchedule saying why it has none."""
         if row.spec_hash not in self._specs:
             try:
                 self._specs[row.spec_hash] = ScheduleSpec.from_spec_dict(row.spec)
-            except (InvalidSchedule, TypeError):
-                self._specs[row.spec_hash] = None  # the doctor reports it; nothing to fire
-        return self._specs[row.spec_hash]
+            except InvalidSchedule as exc:
+                self._specs[row.spec_hash] = str(exc)
+        found = self._specs[row.spec_hash]
+        if isinstance(found, str):
+            raise InvalidSchedule(found)
+        return found
+
+
+# The store itself is out: every schedule would fail alike. The run stops; the supervisor
+# reports it once (``maintenance.failed``), not once per schedule.
+_STORE_DOWN = (StoreUnavailable, StoreBusy, SchemaMismatch)
 
 
 class SlotEnqueuer:
+    """Enqueues the due slots of every stored schedule. One schedule that cannot be fired (a
+    stored definition that does not parse — an older release's, or one written straight into
+    the store — or a slot its task refuses) is skipped and reported, once per definition and
+    kind of error, as ``schedule.invalid`` (logged at WARNING, kept in the schedule's history);
+    every other schedule keeps firing."""
+
     def __init__(self, runtime: Runtime, max_batches: int = 10) -> None:
         self.runtime = runtime
         self.max_batches = max_batches  # plans per schedule per run; a long outage takes a few
         self.specs = SpecCache()
+        self._reported: dict[str, tuple[str, str]] = {}  # schedule -> (spec hash, error type)
 
     def run_once(self) -> EnqueueResult:
         result = EnqueueResult()
+        failing: set[str] = set()
         for row in self.runtime.store.schedule_list():
-            spec = self.specs.get(row)
-            if spec is None or row.task not in self.runtime.tasks:
+            if row.task not in self.runtime.tasks:
                 continue  # a worker that has the task fires it
-            cursor = row.cursor
-            for _ in range(self.max_batches):
-                cursor, more = self._schedule_once(row, spec, cursor, result)
-                if not more:
-                    break
+            try:
+                spec = self.specs.get(row)
+                cursor = row.cursor
+                for _ in range(self.max_batches):
+                    cursor, more = self._schedule_once(row, spec, cursor, result)
+                    if not more:
+                        break
+            except _STORE_DOWN:
+                raise
+            except Exception as exc:  # this schedule alone: the others still fire
+                failing.add(row.name)
+                self._report(row, exc)
+        for name in set(self._reported) - failing:
+            del self._reported[name]  # fires again (or is gone): a new failure is news
         return result
+
+    def _report(self, row: ScheduleRow, exc: Exception) -> None:
+        seen = (row.spec_hash, type(exc).__name__)
+        if self._reported.get(row.name) == seen:
+            return  # said already for this definition: no flood, one line per change
+        self._reported[row.name] = seen
+        reason = str(exc) if isinstance(exc, OncelyError) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, OncelyError):
+            log.debug("schedule %s: enqueuing failed", row.name, exc_info=exc)
+        self.runtime.events.emit("schedule.invalid", schedule=row.name, task=row.task,
+                                 revision=row.revision, error=reason[:1000])
 
     def _decide(self, row: ScheduleRow, spec: ScheduleSpec, cursor: datetime | None,
                 now: datetime) -> tuple[list[Decision], datetime | None, bool]:

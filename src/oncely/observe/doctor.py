@@ -4,7 +4,9 @@ Each :class:`DoctorFinding` has a severity (``problem`` and ``warning`` make the
 exit code 1; ``info`` and ``ok`` do not), one line of summary, the evidence behind it and advice.
 Checks, in order: the schema; live and stale workers; the leader; expired leases nobody rescued;
 every watchdog check (too many or too few executions, stuck runs, pressure) computed now; anomalies
-the watchdog left open; lease takeovers and fence rejections in the last hour; dead letters.
+the watchdog left open; lease takeovers and fence rejections in the last hour; dead letters;
+schedules live workers declare differently; stored schedules whose definition is invalid (no
+worker fires them).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from oncely import readmodel
-from oncely.errors import SchemaMismatch
+from oncely.errors import InvalidSchedule, SchemaMismatch
 from oncely.observe.diagnose import Finding, WatchdogConfig, evaluate
 from oncely.observe.fmt import plural, span
 from oncely.runtime import Runtime
+from oncely.schedules import ScheduleSpec
 from oncely.store.base import Store, WorkerRow
 
 UNHEALTHY = ("problem", "warning")
@@ -77,6 +80,7 @@ def examine(runtime: Runtime, config: WatchdogConfig | None = None) -> DoctorRep
     findings += _open_anomalies(store, {f.key for f in fresh})
     findings += _signals(store, now)
     findings += _schedule_disagreements(store, now, stale_after)
+    findings += _invalid_schedules(store)
     if not any(f.severity in UNHEALTHY for f in findings):
         findings.append(DoctorFinding("ok", "fleet", "no problem found"))
     findings.sort(key=lambda f: _ORDER.get(f.severity, 9))
@@ -97,6 +101,24 @@ def _schedule_disagreements(store: Store, now: datetime,
                 else f"a definition never in force ({w['spec_hash']})") for w in workers[:10]],
             "finish the deploy (the definition in force is what fires); to go back, "
             f"`oncely --app module:app schedules apply {name}` with the code you want"))
+    return found
+
+
+def _invalid_schedules(store: Store) -> list[DoctorFinding]:
+    """Stored schedules whose definition does not parse: no worker fires them."""
+    found = []
+    for row in store.schedule_list():
+        try:
+            ScheduleSpec.from_spec_dict(row.spec)
+        except InvalidSchedule as exc:
+            found.append(DoctorFinding(
+                "problem", f"schedule:{row.name}",
+                f"schedule {row.name}: its stored definition (revision {row.revision}) is "
+                "invalid, so no worker fires it", [str(exc)],
+                (f"`oncely schedules update {row.name} …` with valid values"
+                 if row.origin == "dynamic" else
+                 f"`oncely --app module:app schedules apply {row.name}` (the code's definition)")
+                + f", or `oncely schedules delete {row.name}`"))
     return found
 
 

@@ -93,7 +93,7 @@ _INFO_EVENTS = frozenset(
 
 
 # Events that call for a human's attention.
-_WARNING_EVENTS = frozenset({"anomaly.raised"})
+_WARNING_EVENTS = frozenset({"anomaly.raised", "schedule.invalid"})
 
 
 Route = tuple[tuple[Subscriber, Callable[[str], bool] | None], ...]

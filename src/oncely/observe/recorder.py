@@ -36,7 +36,7 @@ RECORDED = frozenset({FENCE_REJECTED}) | OPERATOR_ACTIONS
 SCHEDULE_HISTORY = frozenset({
     "schedule.registered", "schedule.revised", "schedule.declaration_superseded",
     "schedule.declaration_refused", "schedule.paused", "schedule.resumed", "schedule.deleted",
-    "schedule.backfilled", "slot.triggered",
+    "schedule.backfilled", "slot.triggered", "schedule.invalid",
 })
 # Every event the fleet recorder writes: subscribe it to these alone (``names=``).
 FLEET_EVENTS = RECORDED | SCHEDULE_HISTORY

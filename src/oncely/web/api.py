@@ -202,7 +202,7 @@ def _route(endpoint: Endpoint) -> Route:
             raw = await request.body()
             try:
                 request.state.body = json.loads(raw) if raw.strip() else {}
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested beyond the parser
                 return JSONResponse({"error": "the body must be JSON"}, status_code=400)
         try:
             body = await run_in_threadpool(endpoint.handler, dash, request)

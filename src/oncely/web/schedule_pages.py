@@ -62,19 +62,25 @@ def schedule_page(d: Dashboard, r: Request) -> dict[str, Any]:
     now = d.now()
     detail = readmodel.schedule_detail(d.store, name, now, d.stale_after)
     timeline = readmodel.schedule_timeline(d.store, name, now)
+    chart = timeline_svg(timeline) if timeline["buckets"] else None  # none for an invalid one
     return {"title": f"Schedule {name}", "schedule": detail, "timeline": timeline,
-            "chart": timeline_svg(timeline), "tasks": _tasks(d), "backfill_cap": BACKFILL_CAP,
+            "chart": chart, "tasks": _tasks(d), "backfill_cap": BACKFILL_CAP,
             "form": form_of(detail["spec"]), "form_error": None}
 
 
 def _number(value: Any) -> str:
-    return "" if value is None else f"{value:g}"
+    if value is None:
+        return ""
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
 
 
-def form_of(spec: Mapping[str, Any]) -> dict[str, Any]:
+def form_of(stored: Any) -> dict[str, Any]:
     """The edit form's fields from a stored definition (its args as the page shows them:
-    secret-looking values masked)."""
-    return {"name": spec["name"], "task": spec["task"], "cron": spec.get("cron") or "",
+    secret-looking values masked); a stored row that is not a valid definition still fills
+    the form, so it can be corrected."""
+    spec: Mapping[str, Any] = stored if isinstance(stored, Mapping) else {}
+    return {"name": spec.get("name", ""), "task": spec.get("task", ""),
+            "cron": spec.get("cron") or "",
             "every": _number(spec.get("every")), "tz": spec.get("tz") or "UTC",
             "args": json.dumps(spec.get("args") or {}, sort_keys=True),
             "overlap": spec.get("overlap") or "skip", "catch_up": spec.get("catch_up") or "latest",
