@@ -6,12 +6,10 @@ once; no attempt ever fails for an unknown task."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
-from tests.conftest import ROOT, read_effects
+from tests.conftest import oncely_cli, read_effects
 
 import oncely
 from oncely.testing import wait_until
@@ -24,10 +22,7 @@ FAST = {"ONCELY_POLL_INTERVAL": "0.1"}
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ONCELY_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
-    env.pop("ONCELY_TEST_EXOTIC", None)
-    return subprocess.run([sys.executable, "-m", "oncely", "--app", APP, *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+    return oncely_cli(url, *args, app=APP, env={"ONCELY_TEST_EXOTIC": ""})
 
 
 def test_a_job_of_a_task_no_worker_has_waits_named_until_a_worker_has_it(

@@ -12,13 +12,12 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from starlette.testclient import TestClient
-from tests.conftest import ROOT, read_effects, with_query
+from tests.conftest import oncely_cli, read_effects, with_query
 from tests.integration.test_postgres_fleet import effects_schema
 
 import oncely
@@ -80,9 +79,7 @@ def more_runs(effects, count, schedule="pulse", timeout=60.0):
 
 
 def cli(url: str, *args: str, app: str = APP) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ONCELY_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "oncely", "--app", app, *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+    return oncely_cli(url, *args, app=app)
 
 
 def test_a_rolling_deploy_switches_once_and_an_old_worker_never_brings_back_its_definition(
