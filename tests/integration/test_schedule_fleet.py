@@ -106,6 +106,15 @@ def test_a_rolling_deploy_switches_once_and_an_old_worker_never_brings_back_its_
     assert other["worker_id"].split(":")[1] == str(old.pid) and other["declared_revision"] == 1
     doctor = cli(url, "doctor")
     assert "declare another definition" in doctor.stdout and str(old.pid) in doctor.stdout
+    # what operators see: the definition in force, its revision and who declares another
+    [listed] = [s for s in json.loads(cli(url, "--json", "schedules").stdout)
+                if s["name"] == "pulse"]
+    assert listed["revision"] == 2 and listed["disagree"] == other["worker_id"], listed
+    assert [w["worker_id"] for w in listed["disagreeing_workers"]] == [other["worker_id"]]
+    page = TestClient(create_app(app), base_url="http://127.0.0.1").get("/schedules/pulse")
+    assert page.status_code == 200
+    assert "revision 2" in page.text and "live workers declaring another definition" in page.text
+    assert f"{other['worker_id']} (revision 1)" in page.text
     more_runs(effects, 3)
     assert workers.stop_all() == [0] * len(workers.procs)
     row = app.store.schedule_get("pulse")
