@@ -42,12 +42,14 @@ where, or whether, this process declares the schedule:
 * **when a schedule is stored** (a worker registering its app's schedules at start, ``apply``,
   ``create``, ``update``), the waiting manual jobs of its task that have no key take it
   (:meth:`oncely.store.base.Store.job_key_waiting`): a ``task.enqueue()`` at import *above* the
-  module's ``app.schedule(...)`` on a store that never held the schedule, or an enqueue from a
-  process whose stored-schedule read was up to :data:`GUARD_REFRESH` seconds old.
+  module's ``app.schedule(...)`` on a store that never held the schedule takes the key when the
+  worker registers its schedules, before its first claim.
 
 What is left: a manual job that *started* before its task's first schedule was stored keeps
-running without the key, and one enqueued unkeyed (a stale read) after a schedule was stored
-elsewhere runs as a plain job if it starts within that refresh window.
+running without the key; and a process that enqueues within :data:`GUARD_REFRESH` seconds after
+*another* process stored the task's first schedule may still read "not scheduled" and enqueue
+a plain job (it takes the key only if a registration of that schedule — a worker starting —
+finds it still waiting).
 """
 
 from __future__ import annotations
