@@ -90,6 +90,14 @@ def state_counts(app: oncely.App) -> collections.Counter[str]:
     return counts
 
 
+def oncely_cli(url: str, *args: str, app: str = "tests.apps.basic:app",
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``oncely --app APP ARGS`` on the store at ``url``, as an operator would."""
+    full_env = {**os.environ, "ONCELY_DATABASE_URL": url, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "oncely", "--app", app, *args], cwd=ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=120)
+
+
 class Workers:
     """Worker subprocesses started by a test, all killed at teardown."""
 

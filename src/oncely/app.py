@@ -54,7 +54,7 @@ from oncely.schedules import ScheduleSpec
 from oncely.store import open_store
 from oncely.store.base import Store
 from oncely.store.probe import require_current_schema
-from oncely.tasks import JobHandle, Task, TaskOptions
+from oncely.tasks import JobHandle, ScheduleGuards, Task, TaskOptions
 from oncely.transaction import Transaction
 from oncely.types import Overlap
 from oncely.validate import check_database_url, check_name
@@ -81,6 +81,8 @@ class App(Operations, ScheduleActions):
         self.tasks: dict[str, Task] = {}
         self.schedules: dict[str, ScheduleSpec] = {}
         self.queues: dict[str, QueueSpec] = {}
+        # Which tasks a schedule guards: their manual jobs take the schedule's singleton key.
+        self.schedule_guards = ScheduleGuards(self.schedules, lambda: self.store.schedule_list())
         self.auto_migrate = auto_migrate
         # The thresholds of the leader's watchdog and of `oncely doctor` for this app.
         self.watchdog = watchdog or WatchdogConfig()
@@ -292,6 +294,7 @@ class App(Operations, ScheduleActions):
             unique_key=unique_key,
             queue=queue,
             max_attempts=max_attempts,
+            scheduled=self._guarded(resolved),
         )
         if isinstance(connection, Transaction):
             connection = connection.connection
@@ -306,13 +309,19 @@ class App(Operations, ScheduleActions):
         """Enqueue one job per args dict in one transaction per batch."""
         resolved = task if isinstance(task, Task) else self.get_task(task)
         now = self.clock.now()
-        results = self.store.job_insert_many(resolved.build_inserts(args_list, now, **options),
-                                             now)
+        inserts = resolved.build_inserts(args_list, now,
+                                         **{**options, "scheduled": self._guarded(resolved)})
+        results = self.store.job_insert_many(inserts, now)
         if self.events.wants("job.enqueued"):
             for result in results:
                 if result.created:
                     self.events.emit("job.enqueued", job_id=result.job.id, task=resolved.name)
         return [JobHandle(self, result.job, result.created) for result in results]
+
+    def _guarded(self, task: Task) -> bool:
+        """A manual job of ``task`` takes its schedule's singleton key (``singleton=None`` and a
+        schedule guards it: :mod:`oncely.tasks`)."""
+        return task.options.singleton is None and self.schedule_guards.guards(task.name)
 
     # schedules ---------------------------------------------------------------------------
     def schedule(
@@ -361,8 +370,6 @@ class App(Operations, ScheduleActions):
         if existing is not None and existing != spec:
             raise ConfigError(f"schedule {name!r} is declared twice with different definitions")
         self.schedules[name] = spec
-        if spec.overlap != Overlap.ALLOW:
-            resolved.guarded_by.add(name)  # its manual jobs now share the slot runs' key
         return spec
 
     # worker ------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from oncely.errors import ConfigError, NotFound
 from oncely.maintenance.enqueuer import declare
 from oncely.schedules import ScheduleSpec, latest_slot, slots_between
 from oncely.store.base import ScheduleRow, SlotEnqueue, UpsertOutcome
-from oncely.tasks import JobHandle, Task
+from oncely.tasks import JobHandle, ScheduleGuards, Task
 from oncely.types import Overlap
 from oncely.validate import check_name, check_reason
 
@@ -64,6 +64,7 @@ class ScheduleActions:
         events: EventBus
         schedules: dict[str, ScheduleSpec]
         tasks: dict[str, Task]
+        schedule_guards: ScheduleGuards
 
         @property
         def store(self) -> Store: ...
@@ -188,7 +189,9 @@ class ScheduleActions:
         if spec is None:
             known = ", ".join(sorted(self.schedules)) or "none"
             raise NotFound(f"this app declares no schedule {name!r}; declared: {known}")
-        return declare(self.runtime, spec, force=True, by=by)
+        outcome = declare(self.runtime, spec, force=True, by=by)
+        self.schedule_guards.forget()
+        return outcome
 
     def create_schedule(self, name: str, task: str, *, by: str | None = None,
                         **definition: Any) -> ScheduleRow:
@@ -231,6 +234,7 @@ class ScheduleActions:
 
     def _store_dynamic(self, spec: ScheduleSpec, by: str | None) -> ScheduleRow:
         outcome = declare(self.runtime, spec, origin="dynamic", force=True, by=by)
+        self.schedule_guards.forget()  # this app's next manual job of the task takes its key
         if outcome == UpsertOutcome.REFUSED:
             raise ConfigError(f"schedule {spec.name!r} is declared by code; not overwritten")
         return self.stored_schedule(spec.name)[0]
@@ -244,6 +248,7 @@ class ScheduleActions:
             raise ConfigError(f"schedule {name!r} is declared by live worker(s) "
                               f"{', '.join(declaring)}; deploy code without it, or pass --force")
         self.store.schedule_delete(name)
+        self.schedule_guards.forget()
         self.events.emit("schedule.deleted", schedule=name, origin=row.origin,
                          forced=bool(declaring), by=by)
 

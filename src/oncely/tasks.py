@@ -15,9 +15,8 @@ A handler is a plain function ``def handler(ctx, **args)`` (``async def`` works 
   (one per distinct value, formatted from the job's args), or ``None`` (the default: singleton
   when the task is scheduled — its slot runs and its manual jobs share the key, so a "run it
   now" enqueue waits for a slot run instead of overlapping it; a schedule with
-  ``overlap="allow"`` does not count). ``False`` disables it even for schedules. A manual job
-  is known to belong to a scheduled task when the schedule is declared before the enqueue
-  (declare schedules beside their tasks, at import);
+  ``overlap="allow"`` does not count). ``False`` disables it even for schedules. Which tasks
+  are scheduled is :class:`ScheduleGuards`' answer (below);
 * ``priority`` — higher runs first;
 * ``limit`` — at most ``(n, window)`` starts of the task per window, fleet-wide;
 * ``concurrency_key`` / ``max_per_key`` — at most ``max_per_key`` (default 1) running jobs per
@@ -27,6 +26,30 @@ A handler is a plain function ``def handler(ctx, **args)`` (``async def`` works 
 Enqueue rules: ``unique_key`` makes a second enqueue a no-op that returns the existing job while
 that job is unfinished (scheduled, available, running or retryable); once it has finished, the
 same key enqueues a new job.
+
+Manual jobs of a scheduled task
+===============================
+
+A manual job of a task left at ``singleton=None`` takes the key of the schedule's runs (the task's
+name) when a schedule runs the task with overlap other than ``allow``. That does not depend on
+where, or whether, this process declares the schedule:
+
+* **at enqueue** the App asks its :class:`ScheduleGuards`: the schedules this app declares (read
+  then, so an ``app.schedule`` anywhere in the module counts once it has run) and the *stored*
+  schedules — dynamic ones, and those other deploys declared — read from the store at most once
+  per :data:`GUARD_REFRESH` seconds per process, and again at once after this app creates,
+  updates, applies or deletes one;
+* **when a schedule is stored** (a worker registering its app's schedules at start, ``apply``,
+  ``create``, ``update``), the waiting manual jobs of its task that have no key take it
+  (:meth:`oncely.store.base.Store.job_key_waiting`): a ``task.enqueue()`` at import *above* the
+  module's ``app.schedule(...)`` on a store that never held the schedule takes the key when the
+  worker registers its schedules, before its first claim.
+
+What is left: a manual job that *started* before its task's first schedule was stored keeps
+running without the key; and a process that enqueues within :data:`GUARD_REFRESH` seconds after
+*another* process stored the task's first schedule may still read "not scheduled" and enqueue
+a plain job (it takes the key only if a registration of that schedule — a worker starting —
+finds it still waiting).
 """
 
 from __future__ import annotations
@@ -34,7 +57,8 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -49,6 +73,8 @@ from oncely.validate import INT32, check_delay, check_int, check_name, encode_ar
 
 if TYPE_CHECKING:
     from oncely.app import App
+    from oncely.schedules import ScheduleSpec
+    from oncely.store.base import ScheduleRow
 
 ENQUEUE_OPTIONS = frozenset(
     {"run_at", "delay", "priority", "unique_key", "queue", "connection", "max_attempts"}
@@ -96,8 +122,6 @@ class Task:
         if isinstance(options.singleton, str):
             _template_fields(name, options.singleton)
         self._defaults: dict[str, Any] = {}
-        # Schedules of this app that run the task with a singleton key (overlap other than allow).
-        self.guarded_by: set[str] = set()
         if options.concurrency_key is not None:
             self._defaults = _check_key_template(name, fn, options.concurrency_key)
         elif options.max_per_key is not None:
@@ -111,9 +135,11 @@ class Task:
         return f"<Task {self.name} queue={self.options.queue}>"
 
     def singleton_key(self, args: dict[str, Any], scheduled: bool = False) -> str | None:
+        """The job's singleton key; ``scheduled``: a slot run, or a manual job of a task a
+        schedule guards (what ``singleton=None`` keys on)."""
         singleton = self.options.singleton
         if singleton is None:
-            return self.name if scheduled or self.guarded_by else None
+            return self.name if scheduled else None
         if singleton is False:
             return None
         if singleton is True:
@@ -219,6 +245,47 @@ class Task:
         ``queue``, ``max_attempts``, ``connection``) are taken out; the rest are the job's args."""
         options = {key: args.pop(key) for key in list(args) if key in ENQUEUE_OPTIONS}
         return self.app.enqueue_job(self.name, args, **options)
+
+
+GUARD_REFRESH = 1.0  # seconds a process trusts its read of which tasks stored schedules run
+
+
+class ScheduleGuards:
+    """Whether a schedule guards a task — runs it with the task's singleton key (overlap other
+    than ``allow``), so that the task's manual jobs take that key too: the app's declared
+    schedules, then the stored ones, read at most once per :data:`GUARD_REFRESH` seconds (the
+    module docstring says when each counts)."""
+
+    def __init__(self, declared: Mapping[str, ScheduleSpec],
+                 stored: Callable[[], Iterable[ScheduleRow]]) -> None:
+        self._declared = declared
+        self._stored = stored
+        self._tasks: frozenset[str] = frozenset()
+        self._read_at: float | None = None
+        self._generation = 0  # bumped by forget(): a read begun before it is not trusted
+
+    def guards(self, task: str) -> bool:
+        if any(spec.task == task and spec.overlap != Overlap.ALLOW
+               for spec in self._declared.values()):
+            return True
+        return task in self._stored_tasks()
+
+    def forget(self) -> None:
+        """Read the stored schedules again at the next question (this process changed them)."""
+        self._generation += 1
+        self._read_at = None
+
+    def _stored_tasks(self) -> frozenset[str]:
+        read_at = self._read_at
+        if read_at is not None and time.monotonic() - read_at < GUARD_REFRESH:
+            return self._tasks
+        generation, began = self._generation, time.monotonic()
+        tasks = frozenset(row.task for row in self._stored()
+                          if row.spec.get("overlap") != Overlap.ALLOW.value)
+        self._tasks = tasks
+        if generation == self._generation:
+            self._read_at = began
+        return tasks
 
 
 def _check_importable(task_name: str, fn: Any) -> None:

@@ -38,8 +38,8 @@ def hog_cpu(ctx: oncely.JobContext, seconds: float) -> None:
 
 
 @app.task(name="hog", singleton=True, timeout=1, retry=ONE_RETRY)
-def hog(ctx: oncely.JobContext, seconds: float) -> None:
-    hog_cpu(ctx, seconds)
+def hog(ctx: oncely.JobContext, seconds: float, retry_seconds: float | None = None) -> None:
+    hog_cpu(ctx, seconds if ctx.attempt == 1 or retry_seconds is None else retry_seconds)
 
 
 # SIGTERM at its timeout, SIGKILL 2 s later.

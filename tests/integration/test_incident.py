@@ -8,6 +8,8 @@ runs on oncely with the guard (``app.trigger``): exactly one successful executio
 ran, and no job that does not belong to a slot. The unguarded contrast (``task.enqueue()`` on
 start), at small scale, runs the trigger slot more than once — one after the other, since a
 scheduled task's manual jobs share the schedule's singleton key — so the guard is what matters.
+They share it also when the enqueue comes above the schedule's declaration, on a store that never
+held the schedule, with one-off and slot runs that would coincide (``tests.apps.early``).
 """
 
 from __future__ import annotations
@@ -188,3 +190,36 @@ def test_incident_configuration_runs_once_per_slot_with_the_guard_and_not_withou
 
 def thresholds_key() -> str:
     return incident.thresholds.name
+
+
+def test_one_offs_enqueued_above_the_schedule_never_overlap_a_slot_run(
+    any_url, effects_sqlite, workers
+):
+    """Three workers each enqueue a one-off run at import, above ``app.schedule(...)``, on a
+    store that never held the schedule; it fires every 2 s and each run takes 0.7 s, two handler
+    threads per worker. The one-off jobs take the schedule's key (at enqueue once the schedule is
+    stored, or when the first worker registers it), so no run overlaps another."""
+    app = oncely.App(any_url)
+    app.migrate()
+    env = {"ONCELY_TEST_START": "enqueue", "ONCELY_TEST_EVERY": "2", "ONCELY_TEST_SECONDS": "0.7",
+           "ONCELY_POLL_INTERVAL": "0.1", "ONCELY_ENQUEUE_INTERVAL": "0.25",
+           "ONCELY_SHUTDOWN_GRACE": "5"}
+    for _ in range(3):
+        workers.start(any_url, effects_sqlite, "--concurrency", "2", app="tests.apps.early:app",
+                      env=env)
+
+    def ran(one_off: bool) -> int:
+        return sum((key == "-") == one_off for _, key, *_ in read_effects(effects_sqlite, "usage"))
+
+    wait_until(lambda: ran(True) == 3 and ran(False) >= 1, timeout=90, interval=0.2,
+               message="the three one-off runs and a slot run")
+    assert workers.stop_all() == [0, 0, 0]
+
+    runs = sorted(read_effects(effects_sqlite, "usage"), key=lambda row: row[5])
+    story = "\n".join(f"{key} job {job_id}: {started:.2f}..{ended:.2f}"
+                      for _, key, job_id, _, _, started, ended in runs)
+    assert len({row[2] for row in runs}) == len(runs), f"a job ran twice\n{story}"
+    for before, after in itertools.pairwise(runs):
+        assert before[6] <= after[5], f"two runs overlapped\n{story}"
+    one_offs = [job for job in all_jobs(app) if job.slot is None]
+    assert len(one_offs) == 3 and {job.singleton_key for job in one_offs} == {"usage"}, story

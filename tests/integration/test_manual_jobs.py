@@ -90,3 +90,59 @@ def test_a_manual_run_waits_for_the_running_slot_run(app):
     assert slot_job.refresh().state == JobState.SUCCEEDED
     assert overlaps == []
     assert manual.refresh().started_at >= slot_job.refresh().finished_at
+
+
+def test_a_dynamically_scheduled_tasks_manual_job_takes_the_key_in_every_process(app, any_url):
+    @app.task(name="rollup")
+    def rollup(ctx):
+        return None
+
+    @app.task(name="rollup-opted-out", singleton=False)
+    def opted_out(ctx):
+        return None
+
+    app.migrate()
+    assert rollup.enqueue().job.singleton_key is None  # not scheduled yet
+    app.create_schedule("nightly", "rollup", cron="0 3 * * *")
+    app.create_schedule("nightly-opted-out", "rollup-opted-out", cron="0 3 * * *")
+    assert rollup.enqueue().job.singleton_key == "rollup"
+    assert opted_out.enqueue().job.singleton_key is None
+    # another process (an App of its own) that declares no schedule reads the stored ones
+    other = oncely.App(any_url)
+    other.tasks = dict(app.tasks)
+    try:
+        assert other.enqueue("rollup").job.singleton_key == "rollup"
+        assert other.enqueue_many("rollup", [{}, {}])[1].job.singleton_key == "rollup"
+        assert other.enqueue("rollup-opted-out").job.singleton_key is None
+    finally:
+        other.close()
+
+
+def test_an_enqueue_above_the_schedule_declaration_takes_the_key(app, any_url):
+    """The incident's module with the lines swapped: ``task.enqueue()`` runs before
+    ``app.schedule(...)``. On a store that never held the schedule the job takes the key when
+    the worker registers its schedules at start; on one that holds it, at enqueue."""
+
+    @app.task(name="thresholds")
+    def thresholds(ctx):
+        return None
+
+    @app.task(name="loose")
+    def loose(ctx):
+        return None
+
+    app.migrate()
+    early = thresholds.enqueue()
+    plain = loose.enqueue()
+    app.schedule("hourly", thresholds, cron="35 * * * *")
+    assert early.refresh().singleton_key is None  # nothing is written at declaration
+    app.register_schedules()  # what a worker does when it starts, before its first claim
+    assert early.refresh().singleton_key == "thresholds"
+    assert plain.refresh().singleton_key is None
+    # the next deploy imports the module again: its early enqueue finds the stored schedule
+    redeployed = oncely.App(any_url)
+    redeployed.task(name="thresholds")(thresholds.fn)
+    try:
+        assert redeployed.enqueue("thresholds").job.singleton_key == "thresholds"
+    finally:
+        redeployed.close()

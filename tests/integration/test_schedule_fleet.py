@@ -1,7 +1,8 @@
 """Schedules in a fleet of real worker processes, on both stores: a rolling deploy from one
 definition to another switches once and never fires both; operators pause, resume, trigger,
 backfill, create and delete schedules from the command line and the API while workers run; a
-stored schedule no worker can fire stops none of the others."""
+stored schedule no worker can fire stops none of the others; a paused queue's backlog of slot jobs
+obeys the schedules' policies when it is claimed."""
 
 from __future__ import annotations
 
@@ -12,19 +13,19 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from starlette.testclient import TestClient
-from tests.conftest import ROOT, read_effects, with_query
+from tests.conftest import oncely_cli, read_effects, with_query
 from tests.integration.test_postgres_fleet import effects_schema
 from tests.integration.test_schedule_validation import UNFIREABLE, store_raw
 
 import oncely
 from oncely import readmodel
 from oncely.testing import wait_until
+from oncely.types import SlotOutcome
 from oncely.web.app import create_app
 
 APP = "tests.apps.rolling:app"
@@ -79,10 +80,8 @@ def more_runs(effects, count, schedule="pulse", timeout=60.0):
                interval=0.2, message=f"{count} more runs of {schedule}")
 
 
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ONCELY_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "oncely", "--app", APP, *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+def cli(url: str, *args: str, app: str = APP) -> subprocess.CompletedProcess[str]:
+    return oncely_cli(url, *args, app=app)
 
 
 def test_a_rolling_deploy_switches_once_and_an_old_worker_never_brings_back_its_definition(
@@ -109,6 +108,15 @@ def test_a_rolling_deploy_switches_once_and_an_old_worker_never_brings_back_its_
     assert other["worker_id"].split(":")[1] == str(old.pid) and other["declared_revision"] == 1
     doctor = cli(url, "doctor")
     assert "declare another definition" in doctor.stdout and str(old.pid) in doctor.stdout
+    # what operators see: the definition in force, its revision and who declares another
+    [listed] = [s for s in json.loads(cli(url, "--json", "schedules").stdout)
+                if s["name"] == "pulse"]
+    assert listed["revision"] == 2 and listed["disagree"] == other["worker_id"], listed
+    assert [w["worker_id"] for w in listed["disagreeing_workers"]] == [other["worker_id"]]
+    page = TestClient(create_app(app), base_url="http://127.0.0.1").get("/schedules/pulse")
+    assert page.status_code == 200
+    assert "revision 2" in page.text and "live workers declaring another definition" in page.text
+    assert f"{other['worker_id']} (revision 1)" in page.text
     more_runs(effects, 3)
     assert workers.stop_all() == [0] * len(workers.procs)
     row = app.store.schedule_get("pulse")
@@ -217,3 +225,63 @@ def test_a_stored_schedule_no_worker_can_fire_stops_none_of_the_others(stores, w
     assert workers.stop_all() == [0]
     for name in UNFIREABLE:
         assert not slots_run(effects, name)
+
+
+BACKLOG_APP = "tests.apps.backlog:app"
+BACKLOG = ("latest", "buffered")  # their schedules, both on the queue "reports"
+
+
+def test_a_paused_queues_backlog_obeys_the_schedules_policies_when_claimed(stores, workers):
+    """Two schedules fire every second while their queue is paused from the command line
+    (``oncely queues pause``): their slot jobs are enqueued on time and wait, judged by every
+    claim. When the queue resumes, ``latest`` runs one slot of the backlog, the older ones
+    recorded ``coalesced``; ``buffer_one`` (catch_up ``all``) runs the oldest waiting slot and
+    the one buffered behind it, the newer ones recorded ``skipped_overlap``; then slots run on
+    time again. Runs are counted from the handlers' side effects."""
+    url, effects = stores
+    app = oncely.App(url)
+    app.migrate()
+    workers.start(url, effects, app=BACKLOG_APP,
+                  env={"ONCELY_POLL_INTERVAL": "0.1", "ONCELY_ENQUEUE_INTERVAL": "0.2"})
+    for name in BACKLOG:
+        more_runs(effects, 1, name)
+    paused = cli(url, "queues", "pause", "reports", app=BACKLOG_APP)
+    assert paused.returncode == 0, paused.stderr
+    paused_at = datetime.now(UTC)
+
+    def due_while_paused(name: str) -> int:
+        return len([r for r in app.store.ledger_list(name, limit=100) if r.slot > paused_at])
+
+    wait_until(lambda: min(due_while_paused(name) for name in BACKLOG) >= 5, timeout=60,
+               interval=0.2, message="five slots of each schedule came due in the pause")
+    ran_before = {name: set(slots_run(effects, name)) for name in BACKLOG}  # all started
+    before_resume = datetime.now(UTC)
+    app.resume_queue("reports")
+    resumed_at = datetime.now(UTC)
+    for name in BACKLOG:
+        wait_until(lambda name=name: any(s > resumed_at for s in slots_run(effects, name)),
+                   timeout=60, interval=0.2, message=f"{name} runs on time again")
+    assert workers.stop_all() == [0]
+
+    for name in BACKLOG:
+        ledger = {r.slot: r for r in app.store.ledger_list(name, limit=1000)}
+        # the backlog: every slot enqueued before the resume that had not run before the pause
+        backlog = sorted(slot for slot, r in ledger.items()
+                         if r.recorded_at < before_resume and slot not in ran_before[name])
+        raced = [slot for slot, r in ledger.items()  # enqueued while the resume was written
+                 if before_resume <= r.recorded_at <= resumed_at]
+        ran = [slot for slot in slots_run(effects, name) if slot in backlog]
+        outcomes = collections.Counter(str(ledger[slot].outcome) for slot in backlog)
+        story = f"{name}: backlog {[s.time().isoformat() for s in backlog]}, {dict(outcomes)}, " \
+                f"ran {[s.time().isoformat() for s in ran]}, raced {raced}"
+        assert len(backlog) >= 5, story
+        assert outcomes[SlotOutcome.RAN] == len(ran), story
+        if name == "latest":  # one run: the newest waiting slot
+            assert ran == backlog[-1:] or (raced and ran == []), story
+            assert outcomes[SlotOutcome.COALESCED] == len(backlog) - len(ran), story
+            assert all("at claim" in (ledger[slot].note or "") for slot in backlog
+                       if ledger[slot].outcome == SlotOutcome.COALESCED), story
+        else:  # one starts and one waits behind it: the two oldest; the newer ones skipped
+            assert ran == backlog[:2], story
+            assert outcomes[SlotOutcome.SKIPPED_OVERLAP] == len(backlog) - 2, story
+            assert all("at claim" in (ledger[slot].note or "") for slot in backlog[2:]), story

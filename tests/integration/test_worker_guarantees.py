@@ -32,28 +32,39 @@ def finished(app: oncely.App, count: int) -> bool:
     return sum(counts[state] for state in ("succeeded", "failed", "cancelled")) == count
 
 
-@pytest.mark.parametrize("task, isolation, seconds",
-                         [("hog", "thread", 3.0), ("hog_process", "process", 6.0)])
+# In a thread the first attempt overruns its 1-s timeout by 5 s, over twice the 2-s lease TTL:
+# its worker must keep renewing the lease all that time (the leader's rescuer looks twice a
+# second). Its retry overruns too, past the 1-s grace it gets to stop.
+THREAD_OVERRUN = {**FAST, "ONCELY_LEASE_TTL": "2", "ONCELY_MAINTENANCE_INTERVAL": "0.5",
+                  "ONCELY_LEADER_TTL": "2"}
+
+
+@pytest.mark.parametrize("task, isolation, args, env", [
+    ("hog", "thread", {"seconds": 6.0, "retry_seconds": 2.5}, THREAD_OVERRUN),
+    ("hog_process", "process", {"seconds": 6.0}, FAST),
+])
 def test_a_singleton_handler_that_ignores_its_timeout_never_runs_beside_its_retry(
-    any_url, effects_sqlite, workers, task, isolation, seconds
+    any_url, effects_sqlite, workers, task, isolation, args, env
 ):
     """A CPU-bound singleton handler ignores its timeout (1 s; 2 s in a process) and, in a
-    process, SIGTERM, and would run 3 s (6 s). Two workers are ready to take its retry.
+    process, SIGTERM, and would run 6 s. Two workers are ready to take its retry.
     The retry must not start until the first attempt's code has really stopped: in a thread,
-    when it returns (the worker keeps the job's lease until then); in a child process, when the
-    worker has killed it."""
+    when it returns (the worker keeps the job's lease, renewed past its TTL, until then); in a
+    child process, when the worker has killed it. Nothing is rescued or taken over meanwhile."""
     app = open_unruly_app(any_url)
     app.migrate()
-    handle = app.enqueue_job(task, {"seconds": seconds})
+    handle = app.enqueue_job(task, args)
     for _ in range(2):
         workers.start(any_url, effects_sqlite, "--concurrency", "2",
-                      app="tests.apps.unruly:app", env=FAST)
+                      app="tests.apps.unruly:app", env=env)
     job = wait_until(lambda: (j := app.store.job_get(handle.id)) and j.state.finished and j,
                      timeout=90, interval=0.1, message="both attempts ended")
     assert workers.stop_all() == [0, 0]
 
     assert job.state == JobState.FAILED and job.attempt == 2
     assert [error.kind for error in job.errors] == [ErrorKind.TIMEOUT, ErrorKind.TIMEOUT]
+    assert rescues(app, job.id) == 0
+    assert app.store.event_list("lease.taken_over") == []
     effects = read_effects(effects_sqlite)
     starts = {key: started for kind, key, _, _, _, started, _ in effects if kind == "start"}
     assert sorted(starts) == ["1", "2"], (
@@ -61,13 +72,21 @@ def test_a_singleton_handler_that_ignores_its_timeout_never_runs_beside_its_retr
     # Every trace of attempt 1 (its ticks, its end) precedes the start of attempt 2.
     last_of_first = max(ended for kind, key, *_, ended in effects if key == "1")
     assert last_of_first < starts["2"], "attempt 2 started while attempt 1 still ran"
-    ends = [key for kind, key, *_ in effects if kind == "end"]
+    ends = {key: ended for kind, key, *_, ended in effects if kind == "end"}
     if isolation == "thread":
-        assert ends == ["1", "2"], "a thread cannot be stopped: both attempts ran to their end"
+        assert sorted(ends) == ["1", "2"], "a thread cannot be stopped: both ran to their end"
+        assert ends["1"] - starts["1"] >= 6.0  # the overrun outlived the lease TTL thrice
         assert all("ignored the request to stop" in error.message for error in job.errors)
     else:
-        assert ends == [], "the child processes were killed before their end"
+        assert ends == {}, "the child processes were killed before their end"
         assert all("killed by SIGKILL" in error.message for error in job.errors)
+
+
+def rescues(app: oncely.App, job_id: int) -> int:
+    """How many times the rescuer took the job from a worker (not part of the Job view)."""
+    with app.transaction() as tx:
+        return int(tx.execute("SELECT rescues FROM oncely_jobs WHERE id = %s",
+                              (job_id,)).fetchone()[0])
 
 
 def test_handlers_that_exit_or_raise_the_unprintable_leave_the_handler_thread_alive(

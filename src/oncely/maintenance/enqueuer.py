@@ -39,18 +39,11 @@ slots less than one of its periods after it are recorded ``coalesced`` (into the
 last run), so runs are never closer together than the period in force.
 
 A paused schedule (``oncely schedules pause``) records each due slot ``paused``; the watchdog
-expects nothing for those. Registration enqueues nothing.
+expects nothing for those. Registration enqueues nothing; it gives the waiting manual jobs of a
+guarded task that have no singleton key the key of the schedule's runs (:mod:`oncely.tasks`).
 
 One bad schedule stops nothing else
-===================================
-
-Each schedule is planned and recorded on its own: a stored definition that does not parse (an
-older release's, or one written straight into the store — every path of this release validates
-it, :mod:`oncely.schedules`), or a slot its task refuses (args the task no longer takes), skips
-that schedule alone. It is reported once per definition and kind of error as ``schedule.invalid``
-(WARNING in the log, and in the schedule's history); ``oncely schedules``, the dashboard and
-``oncely doctor`` show it invalid. Only a store that is down stops the whole run.
-"""
+============================"""
 
 from __future__ import annotations
 
@@ -76,7 +69,7 @@ from oncely.schedules import (
     slots_between,
 )
 from oncely.store.base import ScheduleRow, ScheduleUpsert, SlotEnqueue, UpsertOutcome
-from oncely.types import SlotOutcome
+from oncely.types import Overlap, SlotOutcome
 
 log = logging.getLogger("oncely.maintenance")
 
@@ -99,6 +92,8 @@ def declare(runtime: Runtime, spec: ScheduleSpec, *, origin: str = "declared",
                                                    digest, runtime.clock.now(), origin, force))
     row = store.schedule_get(spec.name)
     revision = row.revision if row else None
+    if row is not None:
+        _key_waiting_manual_jobs(runtime, row)
     events = runtime.events
     if outcome == UpsertOutcome.CREATED:
         events.emit("schedule.registered", schedule=spec.name, task=spec.task, origin=origin,
@@ -114,6 +109,19 @@ def declare(runtime: Runtime, spec: ScheduleSpec, *, origin: str = "declared",
         events.emit("schedule.declaration_refused", schedule=spec.name, origin=origin,
                     stored_origin=row.origin if row else None, by=by)
     return outcome
+
+
+def _key_waiting_manual_jobs(runtime: Runtime, row: ScheduleRow) -> None:
+    """The stored schedule guards its task: the task's manual jobs enqueued before anyone knew
+    (an enqueue at import above the ``app.schedule`` line, a process's stale read) and still
+    waiting take the key its runs hold (:mod:`oncely.tasks`)."""
+    task = runtime.tasks.get(row.task)
+    if (task is None or task.options.singleton is not None
+            or row.spec.get("overlap") == Overlap.ALLOW.value):
+        return
+    key = task.singleton_key({}, scheduled=True)
+    if key is not None:
+        runtime.store.job_key_waiting(task.name, key)
 
 
 def register_schedules(runtime: Runtime, worker_id: str | None = None) -> dict[str, UpsertOutcome]:

@@ -259,6 +259,10 @@ class Store(Protocol):
     def job_prune(self, params: PruneParams) -> int: ...
     def job_retry_failed(self, params: RetryFailed) -> RetryFailedResult:
         """Retry one batch of failed jobs, each as ``job_retry`` would, in one transaction."""
+    def job_key_waiting(self, task: str, key: str) -> int:
+        """Give singleton key ``key`` to every waiting (scheduled, available or retryable)
+        manual job of ``task`` that has none — when a schedule of the task is stored, the jobs
+        enqueued before it was known take the key its runs hold. Returns how many took it."""
     def job_finished_queues(self) -> list[str]:
         """Queues that have finished (succeeded, failed or cancelled) jobs."""
     def job_finished_cutoff(self, queue: str, state: JobState, keep: int) -> datetime | None:

@@ -158,6 +158,10 @@ class SQLStore(ABC, Generic[D]):
     def job_retry_failed(self, params: RetryFailed) -> RetryFailedResult:
         return self.sql.write(partial(jobs.retry_failed, self.sql, params=params))
 
+    def job_key_waiting(self, task: str, key: str) -> int:
+        work = partial(jobs.key_waiting_manual_jobs, self.sql, task=task, key=key)
+        return self.sql.write(work)
+
     def job_finished_queues(self) -> list[str]:
         return self.sql.read(partial(jobs.finished_queues, self.sql))
 

@@ -276,6 +276,12 @@ def retry_failed(d: Dialect, conn: Any, params: RetryFailed) -> RetryFailedResul
     return RetryFailedResult(retried, conflicts, ids[-1] if ids else None)
 
 
+def key_waiting_manual_jobs(d: Dialect, conn: Any, task: str, key: str) -> int:
+    """Give ``key`` to the waiting manual jobs of ``task`` that have no singleton key (see
+    :meth:`oncely.store.base.Store.job_key_waiting`); returns how many took it."""
+    return d.execute(conn, "job_key_waiting", {"task": task, "key": key})
+
+
 # fences and checkpoints -------------------------------------------------------------------------
 
 

@@ -143,6 +143,12 @@ FOR SHARE;
 -- name: lease_fence_lock
 SELECT fence, expires_at FROM oncely_leases WHERE key = %(key)s FOR SHARE;
 
+-- name: job_key_waiting
+-- A schedule of the task was stored: its waiting manual jobs take the key its runs hold.
+UPDATE oncely_jobs SET singleton_key = %(key)s
+WHERE task = %(task)s AND schedule IS NULL AND singleton_key IS NULL
+  AND state IN ('scheduled', 'available', 'retryable');
+
 -- name: job_checkpoint
 UPDATE oncely_jobs AS j SET checkpoint = %(checkpoint)s::jsonb
 WHERE j.id = %(job_id)s AND j.state = 'running' AND j.fence = %(fence)s

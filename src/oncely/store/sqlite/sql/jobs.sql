@@ -75,6 +75,12 @@ WHERE j.id = :job_id AND j.state = 'running' AND j.fence = :fence
   AND (j.singleton_key IS NULL OR EXISTS (
         SELECT 1 FROM oncely_leases AS l WHERE l.key = j.singleton_key AND l.fence = :fence));
 
+-- name: job_key_waiting
+-- A schedule of the task was stored: its waiting manual jobs take the key its runs hold.
+UPDATE oncely_jobs SET singleton_key = :key
+WHERE task = :task AND schedule IS NULL AND singleton_key IS NULL
+  AND state IN ('scheduled', 'available', 'retryable');
+
 -- name: job_checkpoint
 UPDATE oncely_jobs SET checkpoint = :checkpoint
 WHERE id = :job_id AND state = 'running' AND fence = :fence
