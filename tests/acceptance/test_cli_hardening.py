@@ -48,6 +48,21 @@ def test_error_messages_mask_the_password(url: str, fragment: str) -> None:
     assert "s3cret" not in str(caught.value) and "***" in str(caught.value)
 
 
+@pytest.mark.parametrize("url", ["postgresql://u:s3/cret@127.0.0.1:1/x",
+                                 "postgresql://u:s3?cret@127.0.0.1:1/x",
+                                 "postgresql://u:s3#cret@127.0.0.1:1/x",
+                                 "postgresql://u:53/cret@127.0.0.1:1/x"])
+def test_a_password_holding_a_url_delimiter_is_refused_unquoted(url: str) -> None:
+    """An unencoded '/', '?' or '#' ends the authority early: the password's start would read as
+    a host and a port. It is refused before any port is quoted, asking for percent-encoding."""
+    for argv, env in ((["--database-url", url, "jobs", "list"], None),
+                      (["migrate"], {"ONCELY_DATABASE_URL": url})):
+        result = oncely(*argv, env=env)
+        one_line_error(result, 2, "percent-encode")
+        assert "s3" not in result.stderr and "53" not in result.stderr, result.stderr
+        assert "u:***@127.0.0.1:1/x" in result.stderr
+
+
 # 4. names that reach the store ------------------------------------------------------------------
 
 def test_a_queue_name_is_validated_on_every_enqueue_path(any_url: str) -> None:
