@@ -73,7 +73,7 @@ class App(Operations, ScheduleActions):
         auto_migrate: bool = True,
         watchdog: WatchdogConfig | None = None,
     ) -> None:
-        base = settings or Settings.from_env()
+        base = settings or Settings.from_env(database_url=url)
         self.settings = base.with_(database_url=url)
         self.clock: Clock = clock or clock_from_spec(os.environ.get("ONCELY_CLOCK"))
         self.events = EventBus(self.clock.now)

@@ -193,6 +193,17 @@ def test_an_empty_database_url_is_a_mistake_not_the_default(tmp_path: Path) -> N
     assert not (tmp_path / "oncely.db").exists()
 
 
+@pytest.mark.parametrize("args", [["migrate"], ["jobs", "list"],
+                                  ["--app", "env_app:app", "jobs", "list"]])
+def test_an_empty_database_url_variable_is_a_mistake_not_the_default(
+    tmp_path: Path, args: list[str]
+) -> None:
+    (tmp_path / "env_app.py").write_text("import oncely\napp = oncely.App()\n")
+    result = oncely(*args, cwd=tmp_path, env={"ONCELY_DATABASE_URL": ""})
+    one_line_error(result, 2, "ONCELY_DATABASE_URL is empty")
+    assert not (tmp_path / "oncely.db").exists()
+
+
 def test_a_stray_module_in_the_current_directory_shadows_nothing(
     tmp_path: Path, migrated_db: str
 ) -> None:
