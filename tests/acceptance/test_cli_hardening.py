@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -222,3 +224,30 @@ def test_a_stray_module_in_the_current_directory_shadows_nothing(
                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
             assert result.returncode == 0, (command, args, result.stderr)
             assert "shadowed" not in result.stderr and "(none)" in result.stdout
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port something already listens on: `oncely dashboard` checks every option, then
+    refuses to listen there (exit 2) instead of serving."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+def test_dashboard_allowed_hosts_are_checked_and_their_ports_dropped(
+    migrated_db: str, taken_port: int
+) -> None:
+    def dashboard(*options: str) -> subprocess.CompletedProcess[str]:
+        return oncely("--database-url", migrated_db, "dashboard", "--port", str(taken_port),
+                      *options)
+
+    one_line_error(dashboard("--allowed-host", "https://jobs.example.com"), 2,
+                   "--allowed-host 'https://jobs.example.com' is not a host name")
+    one_line_error(dashboard("--allowed-host", "jobs.example.com:443"), 2, "cannot listen on")
+    anyone = dashboard("--allowed-host", "*")
+    assert anyone.returncode == 2 and "Traceback" not in anyone.stderr
+    assert anyone.stderr.count("DNS rebinding") == 1, anyone.stderr
+    assert anyone.stderr.strip().splitlines()[-1].startswith("oncely: error: cannot listen on")
+
