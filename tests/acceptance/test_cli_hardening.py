@@ -17,6 +17,7 @@ from tests.acceptance.test_cli import APP, oncely, one_line_error
 from tests.conftest import ROOT, open_basic_app
 
 import oncely as oncely_lib
+from oncely.cli_input import load_app
 from oncely.errors import ArgsNotJSON, ConfigError, InvalidURL
 
 BIG_ID = str(2**63)
@@ -104,6 +105,10 @@ def test_terminal_escapes_in_stored_values_are_printed_escaped(migrated_db: str)
     ("def broken(:\n", "app", "cannot import 'edges_app': SyntaxError"),
     ("def app():\n    raise ValueError('factory says no')\n", "app",
      "calling edges_app.app() failed: ValueError: factory says no"),
+    ("import sys\nsys.exit(7)\n", "app", "'edges_app' exited while importing (SystemExit 7;"),
+    ("raise SystemExit('no \\x1b[2J')\n", "app",
+     "'edges_app' exited while importing (SystemExit 'no \\x1b[2J';"),
+    ("import sys\ndef app():\n    sys.exit()\n", "app", "edges_app.app() exited (SystemExit None;"),
 ])
 def test_an_app_that_fails_to_load_says_what_and_where(
     tmp_path: Path, source: str, attr: str, fragment: str
@@ -115,6 +120,29 @@ def test_an_app_that_fails_to_load_says_what_and_where(
     debug = oncely("--log-level", "debug", "--app", f"edges_app:{attr}", "jobs", "list",
                    cwd=tmp_path)
     assert debug.returncode == 2 and "Traceback" in debug.stderr  # the full story, when asked
+
+
+def test_a_module_beside_the_app_can_be_imported_when_a_handler_first_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The current directory stays on sys.path (last) after --app loads: a handler's deferred
+    import of a module beside the app works in the worker, long after loading."""
+    (tmp_path / "lazy_app.py").write_text(
+        "import oncely\napp = oncely.App('sqlite:///lazy.db')\n\n"
+        "@app.task(name='report', singleton=True)\ndef report(ctx):\n"
+        "    from lazy_helper import VALUE  # imported when it first runs\n"
+        "    return VALUE\n")
+    (tmp_path / "lazy_helper.py").write_text("VALUE = 42\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    app = load_app("lazy_app:app")
+    try:
+        assert sys.path[-1] == str(tmp_path)  # after the installed packages
+        assert app.run_now("report").result == 42
+    finally:
+        app.close()
+        for name in ("lazy_app", "lazy_helper"):
+            sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize("args, fragment", [

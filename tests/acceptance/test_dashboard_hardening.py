@@ -131,6 +131,21 @@ def test_allowed_hosts_are_host_names_and_their_ports_are_dropped(
 
 # 5. guessing the token ------------------------------------------------------------------------
 
+def test_signing_in_to_a_dashboard_without_a_token_is_no_wrong_guess(
+    app: oncely.App, caplog: pytest.LogCaptureFixture
+) -> None:
+    web_app = create_app(app, None)
+    now = [0.0]
+    web_app.state.dashboard.guard.throttle = Throttle(monotonic=lambda: now[0])
+    web = TestClient(web_app, base_url="http://127.0.0.1:8700")
+    caplog.set_level(logging.WARNING, "oncely.web")
+    for i in range(12):
+        answer = web.post("/login", data={"token": f"any-guess-at-all-{i:04d}"})
+        assert answer.status_code == 403 and "started without a token" in answer.text
+    assert not [r for r in caplog.records if "wrong token" in r.message]
+    assert web_app.state.dashboard.guard.throttle.wait("testclient") == 0  # no bucket spent
+
+
 def test_tokens_shorter_than_16_characters_are_refused(app: oncely.App) -> None:
     for token in ("x", "tooshort-15char", " " * 20, "é" * 20):
         with pytest.raises(ConfigError, match="16-1024 printable ASCII characters without spaces"):
