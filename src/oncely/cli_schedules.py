@@ -18,6 +18,7 @@ import click
 
 from oncely import readmodel
 from oncely.app import App
+from oncely.cli_input import name_of
 from oncely.errors import ConfigError
 from oncely.schedule_actions import BACKFILL_CAP, args_from_json
 from oncely.store.base import UpsertOutcome
@@ -67,7 +68,7 @@ def schedules(ctx: click.Context) -> None:
 
 
 @schedules.command("pause")
-@click.argument("name")
+@click.argument("name", callback=name_of("schedule"))
 @click.option("--reason", help="Why, for the history.")
 @click.pass_obj
 def pause(env: Env, name: str, reason: str | None) -> None:
@@ -78,7 +79,7 @@ def pause(env: Env, name: str, reason: str | None) -> None:
 
 
 @schedules.command("resume")
-@click.argument("name")
+@click.argument("name", callback=name_of("schedule"))
 @click.pass_obj
 def resume(env: Env, name: str) -> None:
     """Fire NAME again; its catch-up policy decides which paused slots run now."""
@@ -88,7 +89,7 @@ def resume(env: Env, name: str) -> None:
 
 
 @schedules.command("trigger")
-@click.argument("name")
+@click.argument("name", callback=name_of("schedule"))
 @click.pass_obj
 def trigger(env: Env, name: str) -> None:
     """Run NAME's current slot now: one job for the whole fleet, whoever asks."""
@@ -101,7 +102,7 @@ def trigger(env: Env, name: str) -> None:
 
 
 @schedules.command("backfill")
-@click.argument("name")
+@click.argument("name", callback=name_of("schedule"))
 @click.option("--from", "start", required=True, help="Slots after this time (ISO 8601).")
 @click.option("--to", "end", required=True, help="Slots up to this time (ISO 8601).")
 @click.option("--yes", is_flag=True, help=f"Allow more than {BACKFILL_CAP} slots.")
@@ -114,7 +115,7 @@ def backfill(env: Env, name: str, start: str, end: str, yes: bool) -> None:
 
 
 @schedules.command("delete")
-@click.argument("name")
+@click.argument("name", callback=name_of("schedule"))
 @click.option("--force", is_flag=True, help="Delete even while a live worker declares it.")
 @click.pass_obj
 def delete(env: Env, name: str, force: bool) -> None:
@@ -124,7 +125,7 @@ def delete(env: Env, name: str, force: bool) -> None:
 
 
 @schedules.command("apply")
-@click.argument("name")
+@click.argument("name", callback=name_of("schedule"))
 @click.pass_obj
 def apply(env: Env, name: str) -> None:
     """Put the definition of NAME that this app's code declares in force (a new revision)."""
@@ -169,7 +170,7 @@ def _definition_options(command: Any) -> Any:
 
 
 @schedules.command("create")
-@click.argument("name")
+@click.argument("name", callback=name_of("schedule"))
 @click.option("--task", required=True, help="A task the workers have.")
 @_definition_options
 @click.pass_obj
@@ -182,7 +183,7 @@ def create(env: Env, /, name: str, task: str, cron: str | None, every: float | N
 
 
 @schedules.command("update")
-@click.argument("name")
+@click.argument("name", callback=name_of("schedule"))
 @_definition_options
 @click.pass_obj
 def update(env: Env, /, name: str, cron: str | None, every: float | None, args: str | None,
@@ -196,7 +197,7 @@ def update(env: Env, /, name: str, cron: str | None, every: float | None, args: 
 
 
 @schedules.command("history")
-@click.argument("name")
+@click.argument("name", callback=name_of("schedule"))
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
 @click.pass_obj
 def history(env: Env, name: str, limit: int) -> None:

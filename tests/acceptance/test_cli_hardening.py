@@ -84,6 +84,28 @@ def test_a_queue_name_is_validated_on_every_enqueue_path(any_url: str) -> None:
         app.close()
 
 
+@pytest.mark.parametrize("command", [
+    ["pause"], ["resume"], ["trigger"], ["delete"], ["apply"], ["history"],
+    ["update", "--every", "60"], ["backfill", "--from", "2026-01-01", "--to", "2026-01-02"],
+    ["create", "--task", "record"],
+])
+@pytest.mark.parametrize("name", ["\udc80", "a\x00b", "\x1b[31mred"])
+def test_a_schedule_name_no_store_could_hold_is_one_line(
+    any_url: str, command: list[str], name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every `schedules` subcommand checks its NAME as `ledger` does: undecodable bytes used to
+    end in a traceback (SQLite), a NUL in a store failure (PostgreSQL)."""
+    from oncely.cli import main
+
+    open_basic_app(any_url).close()
+    with pytest.raises(SystemExit) as done:
+        main(["--app", APP, "--database-url", any_url, "schedules", command[0], name,
+              *command[1:]])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"oncely: error: NAME: schedule name {name!a} is invalid")
+
+
 def test_terminal_escapes_in_stored_values_are_printed_escaped(migrated_db: str) -> None:
     db = migrated_db
     made = oncely("--app", APP, "--database-url", db, "--json", "enqueue", "record",
