@@ -163,9 +163,25 @@ def failures_command(code: str | None, limit: int) -> None:
         click.echo("(none)")
 
 
+def _storable(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A text option that reaches a query: a NUL or a lone surrogate (undecodable bytes on the
+    command line) is one line and exit 2, not a traceback or a store failure."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+        storable = "\x00" not in value
+    except UnicodeEncodeError:
+        storable = False
+    if not storable:
+        raise oncely.ConfigError(f"{param.opts[0]} {ascii(value)[:40]} holds a NUL character "
+                                 "or undecodable bytes")
+    return value
+
+
 @click.command("stripe-retry-failures")
 @click.option("--code", help="Only events refused with this Stripe error code.")
-@click.option("--org", "org_id", help="Only this organization.")
+@click.option("--org", "org_id", callback=_storable, help="Only this organization.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def retry_failures_command(code: str | None, org_id: str | None, yes: bool) -> None:
     """Send refused meter events again on the next run (after fixing their cause)."""

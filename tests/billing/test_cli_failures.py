@@ -86,3 +86,19 @@ def test_seed_replace_with_a_bad_usage_path_destroys_nothing(tmp_path: Path, bad
     assert models.count_organizations(app) == 20  # nothing was deleted
     app.close()
     assert usage.read_bytes() == before
+
+
+@pytest.mark.parametrize("org", ["a\x00b", "\udc80"])
+def test_a_stripe_retry_for_an_org_no_store_could_hold_is_one_line(
+    store_url: str, org: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--org reaches a query: a NUL or undecodable bytes (a lone surrogate) used to end in a
+    traceback (SQLite) or a store failure (PostgreSQL)."""
+    from oncely.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--database-url", store_url, "metering", "--usage", "sql",
+              "stripe-retry-failures", "--yes", "--org", org])
+    assert done.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"oncely: error: --org {org!a} holds a NUL character or undecodable bytes"]
