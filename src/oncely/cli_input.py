@@ -124,6 +124,12 @@ def printable(value: object) -> str:
     return _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
+def one_line(message: object) -> str:
+    """``message`` as one printable line: a line break in a value it quotes (a path, a name) is
+    shown escaped like any other control character, so an error is always one line."""
+    return printable(message).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def emit(as_json: bool, rows: Any, columns: Sequence[str] | None = None,
          title: str | None = None) -> None:
     """Print rows as JSON (``as_json``) or as a table (or key/value pairs for one dict)."""

@@ -190,6 +190,14 @@ def test_a_bad_clock_setting_is_one_line(db: str, spec: str) -> None:
                    "ONCELY_CLOCK=")
 
 
+def test_a_line_break_in_a_quoted_value_keeps_the_error_on_one_line(
+    migrated_db: str, tmp_path: Path
+) -> None:
+    result = oncely("--app", APP, "--database-url", migrated_db, "metering", "seed", "--orgs",
+                    "1", "--days", "1", "--usage", "missing/\nrm -rf x.duckdb", cwd=tmp_path)
+    one_line_error(result, 2, "--usage missing/\\nrm -rf x.duckdb: the folder missing does")
+
+
 # 8. exit codes that said the wrong thing --------------------------------------------------------
 
 @pytest.mark.parametrize("args", [{"note": "a\x00b"}, {"a\x00": 1}, {"note": "\ud800"},
