@@ -33,6 +33,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -53,6 +54,7 @@ from oncely.schedule_actions import ScheduleActions
 from oncely.schedules import ScheduleSpec
 from oncely.store import open_store
 from oncely.store.base import Store
+from oncely.store.params import JobInsert
 from oncely.store.probe import require_current_schema
 from oncely.tasks import JobHandle, ScheduleGuards, Task, TaskOptions
 from oncely.transaction import Transaction
@@ -73,7 +75,7 @@ class App(Operations, ScheduleActions):
         auto_migrate: bool = True,
         watchdog: WatchdogConfig | None = None,
     ) -> None:
-        base = settings or Settings.from_env()
+        base = settings or Settings.from_env(database_url=url)
         self.settings = base.with_(database_url=url)
         self.clock: Clock = clock or clock_from_spec(os.environ.get("ONCELY_CLOCK"))
         self.events = EventBus(self.clock.now)
@@ -294,8 +296,8 @@ class App(Operations, ScheduleActions):
             unique_key=unique_key,
             queue=queue,
             max_attempts=max_attempts,
-            scheduled=self._guarded(resolved),
         )
+        params = self._guard(resolved, [params])[0]  # after the checks: it may read the store
         if isinstance(connection, Transaction):
             connection = connection.connection
         result = self.store.job_insert(params, now, conn=connection)
@@ -309,8 +311,9 @@ class App(Operations, ScheduleActions):
         """Enqueue one job per args dict in one transaction per batch."""
         resolved = task if isinstance(task, Task) else self.get_task(task)
         now = self.clock.now()
-        inserts = resolved.build_inserts(args_list, now,
-                                         **{**options, "scheduled": self._guarded(resolved)})
+        inserts = resolved.build_inserts(args_list, now, **options)
+        if options.get("overlap", Overlap.SKIP) != Overlap.ALLOW:
+            inserts = self._guard(resolved, inserts)
         results = self.store.job_insert_many(inserts, now)
         if self.events.wants("job.enqueued"):
             for result in results:
@@ -318,10 +321,14 @@ class App(Operations, ScheduleActions):
                     self.events.emit("job.enqueued", job_id=result.job.id, task=resolved.name)
         return [JobHandle(self, result.job, result.created) for result in results]
 
-    def _guarded(self, task: Task) -> bool:
-        """A manual job of ``task`` takes its schedule's singleton key (``singleton=None`` and a
-        schedule guards it: :mod:`oncely.tasks`)."""
-        return task.options.singleton is None and self.schedule_guards.guards(task.name)
+    def _guard(self, task: Task, inserts: list[JobInsert]) -> list[JobInsert]:
+        """Manual jobs of ``task`` take its schedule's singleton key when ``singleton=None`` and
+        a schedule guards it (:mod:`oncely.tasks`). Asked once the jobs passed their checks, so
+        bad input is refused before the stored schedules are read."""
+        if task.options.singleton is not None or not self.schedule_guards.guards(task.name):
+            return inserts
+        return [replace(insert, singleton_key=task.singleton_key(insert.args, scheduled=True))
+                for insert in inserts]
 
     # schedules ---------------------------------------------------------------------------
     def schedule(

@@ -373,7 +373,7 @@ def _click_message(exc: click.ClickException) -> str:
     message = " ".join(exc.format_message().split())
     if isinstance(exc, click.UsageError) and exc.ctx is not None:
         message += f" (see '{exc.ctx.command_path} --help')"
-    return cli_input.printable(message)
+    return cli_input.one_line(message)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -387,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo(f"oncely: error: {_click_message(exc)}", err=True)
         raise SystemExit(exc.exit_code) from None
     except OncelyError as exc:
-        click.echo(f"oncely: error: {cli_input.printable(mask_text(str(exc)))}", err=True)
+        click.echo(f"oncely: error: {cli_input.one_line(mask_text(str(exc)))}", err=True)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

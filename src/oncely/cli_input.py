@@ -3,8 +3,11 @@ validate names and ids as click parses them, and the printer that keeps terminal
 characters in stored values from reaching the screen.
 
 ``--app module:attr`` imports the module with the current directory appended to ``sys.path``
-(after the installed packages, so a stray ``rich.py`` or ``click.py`` there never shadows them),
-and only for that import's sake; any failure of the import or of a factory becomes one line
+(after the installed packages, so a stray ``rich.py`` or ``click.py`` there never shadows them).
+Only ``--app`` adds it, and it stays for the rest of the command: a handler that imports a module
+beside the app when it first runs (``from reports import build`` inside the function, common to
+keep a worker's start fast) would otherwise fail in the worker hours later, not at load. Any
+failure of the import or of a factory — an exception or a ``sys.exit()`` — becomes one line
 naming what failed, with the full traceback logged at ``--log-level debug``.
 """
 
@@ -81,6 +84,8 @@ def load_app(path: str) -> App:
         module = importlib.import_module(module_name)
     except OncelyError:
         raise  # oncely's own refusal (a bad setting, an invalid schedule): already one line
+    except SystemExit as exc:  # sys.exit() at import: not a way to end an oncely command
+        raise _exited(path, f"{module_name!r} exited while importing", exc) from None
     except Exception as exc:  # the user's module: any failure is theirs to see in one line
         raise _failure(path, f"cannot import {module_name!r}", exc) from None
     found = getattr(module, attr, None)
@@ -89,11 +94,19 @@ def load_app(path: str) -> App:
             found = found()
         except OncelyError:
             raise
+        except SystemExit as exc:
+            raise _exited(path, f"{module_name}.{attr}() exited", exc) from None
         except Exception as exc:
             raise _failure(path, f"calling {module_name}.{attr}() failed", exc) from None
     if not isinstance(found, App):
         raise ConfigError(f"--app {path!r}: {attr!r} in {module_name!r} is not an oncely.App")
     return found
+
+
+def _exited(path: str, what: str, exc: SystemExit) -> ConfigError:
+    log.debug("--app %s: %s", path, what, exc_info=exc)
+    return ConfigError(f"--app {path!r}: {what} (SystemExit {ascii(exc.code)[:80]}; the full "
+                       "traceback is logged with --log-level debug)")
 
 
 def _failure(path: str, what: str, exc: BaseException) -> ConfigError:
@@ -109,6 +122,12 @@ def printable(value: object) -> str:
     an error message) and lone surrogates are shown escaped, never interpreted."""
     text = "" if value is None else str(value)
     return _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+def one_line(message: object) -> str:
+    """``message`` as one printable line: a line break in a value it quotes (a path, a name) is
+    shown escaped like any other control character, so an error is always one line."""
+    return printable(message).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def emit(as_json: bool, rows: Any, columns: Sequence[str] | None = None,

@@ -30,9 +30,11 @@ max_rescues                3                                rescues of one job, 
 =========================  ===============================  ========================
 
 Each option's environment variable is ``ONCELY_`` plus its name in capitals
-(``ONCELY_LEASE_TTL``). The ``keep_*`` options are the retention of every queue that does not
-declare its own (per queue: ``app.queue(name, retention=…)``); a finished job goes when it is
-older than its state's age or beyond its state's count, whichever comes first.
+(``ONCELY_LEASE_TTL``); an empty one counts as unset, except ``ONCELY_DATABASE_URL``: set but
+blank (and no URL given), it is refused with one line (exit code 2) rather than taken for the
+default file. The ``keep_*`` options are the retention of every queue that does not declare its
+own (per queue: ``app.queue(name, retention=…)``); a finished job goes when it is older than its
+state's age or beyond its state's count, whichever comes first.
 
 Every duration (the ``*_ttl``, ``*_interval``, ``*_seconds`` and ``shutdown_grace`` options) must
 be a positive, finite number of seconds: NaN, infinity, zero and negatives are refused with one
@@ -108,6 +110,13 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from ``ONCELY_*`` variables, then ``overrides`` (ignored when None)."""
         source = os.environ if env is None else env
+        blank_url = source.get("ONCELY_DATABASE_URL")
+        if blank_url is not None and not blank_url.strip() and overrides.get(
+                "database_url") is None:
+            # Not the default: a store the operator did not mean would be created here.
+            raise ConfigError("environment ONCELY_DATABASE_URL is empty: give a URL such as "
+                              "sqlite:///path/oncely.db, or unset it for the default "
+                              f"{DEFAULT_DATABASE_URL}")
         values: dict[str, Any] = {}
         for item in fields(cls):
             raw = source.get(f"ONCELY_{item.name.upper()}")

@@ -14,7 +14,8 @@ store records in the schedule's history (``oncely ledger NAME``, the dashboard's
 * **backfill** gives each slot of a range one job (slots never recorded, or recorded ``paused``
   or ``missed``); slots that already ran or have a job are left alone. The jobs wait for the
   task's singleton key rather than skip (``buffer_one``) and obey the queue's controls. Ranges
-  of more than :data:`BACKFILL_CAP` slots need ``yes=True``.
+  of more than :data:`BACKFILL_CAP` slots need ``yes=True``; more than :data:`BACKFILL_MAX` are
+  refused (backfill them in parts).
 * **delete** refuses while a live worker's code declares the schedule, unless ``force``.
 """
 
@@ -24,6 +25,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import fields
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from oncely.errors import ConfigError, NotFound
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 
 BACKFILL_CAP = 1000  # slots one backfill enqueues without yes=True
 SPEC_FIELDS = frozenset(f.name for f in fields(ScheduleSpec))
+BACKFILL_MAX = 100_000  # slots one backfill enqueues at all
 
 
 def args_from_json(text: str, option: str = "--args") -> dict[str, Any]:
@@ -149,10 +152,16 @@ class ScheduleActions:
         if end > self.clock.now():
             raise ConfigError(f"backfill of {name}: --to is in the future; future slots are the "
                               "enqueuer's")
-        slots = list(slots_between(spec, start, end))
+        # Counted only up to the limit: a range of centuries of a per-second schedule is
+        # refused at once, not listed slot by slot first.
+        limit = BACKFILL_MAX if yes else BACKFILL_CAP
+        slots = list(islice(slots_between(spec, start, end), limit + 1))
         if len(slots) > BACKFILL_CAP and not yes:
-            raise ConfigError(f"backfill of {name}: {len(slots)} slots is more than "
-                              f"{BACKFILL_CAP}; pass --yes (yes=True) to enqueue them all")
+            raise ConfigError(f"backfill of {name}: more than {BACKFILL_CAP} slots; pass --yes "
+                              "(yes=True) to enqueue them all")
+        if len(slots) > BACKFILL_MAX:
+            raise ConfigError(f"backfill of {name}: more than {BACKFILL_MAX:,} slots at once; "
+                              "backfill the range in parts")
         handles = [h for slot in slots
                    if (h := self._run_slot(spec, slot, "backfill", Overlap.BUFFER_ONE))
                    is not None]

@@ -35,7 +35,7 @@ import math
 import re
 from datetime import timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from oncely.errors import ArgsNotJSON, ConfigError, InvalidURL
 from oncely.redaction import mask_url
@@ -231,8 +231,21 @@ def check_database_url(url: object) -> str:
         raise InvalidURL(f"unsupported database URL scheme {scheme or '(none)'!r} in {shown}; "
                          "use sqlite:///path/oncely.db or postgresql://user@host/db")
     if scheme != "sqlite":
+        _check_authority(parts, shown)
         _check_libpq_parts(parts.netloc.rpartition("@")[2], query, shown)
     return url
+
+
+def _check_authority(parts: SplitResult, shown: str) -> None:
+    """Refuse a URL whose authority ends before its ``@``: a password (or user name) holding an
+    unencoded ``/``, ``?`` or ``#``. libpq would take the password's start for a host and a
+    port, so this is said before any host or port is quoted (a "port" here is a password)."""
+    if "@" in parts.netloc or ":" not in parts.netloc.rpartition("]")[2]:
+        return
+    if "@" in parts.path + parts.query + parts.fragment:
+        raise InvalidURL(f"the database URL {shown} has an '@' after its host: percent-encode "
+                         "'/', '?', '#' and '@' in the user name and password (%2F, %3F, %23, "
+                         "%40)")
 
 
 def _check_libpq_parts(hostports: str, query: list[tuple[str, str]], shown: str) -> None:

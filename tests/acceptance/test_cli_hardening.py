@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from tests.acceptance.test_cli import APP, oncely, one_line_error
 from tests.conftest import ROOT, open_basic_app
 
 import oncely as oncely_lib
+from oncely.cli_input import load_app
 from oncely.errors import ArgsNotJSON, ConfigError, InvalidURL
 
 BIG_ID = str(2**63)
@@ -48,6 +51,21 @@ def test_error_messages_mask_the_password(url: str, fragment: str) -> None:
     assert "s3cret" not in str(caught.value) and "***" in str(caught.value)
 
 
+@pytest.mark.parametrize("url", ["postgresql://u:s3/cret@127.0.0.1:1/x",
+                                 "postgresql://u:s3?cret@127.0.0.1:1/x",
+                                 "postgresql://u:s3#cret@127.0.0.1:1/x",
+                                 "postgresql://u:53/cret@127.0.0.1:1/x"])
+def test_a_password_holding_a_url_delimiter_is_refused_unquoted(url: str) -> None:
+    """An unencoded '/', '?' or '#' ends the authority early: the password's start would read as
+    a host and a port. It is refused before any port is quoted, asking for percent-encoding."""
+    for argv, env in ((["--database-url", url, "jobs", "list"], None),
+                      (["migrate"], {"ONCELY_DATABASE_URL": url})):
+        result = oncely(*argv, env=env)
+        one_line_error(result, 2, "percent-encode")
+        assert "s3" not in result.stderr and "53" not in result.stderr, result.stderr
+        assert "u:***@127.0.0.1:1/x" in result.stderr
+
+
 # 4. names that reach the store ------------------------------------------------------------------
 
 def test_a_queue_name_is_validated_on_every_enqueue_path(any_url: str) -> None:
@@ -64,6 +82,28 @@ def test_a_queue_name_is_validated_on_every_enqueue_path(any_url: str) -> None:
         assert app.enqueue_job("record", {"n": 1}, queue="ok.queue-1").job.queue == "ok.queue-1"
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("command", [
+    ["pause"], ["resume"], ["trigger"], ["delete"], ["apply"], ["history"],
+    ["update", "--every", "60"], ["backfill", "--from", "2026-01-01", "--to", "2026-01-02"],
+    ["create", "--task", "record"],
+])
+@pytest.mark.parametrize("name", ["\udc80", "a\x00b", "\x1b[31mred"])
+def test_a_schedule_name_no_store_could_hold_is_one_line(
+    any_url: str, command: list[str], name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every `schedules` subcommand checks its NAME as `ledger` does: undecodable bytes used to
+    end in a traceback (SQLite), a NUL in a store failure (PostgreSQL)."""
+    from oncely.cli import main
+
+    open_basic_app(any_url).close()
+    with pytest.raises(SystemExit) as done:
+        main(["--app", APP, "--database-url", any_url, "schedules", command[0], name,
+              *command[1:]])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"oncely: error: NAME: schedule name {name!a} is invalid")
 
 
 def test_terminal_escapes_in_stored_values_are_printed_escaped(migrated_db: str) -> None:
@@ -87,6 +127,10 @@ def test_terminal_escapes_in_stored_values_are_printed_escaped(migrated_db: str)
     ("def broken(:\n", "app", "cannot import 'edges_app': SyntaxError"),
     ("def app():\n    raise ValueError('factory says no')\n", "app",
      "calling edges_app.app() failed: ValueError: factory says no"),
+    ("import sys\nsys.exit(7)\n", "app", "'edges_app' exited while importing (SystemExit 7;"),
+    ("raise SystemExit('no \\x1b[2J')\n", "app",
+     "'edges_app' exited while importing (SystemExit 'no \\x1b[2J';"),
+    ("import sys\ndef app():\n    sys.exit()\n", "app", "edges_app.app() exited (SystemExit None;"),
 ])
 def test_an_app_that_fails_to_load_says_what_and_where(
     tmp_path: Path, source: str, attr: str, fragment: str
@@ -98,6 +142,29 @@ def test_an_app_that_fails_to_load_says_what_and_where(
     debug = oncely("--log-level", "debug", "--app", f"edges_app:{attr}", "jobs", "list",
                    cwd=tmp_path)
     assert debug.returncode == 2 and "Traceback" in debug.stderr  # the full story, when asked
+
+
+def test_a_module_beside_the_app_can_be_imported_when_a_handler_first_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The current directory stays on sys.path (last) after --app loads: a handler's deferred
+    import of a module beside the app works in the worker, long after loading."""
+    (tmp_path / "lazy_app.py").write_text(
+        "import oncely\napp = oncely.App('sqlite:///lazy.db')\n\n"
+        "@app.task(name='report', singleton=True)\ndef report(ctx):\n"
+        "    from lazy_helper import VALUE  # imported when it first runs\n"
+        "    return VALUE\n")
+    (tmp_path / "lazy_helper.py").write_text("VALUE = 42\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    app = load_app("lazy_app:app")
+    try:
+        assert sys.path[-1] == str(tmp_path)  # after the installed packages
+        assert app.run_now("report").result == 42
+    finally:
+        app.close()
+        for name in ("lazy_app", "lazy_helper"):
+            sys.modules.pop(name, None)
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -121,6 +188,14 @@ def test_values_that_used_to_raise_are_one_line(db: str, args: list[str], fragme
 def test_a_bad_clock_setting_is_one_line(db: str, spec: str) -> None:
     one_line_error(oncely("--database-url", db, "jobs", "list", env={"ONCELY_CLOCK": spec}), 2,
                    "ONCELY_CLOCK=")
+
+
+def test_a_line_break_in_a_quoted_value_keeps_the_error_on_one_line(
+    migrated_db: str, tmp_path: Path
+) -> None:
+    result = oncely("--app", APP, "--database-url", migrated_db, "metering", "seed", "--orgs",
+                    "1", "--days", "1", "--usage", "missing/\nrm -rf x.duckdb", cwd=tmp_path)
+    one_line_error(result, 2, "--usage missing/\\nrm -rf x.duckdb: the folder missing does")
 
 
 # 8. exit codes that said the wrong thing --------------------------------------------------------
@@ -178,6 +253,17 @@ def test_an_empty_database_url_is_a_mistake_not_the_default(tmp_path: Path) -> N
     assert not (tmp_path / "oncely.db").exists()
 
 
+@pytest.mark.parametrize("args", [["migrate"], ["jobs", "list"],
+                                  ["--app", "env_app:app", "jobs", "list"]])
+def test_an_empty_database_url_variable_is_a_mistake_not_the_default(
+    tmp_path: Path, args: list[str]
+) -> None:
+    (tmp_path / "env_app.py").write_text("import oncely\napp = oncely.App()\n")
+    result = oncely(*args, cwd=tmp_path, env={"ONCELY_DATABASE_URL": ""})
+    one_line_error(result, 2, "ONCELY_DATABASE_URL is empty")
+    assert not (tmp_path / "oncely.db").exists()
+
+
 def test_a_stray_module_in_the_current_directory_shadows_nothing(
     tmp_path: Path, migrated_db: str
 ) -> None:
@@ -196,3 +282,30 @@ def test_a_stray_module_in_the_current_directory_shadows_nothing(
                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
             assert result.returncode == 0, (command, args, result.stderr)
             assert "shadowed" not in result.stderr and "(none)" in result.stdout
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port something already listens on: `oncely dashboard` checks every option, then
+    refuses to listen there (exit 2) instead of serving."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+def test_dashboard_allowed_hosts_are_checked_and_their_ports_dropped(
+    migrated_db: str, taken_port: int
+) -> None:
+    def dashboard(*options: str) -> subprocess.CompletedProcess[str]:
+        return oncely("--database-url", migrated_db, "dashboard", "--port", str(taken_port),
+                      *options)
+
+    one_line_error(dashboard("--allowed-host", "https://jobs.example.com"), 2,
+                   "--allowed-host 'https://jobs.example.com' is not a host name")
+    one_line_error(dashboard("--allowed-host", "jobs.example.com:443"), 2, "cannot listen on")
+    anyone = dashboard("--allowed-host", "*")
+    assert anyone.returncode == 2 and "Traceback" not in anyone.stderr
+    assert anyone.stderr.count("DNS rebinding") == 1, anyone.stderr
+    assert anyone.stderr.strip().splitlines()[-1].startswith("oncely: error: cannot listen on")
+

@@ -19,7 +19,7 @@ from tests.conftest import open_basic_app, postgres_url_or_skip, with_query
 
 import oncely
 from oncely.errors import ConfigError
-from oncely.web.app import create_app
+from oncely.web.app import create_app, host_names
 from oncely.web.auth import SESSION_COOKIE
 from oncely.web.throttle import Bucket, Throttle
 
@@ -104,7 +104,47 @@ def test_only_the_hosts_it_is_served_as_are_answered(app: oncely.App) -> None:
                    ).status_code == 400
 
 
+def test_allowed_hosts_are_host_names_and_their_ports_are_dropped(
+    app: oncely.App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Host is matched by its name, its port ignored: an entry with a port (as a proxy's URL has
+    it) used to be kept whole, a name no header could match."""
+    assert host_names(["jobs.example.com:443", "DASH.example.com", "[fd00::5]:8443", "fd00::6",
+                       "10.0.0.5:80", "*.example.com", "", "jobs.example.com"], "0.0.0.0") == [
+        "localhost", "127.0.0.1", "[::1]", "0.0.0.0", "jobs.example.com", "dash.example.com",
+        "[fd00::5]", "[fd00::6]", "10.0.0.5", "*.example.com"]
+    assert host_names([], "not an address") == ["localhost", "127.0.0.1", "[::1]"]
+    for entry in ("https://jobs.example.com", "jobs.example.com/", "a b", "a*b", "*example.com",
+                  "jobs.example.com:0", "jobs.example.com:https", "[fd00::zz]", "\x1b[31m"):
+        with pytest.raises(ConfigError, match="is not a host name"):
+            create_app(app, TOKEN, [entry])
+    web = client(app, allowed_hosts=["jobs.example.com:443"])
+    for host in ("jobs.example.com", "jobs.example.com:443", "JOBS.example.com:8443"):
+        assert web.get("/api/jobs", headers={"Host": host}).status_code == 200, host
+    assert web.get("/api/jobs", headers={"Host": "jobs.example.com.evil"}).status_code == 400
+    caplog.set_level(logging.WARNING, "oncely.web")
+    anyone = client(app, allowed_hosts=["*"])
+    for _ in range(3):
+        assert anyone.get("/api/jobs", headers={"Host": "attacker.example"}).status_code == 200
+    assert sum("DNS rebinding" in record.message for record in caplog.records) == 1
+
+
 # 5. guessing the token ------------------------------------------------------------------------
+
+def test_signing_in_to_a_dashboard_without_a_token_is_no_wrong_guess(
+    app: oncely.App, caplog: pytest.LogCaptureFixture
+) -> None:
+    web_app = create_app(app, None)
+    now = [0.0]
+    web_app.state.dashboard.guard.throttle = Throttle(monotonic=lambda: now[0])
+    web = TestClient(web_app, base_url="http://127.0.0.1:8700")
+    caplog.set_level(logging.WARNING, "oncely.web")
+    for i in range(12):
+        answer = web.post("/login", data={"token": f"any-guess-at-all-{i:04d}"})
+        assert answer.status_code == 403 and "started without a token" in answer.text
+    assert not [r for r in caplog.records if "wrong token" in r.message]
+    assert web_app.state.dashboard.guard.throttle.wait("testclient") == 0  # no bucket spent
+
 
 def test_tokens_shorter_than_16_characters_are_refused(app: oncely.App) -> None:
     for token in ("x", "tooshort-15char", " " * 20, "é" * 20):

@@ -112,3 +112,19 @@ def test_undecodable_text_and_huge_ids_are_one_line_and_exit_2(
     assert attached.returncode == 2, attached.stderr
     assert fragment in one_line(attached)
     assert not (tmp_path / "o.db").exists()
+
+
+@pytest.mark.parametrize("org", ["a\x00b", "\udc80"])
+def test_a_stripe_retry_for_an_org_no_store_could_hold_is_one_line(
+    store_url: str, org: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--org reaches a query: a NUL or undecodable bytes (a lone surrogate) used to end in a
+    traceback (SQLite) or a store failure (PostgreSQL)."""
+    from oncely.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--database-url", store_url, "metering", "--usage", "sql",
+              "stripe-retry-failures", "--yes", "--org", org])
+    assert done.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("oncely: error: --org contains a NUL character or a lone surrogate")

@@ -173,6 +173,19 @@ def test_trigger_and_backfill_enqueue_each_slot_once(any_url, clock):
         app.backfill_schedule("pulse", start, end + timedelta(hours=1))
 
 
+def test_a_backfill_of_a_huge_range_is_refused_before_its_slots_are_listed(any_url, clock):
+    """Centuries of a per-second schedule: refused at once, with --yes too (it used to list
+    every slot first, and never finished)."""
+    app = make_app(any_url, clock, every=1)
+    register_schedules(app)
+    ancient = datetime(1, 1, 1, tzinfo=UTC)
+    with pytest.raises(oncely.ConfigError, match="more than 1000 slots; pass --yes"):
+        app.backfill_schedule("pulse", ancient, START)
+    with pytest.raises(oncely.ConfigError, match="more than 100,000 slots at once"):
+        app.backfill_schedule("pulse", ancient, START, yes=True)
+    assert slot_jobs(app) == []
+
+
 def test_dynamic_schedules_and_delete(any_url, clock, tmp_path: Path):
     app = make_app(any_url, clock, every=60)
     register_schedules(app)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from tests.conftest import ROOT
 
-from oncely import ConfigError, FrozenClock, Keep, Settings, WarpClock
+from oncely import App, ConfigError, FrozenClock, Keep, Settings, WarpClock
 from oncely.clock import clock_from_spec
 from oncely.config import DURATIONS
 
@@ -47,6 +47,21 @@ def test_settings_read_env_and_validate():
         Settings.from_env({"ONCELY_LEASE_TTL": "soon"})
     with pytest.raises(ConfigError, match="concurrency"):
         Settings(concurrency=0)
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_database_url_in_the_environment_is_refused_not_defaulted(
+    blank: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match="ONCELY_DATABASE_URL is empty"):
+        Settings.from_env({"ONCELY_DATABASE_URL": blank})
+    assert Settings.from_env({"ONCELY_DATABASE_URL": blank},
+                             database_url="sqlite:///x.db").database_url == "sqlite:///x.db"
+    assert Settings.from_env({"ONCELY_LEASE_TTL": ""}).lease_ttl == 30.0  # others: unset
+    monkeypatch.setenv("ONCELY_DATABASE_URL", blank)
+    with pytest.raises(ConfigError, match="ONCELY_DATABASE_URL is empty"):
+        App()
+    assert App("sqlite:///x.db").url == "sqlite:///x.db"  # an explicit URL comes first
 
 
 @pytest.mark.parametrize("raw", ["nan", "inf", "-inf", "0", "-1"])

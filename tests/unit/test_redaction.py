@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 
 import pytest
 
@@ -32,6 +33,18 @@ URLS = [
     ("postgresql://app@db/x?options=-c%20a%3Db", "postgresql://app@db/x?options=-c%20a%3Db"),
     ("postgresql://h1:5432,h2:5433/x?password=hunter2", "postgresql://h1:5432,h2:5433/x?password=***"),
     ("postgresql://app:hunter2@[::1]:5432/x", "postgresql://app:***@[::1]:5432/x"),
+    # a password holding an unencoded '/', '?' or '#': urlsplit would end the host there and
+    # take the password's start for a host and a port; masked to the URL's last '@'
+    ("postgresql://u:s3/cret@127.0.0.1:1/x", "postgresql://u:***@127.0.0.1:1/x"),
+    ("postgresql://u:s3?cret@127.0.0.1:1/x", "postgresql://u:***@127.0.0.1:1/x"),
+    ("postgresql://u:s3#cret@127.0.0.1:1/x", "postgresql://u:***@127.0.0.1:1/x"),
+    ("postgresql://u:53/cret@db/x", "postgresql://u:***@db/x"),  # its start reads as a port
+    ("postgresql://u:/s3cret@db/x", "postgresql://u:***@db/x"),
+    ("postgresql://u:s3/c@ret@db/x?password=s3", "postgresql://u:***@db/x?password=***"),
+    ("https://u:s3/cret@hooks.example.com/services/x", "https://u:***@hooks.example.com/***"),
+    # masking too much beats too little: an '@' after a host with a port is taken for the end
+    # of a password
+    ("postgresql://db:5432/x?user=me@corp", "postgresql://db:***@corp"),
     # not parseable as a URL: masked by pattern, never raised
     ("postgresql://app:hunter2@[::1/x", "postgresql://app:***@[::1/x"),
     ("postgresql://app:hunter2@db:99999/x", "postgresql://app:***@db:99999/x"),
@@ -40,6 +53,8 @@ URLS = [
     ("https://hooks.slack.com/services/T0/B0/hunter2", "https://hooks.slack.com/***"),
     ("https://example.com/hook?token=hunter2", "https://example.com/***"),
     ("https://example.com/?token=hunter2", "https://example.com/?token=***"),
+    ("https://example.com/?key=hunter2&q=1", "https://example.com/?key=***&q=1"),
+    ("postgresql://app@db/x?KEY=hunter2&api_key=hunter2", "postgresql://app@db/x?KEY=***&api_key=***"),
     ("http://user:hunter2@example.com", "http://user:***@example.com"),
     ("https://example.com", "https://example.com"),
     ("not a url", "not a url"),
@@ -50,7 +65,8 @@ URLS = [
 @pytest.mark.parametrize("url, shown", URLS)
 def test_every_url_shape_is_masked(url: str, shown: str) -> None:
     assert redaction.mask_url(url) == shown
-    assert "hunter2" not in redaction.mask_url(url)
+    assert not re.search("hunter2|s3|cret", redaction.mask_url(url))
+    assert not re.search("hunter2|s3|cret", redaction.mask_text(f"bad URL {url!r} given"))
     assert readmodel.mask_url is redaction.mask_url  # one function, wherever it is called from
 
 
@@ -61,6 +77,8 @@ def test_every_url_shape_is_masked(url: str, shown: str) -> None:
     "sent Authorization: Bearer hunter2",
     "webhook https://hooks.example.com/services/hunter2 answered 500",
     "dsn postgresql://app@db/x?password=hunter2&schema=s",
+    "invalid port 'x' in 'postgresql://u:hunter2/x@127.0.0.1:1/x'",
+    "see https://maps.example.com/api?key=hunter2 and postgresql://u:hun?ter2@db/x",
 ])
 def test_messages_lose_every_secret(message: str) -> None:
     assert "hunter2" not in redaction.mask_text(message)
@@ -81,11 +99,17 @@ def test_database_urls_are_checked_before_a_store_sees_them() -> None:
         ("postgresql://u:hunter2@db/x?sslmode=bogus", "invalid sslmode='bogus'"),
         ("postgresql://u:hunter2@db/x?connect_timeout=soon", "invalid connect_timeout"),
         ("postgresql://u:hunter2@[::1/x", "malformed database URL"),
+        ("postgresql://u:hunter2/x@db:5432/x", "has an '@' after its host: percent-encode"),
+        ("postgresql://u:hunter2?x@db:5432/x", "has an '@' after its host: percent-encode"),
+        ("postgresql://u:hunter2#x@db:5432/x", "has an '@' after its host: percent-encode"),
     ]:
         with pytest.raises(ConfigError) as caught:
             check_database_url(url)
         assert fragment in str(caught.value) and "hunter2" not in str(caught.value), url
     assert check_database_url("postgresql://u@[::1]:5432/x?sslmode=require")
+    assert check_database_url("postgresql://u:p%2Fw@db:5432/x?user=me@corp")  # '@' in a value
+    assert check_database_url("postgresql://db/x?user=me@corp")  # no password to misread
+    assert check_database_url("sqlite:///data/at@home.db")
 
 
 @pytest.mark.parametrize("kind, value", [

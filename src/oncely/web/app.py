@@ -1,17 +1,18 @@
 """The dashboard application: pages, ``/api/``, ``/metrics`` and static files in one Starlette app.
 
-``create_app(app, token=None, allowed_hosts=(), auth="actions")`` wraps an :class:`oncely.App`;
-it adds the routes and pages that installed packages register under the ``oncely.web``
-entry-point group, and the collectors of the ``oncely.metrics`` group to ``/metrics``
-(:mod:`oncely.plugins`).
+``create_app(app, token=None, allowed_hosts=(), auth="actions", bind=None)`` wraps an
+:class:`oncely.App`; it adds the routes and pages that installed packages register under the
+``oncely.web`` entry-point group, and the collectors of the ``oncely.metrics`` group to
+``/metrics`` (:mod:`oncely.plugins`).
 Every response carries headers that keep the pages in their own frame and origin (no inline
 script, no framing, no sniffing); nothing is fetched from a CDN.
 
 Before any route sees a request:
 
-* its ``Host`` must be one the dashboard is served as (the loopback names, the bind address and
-  each ``allowed_hosts`` entry), else 400: a page on another site that re-points its own name at
-  127.0.0.1 (DNS rebinding) sends its own name as the Host and is refused;
+* its ``Host`` must be one the dashboard is served as (the loopback names, the ``bind`` address
+  and each ``allowed_hosts`` entry, ports ignored: see :func:`host_names`), else 400: a page on
+  another site that re-points its own name at 127.0.0.1 (DNS rebinding) sends its own name as
+  the Host and is refused;
 * a ``Bearer`` token is checked once, under the sign-in throttle (429 while it holds, 401 when
   wrong);
 * with ``auth="reads"``, a request without a session or the bearer token gets 401 (API) or the
@@ -20,10 +21,13 @@ Before any route sees a request:
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
 import math
+import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -81,16 +85,65 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 OPEN_PATHS = ("/login", "/healthz", "/static/")  # reachable without a token under auth="reads"
 
 
-def host_names(hosts: Sequence[str]) -> list[str]:
-    """Host header values to accept: the loopback names plus ``hosts`` (IPv6 in brackets)."""
+def host_names(hosts: Sequence[str], bind: str | None = None) -> list[str]:
+    """Host header values to accept: the loopback names, the ``bind`` address and ``hosts`` (the
+    ``--allowed-host`` entries; IPv6 in brackets).
+
+    A ``Host`` is matched by its name, its port ignored; so an entry's port
+    (``jobs.example.com:443``, as a proxy's URL has it) is dropped rather than kept as a name no
+    header could match. ``*.example.com`` matches the subdomains; ``*`` matches any Host and so
+    gives up the DNS-rebinding defence (the dashboard warns once). Anything else that is not a
+    host name or an address (a URL, a path, spaces, a misplaced ``*``) is refused with one line.
+    """
     names = list(LOOPBACK_HOSTS)
-    for host in hosts:
-        name = host.strip().lower()
-        if ":" in name and not name.startswith("["):
-            name = f"[{name}]"
+    candidates = [_host_name(host) for host in hosts]
+    if bind is not None:
+        with contextlib.suppress(ConfigError):  # not a name: listening on it is refused anyway
+            candidates.insert(0, _host_name(bind))
+    for name in candidates:
         if name and name not in names:
             names.append(name)
     return names
+
+
+_HOST_LABELS = re.compile(r"(\*\.)?([a-z0-9_]([a-z0-9_-]*[a-z0-9_])?\.)*"
+                          r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?\.?")
+
+
+def _host_name(entry: str) -> str:
+    name = entry.strip().lower()
+    if name in ("", "*"):
+        return name
+    bare = name.strip("[]")
+    if name.count(":") > 1 and not name.startswith("["):  # a bare IPv6 address: no port
+        return f"[{bare}]" if _ipv6(bare) else _refuse_host(entry)
+    if name.startswith("["):
+        address, _, port = name[1:].partition("]")
+        if _ipv6(address) and (not port or _port(port.removeprefix(":"))):
+            return f"[{address}]"
+        return _refuse_host(entry)
+    hostname, sep, port = name.partition(":")
+    if (sep and not _port(port)) or len(hostname) > 253 or not _HOST_LABELS.fullmatch(hostname):
+        return _refuse_host(entry)
+    return hostname.rstrip(".") or _refuse_host(entry)
+
+
+def _ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= 65535
+
+
+def _refuse_host(entry: str) -> NoReturn:
+    raise ConfigError(f"--allowed-host {ascii(entry)[:80]} is not a host name: give a name or an "
+                      "address as clients type it (jobs.example.com, jobs.example.com:443, "
+                      "10.0.0.5, [fd00::5], *.example.com)")
 
 
 class AuthMiddleware:
@@ -198,7 +251,7 @@ def addon_collectors(app: App) -> dict[str, Collector]:
 
 
 def create_app(app: App, token: str | None = None, allowed_hosts: Sequence[str] = (),
-               auth: str = "actions") -> Starlette:
+               auth: str = "actions", bind: str | None = None) -> Starlette:
     dash = Dashboard(app, token, auth)
     routes: list[BaseRoute] = [
         *pages.routes(),
@@ -213,7 +266,11 @@ def create_app(app: App, token: str | None = None, allowed_hosts: Sequence[str] 
     web.state.metrics_registry = fleet_registry(lambda: app.store, app.clock.now,
                                                 dash.stale_after, addon_collectors(app))
     web.add_middleware(AuthMiddleware)
-    web.add_middleware(TrustedHostMiddleware, allowed_hosts=host_names(allowed_hosts),
-                       www_redirect=False)
+    served_as = host_names(allowed_hosts, bind)
+    if "*" in served_as:
+        log.warning("--allowed-host '*': any Host header is answered, so a web page that "
+                    "re-points its name at this address (DNS rebinding) can read the dashboard; "
+                    "list the names clients use instead")
+    web.add_middleware(TrustedHostMiddleware, allowed_hosts=served_as, www_redirect=False)
     web.add_middleware(SecurityHeaders)  # the last added is the outermost: every answer has them
     return web

@@ -232,6 +232,8 @@ async def login(request: Request) -> Response:
         return render(request, "login.html", title="Sign in", failed=False, wait=0)
     form = await _form(request)
     guard = dash.guard
+    if not guard.enabled:  # no token to guess: nothing is compared, logged or throttled
+        return render(request, "login.html", 403, title="Sign in", failed=False, wait=0)
     wait = guard.wait(request)
     if wait > 0:  # the token is not even compared: guessing waits for the buckets to refill
         refused = render(request, "login.html", 429, title="Sign in", failed=True,

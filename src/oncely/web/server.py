@@ -34,7 +34,7 @@ def serve(app: App, host: str = "127.0.0.1", port: int = 8700, token: str | None
     except ImportError as exc:
         raise ConfigError(f"the dashboard needs its extra ({exc.name} is missing): "
                           "pip install 'oncely[web]'") from None
-    web = create_app(app, token, [host, *allowed_hosts], auth)  # checks token and auth first
+    web = create_app(app, token, allowed_hosts, auth, host)  # checks token, auth, hosts first
     _check_address(host, port)
     if not _loopback(host):
         log.warning("dashboard bound to %s: anyone who can reach it can read job data%s", host,

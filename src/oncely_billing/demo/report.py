@@ -8,12 +8,12 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from rich.console import Console
 from rich.table import Table
 
 import oncely
+from oncely.redaction import mask_url
 from oncely_billing.demo.dataset import Dataset, Prepared
 from oncely_billing.demo.phase import PhaseRun
 from oncely_billing.demo.plan import STRIPE_RATE, STRIPE_RATE_DEFAULT, Plan
@@ -26,31 +26,12 @@ SCHEDULE_TITLES = {FREE_TIER: "free-tier job (:35)", "metering-stripe-usage": "S
 INCIDENT_WRITES, INCIDENT_MINUTES, INCIDENT_EXPECTED = 517_788, 20, 50_000
 
 
-def masked(url: str) -> str:
-    """The phase's store URL without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
 def summary(plan: Plan, dataset: Dataset, prepared: dict[str, Prepared],
             runs: dict[str, PhaseRun], results: dict[str, dict[str, Any]],
             checks: list[tuple[str, bool, str]], seconds: float) -> dict[str, Any]:
     failed = [(name, evidence) for name, held, evidence in checks if not held]
     any_store = next(iter(prepared.values()))
-    phases: dict[str, Any] = {}
-    for name in PHASES:
-        run = runs[name]
-        phases[name] = {
-            "config": run.config.describe(plan),
-            "store": masked(run.url),
-            "real_seconds": round(run.real_seconds, 1),
-            "worker_starts": run.worker_starts,
-            "timeline": [{"at": note.at, "what": note.what} for note in run.notes],
-            **results[name],
-        }
+    phases = {name: phase_entry(plan, runs[name], results[name]) for name in PHASES}
     return {
         "oncely_version": oncely.__version__,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -82,6 +63,19 @@ def summary(plan: Plan, dataset: Dataset, prepared: dict[str, Prepared],
         "invariants": [{"name": name, "held": held, "evidence": evidence}
                        for name, held, evidence in checks],
         "explanation": explanation(phases),
+    }
+
+
+def phase_entry(plan: Plan, run: PhaseRun, results: dict[str, Any]) -> dict[str, Any]:
+    """One phase in the report: its configuration, its store (masked by oncely's one masking
+    function, like every URL oncely shows), its timeline and its figures."""
+    return {
+        "config": run.config.describe(plan),
+        "store": mask_url(run.url),
+        "real_seconds": round(run.real_seconds, 1),
+        "worker_starts": run.worker_starts,
+        "timeline": [{"at": note.at, "what": note.what} for note in run.notes],
+        **results,
     }
 
 
