@@ -28,7 +28,12 @@ from oncely.store.base import (
     RenewResult,
 )
 from oncely.store.controls import ClaimRoom
-from oncely.store.ops.jobs import finish_target_values, set_ledger_outcome, set_slot_outcome
+from oncely.store.ops.jobs import (
+    finish_target_values,
+    is_plain_success,
+    set_ledger_outcome,
+    set_slot_outcome,
+)
 from oncely.store.rescue import holder_overdue
 from oncely.store.rows import as_datetime, dump_error, dump_json, to_epoch
 from oncely.store.sqlite import controls
@@ -249,6 +254,27 @@ def finish_job(d: SQLiteDialect, conn: sqlite3.Connection, params: JobFinish) ->
         )
     return True
 
+
+def finish_jobs(
+    d: SQLiteDialect, conn: sqlite3.Connection, batch: Sequence[JobFinish]
+) -> list[bool]:
+    """Several finishes in one transaction: the plain successes (no key, no slot) in one
+    statement, each under its own fence; every other finish, and any success that statement
+    did not take, through :func:`finish_job`, which checks its fence again."""
+    plain = [params for params in batch if is_plain_success(params)]
+    if not plain:
+        return [finish_job(d, conn, params) for params in batch]
+    now = plain[0].now  # a batch's finishes usually share one reading of the clock
+    done = json.dumps([
+        [params.job_id, params.fence,
+         None if params.result is None else dump_json(params.result, "job result"),
+         None if params.now is now else to_epoch(params.now)]
+        for params in plain
+    ])
+    values = {"done": done, "now": to_epoch(now)}
+    rows = conn.execute(QUERIES["job_finish_plain_many"], values).fetchall()
+    recorded = {row[0] for row in rows}
+    return [params.job_id in recorded or finish_job(d, conn, params) for params in batch]
 
 
 def renew_leases(

@@ -114,6 +114,22 @@ SET state = :state,
     lease_expires_at = NULL
 WHERE id = :job_id;
 
+-- name: job_finish_plain_many
+-- Successes of jobs without a singleton key or a slot (the bulk of a busy queue), in one
+-- statement, each under its own fence: :done is a JSON array of [job id, fence, result as JSON
+-- text or null, finished_at or null for :now]. Returns the ids it recorded; the others go
+-- through job_finish one by one. The execution trigger ends each attempt as for job_finish.
+UPDATE oncely_jobs
+SET state = 'succeeded', finished_at = COALESCE(json_extract(d.value, '$[3]'), :now),
+    result = json_extract(d.value, '$[2]'),
+    lease_owner = NULL, lease_expires_at = NULL
+FROM json_each(:done) AS d
+WHERE oncely_jobs.id = json_extract(d.value, '$[0]')
+  AND oncely_jobs.fence = json_extract(d.value, '$[1]')
+  AND oncely_jobs.state = 'running'
+  AND oncely_jobs.singleton_key IS NULL AND oncely_jobs.schedule IS NULL
+RETURNING oncely_jobs.id;
+
 -- name: job_list_waiting_slots
 -- The claim's policy pass (oncely.store.ops.claimpolicy): due waiting first runs of slots in
 -- the claimer's queues and tasks (JSON arrays, NULL: any), by schedule then slot, with the
