@@ -37,7 +37,7 @@ from oncely.store.ops.jobs import (
 from oncely.store.rescue import holder_overdue
 from oncely.store.rows import as_datetime, dump_error, dump_json, to_epoch
 from oncely.store.sqlite import controls
-from oncely.store.sqlite.dialect import QUERIES, SQLiteDialect, fetch, fetch_one, to_job
+from oncely.store.sqlite.dialect import QUERIES, SQLiteDialect, fetch, fetch_one, to_job, to_jobs
 from oncely.types import ErrorKind, Job, JobError, JobState, Overlap, SlotOutcome
 
 
@@ -89,9 +89,10 @@ def claim_jobs(d: SQLiteDialect, conn: sqlite3.Connection, params: JobClaimParam
 def _candidates(
     conn: sqlite3.Connection, params: JobClaimParams, now: float, gate: ClaimRoom | None
 ) -> Iterator[sqlite3.Row]:
-    """Due waiting jobs in claim order. Pages continue by keyset, so jobs this claim has already
-    moved out of the waiting states do not shift the next page. With a gate, each page leaves
-    out the queues, tasks and keys that had no room left when it was read."""
+    """Due waiting jobs in claim order, with what the claim decides on. Pages continue by keyset,
+    so jobs this claim has already moved out of the waiting states do not shift the next page.
+    With a gate, each page leaves out the queues, tasks and keys that had no room left when it
+    was read."""
     # A little more than the limit: a few candidates may be skipped for held singleton keys;
     # more pages follow by keyset if many are.
     page = params.limit + 8
@@ -119,18 +120,11 @@ def _candidates(
                 blocked_tasks=json.dumps(gate.blocked_tasks),
                 blocked_keys=json.dumps(sorted(gate.blocked_keys)),
             )
-        keys = conn.execute(QUERIES[query], values).fetchall()
-        if not keys:
+        rows = conn.execute(QUERIES[query], values).fetchall()
+        yield from rows
+        if len(rows) < page:
             return
-        ids = [int(row["id"]) for row in keys]
-        details = {
-            int(row["id"]): row
-            for row in fetch(conn, "job_get_claim_details", {"ids": json.dumps(ids)})
-        }
-        yield from (details[job_id] for job_id in ids if job_id in details)
-        if len(keys) < page:
-            return
-        last = keys[-1]
+        last = rows[-1]
         values.update(
             after_id=last["id"], after_priority=last["priority"], after_run_at=last["run_at"]
         )
@@ -197,7 +191,7 @@ def _start_plain(conn: sqlite3.Connection, claim: _Claim, job_ids: list[int]) ->
     rows = conn.execute(QUERIES["job_claim_start_many"], values).fetchall()
     if len(rows) != len(job_ids):
         raise StoreError("claimed jobs vanished inside their claim transaction")
-    return [to_job(row) for row in rows]
+    return to_jobs(rows)
 
 
 def _skip(conn: sqlite3.Connection, claim: _Claim, job_id: int, key: str) -> Job:

@@ -1,8 +1,9 @@
 -- Claiming and finishing jobs. Both run inside one BEGIN IMMEDIATE transaction.
 
 -- name: job_list_claim_candidates
--- Due waiting jobs in claim order, a page at a time: ids and sort keys only, so the scan stays
--- on the oncely_jobs_claim index. The keyset continues after the last row of the previous page.
+-- Due waiting jobs in claim order, a page at a time, with what the claim decides on. The scan and
+-- its filters run on the oncely_jobs_claim index; a job's row is read only once it is in the
+-- page. The keyset continues after the last row of the previous page.
 -- The index leads with queue, so the queues that have waiting jobs are found first by a loose
 -- index scan; SQLite then reads each queue in index order instead of sorting every waiting job.
 WITH RECURSIVE waiting(queue) AS (
@@ -13,7 +14,9 @@ WITH RECURSIVE waiting(queue) AS (
             WHERE state IN ('scheduled', 'available', 'retryable') AND queue > waiting.queue)
     FROM waiting WHERE waiting.queue IS NOT NULL
 )
-SELECT id, priority, run_at FROM oncely_jobs
+SELECT id, priority, run_at, queue, task, concurrency_key, singleton_key, overlap, schedule,
+       slot, attempt
+FROM oncely_jobs
 WHERE state IN ('scheduled', 'available', 'retryable')
   AND queue IN (SELECT queue FROM waiting)
   AND run_at <= :now
@@ -23,7 +26,9 @@ ORDER BY priority DESC, run_at, id
 LIMIT :page;
 
 -- name: job_list_claim_candidates_in_queues
-SELECT id, priority, run_at FROM oncely_jobs
+SELECT id, priority, run_at, queue, task, concurrency_key, singleton_key, overlap, schedule,
+       slot, attempt
+FROM oncely_jobs
 WHERE state IN ('scheduled', 'available', 'retryable')
   AND queue IN (SELECT value FROM json_each(:queues))
   AND run_at <= :now
@@ -35,7 +40,9 @@ LIMIT :page;
 -- name: job_list_claim_candidates_limited
 -- The scan when controls apply: only the queues that have room (:queues), leaving out the tasks
 -- and concurrency keys that have none.
-SELECT id, priority, run_at FROM oncely_jobs
+SELECT id, priority, run_at, queue, task, concurrency_key, singleton_key, overlap, schedule,
+       slot, attempt
+FROM oncely_jobs
 WHERE state IN ('scheduled', 'available', 'retryable')
   AND queue IN (SELECT value FROM json_each(:queues))
   AND run_at <= :now
@@ -59,11 +66,6 @@ WITH RECURSIVE waiting(queue) AS (
     FROM waiting WHERE waiting.queue IS NOT NULL
 )
 SELECT queue FROM waiting WHERE queue IS NOT NULL;
-
--- name: job_get_claim_details
-SELECT id, queue, task, concurrency_key, singleton_key, overlap, schedule, slot, attempt
-FROM oncely_jobs
-WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: job_claim_start
 -- :fence is the singleton key's new fence, or NULL to advance the job's own.
