@@ -184,6 +184,31 @@ def jobs_from_rows(rows: Sequence[RowLike], *, json_text: bool) -> list[Job]:
     return [_job(getter(row), json_text, instants) for row in rows]
 
 
+def started_jobs(
+    rows: Sequence[RowLike],
+    *,
+    json_text: bool,
+    owner: str,
+    lease_expires_at: datetime,
+    started_at: datetime,
+) -> list[Job]:
+    """The jobs of waiting rows read by a claim, as the claim's start leaves them (SQLite's
+    ``job_claim_start_many``: running, one more attempt, leased to ``owner`` until
+    ``lease_expires_at``, the job's own fence advanced by one, started at ``started_at``), so
+    the claim need not read back the rows it wrote."""
+    jobs = jobs_from_rows(rows, json_text=json_text)
+    for job in jobs:
+        job.__dict__.update({
+            "state": JobState.RUNNING,
+            "attempt": job.attempt + 1,
+            "lease_owner": owner,
+            "lease_expires_at": lease_expires_at,
+            "fence": job.fence + 1,
+            "started_at": started_at,
+        })
+    return jobs
+
+
 class _Instants(dict[Any, datetime | None]):
     """Column values (epoch seconds, datetimes, NULL) as aware UTC datetimes, each converted
     once: looking one up is a dict lookup."""

@@ -35,9 +35,16 @@ from oncely.store.ops.jobs import (
     set_slot_outcome,
 )
 from oncely.store.rescue import holder_overdue
-from oncely.store.rows import as_datetime, dump_error, dump_json, to_epoch
+from oncely.store.rows import (
+    as_datetime,
+    as_required_datetime,
+    dump_error,
+    dump_json,
+    started_jobs,
+    to_epoch,
+)
 from oncely.store.sqlite import controls
-from oncely.store.sqlite.dialect import QUERIES, SQLiteDialect, fetch, fetch_one, to_job, to_jobs
+from oncely.store.sqlite.dialect import QUERIES, SQLiteDialect, fetch, fetch_one, to_job
 from oncely.types import ErrorKind, Job, JobError, JobState, Overlap, SlotOutcome
 
 
@@ -61,7 +68,7 @@ def claim_jobs(d: SQLiteDialect, conn: sqlite3.Connection, params: JobClaimParam
     now = to_epoch(params.now)
     claim = _Claim(d, params, now, now + params.lease_ttl)
     gate = controls.open_gate(conn, params)
-    plain: list[int] = []  # jobs without a singleton key: started together in one statement
+    plain: list[sqlite3.Row] = []  # jobs without a singleton key: started together
     tasks = None if params.tasks is None else frozenset(params.tasks)
     for candidate in _candidates(conn, params, now, gate):
         if len(claim.claimed) + len(plain) >= params.limit:
@@ -72,7 +79,7 @@ def claim_jobs(d: SQLiteDialect, conn: sqlite3.Connection, params: JobClaimParam
         if gate is not None and not gate.admits(*job):
             continue  # it waits, in its place, for the control to have room
         if candidate["singleton_key"] is None:
-            plain.append(int(candidate["id"]))
+            plain.append(candidate)
         elif not _consider(conn, claim, candidate):
             continue
         if gate is not None:
@@ -181,17 +188,20 @@ def _start(conn: sqlite3.Connection, claim: _Claim, job_id: int, fence: int | No
     return to_job(row)
 
 
-def _start_plain(conn: sqlite3.Connection, claim: _Claim, job_ids: list[int]) -> list[Job]:
+def _start_plain(
+    conn: sqlite3.Connection, claim: _Claim, rows: list[sqlite3.Row]
+) -> list[Job]:
     values = {
-        "ids": json.dumps(job_ids),
+        "ids": json.dumps([row["id"] for row in rows]),
         "owner": claim.params.worker_id,
         "lease_expires_at": claim.lease_expires_at,
         "now": claim.now,
     }
-    rows = conn.execute(QUERIES["job_claim_start_many"], values).fetchall()
-    if len(rows) != len(job_ids):
+    if conn.execute(QUERIES["job_claim_start_many"], values).rowcount != len(rows):
         raise StoreError("claimed jobs vanished inside their claim transaction")
-    return to_jobs(rows)
+    return started_jobs(rows, json_text=True, owner=claim.params.worker_id,
+                        lease_expires_at=as_required_datetime(claim.lease_expires_at),
+                        started_at=as_required_datetime(claim.now))
 
 
 def _skip(conn: sqlite3.Connection, claim: _Claim, job_id: int, key: str) -> Job:

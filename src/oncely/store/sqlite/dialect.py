@@ -20,7 +20,7 @@ from oncely import sql
 from oncely.errors import StoreError
 from oncely.store.dialect import Dialect, Params, queries_of
 from oncely.store.rescue import LivenessHold, NoHold
-from oncely.store.rows import dump_error, job_from_row, jobs_from_rows, to_epoch
+from oncely.store.rows import dump_error, job_from_row, to_epoch
 from oncely.store.sqlite import liveness
 from oncely.store.sqlite.engine import Engine
 from oncely.types import Job, JobError
@@ -43,10 +43,6 @@ def fetch_one(conn: sqlite3.Connection, name: str, params: Params | None = None)
 
 def to_job(row: sqlite3.Row) -> Job:
     return job_from_row(row, json_text=True)
-
-
-def to_jobs(rows: list[sqlite3.Row]) -> list[Job]:
-    return jobs_from_rows(rows, json_text=True)
 
 
 class SQLiteDialect(Dialect):

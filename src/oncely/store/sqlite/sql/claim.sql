@@ -1,9 +1,10 @@
 -- Claiming and finishing jobs. Both run inside one BEGIN IMMEDIATE transaction.
 
 -- name: job_list_claim_candidates
--- Due waiting jobs in claim order, a page at a time, with what the claim decides on. The scan and
--- its filters run on the oncely_jobs_claim index; a job's row is read only once it is in the
--- page. The keyset continues after the last row of the previous page.
+-- Due waiting jobs in claim order, a page at a time: whole rows, since a plain job's start
+-- (job_claim_start_many) returns nothing and its Job is built from the row read here. The scan
+-- and its filters run on the oncely_jobs_claim index. The keyset continues after the last row of
+-- the previous page.
 -- The index leads with queue, so the queues that have waiting jobs are found first by a loose
 -- index scan; SQLite then reads each queue in index order instead of sorting every waiting job.
 WITH RECURSIVE waiting(queue) AS (
@@ -14,9 +15,7 @@ WITH RECURSIVE waiting(queue) AS (
             WHERE state IN ('scheduled', 'available', 'retryable') AND queue > waiting.queue)
     FROM waiting WHERE waiting.queue IS NOT NULL
 )
-SELECT id, priority, run_at, queue, task, concurrency_key, singleton_key, overlap, schedule,
-       slot, attempt
-FROM oncely_jobs
+SELECT * FROM oncely_jobs
 WHERE state IN ('scheduled', 'available', 'retryable')
   AND queue IN (SELECT queue FROM waiting)
   AND run_at <= :now
@@ -26,9 +25,7 @@ ORDER BY priority DESC, run_at, id
 LIMIT :page;
 
 -- name: job_list_claim_candidates_in_queues
-SELECT id, priority, run_at, queue, task, concurrency_key, singleton_key, overlap, schedule,
-       slot, attempt
-FROM oncely_jobs
+SELECT * FROM oncely_jobs
 WHERE state IN ('scheduled', 'available', 'retryable')
   AND queue IN (SELECT value FROM json_each(:queues))
   AND run_at <= :now
@@ -40,9 +37,7 @@ LIMIT :page;
 -- name: job_list_claim_candidates_limited
 -- The scan when controls apply: only the queues that have room (:queues), leaving out the tasks
 -- and concurrency keys that have none.
-SELECT id, priority, run_at, queue, task, concurrency_key, singleton_key, overlap, schedule,
-       slot, attempt
-FROM oncely_jobs
+SELECT * FROM oncely_jobs
 WHERE state IN ('scheduled', 'available', 'retryable')
   AND queue IN (SELECT value FROM json_each(:queues))
   AND run_at <= :now
@@ -76,12 +71,14 @@ WHERE id = :id
 RETURNING *;
 
 -- name: job_claim_start_many
--- Jobs without a singleton key, started together: each advances its own fence.
+-- Jobs without a singleton key, started together: each advances its own fence. Nothing is
+-- returned (a RETURNING clause costs more than the update): the claim builds the jobs from the
+-- rows it read, with these changes (oncely.store.rows.started_jobs).
 UPDATE oncely_jobs
 SET state = 'running', attempt = attempt + 1, lease_owner = :owner,
     lease_expires_at = :lease_expires_at, fence = fence + 1, started_at = :now
 WHERE id IN (SELECT value FROM json_each(:ids))
-RETURNING *;
+  AND state IN ('scheduled', 'available', 'retryable');
 
 -- name: job_skip_overlap
 UPDATE oncely_jobs
