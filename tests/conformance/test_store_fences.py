@@ -343,3 +343,21 @@ def test_finish_many_records_a_mixed_batch_like_single_finishes(kit: Kit) -> Non
         stale.id: (None, None, None),
     }
     assert kit.get(plain.id).lease_owner is None and kit.get(plain.id).lease_expires_at is None
+
+
+def test_finish_many_of_plain_successes_records_each_once(kit: Kit) -> None:
+    """A success sent again (its first reply lost) counts as recorded and changes nothing."""
+    inserted = [kit.insert() for _ in range(5)]
+    claimed = kit.claim(limit=5).jobs
+    batch = [JobFinish(job.id, job.fence, kit.now(), JobState.SUCCEEDED, result=job.id)
+             for job in claimed]
+    assert kit.store.job_finish_many(batch) == [True] * 5
+    again = JobFinish(batch[0].job_id, batch[0].fence, kit.later(1), JobState.SUCCEEDED)
+    assert kit.store.job_finish_many([again]) == [True]
+    for job in inserted:
+        stored = kit.get(job.id)
+        assert (stored.state, stored.result, stored.finished_at) == (
+            JobState.SUCCEEDED, job.id, kit.now())
+    executions = kit.store.execution_list()
+    assert sorted(e.job_id for e in executions) == sorted(job.id for job in inserted)
+    assert {e.outcome for e in executions} == {"succeeded"}

@@ -276,9 +276,13 @@ def finish_jobs(
         for params in plain
     ])
     values = {"done": done, "now": to_epoch(now)}
-    rows = conn.execute(QUERIES["job_finish_plain_many"], values).fetchall()
-    recorded = {row[0] for row in rows}
-    return [params.job_id in recorded or finish_job(d, conn, params) for params in batch]
+    changed = conn.execute(QUERIES["job_finish_plain_many"], values).rowcount
+    if changed == len(plain):  # all of them: the common case
+        return [is_plain_success(params) or finish_job(d, conn, params) for params in batch]
+    rows = conn.execute(QUERIES["job_list_plain_finished"], values).fetchall()
+    recorded = {(row[0], row[1]) for row in rows}
+    return [(params.job_id, params.fence) in recorded or finish_job(d, conn, params)
+            for params in batch]
 
 
 def renew_leases(

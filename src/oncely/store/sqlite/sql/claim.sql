@@ -116,8 +116,10 @@ WHERE id = :job_id;
 -- name: job_finish_plain_many
 -- Successes of jobs without a singleton key or a slot (the bulk of a busy queue), in one
 -- statement, each under its own fence: :done is a JSON array of [job id, fence, result as JSON
--- text or null, finished_at or null for :now]. Returns the ids it recorded; the others go
--- through job_finish one by one. The execution trigger ends each attempt as for job_finish.
+-- text or null, finished_at or null for :now]. The caller reads the count of rows it changed
+-- (a RETURNING clause would cost more than the update); only when some were not taken does it
+-- ask job_list_plain_finished which ones were. The execution trigger ends each attempt as for
+-- job_finish.
 UPDATE oncely_jobs
 SET state = 'succeeded', finished_at = COALESCE(json_extract(d.value, '$[3]'), :now),
     result = json_extract(d.value, '$[2]'),
@@ -126,8 +128,17 @@ FROM json_each(:done) AS d
 WHERE oncely_jobs.id = json_extract(d.value, '$[0]')
   AND oncely_jobs.fence = json_extract(d.value, '$[1]')
   AND oncely_jobs.state = 'running'
-  AND oncely_jobs.singleton_key IS NULL AND oncely_jobs.schedule IS NULL
-RETURNING oncely_jobs.id;
+  AND oncely_jobs.singleton_key IS NULL AND oncely_jobs.schedule IS NULL;
+
+-- name: job_list_plain_finished
+-- Of the successes in :done (as for job_finish_plain_many), those recorded: succeeded under that
+-- fence, no key, no slot. Only a success of that very attempt writes such a row (that statement,
+-- or an earlier finish of the same success), so it counts as recorded, as on PostgreSQL.
+SELECT json_extract(d.value, '$[0]') AS id, json_extract(d.value, '$[1]') AS fence
+FROM json_each(:done) AS d
+JOIN oncely_jobs AS j ON j.id = json_extract(d.value, '$[0]')
+WHERE j.fence = json_extract(d.value, '$[1]') AND j.state = 'succeeded'
+  AND j.singleton_key IS NULL AND j.schedule IS NULL;
 
 -- name: job_list_waiting_slots
 -- The claim's policy pass (oncely.store.ops.claimpolicy): due waiting first runs of slots in
