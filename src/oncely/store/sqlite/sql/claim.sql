@@ -7,16 +7,19 @@
 -- the previous page.
 -- The index leads with queue, so the queues that have waiting jobs are found first by a loose
 -- index scan; SQLite then reads each queue in index order instead of sorting every waiting job.
+-- Every query over waiting jobs names the states as the index's predicate does (equalities,
+-- see migration 0009): SQLite uses a partial index only for a query that states its predicate.
 WITH RECURSIVE waiting(queue) AS (
     SELECT MIN(queue) FROM oncely_jobs
-    WHERE state IN ('scheduled', 'available', 'retryable')
+    WHERE (state = 'scheduled' OR state = 'available' OR state = 'retryable')
     UNION ALL
     SELECT (SELECT MIN(queue) FROM oncely_jobs
-            WHERE state IN ('scheduled', 'available', 'retryable') AND queue > waiting.queue)
+            WHERE (state = 'scheduled' OR state = 'available' OR state = 'retryable')
+              AND queue > waiting.queue)
     FROM waiting WHERE waiting.queue IS NOT NULL
 )
 SELECT * FROM oncely_jobs
-WHERE state IN ('scheduled', 'available', 'retryable')
+WHERE (state = 'scheduled' OR state = 'available' OR state = 'retryable')
   AND queue IN (SELECT queue FROM waiting)
   AND run_at <= :now
   AND (:after_id IS NULL
@@ -26,7 +29,7 @@ LIMIT :page;
 
 -- name: job_list_claim_candidates_in_queues
 SELECT * FROM oncely_jobs
-WHERE state IN ('scheduled', 'available', 'retryable')
+WHERE (state = 'scheduled' OR state = 'available' OR state = 'retryable')
   AND queue IN (SELECT value FROM json_each(:queues))
   AND run_at <= :now
   AND (:after_id IS NULL
@@ -38,7 +41,7 @@ LIMIT :page;
 -- The scan when controls apply: only the queues that have room (:queues), leaving out the tasks
 -- and concurrency keys that have none.
 SELECT * FROM oncely_jobs
-WHERE state IN ('scheduled', 'available', 'retryable')
+WHERE (state = 'scheduled' OR state = 'available' OR state = 'retryable')
   AND queue IN (SELECT value FROM json_each(:queues))
   AND run_at <= :now
   AND task NOT IN (SELECT value FROM json_each(:blocked_tasks))
@@ -54,10 +57,11 @@ LIMIT :page;
 -- over every queue: an explicit list keeps its scan on the index, a NOT IN over queues does not).
 WITH RECURSIVE waiting(queue) AS (
     SELECT MIN(queue) FROM oncely_jobs
-    WHERE state IN ('scheduled', 'available', 'retryable')
+    WHERE (state = 'scheduled' OR state = 'available' OR state = 'retryable')
     UNION ALL
     SELECT (SELECT MIN(queue) FROM oncely_jobs
-            WHERE state IN ('scheduled', 'available', 'retryable') AND queue > waiting.queue)
+            WHERE (state = 'scheduled' OR state = 'available' OR state = 'retryable')
+              AND queue > waiting.queue)
     FROM waiting WHERE waiting.queue IS NOT NULL
 )
 SELECT queue FROM waiting WHERE queue IS NOT NULL;
@@ -78,7 +82,7 @@ UPDATE oncely_jobs
 SET state = 'running', attempt = attempt + 1, lease_owner = :owner,
     lease_expires_at = :lease_expires_at, fence = fence + 1, started_at = :now
 WHERE id IN (SELECT value FROM json_each(:ids))
-  AND state IN ('scheduled', 'available', 'retryable');
+  AND (state = 'scheduled' OR state = 'available' OR state = 'retryable');
 
 -- name: job_skip_overlap
 UPDATE oncely_jobs
