@@ -96,10 +96,10 @@ def claim_jobs(d: SQLiteDialect, conn: sqlite3.Connection, params: JobClaimParam
 def _candidates(
     conn: sqlite3.Connection, params: JobClaimParams, now: float, gate: ClaimRoom | None
 ) -> Iterator[sqlite3.Row]:
-    """Due waiting jobs in claim order, with what the claim decides on. Pages continue by keyset,
-    so jobs this claim has already moved out of the waiting states do not shift the next page.
-    With a gate, each page leaves out the queues, tasks and keys that had no room left when it
-    was read."""
+    """Due waiting jobs in claim order, whole rows (a plain job's Job is built from its row).
+    Pages continue by keyset, so jobs this claim has already moved out of the waiting states do
+    not shift the next page. With a gate, each page leaves out the queues, tasks and keys that
+    had no room left when it was read."""
     # A little more than the limit: a few candidates may be skipped for held singleton keys;
     # more pages follow by keyset if many are.
     page = params.limit + 8
@@ -188,9 +188,7 @@ def _start(conn: sqlite3.Connection, claim: _Claim, job_id: int, fence: int | No
     return to_job(row)
 
 
-def _start_plain(
-    conn: sqlite3.Connection, claim: _Claim, rows: list[sqlite3.Row]
-) -> list[Job]:
+def _start_plain(conn: sqlite3.Connection, claim: _Claim, rows: list[sqlite3.Row]) -> list[Job]:
     values = {
         "ids": json.dumps([row["id"] for row in rows]),
         "owner": claim.params.worker_id,
