@@ -17,6 +17,7 @@ from oncely.store import open_store
 from oncely.store.migrations import latest_version
 from oncely.store.params import JobClaimParams, JobFilter, JobInsert, MigrateResult
 from oncely.store.sqlite import SQLiteStore
+from oncely.store.sqlite.dialect import QUERIES
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -171,6 +172,37 @@ def test_writes_wait_out_a_short_lock(db_url: str, tmp_path: Path) -> None:
     finally:
         release.join()
         blocker.close()
+
+
+# Queries over waiting and finished jobs and the partial index each one must find.
+INDEXED_QUERIES = {
+    "job_list_claim_candidates": "oncely_jobs_claim",
+    "job_list_claim_candidates_in_queues": "oncely_jobs_claim",
+    "job_list_claim_candidates_limited": "oncely_jobs_claim",
+    "job_get_waiting_queues": "oncely_jobs_claim",
+    "job_count_waiting": "oncely_jobs_claim",
+    "job_prune_queue": "oncely_jobs_retention",
+    "job_get_finished_queues": "oncely_jobs_retention",
+    "job_get_finished_cutoff": "oncely_jobs_retention",
+}
+
+
+@pytest.mark.parametrize("name", sorted(INDEXED_QUERIES))
+def test_queries_over_job_states_use_their_partial_index(db_url: str, name: str) -> None:
+    """SQLite uses a partial index only for a query that states the index's predicate; the
+    predicates were rewritten in version 9, and each query must have followed."""
+    store = SQLiteStore(db_url)
+    store.migrate()
+    store.job_insert(JobInsert(task="t"), NOW)
+    values = {"now": 0.0, "page": 10, "queues": '["default"]', "blocked_tasks": "[]",
+              "blocked_keys": "[]", "after_id": None, "after_priority": None,
+              "after_run_at": None, "queue": "default", "state": "succeeded",
+              "finished_before": 0.0, "limit": 10, "skip": 0}
+    with store.transaction() as conn:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {QUERIES[name]}", values)]
+    reads = [step for step in plan if " oncely_jobs" in step]
+    assert reads and all(INDEXED_QUERIES[name] in step or "PRIMARY KEY" in step
+                         for step in reads), plan
 
 
 def test_a_claim_with_nothing_to_start_never_takes_the_write_lock(

@@ -48,6 +48,26 @@ def test_claim_starts_the_job(kit: Kit) -> None:
     assert kit.get(job.id) == claimed
 
 
+def test_claimed_jobs_are_the_rows_the_claim_wrote(kit: Kit) -> None:
+    """A claim's jobs equal what the store then holds, for a batch of plain jobs, a retry (an
+    earlier attempt, its error and checkpoint), a keyed job and a singleton."""
+    retried = kit.insert(max_attempts=3, args={"n": 1}, timeout=5.0)
+    first = kit.claim_one()
+    assert kit.store.job_checkpoint(first.id, first.fence, {"step": 2}, kit.now())
+    assert kit.finish(first, JobState.RETRYABLE, retry_at=kit.now(), error=kit.error(first))
+    kit.clock.advance(1)
+    others = [kit.insert(priority=2, args={"i": i}) for i in range(3)]
+    others.append(kit.insert(concurrency_key="c", queue="q2"))
+    others.append(kit.insert(singleton_key="k"))
+    claimed = kit.claim(limit=10, ttl=40).jobs
+    assert sorted(job.id for job in claimed) == sorted([retried.id, *(job.id for job in others)])
+    for job in claimed:
+        assert kit.get(job.id) == job
+    again = next(job for job in claimed if job.id == retried.id)
+    assert (again.attempt, again.fence, again.checkpoint) == (2, first.fence + 1, {"step": 2})
+    assert len(again.errors) == 1 and again.lease_expires_at == kit.later(40)
+
+
 def test_claim_respects_limit_and_queues(kit: Kit) -> None:
     for queue in ("a", "b", "a", "c", "a"):
         kit.insert(queue=queue)

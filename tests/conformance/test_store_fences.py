@@ -298,3 +298,66 @@ def test_finish_many_checks_each_fence_on_its_own(kit):
     assert kit.get(a.id).state == JobState.SUCCEEDED and kit.get(a.id).result == {"ok": 1}
     assert kit.get(b.id).state == JobState.RUNNING
     assert kit.store.job_finish_many([]) == []
+
+
+def test_finish_many_records_a_mixed_batch_like_single_finishes(kit: Kit) -> None:
+    """Plain successes, a keyed one, a slot's, a failure, a retry and a stale fence in one batch:
+    each ends as its own finish would, with its execution, key lease and ledger row."""
+    plain, timed, keyed, failing, retried, stale = (
+        kit.insert(), kit.insert(), kit.insert(singleton_key="k"), kit.insert(),
+        kit.insert(max_attempts=2), kit.insert(),
+    )
+    slot = kit.slot("s", kit.now()).job_id or 0
+    jobs = {job.id: job for job in kit.claim(limit=10).jobs}
+    assert len(jobs) == 7
+    later = kit.later(2)
+    error = kit.error(jobs[failing.id])
+    batch = [
+        JobFinish(plain.id, jobs[plain.id].fence, kit.now(), JobState.SUCCEEDED, result=[1]),
+        JobFinish(timed.id, jobs[timed.id].fence, later, JobState.SUCCEEDED),
+        JobFinish(keyed.id, jobs[keyed.id].fence, kit.now(), JobState.SUCCEEDED),
+        JobFinish(slot, jobs[slot].fence, kit.now(), JobState.SUCCEEDED, result="done"),
+        JobFinish(failing.id, jobs[failing.id].fence, kit.now(), JobState.FAILED, error=error),
+        JobFinish(retried.id, jobs[retried.id].fence, kit.now(), JobState.RETRYABLE,
+                  retry_at=later, error=kit.error(jobs[retried.id])),
+        JobFinish(stale.id, jobs[stale.id].fence - 1, kit.now(), JobState.SUCCEEDED),
+    ]
+    assert kit.store.job_finish_many(batch) == [True] * 6 + [False]
+
+    assert kit.get(plain.id).result == [1] and kit.get(plain.id).finished_at == kit.now()
+    assert kit.get(timed.id).finished_at == later
+    assert kit.get(slot).result == "done"
+    assert [kit.get(j.id).state for j in (keyed, failing, retried, stale)] == [
+        JobState.SUCCEEDED, JobState.FAILED, JobState.RETRYABLE, JobState.RUNNING]
+    assert kit.get(retried.id).run_at == later
+    assert leases(kit)["k"][1:] == (None, None)
+    assert [row.outcome for row in kit.store.ledger_list("s")] == [SlotOutcome.RAN]
+    ended = {e.job_id: (e.outcome, e.ended_at, e.error_kind) for e in kit.store.execution_list()}
+    assert ended == {
+        plain.id: ("succeeded", kit.now(), None),
+        timed.id: ("succeeded", later, None),
+        keyed.id: ("succeeded", kit.now(), None),
+        slot: ("succeeded", kit.now(), None),
+        failing.id: ("failed", kit.now(), "error"),
+        retried.id: ("retryable", kit.now(), "error"),
+        stale.id: (None, None, None),
+    }
+    assert kit.get(plain.id).lease_owner is None and kit.get(plain.id).lease_expires_at is None
+
+
+def test_finish_many_of_plain_successes_records_each_once(kit: Kit) -> None:
+    """A success sent again (its first reply lost) counts as recorded and changes nothing."""
+    inserted = [kit.insert() for _ in range(5)]
+    claimed = kit.claim(limit=5).jobs
+    batch = [JobFinish(job.id, job.fence, kit.now(), JobState.SUCCEEDED, result=job.id)
+             for job in claimed]
+    assert kit.store.job_finish_many(batch) == [True] * 5
+    again = JobFinish(batch[0].job_id, batch[0].fence, kit.later(1), JobState.SUCCEEDED)
+    assert kit.store.job_finish_many([again]) == [True]
+    for job in inserted:
+        stored = kit.get(job.id)
+        assert (stored.state, stored.result, stored.finished_at) == (
+            JobState.SUCCEEDED, job.id, kit.now())
+    executions = kit.store.execution_list()
+    assert sorted(e.job_id for e in executions) == sorted(job.id for job in inserted)
+    assert {e.outcome for e in executions} == {"succeeded"}

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from oncely.observe.events import Event, EventBus, logs_event
-from oncely.store.rows import JOB_COLUMNS, job_from_row
+from oncely.store.rows import JOB_COLUMNS, job_from_row, jobs_from_rows
 from oncely.types import ErrorKind, Job, JobError, JobState, Overlap
 
 AT = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
@@ -62,6 +62,24 @@ def test_a_sqlite_row_in_any_column_order_decodes_to_the_job_the_constructor_bui
         assert hash(job.run_at) == hash(AT)
         with pytest.raises(dataclasses.FrozenInstanceError):
             job.id = 8  # type: ignore[misc]
+
+
+def test_rows_of_one_statement_decode_together_as_each_alone() -> None:
+    """A batch converts each distinct instant once; every job still gets the value of its own
+    row, NULLs stay None, and the jobs are equal to the ones decoded row by row."""
+    conn = sqlite3.connect(":memory:")
+    conn.row_factory = sqlite3.Row
+    first, second = a_row(), {**a_row(), "id": 8, "slot": None, "finished_at": AT.timestamp() + 9,
+                              "lease_expires_at": AT.timestamp() + 31}
+    select = ", ".join(f":{name} AS {name}" for name in first)
+    rows = [conn.execute(f"SELECT {select}", row).fetchone() for row in (first, second)]
+    jobs = jobs_from_rows(rows, json_text=True)
+    assert jobs == [job_from_row(row, json_text=True) for row in rows]
+    assert jobs[0] == expected()
+    assert (jobs[1].id, jobs[1].slot, jobs[1].started_at) == (8, None, AT)
+    assert jobs[1].finished_at == datetime.fromtimestamp(AT.timestamp() + 9, UTC)
+    assert jobs[1].lease_expires_at == datetime.fromtimestamp(AT.timestamp() + 31, UTC)
+    assert jobs_from_rows([], json_text=True) == []
 
 
 def test_a_dict_row_with_datetimes_and_decoded_json_decodes_alike() -> None:

@@ -248,7 +248,9 @@ class Store(Protocol):
     def job_finish(self, params: JobFinish) -> bool:
         """Apply a fenced transition; False when the fence is no longer current."""
     def job_finish_many(self, params: Sequence[JobFinish]) -> list[bool]:
-        """Apply several fenced transitions in one transaction, each checked on its own."""
+        """Apply several fenced transitions in one transaction, each checked on its own. A
+        success (no error, no refund) of an attempt already recorded as that success counts
+        as applied: only a retry of the same call, whose first reply was lost, sends it."""
     def job_cancel(self, job_id: int, now: datetime, reason: str) -> Job:
         """Cancel a waiting job or request cancellation of a running one. NotFound if absent."""
     def job_retry(self, job_id: int, now: datetime) -> Job:

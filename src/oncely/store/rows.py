@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, Protocol
@@ -150,33 +150,85 @@ _by_name = itemgetter(*JOB_COLUMNS)
 # with each column in turn, an index is read at once.
 _by_position: dict[tuple[str, ...], Callable[[Any], tuple[Any, ...]]] = {}
 _new = object.__new__
+_set_attribute = object.__setattr__  # a frozen dataclass's own __setattr__ refuses
 
 
-def _job_values(row: RowLike) -> tuple[Any, ...]:
+def _values_getter(row: RowLike) -> Callable[[Any], tuple[Any, ...]]:
+    """Reads a row's job columns in :data:`JOB_COLUMNS` order."""
     if not isinstance(row, sqlite3.Row):  # a psycopg dict row, a dict
-        return _by_name(row)  # type: ignore[no-any-return]
+        return _by_name
     names = tuple(row.keys())
     getter = _by_position.get(names)
     if getter is None:
         getter = itemgetter(*(names.index(column) for column in JOB_COLUMNS))
         _by_position[names] = getter
-    return getter(row)
+    return getter
 
 
 def job_from_row(row: RowLike, *, json_text: bool) -> Job:
     """The job a row of the jobs table (any column order, more columns allowed) holds.
 
     Decoded on every claim, so: the row's values read in one go, and the Job built without its
-    frozen dataclass ``__init__`` (one ``object.__setattr__`` per field, a third of the cost);
-    the result is the same object ``Job(**fields)`` builds, which a unit test holds."""
+    frozen dataclass ``__init__`` (one ``object.__setattr__`` per field): its ``__dict__`` is
+    set to the fields at once; the result is the same object ``Job(**fields)`` builds, which a
+    unit test holds."""
+    return _job(_values_getter(row)(row), json_text, _Instants())
+
+
+def jobs_from_rows(rows: Sequence[RowLike], *, json_text: bool) -> list[Job]:
+    """The jobs of rows that came from one statement (they share their columns), as
+    :func:`job_from_row` decodes them. The rows of a claim share instants (its start and lease
+    expiry, often the enqueue time and due time): each distinct one is converted once."""
+    if not rows:
+        return []
+    getter = _values_getter(rows[0])
+    instants = _Instants()
+    return [_job(getter(row), json_text, instants) for row in rows]
+
+
+def started_jobs(
+    rows: Sequence[RowLike],
+    *,
+    json_text: bool,
+    owner: str,
+    lease_expires_at: datetime,
+    started_at: datetime,
+) -> list[Job]:
+    """The jobs of waiting rows read by a claim, as the claim's start leaves them (SQLite's
+    ``job_claim_start_many``: running, one more attempt, leased to ``owner`` until
+    ``lease_expires_at``, the job's own fence advanced by one, started at ``started_at``), so
+    the claim need not read back the rows it wrote."""
+    jobs = jobs_from_rows(rows, json_text=json_text)
+    for job in jobs:
+        job.__dict__.update({
+            "state": JobState.RUNNING,
+            "attempt": job.attempt + 1,
+            "lease_owner": owner,
+            "lease_expires_at": lease_expires_at,
+            "fence": job.fence + 1,
+            "started_at": started_at,
+        })
+    return jobs
+
+
+class _Instants(dict[Any, datetime | None]):
+    """Column values (epoch seconds, datetimes, NULL) as aware UTC datetimes, each converted
+    once: looking one up is a dict lookup."""
+
+    def __missing__(self, value: Any) -> datetime | None:
+        converted = self[value] = as_datetime(value)
+        return converted
+
+
+def _job(values: tuple[Any, ...], json_text: bool, instants: _Instants) -> Job:
     (id_, queue, task, args, state, priority, attempt, max_attempts, run_at, created_at,
      unique_key, schedule, slot, singleton_key, overlap, timeout, lease_owner, lease_expires_at,
      fence, cancel_requested, started_at, finished_at, result, errors, checkpoint,
-     concurrency_key) = _job_values(row)
+     concurrency_key) = values
     if run_at is None or created_at is None:
         raise ValueError("a required timestamp column is NULL")
     job: Job = _new(Job)
-    job.__dict__.update({
+    _set_attribute(job, "__dict__", {
         "id": int(id_),
         "queue": queue,
         "task": task,
@@ -185,20 +237,20 @@ def job_from_row(row: RowLike, *, json_text: bool) -> Job:
         "priority": int(priority),
         "attempt": int(attempt),
         "max_attempts": int(max_attempts),
-        "run_at": as_datetime(run_at),
-        "created_at": as_datetime(created_at),
+        "run_at": instants[run_at],
+        "created_at": instants[created_at],
         "unique_key": unique_key,
         "schedule": schedule,
-        "slot": as_datetime(slot),
+        "slot": instants[slot],
         "singleton_key": singleton_key,
         "overlap": _OVERLAPS.get(overlap) or Overlap(overlap),
         "timeout": None if timeout is None else float(timeout),
         "lease_owner": lease_owner,
-        "lease_expires_at": as_datetime(lease_expires_at),
+        "lease_expires_at": instants[lease_expires_at],
         "fence": int(fence),
         "cancel_requested": bool(cancel_requested),
-        "started_at": as_datetime(started_at),
-        "finished_at": as_datetime(finished_at),
+        "started_at": instants[started_at],
+        "finished_at": instants[finished_at],
         "result": load_json(result, json_text=json_text),
         "errors": load_errors(errors, json_text=json_text),
         "checkpoint": load_json(checkpoint, json_text=json_text),

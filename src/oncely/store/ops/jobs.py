@@ -154,6 +154,14 @@ def get_expired_jobs(d: Dialect, conn: Any, now: datetime, limit: int) -> list[J
     return [to_job(d, row) for row in rows]
 
 
+def is_plain_success(params: JobFinish) -> bool:
+    """A success the batch finish (``job_finish_plain_many``) may record in one statement with
+    others: no error, no refund, not a rescue. The statement itself checks that the job has no
+    singleton key and no slot; any other finish goes through the full one."""
+    return (params.state == JobState.SUCCEEDED and params.error is None
+            and not params.require_expired_lease and not params.refund_attempt)
+
+
 def finish_target_values(params: JobFinish, now: Any) -> dict[str, Any]:
     """The parameters of ``job_get_finish_target``, which finds the job a fenced finish may move
     (running under that fence; for the rescuer, with its lease still expired at ``now``)."""

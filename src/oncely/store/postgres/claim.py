@@ -39,7 +39,7 @@ from oncely.store.base import (
     LeaseRenewal,
     RenewResult,
 )
-from oncely.store.ops.jobs import finish_target_values
+from oncely.store.ops.jobs import finish_target_values, is_plain_success
 from oncely.store.postgres import controls
 from oncely.store.postgres.dialect import Row, errors_json, fetch, fetch_one, to_job
 from oncely.store.rows import dump_json, lease_from_row, utc
@@ -261,12 +261,6 @@ def finish_job(conn: psycopg.Connection[Any], params: JobFinish) -> bool:
     return bool(fetch(conn, "job_finish", values))
 
 
-def is_plain_success(params: JobFinish) -> bool:
-    """A success :func:`finish_plain` may record (it still checks the job has no key or slot)."""
-    return (params.state == JobState.SUCCEEDED and params.error is None
-            and not params.require_expired_lease and not params.refund_attempt)
-
-
 def finish_plain(
     conn: psycopg.Connection[Any], batch: Sequence[JobFinish], wake: bool = False
 ) -> set[int]:
@@ -282,7 +276,7 @@ def finish_plain(
         "fences": [p.fence for p in batch],
         "results": [None if p.result is None else dump_json(p.result, "job result")
                     for p in batch],
-        "now": utc(batch[0].now),
+        "finished_at": [utc(p.now) for p in batch],
     })
     done = {int(row["id"]) for row in rows}
     rest = [p for p in batch if p.job_id not in done]

@@ -41,6 +41,7 @@ from oncely.store.base import (
 )
 from oncely.store.controls import Control, ControlUsage
 from oncely.store.ops import claimpolicy
+from oncely.store.ops.jobs import is_plain_success
 from oncely.store.postgres import claim, controls, jobs, limited, wakeups
 from oncely.store.postgres.dialect import PostgresDialect, fetch
 from oncely.store.postgres.engine import Engine
@@ -108,7 +109,7 @@ class PostgresStore(SQLStore[PostgresDialect]):
         # Plain successes first, in one statement of their own (one round trip); the rest, and
         # any it did not take, in one transaction.
         wake = self._wake.active
-        plain = [p for p in params if claim.is_plain_success(p)]
+        plain = [p for p in params if is_plain_success(p)]
         done = (self._engine.run(lambda conn: claim.finish_plain(conn, plain, wake),
                                  autocommit=True)
                 if plain else set())

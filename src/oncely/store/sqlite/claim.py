@@ -28,9 +28,21 @@ from oncely.store.base import (
     RenewResult,
 )
 from oncely.store.controls import ClaimRoom
-from oncely.store.ops.jobs import finish_target_values, set_ledger_outcome, set_slot_outcome
+from oncely.store.ops.jobs import (
+    finish_target_values,
+    is_plain_success,
+    set_ledger_outcome,
+    set_slot_outcome,
+)
 from oncely.store.rescue import holder_overdue
-from oncely.store.rows import as_datetime, dump_error, dump_json, to_epoch
+from oncely.store.rows import (
+    as_datetime,
+    as_required_datetime,
+    dump_error,
+    dump_json,
+    started_jobs,
+    to_epoch,
+)
 from oncely.store.sqlite import controls
 from oncely.store.sqlite.dialect import QUERIES, SQLiteDialect, fetch, fetch_one, to_job
 from oncely.types import ErrorKind, Job, JobError, JobState, Overlap, SlotOutcome
@@ -56,7 +68,7 @@ def claim_jobs(d: SQLiteDialect, conn: sqlite3.Connection, params: JobClaimParam
     now = to_epoch(params.now)
     claim = _Claim(d, params, now, now + params.lease_ttl)
     gate = controls.open_gate(conn, params)
-    plain: list[int] = []  # jobs without a singleton key: started together in one statement
+    plain: list[sqlite3.Row] = []  # jobs without a singleton key: started together
     tasks = None if params.tasks is None else frozenset(params.tasks)
     for candidate in _candidates(conn, params, now, gate):
         if len(claim.claimed) + len(plain) >= params.limit:
@@ -67,7 +79,7 @@ def claim_jobs(d: SQLiteDialect, conn: sqlite3.Connection, params: JobClaimParam
         if gate is not None and not gate.admits(*job):
             continue  # it waits, in its place, for the control to have room
         if candidate["singleton_key"] is None:
-            plain.append(int(candidate["id"]))
+            plain.append(candidate)
         elif not _consider(conn, claim, candidate):
             continue
         if gate is not None:
@@ -84,9 +96,10 @@ def claim_jobs(d: SQLiteDialect, conn: sqlite3.Connection, params: JobClaimParam
 def _candidates(
     conn: sqlite3.Connection, params: JobClaimParams, now: float, gate: ClaimRoom | None
 ) -> Iterator[sqlite3.Row]:
-    """Due waiting jobs in claim order. Pages continue by keyset, so jobs this claim has already
-    moved out of the waiting states do not shift the next page. With a gate, each page leaves
-    out the queues, tasks and keys that had no room left when it was read."""
+    """Due waiting jobs in claim order, whole rows (a plain job's Job is built from its row).
+    Pages continue by keyset, so jobs this claim has already moved out of the waiting states do
+    not shift the next page. With a gate, each page leaves out the queues, tasks and keys that
+    had no room left when it was read."""
     # A little more than the limit: a few candidates may be skipped for held singleton keys;
     # more pages follow by keyset if many are.
     page = params.limit + 8
@@ -114,18 +127,11 @@ def _candidates(
                 blocked_tasks=json.dumps(gate.blocked_tasks),
                 blocked_keys=json.dumps(sorted(gate.blocked_keys)),
             )
-        keys = conn.execute(QUERIES[query], values).fetchall()
-        if not keys:
+        rows = conn.execute(QUERIES[query], values).fetchall()
+        yield from rows
+        if len(rows) < page:
             return
-        ids = [int(row["id"]) for row in keys]
-        details = {
-            int(row["id"]): row
-            for row in fetch(conn, "job_get_claim_details", {"ids": json.dumps(ids)})
-        }
-        yield from (details[job_id] for job_id in ids if job_id in details)
-        if len(keys) < page:
-            return
-        last = keys[-1]
+        last = rows[-1]
         values.update(
             after_id=last["id"], after_priority=last["priority"], after_run_at=last["run_at"]
         )
@@ -182,17 +188,18 @@ def _start(conn: sqlite3.Connection, claim: _Claim, job_id: int, fence: int | No
     return to_job(row)
 
 
-def _start_plain(conn: sqlite3.Connection, claim: _Claim, job_ids: list[int]) -> list[Job]:
+def _start_plain(conn: sqlite3.Connection, claim: _Claim, rows: list[sqlite3.Row]) -> list[Job]:
     values = {
-        "ids": json.dumps(job_ids),
+        "ids": json.dumps([row["id"] for row in rows]),
         "owner": claim.params.worker_id,
         "lease_expires_at": claim.lease_expires_at,
         "now": claim.now,
     }
-    rows = conn.execute(QUERIES["job_claim_start_many"], values).fetchall()
-    if len(rows) != len(job_ids):
+    if conn.execute(QUERIES["job_claim_start_many"], values).rowcount != len(rows):
         raise StoreError("claimed jobs vanished inside their claim transaction")
-    return [to_job(row) for row in rows]
+    return started_jobs(rows, json_text=True, owner=claim.params.worker_id,
+                        lease_expires_at=as_required_datetime(claim.lease_expires_at),
+                        started_at=as_required_datetime(claim.now))
 
 
 def _skip(conn: sqlite3.Connection, claim: _Claim, job_id: int, key: str) -> Job:
@@ -249,6 +256,31 @@ def finish_job(d: SQLiteDialect, conn: sqlite3.Connection, params: JobFinish) ->
         )
     return True
 
+
+def finish_jobs(
+    d: SQLiteDialect, conn: sqlite3.Connection, batch: Sequence[JobFinish]
+) -> list[bool]:
+    """Several finishes in one transaction: the plain successes (no key, no slot) in one
+    statement, each under its own fence; every other finish, and any success that statement
+    did not take, through :func:`finish_job`, which checks its fence again."""
+    plain = [params for params in batch if is_plain_success(params)]
+    if not plain:
+        return [finish_job(d, conn, params) for params in batch]
+    now = plain[0].now  # a batch's finishes usually share one reading of the clock
+    done = json.dumps([
+        [params.job_id, params.fence,
+         None if params.result is None else dump_json(params.result, "job result"),
+         None if params.now is now else to_epoch(params.now)]
+        for params in plain
+    ])
+    values = {"done": done, "now": to_epoch(now)}
+    changed = conn.execute(QUERIES["job_finish_plain_many"], values).rowcount
+    if changed == len(plain):  # all of them: the common case
+        return [is_plain_success(params) or finish_job(d, conn, params) for params in batch]
+    rows = conn.execute(QUERIES["job_list_plain_finished"], values).fetchall()
+    recorded = {(row[0], row[1]) for row in rows}
+    return [(params.job_id, params.fence) in recorded or finish_job(d, conn, params)
+            for params in batch]
 
 
 def renew_leases(

@@ -59,9 +59,7 @@ class SQLiteStore(SQLStore[SQLiteDialect]):
         return self._engine.write(partial(claim.finish_job, self.sql, params=params))
 
     def job_finish_many(self, params: Sequence[JobFinish]) -> list[bool]:
-        return self._engine.write(
-            lambda conn: [claim.finish_job(self.sql, conn, item) for item in params]
-        )
+        return self._engine.write(partial(claim.finish_jobs, self.sql, batch=params))
 
     def read_usage(
         self, conn: Any, active: Sequence[Control], keys: Sequence[str] = (), depth: int = 1

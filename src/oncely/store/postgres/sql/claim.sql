@@ -318,11 +318,12 @@ FROM job;
 -- max_per_key wake idle claimers of their queues (as notify_released does), in the same
 -- statement and commit.
 WITH done AS (
-    SELECT * FROM unnest(%(job_ids)s::bigint[], %(fences)s::bigint[], %(results)s::text[])
-        AS d(job_id, fence, result)
+    SELECT * FROM unnest(%(job_ids)s::bigint[], %(fences)s::bigint[], %(results)s::text[],
+                         %(finished_at)s::timestamptz[])
+        AS d(job_id, fence, result, finished_at)
 ), finished AS (
     UPDATE oncely_jobs AS j
-    SET state = 'succeeded', finished_at = %(now)s, result = d.result::jsonb,
+    SET state = 'succeeded', finished_at = d.finished_at, result = d.result::jsonb,
         lease_owner = NULL, lease_expires_at = NULL
     FROM done AS d
     WHERE j.id = d.job_id AND j.fence = d.fence AND (j.state = 'running') IS TRUE

@@ -43,7 +43,7 @@ ORDER BY queue, state;
 UPDATE oncely_jobs
 SET state = 'cancelled', finished_at = :now,
     errors = json_insert(errors, '$[#]', json(:error))
-WHERE id = :id AND state IN ('scheduled', 'available', 'retryable')
+WHERE id = :id AND (state = 'scheduled' OR state = 'available' OR state = 'retryable')
 RETURNING *;
 
 -- name: job_request_cancel
@@ -111,17 +111,18 @@ DELETE FROM oncely_jobs
 WHERE id IN (
     SELECT id FROM oncely_jobs
     WHERE queue = :queue AND state = :state AND finished_at < :finished_before
-      AND state IN ('succeeded', 'failed', 'cancelled')  -- lets it use the index
+      AND (state = 'succeeded' OR state = 'failed' OR state = 'cancelled')  -- lets it use the index
     ORDER BY finished_at
     LIMIT :limit);
 
 -- name: job_get_finished_queues
 WITH RECURSIVE finished(queue) AS (
     SELECT MIN(queue) FROM oncely_jobs
-    WHERE state IN ('succeeded', 'failed', 'cancelled')
+    WHERE (state = 'succeeded' OR state = 'failed' OR state = 'cancelled')
     UNION ALL
     SELECT (SELECT MIN(queue) FROM oncely_jobs
-            WHERE state IN ('succeeded', 'failed', 'cancelled') AND queue > finished.queue)
+            WHERE (state = 'succeeded' OR state = 'failed' OR state = 'cancelled')
+              AND queue > finished.queue)
     FROM finished WHERE finished.queue IS NOT NULL
 )
 SELECT queue FROM finished WHERE queue IS NOT NULL;
@@ -130,7 +131,7 @@ SELECT queue FROM finished WHERE queue IS NOT NULL;
 -- The finish instant of the :keep-th newest job (:skip = :keep - 1): those before it go.
 SELECT finished_at FROM oncely_jobs
 WHERE queue = :queue AND state = :state
-  AND state IN ('succeeded', 'failed', 'cancelled')  -- lets it use the index
+  AND (state = 'succeeded' OR state = 'failed' OR state = 'cancelled')  -- lets it use the index
 ORDER BY finished_at DESC
 LIMIT 1 OFFSET :skip;
 

@@ -57,7 +57,7 @@ ORDER BY schedule, outcome;
 
 -- name: job_count_waiting
 SELECT queue, task, COUNT(*) AS count, MIN(run_at) AS oldest_run_at FROM oncely_jobs
-WHERE state IN ('scheduled', 'available', 'retryable') AND run_at <= :now
+WHERE (state = 'scheduled' OR state = 'available' OR state = 'retryable') AND run_at <= :now
 GROUP BY queue, task
 ORDER BY queue, task;
 

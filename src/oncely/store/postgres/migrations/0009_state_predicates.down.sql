@@ -1,0 +1,1 @@
+-- Undoes version 9: nothing to undo (version 9 is a no-op on PostgreSQL).

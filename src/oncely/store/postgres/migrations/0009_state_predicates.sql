@@ -1,0 +1,5 @@
+-- oncely schema, version 9 (PostgreSQL): no change.
+-- Version 9 rewrote SQLite's claim and retention index predicates as equalities, because SQLite
+-- evaluates a predicate with an IN list of constants by building a temporary index of the list
+-- for every updated row. PostgreSQL tests an IN list (= ANY of an array constant) in place,
+-- so its indexes and queries stay as they are.
