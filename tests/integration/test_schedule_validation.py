@@ -7,9 +7,12 @@ reader instead of a traceback or a 500."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import re
+import subprocess
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,6 +24,7 @@ from tests.apps import basic
 
 import oncely as oncely_lib
 from oncely import readmodel
+from oncely.cli import main
 from oncely.errors import ConfigError, InvalidSchedule
 from oncely.maintenance.enqueuer import SlotEnqueuer
 from oncely.schedules import ScheduleSpec
@@ -89,6 +93,18 @@ def test_the_library_refuses_every_bad_field(app: oncely_lib.App) -> None:
     assert stored(app) == before  # nothing half-stored, no new revision
 
 
+def in_process(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``oncely ARGV`` through :func:`oncely.cli.main` in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(argv))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
+
+
 def test_the_command_line_refuses_every_bad_field(app: oncely_lib.App, any_url: str) -> None:
     cases = [
         (["--queue", "\x1b[31mred"], "queue name '\\x1b[31mred' is invalid"),
@@ -103,10 +119,14 @@ def test_the_command_line_refuses_every_bad_field(app: oncely_lib.App, any_url: 
         (["--args", "[" * 100_000], "--args is nested too deeply"),
     ]
     base = ["--app", APP, "--database-url", any_url, "schedules"]
+    create = ["create", "org-2", "--task", "record", "--every", "60", "--args", '{"n": 1}']
+    # the first case as an operator runs it, the others through the same entry point in-process
+    options, fragment = cases[0]
+    one_line_error(oncely(*base, *create, *options), 2, fragment)
+    one_line_error(oncely(*base, "update", "org-1", *options), 2, fragment)
     for options, fragment in cases:
-        create = ["create", "org-2", "--task", "record", "--every", "60", "--args", '{"n": 1}']
-        one_line_error(oncely(*base, *create, *options), 2, fragment)
-        one_line_error(oncely(*base, "update", "org-1", *options), 2, fragment)
+        one_line_error(in_process(*base, *create, *options), 2, fragment)
+        one_line_error(in_process(*base, "update", "org-1", *options), 2, fragment)
     assert set(stored(app)) == {"org-1"} and stored(app)["org-1"][0] == 1
 
 
