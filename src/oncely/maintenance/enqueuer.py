@@ -43,7 +43,15 @@ expects nothing for those. Registration enqueues nothing; it gives the waiting m
 guarded task that have no singleton key the key of the schedule's runs (:mod:`oncely.tasks`).
 
 One bad schedule stops nothing else
-============================"""
+===================================
+
+Each schedule is planned and recorded on its own: a stored definition that does not parse (an
+older release's, or one written straight into the store — every path of this release validates
+it, :mod:`oncely.schedules`), or a slot its task refuses (args the task no longer takes), skips
+that schedule alone. It is reported once per definition and kind of error as ``schedule.invalid``
+(WARNING in the log, and in the schedule's history); ``oncely schedules``, the dashboard and
+``oncely doctor`` show it invalid. Only a store that is down stops the whole run.
+"""
 
 from __future__ import annotations
 
