@@ -55,7 +55,8 @@ def insert_job(
     values = {
         "queue": params.queue,
         "task": params.task,
-        "args": dump_json(params.args, f"arguments of task {params.task!r}"),
+        "args": params.args_json if params.args_json is not None
+        else dump_json(params.args, f"arguments of task {params.task!r}"),
         "state": str(JobState.SCHEDULED if run_at > now_value else JobState.AVAILABLE),
         "priority": params.priority,
         "max_attempts": params.max_attempts,

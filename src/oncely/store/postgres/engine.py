@@ -317,7 +317,8 @@ class Engine:
             pool, conn = self._checkout()
             try:
                 try:
-                    conn.autocommit = autocommit
+                    if conn.autocommit is not autocommit:  # psycopg's setter runs a wait
+                        conn.autocommit = autocommit
                     result = work(conn)
                 except psycopg.Error as exc:
                     with contextlib.suppress(psycopg.Error):

@@ -4,7 +4,7 @@
 -- name: job_insert
 -- Any unique conflict (an unfinished job holding the unique key, a job holding the slot) inserts
 -- nothing; the caller then reads the job that won. A new available job wakes idle workers when
--- its transaction commits.
+-- its transaction commits. Only the id comes back: the caller builds the job from what it wrote.
 WITH job AS (
     INSERT INTO oncely_jobs (queue, task, args, state, priority, max_attempts, run_at,
                              created_at, unique_key, schedule, slot, singleton_key, overlap,
@@ -14,9 +14,9 @@ WITH job AS (
             %(singleton_key)s, %(overlap)s, %(timeout)s, %(concurrency_key)s, %(catch_up)s,
             %(misfire_grace)s)
     ON CONFLICT DO NOTHING
-    RETURNING *
+    RETURNING id, state, queue
 )
-SELECT job.*,
+SELECT job.id,
        CASE WHEN job.state = 'available'
             THEN pg_notify('oncely_jobs', current_schema() || ':' || job.queue) END AS woke
 FROM job;
