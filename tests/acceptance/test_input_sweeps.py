@@ -240,7 +240,7 @@ PINNED = {"schedule definitions": (["schedules", "update", "--every", "1e300", "
 
 
 @pytest.mark.parametrize("group, examples", [
-    ("jobs", 150), ("schedules", 80),
+    ("jobs", 90), ("schedules", 50),
     ("schedule definitions", 60),
     ("reasons", 30),
 ])
@@ -321,7 +321,7 @@ def test_random_values_at_every_dashboard_option(sweep_app: str, taken_port: int
     """Every option is checked before the dashboard serves: on a port already taken, every
     command line ends in one line and exit 2 — a bad option named, or the port refused. A
     --host it could listen on is swapped for the loopback, so nothing is ever served."""
-    @settings(SWEEP, max_examples=60)
+    @settings(SWEEP, max_examples=40)
     @given(dashboard_lines())
     def sweep(argv: list[str]) -> None:
         if "--host" in argv and could_listen(argv[argv.index("--host") + 1], taken_port):
@@ -408,7 +408,7 @@ def test_random_requests_at_every_route(sweep_app: str, any_url: str) -> None:
     web = TestClient(web_app, base_url="http://127.0.0.1:8700", raise_server_exceptions=False)
     assert web.post("/login", data={"token": TOKEN}, follow_redirects=False).status_code == 303
 
-    @settings(SWEEP, max_examples=80)
+    @settings(SWEEP, max_examples=50)
     @given(requests())
     def sweep(request: dict[str, Any]) -> None:
         web_app.state.dashboard.guard.throttle.failed = lambda client: None  # keep guessing
@@ -493,7 +493,7 @@ def test_random_forms_signed_in_with_a_valid_csrf_token(any_url: str) -> None:
     (the guard is passed) and never a 500. Then every page still answers."""
     app, web, csrf = signed_in(any_url)
 
-    @settings(SWEEP, max_examples=80)
+    @settings(SWEEP, max_examples=50)
     @given(form_posts())
     def sweep(post: tuple[str, list[tuple[str, str]]]) -> None:
         path, data = post
@@ -550,7 +550,7 @@ def test_random_json_at_every_api_action(any_url: str) -> None:
     app, web, _ = signed_in(any_url)
     bearer = {"authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
 
-    @settings(SWEEP, max_examples=80)
+    @settings(SWEEP, max_examples=50)
     @given(st.sampled_from(API_ACTIONS), st.data())
     def sweep(action: tuple[str, str], data: st.DataObject) -> None:
         method, route = action
@@ -595,7 +595,7 @@ def test_random_schedule_forms(any_url: str) -> None:
 
     seen: dict[int, int] = {}
 
-    @settings(SWEEP, max_examples=60)
+    @settings(SWEEP, max_examples=40)
     @given(fields, st.sampled_from(["/schedules", "/schedules/org-1/update"]))
     def sweep(form: dict[str, str], path: str) -> None:
         data = {key: value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

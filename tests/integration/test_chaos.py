@@ -41,7 +41,7 @@ pytestmark = pytest.mark.xdist_group("fleet")
 
 LEASE_TTL = 3.0
 WORKERS = 6
-CHAOS_SLOTS = 62  # seconds of chaos on a 1-second schedule
+CHAOS_SLOTS = 45  # seconds of chaos on a 1-second schedule
 CHAOS_APP = "tests.apps.chaos:app"
 FLEET_ENV = {
     "ONCELY_LEASE_TTL": str(LEASE_TTL),
