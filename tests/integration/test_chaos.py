@@ -41,7 +41,9 @@ pytestmark = pytest.mark.xdist_group("fleet")
 
 LEASE_TTL = 3.0
 WORKERS = 6
-CHAOS_SLOTS = 45  # seconds of chaos on a 1-second schedule
+# Seconds of chaos on a 1-second schedule: the short run deals each kind of blow about once;
+# the soak run (``pytest -m soak``, not part of the default run) keeps it up for five minutes.
+CHAOS_SECONDS = (30, 300)
 CHAOS_APP = "tests.apps.chaos:app"
 FLEET_ENV = {
     "ONCELY_LEASE_TTL": str(LEASE_TTL),
@@ -225,9 +227,12 @@ def settled(app: oncely.App, up_to: float) -> bool:
     return not pending and not running_jobs(app)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.parametrize("chaos_seconds", [
+    pytest.param(CHAOS_SECONDS[0], marks=pytest.mark.timeout(240), id="short"),
+    pytest.param(CHAOS_SECONDS[1], marks=[pytest.mark.soak, pytest.mark.timeout(600)], id="soak"),
+])
 def test_chaos_fleet_runs_each_slot_at_most_once_and_never_overlaps(
-    any_url, effects_sqlite, workers
+    any_url, effects_sqlite, workers, chaos_seconds
 ):
     began = time.monotonic()
     app = oncely.App(any_url)
@@ -237,7 +242,7 @@ def test_chaos_fleet_runs_each_slot_at_most_once_and_never_overlaps(
     wait_until(lambda: chaos.read_records(app.store), timeout=45, interval=0.1,
                message="the first slot ran")
 
-    zombies = unleash(app, fleet, until=time.monotonic() + CHAOS_SLOTS)
+    zombies = unleash(app, fleet, until=time.monotonic() + chaos_seconds)
     chaos_ended = time.time()
     wait_until(lambda: settled(app, chaos_ended), timeout=30, interval=0.2,
                message="every slot up to the end of the chaos has a final outcome")
@@ -279,7 +284,7 @@ def test_chaos_fleet_runs_each_slot_at_most_once_and_never_overlaps(
     # last slots may end skipped or failed under a blow, and they must be final all the same.
     first = records[0]["slot"]
     last = max(slot for slot in outcomes if slot <= chaos_ended)
-    assert last - first >= CHAOS_SLOTS - 10, (
+    assert last - first >= chaos_seconds - 10, (
         f"only {last - first:.0f} slots between the first record and the end{story}")
     expected = [first + step for step in range(round(last - first) + 1)]
     absent = [datetime.fromtimestamp(s, UTC).isoformat() for s in expected if s not in outcomes]
@@ -305,7 +310,7 @@ def test_chaos_fleet_runs_each_slot_at_most_once_and_never_overlaps(
         assert outcomes[s] in (SlotOutcome.SKIPPED_OVERLAP, SlotOutcome.COALESCED) and any(
             kind in interrupted for kind in kinds), (
             f"slot {s} has a record but ended {outcomes[s]} (job errors {kinds}){story}")
-    assert len(ran) >= 20, f"the fleet ran too few slots under chaos{story}"
+    assert len(ran) >= chaos_seconds * 0.4, f"the fleet ran too few slots under chaos{story}"
 
     # 4. Nothing left behind, and the fleet still shuts down cleanly after all that.
     assert not running_jobs(app), f"jobs left running{story}"

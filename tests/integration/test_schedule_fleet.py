@@ -90,18 +90,18 @@ def test_a_rolling_deploy_switches_once_and_an_old_worker_never_brings_back_its_
     url, effects = stores
     app = open_app(url)
     app.migrate()
-    procs = [start(workers, url, effects, 2) for _ in range(3)]
+    procs = [start(workers, url, effects, 1) for _ in range(3)]
     more_runs(effects, 2)
     for index in range(3):  # replace the three workers one by one
         proc = procs[index]
         proc.terminate()
         assert proc.wait(60) == 0
-        procs[index] = start(workers, url, effects, 3)
+        procs[index] = start(workers, url, effects, 2)
         more_runs(effects, 1)
     more_runs(effects, 2)
     row = app.store.schedule_get("pulse")
-    assert (row.revision, row.spec["every"]) == (2, 3.0)
-    old = start(workers, url, effects, 2)  # an old worker restarted
+    assert (row.revision, row.spec["every"]) == (2, 2.0)
+    old = start(workers, url, effects, 1)  # an old worker restarted
     wait_until(lambda: readmodel.disagreeing_workers(app.store, app.clock.now()).get("pulse"),
                timeout=60, interval=0.2, message="the old worker shows as disagreeing")
     [other] = readmodel.disagreeing_workers(app.store, app.clock.now())["pulse"]
@@ -120,21 +120,21 @@ def test_a_rolling_deploy_switches_once_and_an_old_worker_never_brings_back_its_
     more_runs(effects, 3)
     assert workers.stop_all() == [0] * len(workers.procs)
     row = app.store.schedule_get("pulse")
-    assert (row.revision, row.spec["every"]) == (2, 3.0)
+    assert (row.revision, row.spec["every"]) == (2, 2.0)
     slots = slots_run(effects)
     switch = row.switch_cursor
     assert switch is not None
     for earlier, later in itertools.pairwise(slots):
-        period = 3 if later > switch else 2
+        period = 2 if later > switch else 1
         assert (later - earlier).total_seconds() >= period, (earlier, later, switch)
-    assert all(int(slot.timestamp()) % 3 == 0 for slot in slots if slot > switch)
+    assert all(int(slot.timestamp()) % 2 == 0 for slot in slots if slot > switch)
 
 
 def test_operators_act_on_schedules_of_a_running_fleet(stores, workers):
     url, effects = stores
     app = open_app(url)
     app.migrate()
-    start(workers, url, effects, 2)
+    start(workers, url, effects, 1)
     more_runs(effects, 1)
     # pause from the command line: slots are recorded paused, nothing runs
     paused = cli(url, "schedules", "pause", "pulse", "--reason", "maintenance")
@@ -154,7 +154,7 @@ def test_operators_act_on_schedules_of_a_running_fleet(stores, workers):
     more_runs(effects, 2)
     # a dynamic schedule created while the worker runs fires once per slot
     created = web.post("/api/schedules", headers=auth,
-                       json={"name": "org-7", "task": "pulse", "every": 2, "args": {"n": 7}})
+                       json={"name": "org-7", "task": "pulse", "every": 1, "args": {"n": 7}})
     assert created.status_code == 200, created.text
     more_runs(effects, 3, schedule="org-7")
     # trigger and backfill an hourly dynamic schedule from the command line
