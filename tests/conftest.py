@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,31 @@ ROOT = Path(__file__).resolve().parent.parent
 EFFECTS_TABLE = """CREATE TABLE IF NOT EXISTS effects (
     kind TEXT NOT NULL, key TEXT NOT NULL, job_id BIGINT, fence BIGINT, pid INTEGER,
     started DOUBLE PRECISION, ended DOUBLE PRECISION)"""
+
+
+# Every app a test opens on PostgreSQL is closed when the test ends: an app left open keeps its
+# pool's connections until the test process exits, and the suite's processes share the server's
+# 100 clients with the worker fleets.
+_opened: weakref.WeakSet[oncely.App] = weakref.WeakSet()
+_app_init = oncely.App.__init__
+
+
+def _tracked_init(self: oncely.App, *args: object, **kwargs: object) -> None:
+    _app_init(self, *args, **kwargs)  # type: ignore[arg-type]
+    _opened.add(self)
+
+
+oncely.App.__init__ = _tracked_init  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _postgres_apps_closed() -> Iterator[None]:
+    yield
+    for app in list(_opened):
+        if str(getattr(app, "url", "")).startswith("postgresql"):
+            with contextlib.suppress(Exception):
+                app.close()
+    _opened.clear()
 
 
 def postgres_url_or_skip() -> str:

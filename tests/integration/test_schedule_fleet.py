@@ -166,8 +166,14 @@ def test_operators_act_on_schedules_of_a_running_fleet(stores, workers):
     frm = (now - timedelta(hours=3)).isoformat()
     filled = cli(url, "schedules", "backfill", "hourly", "--from", frm, "--to", now.isoformat())
     assert "2 slot job(s) enqueued" in filled.stdout, filled.stdout + filled.stderr
-    wait_until(lambda: len(slots_run(effects, "hourly")) == 3, timeout=60, interval=0.2,
-               message="the triggered slot and two backfilled ones ran")
+    try:
+        wait_until(lambda: len(slots_run(effects, "hourly")) == 3, timeout=60, interval=0.2,
+                   message="the triggered slot and two backfilled ones ran")
+    except AssertionError as exc:
+        ledger = [(r.slot.isoformat(), str(r.outcome), r.note)
+                  for r in app.store.ledger_list("hourly")]
+        raise AssertionError(f"{exc}; ledger {ledger}; worker log:\n"
+                             f"{workers.log(0)[-3000:]}") from None
     too_many = cli(url, "schedules", "backfill", "hourly", "--from", "2020-01-01T00:00:00+00:00",
                    "--to", now.isoformat())
     assert too_many.returncode == 2 and "pass --yes" in too_many.stderr
