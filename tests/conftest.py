@@ -190,6 +190,18 @@ def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile the project's modules once, before the test processes start: the suite starts
+    hundreds of ``oncely`` processes (workers, commands), and where ``PYTHONDONTWRITEBYTECODE``
+    is set (as in CI containers) each of them would compile every module from source again."""
+    if hasattr(config, "workerinput"):  # an xdist test process: the controller did it
+        return
+    import compileall
+
+    for folder in ("src", "tests", "bench"):
+        compileall.compile_dir(ROOT / folder, quiet=1)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Fleets of worker processes run one at a time per store: the PostgreSQL cases of the
