@@ -13,7 +13,8 @@ store records in the schedule's history (``oncely ledger NAME``, the dashboard's
 * **trigger** runs the current slot now, once for the whole fleet, whoever asks.
 * **backfill** gives each slot of a range one job (slots never recorded, or recorded ``paused``
   or ``missed``); slots that already ran or have a job are left alone. The jobs wait for the
-  task's singleton key rather than skip (``buffer_one``) and obey the queue's controls. Ranges
+  task's singleton key one after another, whatever the schedule's overlap and catch-up (the
+  claim's policy pass leaves backfilled slots alone), and obey the queue's controls. Ranges
   of more than :data:`BACKFILL_CAP` slots need ``yes=True``; more than :data:`BACKFILL_MAX` are
   refused (backfill them in parts).
 * **delete** refuses while a live worker's code declares the schedule, unless ``force``.

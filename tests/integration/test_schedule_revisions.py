@@ -13,8 +13,8 @@ import pytest
 import oncely
 from oncely import readmodel
 from oncely.maintenance.enqueuer import SlotEnqueuer, register_schedules
-from oncely.store.params import JobFilter, UpsertOutcome
-from oncely.types import SlotOutcome
+from oncely.store.params import JobClaimParams, JobFilter, JobFinish, UpsertOutcome
+from oncely.types import JobState, SlotOutcome
 
 START = datetime(2026, 11, 30, 10, 0, 0, 500_000, tzinfo=UTC)
 
@@ -171,6 +171,32 @@ def test_trigger_and_backfill_enqueue_each_slot_once(any_url, clock):
         app.backfill_schedule("pulse", START - timedelta(days=1), end)
     with pytest.raises(oncely.ConfigError, match="in the future"):
         app.backfill_schedule("pulse", start, end + timedelta(hours=1))
+
+
+@pytest.mark.parametrize("overlap, catch_up", [("buffer_one", "all"), ("skip", "latest"),
+                                               ("skip", "none")])
+def test_every_backfilled_slot_runs_in_turn_behind_the_key(any_url, clock, overlap, catch_up):
+    """The jobs of a backfill wait for the task's singleton key one after another: the claim's
+    policy pass leaves them alone whatever the schedule's overlap and catch-up, so each slot of
+    the range runs once (none ends skipped beyond a buffer, coalesced or missed at claim)."""
+    app = make_app(any_url, clock, every=60, overlap=overlap, catch_up=catch_up,
+                   misfire_grace=5)
+    register_schedules(app)
+    clock.advance(300)
+    made = app.backfill_schedule("pulse", START, clock.now(), by="ops")
+    assert len(made) == 5
+    clock.advance(120)  # they waited past the misfire grace
+    ran = []
+    for _ in range(10):
+        result = app.store.job_claim(JobClaimParams("w1", clock.now(), 10, 10.0))
+        assert not result.skipped_overlap and not result.policy_ended, result
+        if not result.jobs:
+            break
+        (job,) = result.jobs  # one at a time: they share the schedule's key
+        ran.append(job.slot)
+        assert app.store.job_finish(JobFinish(job.id, job.fence, clock.now(), JobState.SUCCEEDED))
+    assert ran == sorted(handle.job.slot for handle in made)
+    assert set(ledger(app).values()) == {SlotOutcome.RAN}
 
 
 def test_a_backfill_of_a_huge_range_is_refused_before_its_slots_are_listed(any_url, clock):

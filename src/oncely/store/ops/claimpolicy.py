@@ -16,7 +16,9 @@ claimed, the schedule's policies still decide, from what the job row carries (``
 =================  ==============================================================================
 
 Only first runs (``attempt = 0``) that are due and waiting are judged: a retry belongs to a slot
-that already started. Each ended job is ``cancelled`` with the note as its error, and its ledger
+that already started. A backfilled slot (its ledger row's note ``backfill``) is never judged: an
+operator asked for each slot of the range, so its jobs wait for the key one after another.
+Each ended job is ``cancelled`` with the note as its error, and its ledger
 row gets the outcome and the same note. The pass runs at the start of every claim that may start
 a slot job (PostgreSQL's full claim — the one-statement claim's gate sends every due waiting slot
 job there — and every SQLite claim), over the queues and tasks the claimer may take, inside the
@@ -55,7 +57,9 @@ def judge(rows: Sequence[Row], now: datetime) -> list[tuple[Row, SlotOutcome, st
     """The verdicts on due waiting first runs of slots (rows sorted by schedule, then slot)."""
     verdicts: list[tuple[Row, SlotOutcome, str]] = []
     for _, group in groupby(rows, key=lambda row: row["schedule"]):
-        waiting = list(group)
+        waiting = [row for row in group if not row["backfilled"]]
+        if not waiting:
+            continue
         newest = waiting[-1]
         kept = []
         for row in waiting:

@@ -414,7 +414,10 @@ WHERE key = %(key)s AND owner = %(owner)s;
 SELECT id, schedule, slot, run_at, overlap, catch_up, misfire_grace,
        EXISTS (SELECT 1 FROM oncely_leases AS l
                WHERE l.key = oncely_jobs.singleton_key AND l.owner IS NOT NULL
-                 AND l.expires_at > %(now)s) AS key_held
+                 AND l.expires_at > %(now)s) AS key_held,
+       EXISTS (SELECT 1 FROM oncely_slots AS s
+               WHERE s.schedule = oncely_jobs.schedule AND s.slot = oncely_jobs.slot
+                 AND s.job_id = oncely_jobs.id AND s.note = 'backfill') AS backfilled
 FROM oncely_jobs
 WHERE state IN ('scheduled', 'available') AND schedule IS NOT NULL AND attempt = 0
   AND run_at <= %(now)s
