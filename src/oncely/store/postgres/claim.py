@@ -270,22 +270,35 @@ def finish_plain(
     the same attempt; the others go through :func:`finish_job`, which re-checks each fence."""
     if not batch:
         return set()
+    results = [None if p.result is None else dump_json(p.result, "job result") for p in batch]
     rows = fetch(conn, "job_finish_plain_many", {
         "wake": wake,
-        "job_ids": [p.job_id for p in batch],
-        "fences": [p.fence for p in batch],
-        "results": [None if p.result is None else dump_json(p.result, "job result")
-                    for p in batch],
-        "finished_at": [utc(p.now) for p in batch],
+        "job_ids": int_array([p.job_id for p in batch]),
+        "fences": int_array([p.fence for p in batch]),
+        # NULL when every job returned nothing (unnest pads a NULL array with NULLs)
+        "results": results if any(r is not None for r in results) else None,
+        "finished_at": instant_array([p.now for p in batch]),
     })
     done = {int(row["id"]) for row in rows}
     rest = [p for p in batch if p.job_id not in done]
     if rest:  # rare: recorded by an earlier try, or really refused
         again = fetch(conn, "job_find_plain_finished", {
-            "job_ids": [p.job_id for p in rest], "fences": [p.fence for p in rest],
+            "job_ids": int_array([p.job_id for p in rest]),
+            "fences": int_array([p.fence for p in rest]),
         })
         done.update(int(row["id"]) for row in again)
     return done
+
+
+def int_array(values: Sequence[int]) -> str:
+    """An array literal of whole numbers (cast to ``bigint[]`` in the statement): built in one
+    join, where psycopg's list dumper dumps element by element — a few µs per job of a batch."""
+    return "{" + ",".join(map(str, map(int, values))) + "}"
+
+
+def instant_array(values: Sequence[datetime]) -> str:
+    """An array literal of instants (cast to ``timestamptz[]``), ISO 8601 in UTC."""
+    return "{" + ",".join([f'"{utc(value).isoformat()}"' for value in values]) + "}"
 
 
 def finish_jobs(
