@@ -528,3 +528,21 @@ def test_a_migration_that_adds_columns_does_not_stop_a_running_store(open_store)
         thread.join()
     assert not failures, failures
     assert store.job_counts()
+
+
+def test_a_connection_given_back_in_autocommit_is_closed_not_reused(open_store) -> None:
+    """A pooled connection returned still in autocommit would run the next transaction as
+    separate autocommitted statements: it is closed instead (the pool opens another), and the
+    connection the store hands out next runs transactions."""
+    from oncely.store.postgres.engine import _give_back
+
+    store = open_store(pool_max="1")
+    insert(store)
+    engine = store._engine
+    pool, conn = engine._checkout()
+    conn.autocommit = True
+    _give_back(pool, conn)
+    assert conn.closed
+    with engine.transaction() as again:
+        assert again is not conn and not again.autocommit
+    assert store.job_get(insert(store)) is not None

@@ -79,11 +79,16 @@ def _configure(conn: Conn) -> None:
     set_json_loads(_json_loads, conn)
 
 
-def _reset(conn: Conn) -> None:
-    """On return to the pool: a connection left in autocommit (see :meth:`Engine.run`) would
-    break the atomicity of the next transaction run on it; the pool discards it instead."""
+def _give_back(pool: ConnectionPool[Conn], conn: Conn) -> None:
+    """Return ``conn`` to its pool, in the calling thread. A connection still in autocommit
+    (see :meth:`Engine.run`: its setter failed) would break the atomicity of the next
+    transaction run on it: it is closed, and the pool replaces it. (The pool's own ``reset``
+    hook would do the same check, but it hands every returned connection to the pool's worker
+    thread: a thread hop per store call, most of a single enqueue's CPU.)"""
     if conn.autocommit:
-        raise psycopg.InterfaceError("connection returned in autocommit mode")
+        with contextlib.suppress(Exception):
+            conn.close()
+    pool.putconn(conn)
 
 
 def _healthy(conn: Conn) -> bool:
@@ -180,7 +185,6 @@ class Engine:
                     reconnect_timeout=RECONNECT_TIMEOUT,
                     name=f"oncely:{self.target.schema}",
                     configure=_configure,
-                    reset=_reset,
                 )
                 pool.open(wait=False)
                 self._box.pool = pool
@@ -296,7 +300,7 @@ class Engine:
                 raise self.mapped(exc) from exc
         finally:
             self._local.conn = None
-            pool.putconn(conn)
+            _give_back(pool, conn)
 
     def run(self, work: Callable[[Conn], T], *, autocommit: bool = False) -> T:
         """Run ``work`` in its own transaction. A transaction lost to a deadlock or a
@@ -353,7 +357,7 @@ class Engine:
                     # check discards a connection that is still in autocommit).
                     with contextlib.suppress(psycopg.Error):
                         conn.autocommit = False
-                pool.putconn(conn)
+                _give_back(pool, conn)
 
     def joined(self, conn: Any, work: Callable[[Any], T]) -> T:
         """Run ``work`` on a caller's connection, inside the caller's transaction."""
