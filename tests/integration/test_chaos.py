@@ -41,9 +41,9 @@ pytestmark = pytest.mark.xdist_group("fleet")
 
 LEASE_TTL = 3.0
 WORKERS = 6
-# Seconds of chaos on a 1-second schedule: the short run deals each kind of blow about once;
+# Seconds of chaos on a 1-second schedule: the short run deals each kind of blow at least once;
 # the soak run (``pytest -m soak``, not part of the default run) keeps it up for five minutes.
-CHAOS_SECONDS = (30, 300)
+CHAOS_SECONDS = (45, 300)
 CHAOS_APP = "tests.apps.chaos:app"
 FLEET_ENV = {
     "ONCELY_LEASE_TTL": str(LEASE_TTL),
@@ -310,7 +310,7 @@ def test_chaos_fleet_runs_each_slot_at_most_once_and_never_overlaps(
         assert outcomes[s] in (SlotOutcome.SKIPPED_OVERLAP, SlotOutcome.COALESCED) and any(
             kind in interrupted for kind in kinds), (
             f"slot {s} has a record but ended {outcomes[s]} (job errors {kinds}){story}")
-    assert len(ran) >= chaos_seconds * 0.4, f"the fleet ran too few slots under chaos{story}"
+    assert len(ran) >= chaos_seconds * 4 // 9, f"the fleet ran too few slots under chaos{story}"
 
     # 4. Nothing left behind, and the fleet still shuts down cleanly after all that.
     assert not running_jobs(app), f"jobs left running{story}"

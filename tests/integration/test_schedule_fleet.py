@@ -134,7 +134,7 @@ def test_operators_act_on_schedules_of_a_running_fleet(stores, workers):
     url, effects = stores
     app = open_app(url)
     app.migrate()
-    start(workers, url, effects, 1)
+    start(workers, url, effects, 2)
     more_runs(effects, 1)
     # pause from the command line: slots are recorded paused, nothing runs
     paused = cli(url, "schedules", "pause", "pulse", "--reason", "maintenance")
@@ -154,7 +154,7 @@ def test_operators_act_on_schedules_of_a_running_fleet(stores, workers):
     more_runs(effects, 2)
     # a dynamic schedule created while the worker runs fires once per slot
     created = web.post("/api/schedules", headers=auth,
-                       json={"name": "org-7", "task": "pulse", "every": 1, "args": {"n": 7}})
+                       json={"name": "org-7", "task": "pulse", "every": 2, "args": {"n": 7}})
     assert created.status_code == 200, created.text
     more_runs(effects, 3, schedule="org-7")
     # trigger and backfill an hourly dynamic schedule from the command line
