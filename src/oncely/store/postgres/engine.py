@@ -353,8 +353,8 @@ class Engine:
                 return result
             finally:
                 if autocommit:
-                    # Back to transactions before the pool hands it out again (the pool's reset
-                    # check discards a connection that is still in autocommit).
+                    # Back to transactions before the pool hands it out again (_give_back
+                    # closes a connection that is still in autocommit).
                     with contextlib.suppress(psycopg.Error):
                         conn.autocommit = False
                 _give_back(pool, conn)

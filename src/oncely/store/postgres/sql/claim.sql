@@ -408,7 +408,8 @@ UPDATE oncely_leases SET owner = NULL, job_id = NULL, expires_at = NULL
 WHERE key = %(key)s AND owner = %(owner)s;
 
 -- name: job_list_waiting_slots
--- The claim's policy pass (oncely.store.ops.claimpolicy): due waiting first runs of slots in
+-- The claim's policy pass (oncely.store.ops.claimpolicy): due waiting first runs of slots
+-- (backfilled ones flagged: the pass leaves them alone) in
 -- the claimer's queues and tasks, by schedule then slot, with the policies they carry. Rows
 -- another claimer is judging are skipped, not waited for.
 SELECT id, schedule, slot, run_at, overlap, catch_up, misfire_grace,

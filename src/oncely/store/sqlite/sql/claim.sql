@@ -145,7 +145,8 @@ WHERE j.fence = json_extract(d.value, '$[1]') AND j.state = 'succeeded'
   AND j.singleton_key IS NULL AND j.schedule IS NULL;
 
 -- name: job_list_waiting_slots
--- The claim's policy pass (oncely.store.ops.claimpolicy): due waiting first runs of slots in
+-- The claim's policy pass (oncely.store.ops.claimpolicy): due waiting first runs of slots
+-- (backfilled ones flagged: the pass leaves them alone) in
 -- the claimer's queues and tasks (JSON arrays, NULL: any), by schedule then slot, with the
 -- policies they carry.
 SELECT id, schedule, slot, run_at, overlap, catch_up, misfire_grace,
