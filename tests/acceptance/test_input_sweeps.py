@@ -474,6 +474,16 @@ def form_posts(draw: Callable[..., Any]) -> tuple[str, list[tuple[str, str]]]:
                   for key, value in fields]
 
 
+def sweep_then_read_back(app: Any, web: TestClient, sweep: Callable[[], None]) -> None:
+    """Run a sweep, then read every page (:func:`after_the_sweep`); the app is closed either
+    way."""
+    try:
+        sweep()
+        after_the_sweep(app, web)
+    finally:
+        app.close()
+
+
 def after_the_sweep(app: Any, web: TestClient) -> None:
     """Every page and read the sweep's actions touched answers 200 with what they left."""
     names_left = [row.name for row in app.store.schedule_list()]
@@ -505,11 +515,7 @@ def test_random_forms_signed_in_with_a_valid_csrf_token(any_url: str) -> None:
         assert "Traceback" not in answer.text
         keep_org_1(app)
 
-    try:
-        sweep()
-        after_the_sweep(app, web)
-    finally:
-        app.close()
+    sweep_then_read_back(app, web, sweep)
 
 
 json_values = st.recursive(
@@ -562,11 +568,7 @@ def test_random_json_at_every_api_action(any_url: str) -> None:
         assert answer.status_code not in (401, 403), answer.text  # past the guard
         keep_org_1(app)
 
-    try:
-        sweep()
-        after_the_sweep(app, web)
-    finally:
-        app.close()
+    sweep_then_read_back(app, web, sweep)
 
 
 SCHEDULE_FIELDS = ["name", "task", "cron", "every", "tz", "args", "overlap", "catch_up",
@@ -578,13 +580,7 @@ def test_random_schedule_forms(any_url: str) -> None:
     to create a schedule and to edit a dynamic one: a redirect (stored) or the form again with
     its reason (400), never a 500; the stored definitions all parse, and every schedule page
     shows them."""
-    app = open_basic_app(any_url)
-    app.create_schedule("org-1", "record", every=60, args={"n": 1})
-    web = TestClient(create_app(app, TOKEN), base_url="http://127.0.0.1:8700",
-                     raise_server_exceptions=False)
-    web.post("/login", data={"token": TOKEN}, follow_redirects=False)
-    found = re.search(r'name="csrf" value="([^"]+)"', web.get("/schedules").text)
-    assert found is not None
+    app, web, csrf = signed_in(any_url)
     valid = st.fixed_dictionaries({
         "name": st.from_regex(r"[a-z][a-z0-9-]{0,15}", fullmatch=True), "task": st.just("record"),
         "every": st.just("30"), "args": st.just('{"n": 2}'), "enabled": st.just("on")})
@@ -600,7 +596,7 @@ def test_random_schedule_forms(any_url: str) -> None:
     def sweep(form: dict[str, str], path: str) -> None:
         data = {key: value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
                 for key, value in form.items()}
-        answer = web.post(path, data={**data, "csrf": found.group(1)}, follow_redirects=False)
+        answer = web.post(path, data={**data, "csrf": csrf}, follow_redirects=False)
         assert answer.status_code in (303, 400), (form, answer.status_code, answer.text[:300])
         assert "Traceback" not in answer.text
         if answer.status_code == 400:
