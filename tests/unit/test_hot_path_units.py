@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from oncely.observe.events import Event, EventBus, logs_event
-from oncely.store.rows import JOB_COLUMNS, job_from_row, jobs_from_rows
+from oncely.store.rows import JOB_COLUMNS, job_from_row, jobs_from_rows, jobs_from_tuples
 from oncely.types import ErrorKind, Job, JobError, JobState, Overlap
 
 AT = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
@@ -93,6 +93,21 @@ def test_a_dict_row_with_datetimes_and_decoded_json_decodes_alike() -> None:
                       "message": "boom"}]
     job = job_from_row(row, json_text=False)
     assert job == expected() and job.run_at.tzinfo is UTC
+
+
+def test_tuple_rows_named_by_their_columns_decode_as_dict_rows() -> None:
+    """PostgreSQL's claim reads plain tuples: any column order, extra columns, shared instants;
+    the jobs equal the ones its dict rows decode to."""
+    first, second = a_row(), {**a_row(), "id": 8, "slot": None,
+                              "lease_expires_at": AT.timestamp() + 31}
+    names = ["claim_blocked", *reversed(first)]
+    rows = [tuple(False if name == "claim_blocked" else row[name] for name in names)
+            for row in (first, second)]
+    for _ in range(2):  # the second call reuses the positions found for these names
+        jobs = jobs_from_tuples(names, rows, json_text=True)
+        assert jobs == [job_from_row(row, json_text=True) for row in (first, second)]
+    assert jobs[0] == expected() and jobs[1].slot is None
+    assert jobs_from_tuples(names, [], json_text=True) == []
 
 
 def test_a_null_required_instant_is_refused() -> None:

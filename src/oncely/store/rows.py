@@ -186,6 +186,22 @@ def jobs_from_rows(rows: Sequence[RowLike], *, json_text: bool) -> list[Job]:
     return [_job(getter(row), json_text, instants) for row in rows]
 
 
+def jobs_from_tuples(
+    names: Sequence[str], rows: Sequence[Sequence[Any]], *, json_text: bool
+) -> list[Job]:
+    """The jobs of plain tuple rows of one statement whose columns are ``names`` (more columns
+    allowed): no per-row mapping is built, each row is read through one positional getter, and
+    the rows share their decoded instants as in :func:`jobs_from_rows`."""
+    if not rows:
+        return []
+    key = tuple(names)
+    getter = _by_position.get(key)
+    if getter is None:
+        getter = _by_position[key] = itemgetter(*(key.index(column) for column in JOB_COLUMNS))
+    instants = _Instants()
+    return [_job(getter(row), json_text, instants) for row in rows]
+
+
 def started_jobs(
     rows: Sequence[RowLike],
     *,

@@ -41,8 +41,15 @@ from oncely.store.base import (
 )
 from oncely.store.ops.jobs import finish_target_values, is_plain_success
 from oncely.store.postgres import controls
-from oncely.store.postgres.dialect import Row, errors_json, fetch, fetch_one, to_job
-from oncely.store.rows import dump_json, lease_from_row, utc
+from oncely.store.postgres.dialect import (
+    Row,
+    errors_json,
+    fetch,
+    fetch_one,
+    fetch_tuples,
+    to_job,
+)
+from oncely.store.rows import dump_json, jobs_from_tuples, lease_from_row, utc
 from oncely.types import ErrorKind, Job, JobError, JobState
 
 _MIN_SCAN = 32  # singleton candidates looked at per claim, at least
@@ -85,11 +92,12 @@ def claim_fast(conn: psycopg.Connection[Any], params: JobClaimParams) -> ClaimRe
     if params.limit <= 0:
         return ClaimResult(jobs=[])
     query = "job_claim_fast" if params.queues is None else "job_claim_fast_in_queues"
-    rows = fetch(conn, query, {**claim_values(params), "limit": params.limit})
-    if rows and rows[0]["claim_blocked"]:
+    names, rows = fetch_tuples(conn, query, {**claim_values(params), "limit": params.limit})
+    if rows and rows[0][0]:  # claim_blocked, the first column
         return None
-    return ClaimResult(jobs=sorted((to_job(row) for row in rows if row["id"] is not None),
-                                   key=_rank))
+    id_at = names.index("id")
+    started = [row for row in rows if row[id_at] is not None]
+    return ClaimResult(jobs=sorted(jobs_from_tuples(names, started, json_text=False), key=_rank))
 
 
 def claim_jobs(conn: psycopg.Connection[Any], params: JobClaimParams) -> ClaimResult:

@@ -47,6 +47,17 @@ def fetch(conn: psycopg.Connection[Any], name: str, params: Params | None = None
         return cur.fetchall()
 
 
+def fetch_tuples(
+    conn: psycopg.Connection[Any], name: str, params: Params | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The column names and plain tuple rows of a statement: for the hot paths, where building
+    a dict per row costs more than reading it."""
+    with conn.cursor() as cur:
+        cur.execute(QUERIES[name], params, prepare=True if name in PREPARED else None)
+        rows = cur.fetchall()
+        return [column.name for column in cur.description or ()], rows
+
+
 def fetch_one(conn: psycopg.Connection[Any], name: str, params: Params | None = None) -> Row | None:
     rows = fetch(conn, name, params)
     return rows[0] if rows else None
