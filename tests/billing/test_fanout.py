@@ -10,7 +10,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import oncely
+from oncely.store.params import JobFilter
 from oncely.testing import FrozenClock, run_job, wait_until, worker_running
 from oncely_billing import MeteringSettings, db, fanout, metering_of, seed, thresholds
 from oncely_billing.notify import SEND_TASK, outbox_rows
@@ -35,6 +36,7 @@ from .conftest import (
 
 FAST = {"fan_out_poll": 0.02, "fan_out_retry_delay": 0.0}
 CHUNKS = "billing-chunks"
+WAITING = (oncely.JobState.SCHEDULED, oncely.JobState.AVAILABLE, oncely.JobState.RETRYABLE)
 
 
 # planning ---------------------------------------------------------------------------------
@@ -202,6 +204,22 @@ def test_a_failed_chunk_is_retried_alone_and_the_slot_runs(
     app.close()
 
 
+def advance_when_idle(app: oncely.App, clock: FrozenClock, to: datetime,
+                      queues: tuple[str, ...]) -> None:
+    """Move frozen time to ``to`` once no job of the worker's ``queues`` runs or is due. The
+    parent gives up as soon as one chunk has failed for good, while its other chunks may still
+    run or wait for a claim already in flight; a jump past their lease deadline would make the
+    worker drop them."""
+    def idle() -> bool:
+        now = clock.now()
+        return not any(job.queue in queues and (job.state == oncely.JobState.RUNNING or (
+            job.state in WAITING and job.run_at <= now))
+            for job in app.store.job_list(JobFilter(limit=10_000)))
+
+    wait_until(idle, timeout=60, message="no job running or due")
+    clock.advance(max(0.0, (to - clock.now()).total_seconds()))
+
+
 def test_a_chunk_failing_for_good_fails_the_slot(
     store_url: str, clock: FrozenClock, events: Events, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -210,13 +228,14 @@ def test_a_chunk_failing_for_good_fails_the_slot(
     fail_chunk(monkeypatch, times=1_000)
     job = app.trigger(THRESHOLDS_SCHEDULE)
     assert job is not None
-    with worker_running(app, queues=["billing", CHUNKS], concurrency=4):
+    queues = ("billing", CHUNKS)
+    with worker_running(app, queues=queues, concurrency=4):
         for attempt in (1, 2, 3):
             state = wait_until(lambda attempt=attempt: job.refresh().attempt == attempt and (
                 job.job.state in (oncely.JobState.RETRYABLE, oncely.JobState.FAILED))
                 and job.job.state, timeout=60, message=f"the parent's attempt {attempt}")
-            if state == oncely.JobState.RETRYABLE:
-                clock.advance(600)  # past the parent's backoff (nothing runs): its next attempt
+            if state == oncely.JobState.RETRYABLE:  # on to the parent's next attempt
+                advance_when_idle(app, clock, job.job.run_at, queues)
         assert state == oncely.JobState.FAILED
         assert slot_outcome(app) == oncely.SlotOutcome.FAILED
     # each of the parent's 3 attempts gave the failing chunk alone its 2 attempts
