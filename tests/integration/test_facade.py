@@ -250,13 +250,13 @@ def test_run_now_needs_a_singleton_task(app: oncely.App) -> None:
 
 def test_run_now_renews_its_lease_and_holds_the_timeout(tmp_path) -> None:
     app = oncely.App(f"sqlite:///{tmp_path / 'live.db'}", clock=oncely.SystemClock(),
-                     settings=oncely.Settings(lease_ttl=1.0))
+                     settings=oncely.Settings(lease_ttl=2.0))
     done = threading.Event()
 
     @app.task(name="long", singleton=True)
     def long(ctx: oncely.JobContext) -> str:
         # Three lease TTLs: only renewals keep the lease (else the keeper self-fences).
-        ctx.cancel_event.wait(3.0)
+        ctx.cancel_event.wait(6.0)
         ctx.raise_if_cancelled()
         return "kept"
 

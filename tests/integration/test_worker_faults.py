@@ -57,7 +57,9 @@ def test_a_renewal_that_hangs_does_not_keep_a_job_running_past_its_lease(any_url
     on PostgreSQL, the write lock on SQLite); a network partition does the same. The worker must
     still stop the job at its local deadline, before the lease it could not renew runs out and
     another worker may take the job over (self-fencing), not whenever the renewal returns."""
-    settings = oncely.Settings(poll_interval=0.05, lease_ttl=2, shutdown_grace=0.5)
+    # The local deadline comes a sixth of the TTL before the lease runs out: 1 s here, room
+    # for a loaded machine to schedule the keeper and the handler.
+    settings = oncely.Settings(poll_interval=0.05, lease_ttl=6, shutdown_grace=0.5)
     app = oncely.App(any_url, settings=settings)
     started, stopped_at = threading.Event(), []
 
