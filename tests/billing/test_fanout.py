@@ -284,7 +284,7 @@ def test_chunks_run_on_several_worker_processes_and_a_killed_parent_is_taken_ove
     from tests.apps import free_tier_fanout as fleet
 
     spec = f"warp:{NOW.isoformat()}:1:{time.time()}"
-    env = {"ONCELY_TEST_USAGE": str(events.path), "ONCELY_CLOCK": spec, "ONCELY_LEASE_TTL": "3",
+    env = {"ONCELY_TEST_USAGE": str(events.path), "ONCELY_CLOCK": spec, "ONCELY_LEASE_TTL": "6",
            "ONCELY_LEADER_TTL": "2", "ONCELY_MAINTENANCE_INTERVAL": "0.5",
            "ONCELY_PREFETCH": "0", "ONCELY_TEST_CHUNK_PAUSE": "0.3"}
     app = fleet.make(store_url, str(events.path), clock_from_spec(spec))
