@@ -70,7 +70,9 @@ WHERE schemaname = current_schema()
 UNION ALL SELECT 'trigger', tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = current_schema() AND NOT t.tgisinternal
-UNION ALL SELECT 'function', p.proname || ' ' || md5(p.prosrc) FROM pg_proc p
+UNION ALL SELECT 'function', p.proname || ' ' || md5(p.prosrc) || ' ' || COALESCE((
+    SELECT string_agg(setting, ',' ORDER BY setting) FROM unnest(p.proconfig) AS setting
+    WHERE setting NOT LIKE 'search_path=%'), '') FROM pg_proc p
 JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = current_schema()
 """
 

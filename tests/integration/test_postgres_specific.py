@@ -546,3 +546,28 @@ def test_a_connection_given_back_in_autocommit_is_closed_not_reused(open_store) 
     with engine.transaction() as again:
         assert again is not conn and not again.autocommit
     assert store.job_get(insert(store)) is not None
+
+
+def test_the_claim_gate_keeps_generic_plans_and_gives_them_back_on_rollback(open_store) -> None:
+    """Every claim calls ``oncely_claim_blocked``; planned afresh on each call its three queries
+    cost more than running them. Since version 10 the function keeps generic plans, whatever
+    the session's own ``plan_cache_mode``; migrating below 10 restores the server's choice."""
+    store = open_store()
+
+    def settings() -> list[str]:
+        with store.transaction() as conn:
+            row = conn.execute(
+                "SELECT p.proconfig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE n.nspname = current_schema() AND p.proname = 'oncely_claim_blocked'"
+            ).fetchone()
+        return [item for item in row[0] or [] if not item.startswith("search_path=")]
+
+    assert settings() == ["plan_cache_mode=force_generic_plan"]
+    with store.transaction() as conn:  # it answers as before, under any session setting
+        conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        blocked = conn.execute("SELECT oncely_claim_blocked(now(), NULL, NULL)").fetchone()
+    assert blocked == (False,)
+    store.migrate(to=9)
+    assert settings() == []
+    store.migrate()
+    assert settings() == ["plan_cache_mode=force_generic_plan"]

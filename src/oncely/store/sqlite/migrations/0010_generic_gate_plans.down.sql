@@ -1,0 +1,1 @@
+-- Undoes version 10: nothing to undo (version 10 is a no-op on SQLite).
