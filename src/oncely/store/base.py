@@ -225,6 +225,9 @@ class Store(Protocol):
 
     url: str
     dialect: str  # "sqlite" | "postgresql"
+    # One write transaction at a time on the whole database (SQLite): a worker gains nothing by
+    # claiming while its outcomes are being written (see oncely.worker.claimer).
+    writes_take_turns: bool
 
     # schema ------------------------------------------------------------------------------
     def migrate(self, to: int | None = None) -> MigrateResult: ...

@@ -44,6 +44,8 @@ class Dialect(ABC):
     name: ClassVar[str]  # Store.dialect: "sqlite" | "postgresql"
     package: ClassVar[str]  # the subpackage holding sql/ and migrations/
     json_text: ClassVar[bool]  # JSON columns come back as text
+    #: Store.writes_take_turns: one write transaction at a time on the whole database
+    writes_take_turns: ClassVar[bool] = False
     #: what the driver raises when a write breaks a unique index (one class per dialect)
     unique_violation: ClassVar[type[Exception]]
 

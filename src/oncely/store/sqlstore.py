@@ -75,6 +75,7 @@ class SQLStore(ABC, Generic[D]):
         self.url = url
         self.sql = dialect
         self.dialect = dialect.name
+        self.writes_take_turns = dialect.writes_take_turns
 
     def close(self) -> None:
         self.sql.close()

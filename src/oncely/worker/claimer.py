@@ -16,6 +16,15 @@ to the store (``job.released``, reason ``prefetch``: retryable at its old ``run_
 refunded, so it keeps its place in line) for any worker to claim, and this worker stops
 prefetching for another ``prefetch_wait``. So no job waits in a worker's buffer for longer than
 ``prefetch_wait`` plus one keeper tick (50 ms) before another worker may claim it.
+
+Claims and the completer's writes overlap. A job holds its place in the room from its claim
+until its outcome is recorded, except while that outcome waits for the completer's batch write:
+up to another ``room`` of such jobs do not count, so the next claim goes out while the last
+batch of outcomes is being written instead of after it (on PostgreSQL each takes a commit; done
+in turn, half of a no-op drain was one waiting for the other). The worker thus holds at most
+twice its room of leases, and never more than its room of jobs queued or running. A store whose
+writes take turns anyway (SQLite: ``Store.writes_take_turns``) gains nothing from the overlap,
+and there every job counts until its outcome is recorded.
 """
 
 from __future__ import annotations
@@ -58,13 +67,14 @@ class Claimer:
         backlog = False  # the last claim was full: more jobs are probably waiting
         while not worker._stopping.is_set():
             room = self.room()
-            free = room - len(worker._jobs)
+            free = room - worker.holding(room)
             if free <= 0 or (backlog and free < max(1, room // 2)):
                 # Under load, let a few handler slots free up and claim them together: one
                 # claim transaction per job would make the claim itself the bottleneck.
                 worker._capacity.wait(settings.poll_interval if free <= 0 else CLAIM_GATHER)
                 worker._capacity.clear()
-                free = self.room() - len(worker._jobs)
+                room = self.room()
+                free = room - worker.holding(room)
                 if free <= 0:
                     continue
             if not worker._liveness.held.is_set():  # fenced itself: no claims until it holds

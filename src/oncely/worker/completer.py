@@ -3,8 +3,10 @@
 Handler threads hand their outcome here and move on to the next job; this thread writes whatever
 finished meanwhile in one store transaction (``job_finish_many``), each transition still fenced
 on its own. Under load that turns N small write transactions into one, which is what bounds an
-embedded SQLite store. A job's handler slot is freed only after its outcome is recorded, so the
-claim loop never has more jobs in hand than its concurrency.
+embedded SQLite store. A job keeps its place in the worker's room until its outcome is
+recorded, but where the store writes concurrently the claim loop does not wait for this write:
+up to another room of outcomes may be on their way here while it claims (see
+:mod:`oncely.worker.claimer`).
 
 If the store is unreachable (or contended) the batch is retried with backoff until the earliest
 lease deadline in it passes; then the worker gives those outcomes up and the rescuer retries the

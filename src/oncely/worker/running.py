@@ -52,6 +52,7 @@ class Running:
     abandon_at: float | None = None  # monotonic, when a stop request turns into an overrun
     finished: bool = False  # an outcome was recorded (or the job was given up): first one wins
     begun: bool = False  # a handler thread took it (it can no longer be released unstarted)
+    recording: bool = False  # its outcome waits in the completer (the worker's lock guards it)
     replaced: bool = False  # its handler thread was written off and a new one started
     overrunning: bool = False  # its code ignored the timeout and still runs (lease kept)
     isolated: bool = False  # the handler runs in a child process (killed, never overrunning)

@@ -81,6 +81,9 @@ class Worker:
         self.maintenance = maintenance
         self._jobs: dict[int, Running] = {}  # jobs that hold a handler slot
         self._overrun: dict[int, Running] = {}  # code past its timeout: lease kept, slot freed
+        self._recording = 0  # jobs of _jobs whose outcome waits for the completer's write
+        # Claims may overlap the completer's writes unless the store takes writes in turn.
+        self._claim_while_recording = not getattr(runtime.store, "writes_take_turns", False)
         self._lock = threading.Lock()
         self._inbox: queue.SimpleQueue[Running | None] = queue.SimpleQueue()
         self._capacity = threading.Event()
@@ -338,7 +341,22 @@ class Worker:
             self._spawn_handler()
 
     def _record(self, running: Running, outcome: Outcome) -> None:
+        if not self._claim_while_recording:
+            self._completer.submit(running, outcome)
+            return
+        with self._lock:
+            if self._jobs.get(running.job.id) is running:  # not an overrun job's late outcome
+                running.recording = True
+                self._recording += 1
         self._completer.submit(running, outcome)
+        self._capacity.set()  # the claim loop may claim again while the outcome is written
+
+    def holding(self, room: int) -> int:
+        """How much of the claim loop's ``room`` the jobs in hand take: each job until its
+        outcome is recorded, except that up to another ``room`` of outcomes may wait for the
+        completer's write (see :mod:`oncely.worker.claimer`)."""
+        with self._lock:
+            return len(self._jobs) - min(self._recording, room)
 
     def recorded_many(self, done: Sequence[tuple[Running, Outcome, bool | None]]) -> None:
         """Called by the completer for a batch it wrote: each outcome written (True), refused by
@@ -380,6 +398,9 @@ class Worker:
                 job_id = running.job.id
                 jobs.pop(job_id, None)
                 overrun.pop(job_id, None)
+                if running.recording:
+                    running.recording = False
+                    self._recording -= 1
         self._capacity.set()
 
     # store health --------------------------------------------------------------------------

@@ -49,6 +49,7 @@ class SQLiteDialect(Dialect):
     name = "sqlite"
     package = PACKAGE
     json_text = True
+    writes_take_turns = True
     unique_violation = sqlite3.IntegrityError
 
     def __init__(self, engine: Engine) -> None:
