@@ -1,3 +1,0 @@
--- oncely schema, version 10 (SQLite): no change.
--- Version 10 makes PostgreSQL's claim gate function keep generic query plans; SQLite has no
--- such function (its claim runs the same checks as statements of its own).

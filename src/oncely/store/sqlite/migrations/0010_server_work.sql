@@ -1,0 +1,4 @@
+-- oncely schema, version 10 (SQLite): no change.
+-- Version 10 cuts PostgreSQL's server work per claim (its claim gate function keeps generic
+-- plans; its statement trigger skips the joins a statement cannot need). SQLite has neither the
+-- function nor that trigger.
