@@ -534,18 +534,50 @@ def test_a_connection_given_back_in_autocommit_is_closed_not_reused(open_store) 
     """A pooled connection returned still in autocommit would run the next transaction as
     separate autocommitted statements: it is closed instead (the pool opens another), and the
     connection the store hands out next runs transactions."""
-    from oncely.store.postgres.engine import _give_back
-
     store = open_store(pool_max="1")
     insert(store)
     engine = store._engine
     pool, conn = engine._checkout()
     conn.autocommit = True
-    _give_back(pool, conn)
+    engine._give_back(pool, conn)
     assert conn.closed
     with engine.transaction() as again:
         assert again is not conn and not again.autocommit
     assert store.job_get(insert(store)) is not None
+
+
+def test_calls_one_after_another_run_on_the_connection_given_back_last(open_store) -> None:
+    """The pool keeps idle connections first in, first out; the engine hands out the one given
+    back last instead, so a caller making one call after another stays on one server process
+    however many idle connections the pool holds."""
+    store = open_store(pool_max="4")
+    engine = store._engine
+    held = [engine._checkout() for _ in range(3)]  # the pool opens three connections
+    for pool, conn in held:
+        engine._give_back(pool, conn)
+
+    def backend() -> int:
+        with engine.transaction() as conn:
+            return int(conn.info.backend_pid)
+
+    assert len({backend() for _ in range(6)}) == 1
+    insert(store)
+    assert len({backend() for _ in range(3)}) == 1
+
+
+def test_a_caller_waiting_on_a_full_pool_gets_the_connection_given_back(open_store) -> None:
+    """With every connection in use, a caller waits on the pool; the connection given back then
+    goes to that caller, not to the engine's slot where nobody would take it (the caller would
+    wait out the pool's timeout)."""
+    store = open_store(pool_max="1")
+    engine = store._engine
+    done: list[int] = []
+    with engine.transaction():
+        waiter = threading.Thread(target=lambda: done.append(insert(store)), daemon=True)
+        waiter.start()
+        wait_until(lambda: engine._asking == 1, timeout=10, message="the caller waits")
+    waiter.join(10)
+    assert done and store.job_get(done[0]) is not None
 
 
 def test_the_claim_gate_keeps_generic_plans_and_gives_them_back_on_rollback(open_store) -> None:
