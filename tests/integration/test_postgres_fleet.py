@@ -168,7 +168,11 @@ def test_workers_ride_out_restarts_of_the_server_and_run_every_job_once(
     app.enqueue_many("slow", [{"n": n, "seconds": 0.02} for n in range(total)])
     # The effects ledger lives on the machine's server, which this test never touches.
     with effects_schema(postgres_url_or_skip()) as effects:
-        env = {"ONCELY_LEASE_TTL": "5"}
+        # A job runs once if its worker records it before its lease's local deadline, a sixth
+        # of the TTL before expiry counted from the last renewal (renewals come every TTL / 3):
+        # with 10 s an outage, stop and restart included, may last at least 5 s (with 5 s,
+        # 2.5 s: too little for a restart on a loaded machine, and jobs ran twice).
+        env = {"ONCELY_LEASE_TTL": "10"}
         for _ in range(3):
             workers.start(url, effects, "--concurrency", "4", env=env)
         # Two outages mid-drain: a fast shutdown (sessions terminated, like a service restart),

@@ -107,11 +107,12 @@ class Completer(threading.Thread):
                 return applied
             except TRANSIENT as exc:
                 worker.note_store_error(exc)
-                if clock.monotonic() >= deadline:
+                left = deadline - clock.monotonic()
+                if left <= 0:
                     log.error("could not record %d job outcomes before their lease deadline; "
                               "the rescuer will retry those jobs", len(batch))
                     return [None] * len(batch)
-                time.sleep(delay)
+                time.sleep(min(delay, left))  # the last try comes at the deadline, not after
                 delay = min(delay * 2, 2.0)
             except Exception as exc:
                 log.warning("recording %d job outcomes together failed (%s); recording them one "
@@ -149,9 +150,10 @@ class Completer(threading.Thread):
                 break
             except TRANSIENT as exc:
                 worker.note_store_error(exc)
-                if clock.monotonic() >= running.lease_deadline:
+                left = running.lease_deadline - clock.monotonic()
+                if left <= 0:
                     return None
-                time.sleep(delay)
+                time.sleep(min(delay, left))
                 delay = min(delay * 2, 2.0)
         if not applied:
             # A batch the store took in part (PostgreSQL writes plain successes first) may
