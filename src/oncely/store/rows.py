@@ -157,7 +157,12 @@ def _values_getter(row: RowLike) -> Callable[[Any], tuple[Any, ...]]:
     """Reads a row's job columns in :data:`JOB_COLUMNS` order."""
     if not isinstance(row, sqlite3.Row):  # a psycopg dict row, a dict
         return _by_name
-    names = tuple(row.keys())
+    return _positions(tuple(row.keys()))
+
+
+def _positions(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """Reads the job columns, in :data:`JOB_COLUMNS` order, of a row whose columns are
+    ``names`` (found once per distinct column list)."""
     getter = _by_position.get(names)
     if getter is None:
         getter = itemgetter(*(names.index(column) for column in JOB_COLUMNS))
@@ -194,10 +199,7 @@ def jobs_from_tuples(
     the rows share their decoded instants as in :func:`jobs_from_rows`."""
     if not rows:
         return []
-    key = tuple(names)
-    getter = _by_position.get(key)
-    if getter is None:
-        getter = _by_position[key] = itemgetter(*(key.index(column) for column in JOB_COLUMNS))
+    getter = _positions(tuple(names))
     instants = _Instants()
     return [_job(getter(row), json_text, instants) for row in rows]
 

@@ -83,7 +83,7 @@ class Worker:
         self._overrun: dict[int, Running] = {}  # code past its timeout: lease kept, slot freed
         self._recording = 0  # jobs of _jobs whose outcome waits for the completer's write
         # Claims may overlap the completer's writes unless the store takes writes in turn.
-        self._claim_while_recording = not getattr(runtime.store, "writes_take_turns", False)
+        self._claim_while_recording = not runtime.store.writes_take_turns
         self._lock = threading.Lock()
         self._inbox: queue.SimpleQueue[Running | None] = queue.SimpleQueue()
         self._capacity = threading.Event()
