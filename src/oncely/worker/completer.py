@@ -106,18 +106,30 @@ class Completer(threading.Thread):
                 worker.note_store_ok()
                 return applied
             except TRANSIENT as exc:
-                worker.note_store_error(exc)
-                left = deadline - clock.monotonic()
-                if left <= 0:
+                wait = self._wait_to_retry(exc, delay, deadline)
+                if wait is None:
                     log.error("could not record %d job outcomes before their lease deadline; "
                               "the rescuer will retry those jobs", len(batch))
                     return [None] * len(batch)
-                time.sleep(min(delay, left))  # the last try comes at the deadline, not after
-                delay = min(delay * 2, 2.0)
+                delay = wait
             except Exception as exc:
                 log.warning("recording %d job outcomes together failed (%s); recording them one "
                             "by one", len(batch), describe(exc))
                 return None
+
+    def _wait_to_retry(
+        self, exc: StoreUnavailable | StoreBusy, delay: float, deadline: float
+    ) -> float | None:
+        """After a write lost to an outage or contention: wait ``delay`` (the last wait ends at
+        the lease ``deadline``, not after it) and return the next delay, or None once the
+        deadline has passed and the outcome is given up."""
+        worker = self.worker
+        worker.note_store_error(exc)
+        left = deadline - worker.runtime.clock.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(delay, left))
+        return min(delay * 2, 2.0)
 
     def _write_one(self, running: Running, outcome: Outcome) -> bool | None:
         """Write one outcome; if the store refuses it (not an outage), write the job as failed
@@ -149,12 +161,10 @@ class Completer(threading.Thread):
                 worker.note_store_ok()
                 break
             except TRANSIENT as exc:
-                worker.note_store_error(exc)
-                left = running.lease_deadline - clock.monotonic()
-                if left <= 0:
+                wait = self._wait_to_retry(exc, delay, running.lease_deadline)
+                if wait is None:
                     return None
-                time.sleep(min(delay, left))
-                delay = min(delay * 2, 2.0)
+                delay = wait
         if not applied:
             # A batch the store took in part (PostgreSQL writes plain successes first) may
             # already hold this outcome under this fence: that is not a rejection.
