@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -201,6 +201,28 @@ def scenario_app(store_url: str, source_kind: str, clock: FrozenClock, events: E
     yield app
     runtime.source.close()
     app.close()
+
+
+WAITING = (oncely.JobState.SCHEDULED, oncely.JobState.AVAILABLE, oncely.JobState.RETRYABLE)
+
+
+def advance_when_idle(clock: FrozenClock, jobs: Sequence[oncely.Job],
+                      to: datetime | None = None) -> bool:
+    """Move frozen time once none of ``jobs`` runs or is due: to ``to``, else to the next one's
+    ``run_at``; whether they were idle. A claim a worker has in flight was made while nothing was
+    due, so no lease it takes has expired by the time it commits; a jump while a job runs or
+    waits for a claim could put its lease past its deadline, and the worker would drop it."""
+    now = clock.now()
+    if any(job.state == oncely.JobState.RUNNING or (job.state in WAITING and job.run_at <= now)
+           for job in jobs):
+        return False
+    if to is None:
+        upcoming = [job.run_at for job in jobs if job.state in WAITING]
+        if not upcoming:
+            return True
+        to = min(upcoming)
+    clock.advance(max(0.0, (to - now).total_seconds()))
+    return True
 
 
 def run_thresholds(app: oncely.App, **args: Any) -> Any:

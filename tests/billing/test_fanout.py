@@ -10,7 +10,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from .conftest import (
     EXPECTED_NOTIFICATIONS,
     NOW,
     Events,
+    advance_when_idle,
     load_scenario,
     make_app,
     state_of,
@@ -36,7 +37,6 @@ from .conftest import (
 
 FAST = {"fan_out_poll": 0.02, "fan_out_retry_delay": 0.0}
 CHUNKS = "billing-chunks"
-WAITING = (oncely.JobState.SCHEDULED, oncely.JobState.AVAILABLE, oncely.JobState.RETRYABLE)
 
 
 # planning ---------------------------------------------------------------------------------
@@ -204,22 +204,6 @@ def test_a_failed_chunk_is_retried_alone_and_the_slot_runs(
     app.close()
 
 
-def advance_when_idle(app: oncely.App, clock: FrozenClock, to: datetime,
-                      queues: tuple[str, ...]) -> None:
-    """Move frozen time to ``to`` once no job of the worker's ``queues`` runs or is due. The
-    parent gives up as soon as one chunk has failed for good, while its other chunks may still
-    run or wait for a claim already in flight; a jump past their lease deadline would make the
-    worker drop them."""
-    def idle() -> bool:
-        now = clock.now()
-        return not any(job.queue in queues and (job.state == oncely.JobState.RUNNING or (
-            job.state in WAITING and job.run_at <= now))
-            for job in app.store.job_list(JobFilter(limit=10_000)))
-
-    wait_until(idle, timeout=60, message="no job running or due")
-    clock.advance(max(0.0, (to - clock.now()).total_seconds()))
-
-
 def test_a_chunk_failing_for_good_fails_the_slot(
     store_url: str, clock: FrozenClock, events: Events, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -235,7 +219,11 @@ def test_a_chunk_failing_for_good_fails_the_slot(
                 job.job.state in (oncely.JobState.RETRYABLE, oncely.JobState.FAILED))
                 and job.job.state, timeout=60, message=f"the parent's attempt {attempt}")
             if state == oncely.JobState.RETRYABLE:  # on to the parent's next attempt
-                advance_when_idle(app, clock, job.job.run_at, queues)
+                # once the parent's other chunks (it gives up as soon as one chunk has failed
+                # for good) no longer run or wait for a claim
+                wait_until(lambda: advance_when_idle(clock, [
+                    j for j in app.store.job_list(JobFilter(limit=10_000)) if j.queue in queues
+                ], job.job.run_at), timeout=60, message="no job running or due")
         assert state == oncely.JobState.FAILED
         assert slot_outcome(app) == oncely.SlotOutcome.FAILED
     # each of the parent's 3 attempts gave the failing chunk alone its 2 attempts

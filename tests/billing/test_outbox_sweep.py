@@ -14,10 +14,15 @@ from oncely_billing import SmtpSettings, metering_of
 from oncely_billing.notify import SEND_TASK, outbox_rows
 from oncely_billing.sweep import SETTLE
 
-from .conftest import EXPECTED_NOTIFICATIONS, Events, load_scenario, make_app, run_thresholds
+from .conftest import (
+    EXPECTED_NOTIFICATIONS,
+    Events,
+    advance_when_idle,
+    load_scenario,
+    make_app,
+    run_thresholds,
+)
 from .test_notifications import Inbox, free_port
-
-WAITING = (oncely.JobState.SCHEDULED, oncely.JobState.AVAILABLE, oncely.JobState.RETRYABLE)
 
 
 def count(app: oncely.App, state: oncely.JobState) -> int:
@@ -33,20 +38,12 @@ def send_jobs(app: oncely.App) -> list[oncely.Job]:
 
 def drive(app: oncely.App, clock: oncely.FrozenClock, done: Callable[[], bool],
           message: str) -> None:
-    """Let a worker run the send jobs while frozen time moves on, until ``done``.
-
-    Time moves only while no send job runs and none is due, and then straight to the next one's
-    ``run_at``: a claim the worker has in flight was made at a time when nothing was due, so no
-    lease it takes can be expired by the time it commits."""
+    """Let a worker run the send jobs while frozen time moves on, until ``done``: only while no
+    send job runs or is due, and then straight to the next one's ``run_at``."""
     def step() -> bool:
         if done():
             return True
-        jobs = send_jobs(app)
-        if any(job.state == oncely.JobState.RUNNING for job in jobs):
-            return False
-        due = [job.run_at for job in jobs if job.state in WAITING]
-        if due and min(due) > clock.now():
-            clock.advance((min(due) - clock.now()).total_seconds())
+        advance_when_idle(clock, send_jobs(app))
         return False
 
     with worker_running(app, queues=["notifications"], maintenance=False):
