@@ -176,11 +176,15 @@ def test_retention_prunes_100000_finished_jobs_while_workers_keep_running(
     insert_finished(any_url, t0)
     stream = 0
     deadline = time.monotonic() + 60
-    while states(app, "bulk")["succeeded"] > 1000:  # keep the workers busy meanwhile
+    pruning_seen: datetime | None = None  # when the first pruned batch was seen
+    while (left := states(app, "bulk")["succeeded"]) > 1000:  # keep the workers busy meanwhile
         assert time.monotonic() < deadline, "retention did not catch up within 60 s"
+        if pruning_seen is None and left < BULK:
+            pruning_seen = datetime.now(UTC)
         app.enqueue_job("steady", {"n": stream})
         stream += 1
         time.sleep(0.05)
+    pruned_at = datetime.now(UTC)
     wait_until(lambda: states(app, "steady")["succeeded"] == stream, timeout=30, interval=0.05,
                message="the stream drained")
     assert workers.stop_all() == [0, 0]
@@ -188,6 +192,12 @@ def test_retention_prunes_100000_finished_jobs_while_workers_keep_running(
     assert len(kept) == 1000, "retention kept the wrong number"
     oldest_kept = min(job.finished_at.timestamp() for job in kept)
     assert oldest_kept == pytest.approx(t0 + (BULK - 1000) * 0.001, abs=1e-4)
-    waits = [(job.started_at - job.created_at).total_seconds() for job in jobs_of(app, "steady")]
     assert stream >= 10, "pruning finished before the workers could be watched"
-    assert max(waits) < 2.0, f"a job waited {max(waits):.2f} s to start while pruning ran"
+    # Pruning goes in small transactions between which claims get through: a job enqueued after
+    # the first batch was pruned started before the last one was (one long prune holding the
+    # store's write lock would start none of them until it ended).
+    assert pruning_seen is not None, "the bulk rows went all at once"
+    during = [job for job in jobs_of(app, "steady") if job.created_at >= pruning_seen]
+    assert any(job.started_at is not None and job.started_at < pruned_at for job in during), (
+        "no job enqueued while pruning ran started before it ended"
+    )
