@@ -33,7 +33,7 @@ def billing_app(url: str, clock: oncely.FrozenClock, **settings: object) -> once
         return {"orgs": 50_000}
 
     @app.task(name="emails.send", queue="default")
-    def send(ctx: oncely.JobContext, to: str = "") -> None:
+    def send(ctx: oncely.JobContext, to: str = "", api_key: str = "") -> None:
         return None
 
     app.schedule(SCHEDULE, TASK, cron="35 * * * *")

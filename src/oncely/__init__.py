@@ -5,6 +5,7 @@ from oncely.app import App
 from oncely.clock import Clock, FrozenClock, SystemClock, WarpClock
 from oncely.config import Settings
 from oncely.errors import (
+    ArgsMismatch,
     ArgsNotJSON,
     Cancel,
     ConfigError,
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "ArgsMismatch",
     "ArgsNotJSON",
     "Cancel",
     "Clock",

@@ -7,7 +7,8 @@
     │   ├── InvalidURL               a database URL oncely cannot use
     │   ├── InvalidSchedule          a cron expression, interval, time zone or policy is wrong
     │   ├── UnknownTask              no task is registered under that name
-    │   └── ArgsNotJSON              job arguments cannot be stored as JSON
+    │   ├── ArgsNotJSON              job arguments cannot be stored as JSON
+    │   └── ArgsMismatch             job arguments do not fit the task's handler
     ├── StoreError                   the storage backend failed (exit code 3)
     │   ├── StoreUnavailable         the database cannot be reached or opened
     │   ├── SchemaMismatch           the schema is older or newer than this code (exit code 4)
@@ -56,6 +57,11 @@ class UnknownTask(ConfigError):
 
 class ArgsNotJSON(ConfigError):
     """Job arguments cannot be serialised as JSON."""
+
+
+class ArgsMismatch(ConfigError):
+    """Job arguments do not fit the task's handler: one it does not take, or one it needs
+    missing (a job with them could only fail)."""
 
 
 class StoreError(OncelyError):

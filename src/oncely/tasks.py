@@ -23,6 +23,13 @@ A handler is a plain function ``def handler(ctx, **args)`` (``async def`` works 
   value of the key template (``"org:{org_id}"``, formatted from the job's args, with the
   handler's defaults for args not given), fleet-wide. See :mod:`oncely.queues`.
 
+Args must fit the handler: every arg is one it takes (or it takes ``**kwargs``) and every
+parameter without a default is given. :class:`HandlerArgs` reads that from the handler's signature
+once, at definition (where a handler that cannot take the context first is refused); an enqueue,
+a schedule's definition and each of its slots are refused with :class:`~oncely.errors.ArgsMismatch`
+when they do not fit, and a worker fails such a job for good without calling the handler (one
+stored by a release whose handler took other args: a retry would fail the same way).
+
 Enqueue rules: ``unique_key`` makes a second enqueue a no-op that returns the existing job while
 that job is unfinished (scheduled, available, running or retryable); once it has finished, the
 same key enqueues a new job.
@@ -63,7 +70,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from oncely.errors import ConfigError
+from oncely.errors import ArgsMismatch, ConfigError
 from oncely.queues import Rate
 from oncely.retry import NO_RETRY, RetryPolicy
 from oncely.store.base import JobInsert
@@ -121,6 +128,7 @@ class Task:
             _check_importable(name, fn)
         if isinstance(options.singleton, str):
             _template_fields(name, options.singleton)
+        self.handler_args = HandlerArgs(self.name, fn)
         self._defaults: dict[str, Any] = {}
         if options.concurrency_key is not None:
             self._defaults = _check_key_template(name, fn, options.concurrency_key)
@@ -151,6 +159,12 @@ class Task:
                 f"task {self.name!r}: singleton key {singleton!r} names argument {exc}, "
                 "which this job does not have"
             ) from None
+
+    def check_args(self, args: Mapping[str, Any]) -> None:
+        """ArgsMismatch unless ``args`` fit the handler (see :class:`HandlerArgs`)."""
+        problem = self.handler_args.mismatch(args)
+        if problem is not None:
+            raise ArgsMismatch(f"task {self.name!r}: {problem}")
 
     def concurrency_key(self, args: dict[str, Any]) -> str | None:
         template = self.options.concurrency_key
@@ -186,18 +200,23 @@ class Task:
         if run_at is not None and run_at.tzinfo is None:
             raise ConfigError("run_at must be timezone-aware (e.g. datetime.now(UTC))")
         stored, text = encode_args(self.name, args)
+        queue = check_name("queue", self.options.queue if queue is None else queue)
+        priority = check_int("priority", self.options.priority if priority is None
+                             else priority, *INT32)
+        max_attempts = check_int("max_attempts", max_attempts
+                                 or self.options.retry.max_attempts, 1, INT32[1])
+        unique_key = None if unique_key is None else check_name("unique key", unique_key)
+        self.check_args(stored)  # before the keys: a missing argument is named as such
         key = None if overlap == Overlap.ALLOW else self.singleton_key(stored, scheduled)
         concurrency = self.concurrency_key(stored)
         return JobInsert(
             task=self.name,
-            queue=check_name("queue", self.options.queue if queue is None else queue),
+            queue=queue,
             args=stored,
-            priority=check_int("priority", self.options.priority if priority is None
-                               else priority, *INT32),
+            priority=priority,
             run_at=run_at,
-            max_attempts=check_int("max_attempts", max_attempts
-                                   or self.options.retry.max_attempts, 1, INT32[1]),
-            unique_key=None if unique_key is None else check_name("unique key", unique_key),
+            max_attempts=max_attempts,
+            unique_key=unique_key,
             singleton_key=None if key is None else check_name("singleton key", key),
             overlap=overlap,
             timeout=self.options.timeout,
@@ -227,6 +246,7 @@ class Task:
                 shared = dict(vars(first))
                 continue
             stored, text = encode_args(name, dict(args))
+            self.check_args(stored)
             key = None if unkeyed else self.singleton_key(stored, scheduled)
             concurrency = self.concurrency_key(stored) if concurrency_keyed else None
             # Built from the first job's fields rather than through the frozen dataclass's
@@ -298,6 +318,61 @@ def _check_importable(task_name: str, fn: Any) -> None:
             "level in an importable module (not inside a function, not in __main__), so that "
             "its child process can import it"
         )
+
+
+class HandlerArgs:
+    """The keyword args a handler takes after its context, read once from its signature:
+    ``names`` (those it takes by name), ``required`` (those without a default) and ``any``
+    (it takes ``**kwargs``). A handler whose signature cannot be read takes anything."""
+
+    __slots__ = ("any", "names", "required")
+
+    def __init__(self, task_name: str, fn: Callable[..., Any]) -> None:
+        self.names: frozenset[str] = frozenset()
+        self.required: frozenset[str] = frozenset()
+        self.any = True
+        try:
+            parameters = list(inspect.signature(fn).parameters.values())
+        except (TypeError, ValueError):  # a callable without a signature to read
+            return
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                      inspect.Parameter.VAR_POSITIONAL)
+        if not parameters or parameters[0].kind not in positional:
+            raise ConfigError(f"task {task_name!r}: the handler must take the job's context as "
+                              "its first argument, as in def handler(ctx, **args)")
+        by_name = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        rest = parameters[1:]
+        for parameter in rest:
+            if (parameter.kind == inspect.Parameter.POSITIONAL_ONLY
+                    and parameter.default is parameter.empty):
+                raise ConfigError(f"task {task_name!r}: the handler's argument "
+                                  f"{parameter.name!r} is positional-only, but a job passes "
+                                  "its args by name")
+        self.names = frozenset(p.name for p in rest if p.kind in by_name)
+        self.required = frozenset(p.name for p in rest
+                                  if p.kind in by_name and p.default is p.empty)
+        self.any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in rest)
+
+    def mismatch(self, args: Mapping[str, Any]) -> str | None:
+        """None when ``args`` fit; else what is wrong, in one line."""
+        keys = args.keys()
+        if self.required.issubset(keys) and (self.any or keys <= self.names):
+            return None
+        problems = []
+        unknown = [] if self.any else sorted(keys - self.names)
+        if unknown:
+            problems.append(f"the handler takes no argument {_names(unknown)}")
+        missing = sorted(self.required - keys)
+        if missing:
+            problems.append(f"argument {_names(missing)} missing")
+        takes = ", ".join(sorted(self.names)) or "no arguments"
+        if self.any:
+            takes += ", **kwargs"
+        return f"{'; '.join(problems)} (the handler takes {takes})"
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(repr(name) for name in names)
 
 
 def _template_fields(task_name: str, template: str) -> None:

@@ -178,6 +178,8 @@ def test_a_module_beside_the_app_can_be_imported_when_a_handler_first_runs(
     (["--app", APP, "enqueue", "record", "--priority", "99999999999999999999999"],
      "priority must be a whole number from -2147483648 to 2147483647"),
     (["--app", APP, "enqueue", "record", "--args", "[" * 100_000], "nested too deeply"),
+    (["--app", APP, "enqueue", "record", "--args", '{"n": 1, "org": 2}'],
+     "task 'record': the handler takes no argument 'org' (the handler takes n)"),
 ])
 def test_values_that_used_to_raise_are_one_line(db: str, args: list[str], fragment: str) -> None:
     one_line_error(oncely("--database-url", db, *args), 2, fragment)

@@ -54,6 +54,8 @@ BAD_FIELDS: list[tuple[dict[str, Any], str]] = [
     ({"jitter": -1}, "jitter must be a finite number of seconds from 0"),
     ({"args": {"n": "a\x00b"}}, "holds a NUL character or a lone surrogate"),
     ({"args": {"n": "\ud800"}}, "holds a NUL character or a lone surrogate"),
+    ({"args": {"n": 1, "region": "eu"}}, "the handler takes no argument 'region' (the handler"),
+    ({"args": {}}, "task 'record': argument 'n' missing"),
     ({"tz": "Europe/" + "x" * 9000}, "unknown time zone"),
 ]
 
@@ -115,6 +117,7 @@ def test_the_command_line_refuses_every_bad_field(app: oncely_lib.App, any_url: 
         (["--every", "60", "--misfire-grace", "1e300"], "misfire_grace must be a finite number"),
         (["--every", "60", "--misfire-grace", "-inf"], "misfire_grace must be a finite number"),
         (["--args", '{"n": "a\\u0000b"}'], "holds a NUL character or a lone surrogate"),
+        (["--args", '{"m": 1}'], "the handler takes no argument 'm'; argument 'n' missing"),
         (["--tz", "Mars/" + "x" * 300], "unknown time zone"),
         (["--args", "[" * 100_000], "--args is nested too deeply"),
     ]
@@ -202,8 +205,9 @@ def test_a_stored_schedule_no_worker_can_fire_stops_nothing_else(any_url: str) -
     app.register_schedules()
     for name, definition in UNFIREABLE.items():
         store_raw(app, name, "record", definition)
-    # valid as stored, but its task's key needs an argument the schedule does not give
+    # valid as stored, but without the argument its task's handler (and key) needs
     store_raw(app, "keyless", "per_org", {"every": 1})
+    store_raw(app, "renamed-arg", "record", {"every": 1, "args": {"count": 1}})  # it takes n
     reported: list[tuple[str, str]] = []
     app.events.subscribe(lambda e: reported.append((e.fields["schedule"], e.fields["error"])),
                          names={"schedule.invalid"})
@@ -213,14 +217,16 @@ def test_a_stored_schedule_no_worker_can_fire_stops_nothing_else(any_url: str) -
         enqueuer.run_once()
     good = app.store.job_list(JobFilter(schedule="good", limit=100))
     assert len(good) == 6  # one job per second, as if nothing else were stored
-    assert sorted(name for name, _ in reported) == sorted([*UNFIREABLE, "keyless"])  # once each
+    fails_to_fire = [*UNFIREABLE, "keyless", "renamed-arg"]
+    assert sorted(name for name, _ in reported) == sorted(fails_to_fire)  # once each
     errors = dict(reported)
     assert "every must be a finite number of seconds" in errors["huge-every"]
     assert "priority must be a whole number" in errors["huge-priority"]
     assert "queue name '\\x1b[31mred' is invalid" in errors["red-queue"]
     assert "unknown spec keys: colour" in errors["old-key"]
-    assert "concurrency_key 'org:{org_id}' names argument 'org_id'" in errors["keyless"]
-    for name in [*UNFIREABLE, "keyless"]:
+    assert "argument 'org_id' missing (the handler takes org_id)" in errors["keyless"]
+    assert "the handler takes no argument 'count'; argument 'n' missing" in errors["renamed-arg"]
+    for name in fails_to_fire:
         assert app.store.job_list(JobFilter(schedule=name, limit=10)) == []
     # a reported schedule is kept in its history, so whoever looks next sees why
     history = readmodel.schedule_history(app.store, "huge-every")

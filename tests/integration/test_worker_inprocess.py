@@ -236,6 +236,80 @@ def test_bad_arguments_are_refused_before_anything_is_stored(app):
     assert app.store.job_list(oncely.store.base.JobFilter()) == []
 
 
+def test_args_that_do_not_fit_the_handler_are_refused_at_enqueue(app):
+    @app.task(name="bill", concurrency_key="org:{org_id}")
+    def bill(ctx, org_id, cycle="current", *, dry_run=False):
+        return None
+
+    @app.task(name="anything")
+    def anything(ctx, org_id, **extra):
+        return None
+
+    refusals = [
+        (lambda: bill.enqueue(org_id=1, org=2), "the handler takes no argument 'org'"),
+        (lambda: bill.enqueue(cycle="2026-12"), "'org_id' missing"),
+        (lambda: app.enqueue_job("bill", {"org_id": 1, "dryrun": True, "x": 0}),
+         "takes no argument 'dryrun', 'x' (the handler takes cycle, dry_run, org_id)"),
+        (lambda: app.enqueue_many("bill", [{"org_id": 1}, {"org_id": 2, "typo": 1}]),
+         "takes no argument 'typo'"),  # the whole call: nothing of it is stored
+        (lambda: app.enqueue("anything", extra=1), "'org_id' missing"),
+        (lambda: app.schedule("nightly", "bill", every=60, args={"orgid": 1}), "'orgid'"),
+    ]
+    for call, fragment in refusals:
+        with pytest.raises(oncely.ArgsMismatch) as refused:
+            call()
+        assert fragment in str(refused.value) and "\n" not in str(refused.value)
+        assert isinstance(refused.value, oncely.ConfigError)  # exit code 2 on the command line
+    assert app.store.job_list(oncely.store.base.JobFilter()) == []
+    assert "nightly" not in app.schedules
+    assert bill.enqueue(org_id=1, dry_run=True).created  # defaults may be left out
+    assert anything.enqueue(org_id=1, region="eu", tier=2).created  # **extra takes the rest
+
+
+def test_a_handler_that_cannot_take_the_context_first_is_refused_at_definition(app):
+    with pytest.raises(oncely.ConfigError, match="must take the job's context as its first"):
+        @app.task(name="bare")
+        def bare():
+            return None
+    with pytest.raises(oncely.ConfigError, match="must take the job's context as its first"):
+        @app.task(name="named_only")
+        def named_only(*, ctx):
+            return None
+    with pytest.raises(oncely.ConfigError, match="'org_id' is positional-only"):
+        @app.task(name="positional")
+        def positional(ctx, org_id, /):
+            return None
+    assert {"bare", "named_only", "positional"}.isdisjoint(app.tasks)
+
+
+def test_a_stored_job_whose_args_no_longer_fit_fails_at_once_without_its_handler(app):
+    """A job stored when the handler took other args (an earlier release's): the worker fails
+    it for good, naming the mismatch; retrying could only fail the same way."""
+    calls = []
+
+    @app.task(name="renamed", retry=oncely.RetryPolicy(attempts=5, base_delay=0))
+    def renamed(ctx, org_id):
+        calls.append(org_id)
+
+    old = app.enqueue_job("renamed", {"org_id": 1})
+    # the same task's next release takes `organization` instead of `org_id`
+    del app.tasks["renamed"]
+
+    @app.task(name="renamed", retry=oncely.RetryPolicy(attempts=5, base_delay=0))
+    def renamed_again(ctx, organization):
+        calls.append(organization)
+
+    new = renamed_again.enqueue(organization=2)
+    with worker_running(app):
+        failed = wait_until(lambda: finished(app, old), message="the old job finished")
+        ran = wait_until(lambda: finished(app, new), message="the new job finished")
+    assert failed.state == JobState.FAILED and failed.attempt == 1  # no retry
+    assert failed.errors[-1].message == (
+        "args do not fit the handler: the handler takes no argument 'org_id'; argument "
+        "'organization' missing (the handler takes organization)")
+    assert ran.state == JobState.SUCCEEDED and calls == [2]
+
+
 def test_graceful_shutdown_releases_what_does_not_finish(app):
     started = threading.Event()
 

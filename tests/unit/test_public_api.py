@@ -1,11 +1,12 @@
 import oncely
 
 EXPECTED = {
-    "App", "ArgsNotJSON", "Cancel", "Clock", "ConfigError", "FenceRejected", "FrozenClock",
-    "InvalidSchedule", "InvalidURL", "Job", "JobContext", "JobHandle", "JobState", "Keep",
-    "NotFound", "OncelyError", "Overlap", "Retention", "Retry", "RetryPolicy", "ScheduleSpec",
-    "SchemaMismatch", "Settings", "SingletonBusy", "SlotOutcome", "StoreError", "StoreUnavailable",
-    "SystemClock", "Task", "UnknownTask", "WarpClock", "WatchdogConfig", "Worker", "__version__",
+    "App", "ArgsMismatch", "ArgsNotJSON", "Cancel", "Clock", "ConfigError", "FenceRejected",
+    "FrozenClock", "InvalidSchedule", "InvalidURL", "Job", "JobContext", "JobHandle", "JobState",
+    "Keep", "NotFound", "OncelyError", "Overlap", "Retention", "Retry", "RetryPolicy",
+    "ScheduleSpec", "SchemaMismatch", "Settings", "SingletonBusy", "SlotOutcome", "StoreError",
+    "StoreUnavailable", "SystemClock", "Task", "UnknownTask", "WarpClock", "WatchdogConfig",
+    "Worker", "__version__",
 }
 
 

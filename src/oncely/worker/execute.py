@@ -6,6 +6,8 @@ worker would record.
 ========================================  ===============================================
 the handler                               outcome
 ========================================  ===============================================
+is not called: the job's args do not fit  ``failed``: ``args do not fit the handler: …``,
+it (:class:`~oncely.tasks.HandlerArgs`)   no retry (every attempt would fail alike)
 returns ``value``                         ``succeeded`` with ``value`` as result (JSON)
 returns what no store can hold            ``failed``: ``result not storable: …`` (see
                                           :mod:`oncely.worker.storable`)
@@ -135,6 +137,11 @@ def failure(
 def outcome_of(task: Task, ctx: JobContext, now_fn: Any) -> Outcome:
     """Run the handler and classify what happened."""
     job = ctx.job
+    misfit = task.handler_args.mismatch(job.args)
+    if misfit is not None:
+        # Stored by a release whose handler took other args: every attempt would fail alike.
+        return Outcome.of(JobEvent.FAIL, error=JobError(
+            job.attempt, now_fn(), ErrorKind.ERROR, f"args do not fit the handler: {misfit}"))
     try:
         value = call_handler(task, ctx)
     except FenceRejected:
