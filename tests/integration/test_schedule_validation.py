@@ -243,6 +243,11 @@ def test_a_stored_schedule_no_worker_can_fire_stops_nothing_else(any_url: str) -
         assert findings[f"schedule:{name}"].severity == "problem"
         assert "is invalid, so no worker fires it" in findings[f"schedule:{name}"].summary
     assert "schedules update huge-every" in findings["schedule:huge-every"].advice
+    for name in ("keyless", "renamed-arg"):  # valid definitions whose slots the task refuses
+        assert findings[f"schedule:{name}"].severity == "problem"
+        assert "refuses its slots" in findings[f"schedule:{name}"].summary
+    assert "argument 'n' missing" in findings["schedule:renamed-arg"].evidence[0]
+    assert "schedule:good" not in findings
 
     web = TestClient(create_app(app, TOKEN), base_url="http://127.0.0.1:8700",
                      raise_server_exceptions=False)

@@ -5,8 +5,8 @@ exit code 1; ``info`` and ``ok`` do not), one line of summary, the evidence behi
 Checks, in order: the schema; live and stale workers; the leader; expired leases nobody rescued;
 every watchdog check (too many or too few executions, stuck runs, pressure) computed now; anomalies
 the watchdog left open; lease takeovers and fence rejections in the last hour; dead letters;
-schedules live workers declare differently; stored schedules whose definition is invalid (no
-worker fires them).
+schedules live workers declare differently; stored schedules whose definition is invalid, or whose
+slots the app's task refuses (args its handler does not take or needs): no worker fires them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from oncely import readmodel
-from oncely.errors import InvalidSchedule, SchemaMismatch
+from oncely.errors import ConfigError, InvalidSchedule, SchemaMismatch
 from oncely.observe.diagnose import Finding, WatchdogConfig, evaluate
 from oncely.observe.fmt import plural, span
 from oncely.runtime import Runtime
@@ -80,7 +80,7 @@ def examine(runtime: Runtime, config: WatchdogConfig | None = None) -> DoctorRep
     findings += _open_anomalies(store, {f.key for f in fresh})
     findings += _signals(store, now)
     findings += _schedule_disagreements(store, now, stale_after)
-    findings += _invalid_schedules(store)
+    findings += _invalid_schedules(runtime, now)
     if not any(f.severity in UNHEALTHY for f in findings):
         findings.append(DoctorFinding("ok", "fleet", "no problem found"))
     findings.sort(key=lambda f: _ORDER.get(f.severity, 9))
@@ -104,21 +104,35 @@ def _schedule_disagreements(store: Store, now: datetime,
     return found
 
 
-def _invalid_schedules(store: Store) -> list[DoctorFinding]:
-    """Stored schedules whose definition does not parse: no worker fires them."""
+def _invalid_schedules(runtime: Runtime, now: datetime) -> list[DoctorFinding]:
+    """Stored schedules no worker fires: a definition that does not parse, or one whose slots
+    this app's task refuses (args its handler does not take or needs; its key's arguments)."""
     found = []
-    for row in store.schedule_list():
+    for row in runtime.store.schedule_list():
+        fix = (f"`oncely schedules update {row.name} …` with valid values"
+               if row.origin == "dynamic" else
+               f"`oncely --app module:app schedules apply {row.name}` (the code's definition)")
         try:
-            ScheduleSpec.from_spec_dict(row.spec)
+            spec = ScheduleSpec.from_spec_dict(row.spec)
         except InvalidSchedule as exc:
             found.append(DoctorFinding(
                 "problem", f"schedule:{row.name}",
                 f"schedule {row.name}: its stored definition (revision {row.revision}) is "
                 "invalid, so no worker fires it", [str(exc)],
-                (f"`oncely schedules update {row.name} …` with valid values"
-                 if row.origin == "dynamic" else
-                 f"`oncely --app module:app schedules apply {row.name}` (the code's definition)")
-                + f", or `oncely schedules delete {row.name}`"))
+                fix + f", or `oncely schedules delete {row.name}`"))
+            continue
+        task = runtime.tasks.get(spec.task)
+        if task is None:
+            continue  # judged by the workers that have the task
+        try:
+            task.build_insert(spec.args, now, queue=spec.queue, priority=spec.priority or None,
+                              scheduled=True, overlap=spec.overlap)
+        except ConfigError as exc:
+            found.append(DoctorFinding(
+                "problem", f"schedule:{row.name}",
+                f"schedule {row.name}: task {spec.task} refuses its slots (revision "
+                f"{row.revision}), so workers with this code do not fire it", [str(exc)],
+                fix + f", or `oncely schedules delete {row.name}`"))
     return found
 
 
