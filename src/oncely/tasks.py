@@ -355,6 +355,8 @@ class HandlerArgs:
 
     def mismatch(self, args: Mapping[str, Any]) -> str | None:
         """None when ``args`` fit; else what is wrong, in one line."""
+        if not isinstance(args, Mapping):  # a row written past every check
+            return f"args must be a JSON object, not {type(args).__name__}"
         keys = args.keys()
         if self.required.issubset(keys) and (self.any or keys <= self.names):
             return None

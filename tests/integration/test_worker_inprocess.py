@@ -299,14 +299,21 @@ def test_a_stored_job_whose_args_no_longer_fit_fails_at_once_without_its_handler
     def renamed_again(ctx, organization):
         calls.append(organization)
 
+    listed = renamed_again.enqueue(organization=3)
+    with app.transaction() as tx:  # args that are no JSON object, written past every check
+        tx.execute("UPDATE oncely_jobs SET args = '[3]' WHERE id = %s", (listed.id,))
     new = renamed_again.enqueue(organization=2)
     with worker_running(app):
         failed = wait_until(lambda: finished(app, old), message="the old job finished")
+        not_object = wait_until(lambda: finished(app, listed), message="the list job finished")
         ran = wait_until(lambda: finished(app, new), message="the new job finished")
     assert failed.state == JobState.FAILED and failed.attempt == 1  # no retry
     assert failed.errors[-1].message == (
         "args do not fit the handler: the handler takes no argument 'org_id'; argument "
         "'organization' missing (the handler takes organization)")
+    assert not_object.state == JobState.FAILED and not_object.attempt == 1
+    assert not_object.errors[-1].message == (
+        "args do not fit the handler: args must be a JSON object, not list")
     assert ran.state == JobState.SUCCEEDED and calls == [2]
 
 
