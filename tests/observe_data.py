@@ -29,7 +29,7 @@ def billing_app(url: str, clock: oncely.FrozenClock, **settings: object) -> once
     @app.task(name=TASK, queue="billing",
               retry=oncely.RetryPolicy(attempts=5, backoff="exponential", base_delay=5.0,
                                        jitter=False))
-    def thresholds(ctx: oncely.JobContext) -> dict[str, int]:
+    def thresholds(ctx: oncely.JobContext, org: int = 0) -> dict[str, int]:
         return {"orgs": 50_000}
 
     @app.task(name="emails.send", queue="default")
