@@ -131,7 +131,8 @@ class Task:
         self.handler_args = HandlerArgs(self.name, fn)
         self._defaults: dict[str, Any] = {}
         if options.concurrency_key is not None:
-            self._defaults = _check_key_template(name, fn, options.concurrency_key)
+            _check_key_template(name, self.handler_args, options.concurrency_key)
+            self._defaults = self.handler_args.defaults
         elif options.max_per_key is not None:
             raise ConfigError(f"task {name!r}: max_per_key needs a concurrency_key template, "
                               'such as concurrency_key="org:{org_id}"')
@@ -322,14 +323,16 @@ def _check_importable(task_name: str, fn: Any) -> None:
 
 class HandlerArgs:
     """The keyword args a handler takes after its context, read once from its signature:
-    ``names`` (those it takes by name), ``required`` (those without a default) and ``any``
-    (it takes ``**kwargs``). A handler whose signature cannot be read takes anything."""
+    ``names`` (those it takes by name), ``required`` (those without a default), ``defaults``
+    (the others' default values) and ``any`` (it takes ``**kwargs``). A handler whose signature
+    cannot be read takes anything."""
 
-    __slots__ = ("any", "names", "required")
+    __slots__ = ("any", "defaults", "names", "required")
 
     def __init__(self, task_name: str, fn: Callable[..., Any]) -> None:
         self.names: frozenset[str] = frozenset()
         self.required: frozenset[str] = frozenset()
+        self.defaults: dict[str, Any] = {}
         self.any = True
         try:
             parameters = list(inspect.signature(fn).parameters.values())
@@ -351,6 +354,7 @@ class HandlerArgs:
         self.names = frozenset(p.name for p in rest if p.kind in by_name)
         self.required = frozenset(p.name for p in rest
                                   if p.kind in by_name and p.default is p.empty)
+        self.defaults = {p.name: p.default for p in rest if p.default is not p.empty}
         self.any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in rest)
 
     def mismatch(self, args: Mapping[str, Any]) -> str | None:
@@ -388,9 +392,9 @@ def _template_fields(task_name: str, template: str) -> None:
         ) from None
 
 
-def _check_key_template(task_name: str, fn: Callable[..., Any], template: str) -> dict[str, Any]:
+def _check_key_template(task_name: str, handler: HandlerArgs, template: str) -> None:
     """Fail at definition time when the key template names an argument the handler does not
-    take; return the handler's argument defaults (the template falls back to them)."""
+    take (the template falls back to the handler's defaults for args a job leaves out)."""
     import string
 
     try:
@@ -400,20 +404,15 @@ def _check_key_template(task_name: str, fn: Callable[..., Any], template: str) -
             f"task {task_name!r}: concurrency_key {template!r} is invalid: {exc}"
         ) from None
     names = [field_name for _, field_name, _, _ in parsed if field_name is not None]
-    parameters = list(inspect.signature(fn).parameters.values())[1:]  # after ctx
-    known = {p.name for p in parameters
-             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
     for field_name in names:
         argument = re.split(r"[.\[]", field_name, maxsplit=1)[0]
         if not argument or argument.isdigit():
             raise ConfigError(f"task {task_name!r}: concurrency_key {template!r} must name "
                               "arguments, such as {org_id}, not {} or {0}")
-        if argument not in known and not takes_any:
-            takes = ", ".join(sorted(known)) or "no arguments"
+        if argument not in handler.names and not handler.any:
+            takes = ", ".join(sorted(handler.names)) or "no arguments"
             raise ConfigError(f"task {task_name!r}: concurrency_key {template!r} names argument "
                               f"{argument!r}, which the handler does not take ({takes})")
-    return {p.name: p.default for p in parameters if p.default is not p.empty}
 
 
 class JobHandle:
