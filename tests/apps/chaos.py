@@ -3,9 +3,11 @@
 One schedule, ``chaos``, fires every second (overlap ``skip``; a misfire grace of a few seconds,
 so a slot enqueued late on a loaded machine still runs as an on-time slot). Its handler works for
 0.3-0.6 s, then writes one row to ``chaos_records`` **in the job store, through**
-``ctx.fenced()``: the row commits only while the attempt's fence is current. A rejected write is
-recorded outside the fence, in the side-effect database (``ONCELY_TEST_EFFECTS``, table
-``effects``, kind ``rejected``), and the rejection is re-raised so the worker abandons the attempt.
+``ctx.fenced(checkpoint="recorded")``: the row commits only while the attempt's fence is current,
+together with the checkpoint that tells a re-run (its worker killed after the write) that the
+slot's record is in. A rejected write is recorded outside the fence, in the side-effect database
+(``ONCELY_TEST_EFFECTS``, table ``effects``, kind ``rejected``), and the rejection is re-raised so
+the worker abandons the attempt.
 
 The test creates ``chaos_records`` (see :func:`create_records_table`); the SQL differs per dialect.
 """
@@ -63,8 +65,9 @@ def insert_record(conn: Any, ctx: oncely.JobContext, table: str, slot: float,
 
 
 def write_record(ctx: oncely.JobContext, table: str, slot: float, started: float) -> None:
-    """Insert this attempt's record under its fence; FenceRejected if the fence moved on."""
-    with ctx.fenced() as conn:
+    """Insert this attempt's record under its fence, with the checkpoint ``"recorded"`` in the
+    same transaction; FenceRejected if the fence moved on."""
+    with ctx.fenced(checkpoint="recorded") as conn:
         insert_record(conn, ctx, table, slot, started)
 
 
@@ -73,6 +76,8 @@ def tick(ctx: oncely.JobContext) -> float:
     started = time.time()
     assert ctx.slot is not None
     slot = ctx.slot.timestamp()
+    if ctx.last_checkpoint == "recorded":
+        return slot  # re-run after its worker died past the write: the record is in
     # Plain sleep, deliberately deaf to cancellation: a paused worker must *try* to write when
     # it wakes up, so the fence (not the handler's good manners) is what stops it.
     time.sleep(random.uniform(*WORK_SECONDS))

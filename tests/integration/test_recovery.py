@@ -89,6 +89,34 @@ def test_a_killed_workers_job_is_rescued_before_its_lease_runs_out(any_url, effe
     assert sorted(workers.stop_all()) == [-signal.SIGKILL, 0]  # type: ignore[type-var]
 
 
+def test_a_rerun_after_a_kill_past_a_fenced_write_with_checkpoint_does_not_write_again(
+    any_url, effects_sqlite, workers: Workers
+):
+    """The worker dies after its fenced write committed: the attempt is given back and runs
+    again, and the checkpoint saved in the write's own transaction tells the re-run it is done."""
+    from tests.apps import chaos, recovery
+
+    app = open_app(any_url)
+    chaos.create_records_table(app.store, recovery.RECORDS)
+    handle = app.enqueue_job("recovery.write_then_hold", {"seconds": 60.0})
+    procs = [workers.start(any_url, effects_sqlite, app=APP, env=QUICK_STOP) for _ in range(2)]
+    wait_until(lambda: read_effects(effects_sqlite, "written"), timeout=60,
+               message="the first attempt wrote its record")
+    (first,) = starts(effects_sqlite)
+    victim = proc_of(procs, first.pid)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    job = wait_until(lambda: (j := app.store.job_get(handle.id)) and j.state == JobState.SUCCEEDED
+                     and j, timeout=60, message="the re-run finished")
+    assert [int(row[3]) for row in read_effects(effects_sqlite, "resumed")] == [job.fence]
+    assert job.fence > first.fence and job.result == "written by an earlier attempt"
+    assert [error.kind for error in job.errors] == [ErrorKind.WORKER_GONE]
+    records = chaos.read_records(app.store, recovery.RECORDS)
+    assert [(r["job_id"], r["fence"]) for r in records] == [(handle.id, first.fence)]
+    assert job.checkpoint == "written"
+    assert sorted(workers.stop_all()) == [-signal.SIGKILL, 0]  # type: ignore[type-var]
+
+
 def test_a_killed_leaders_job_is_rescued_without_waiting_for_a_new_leader(any_url,
                                                                           effects_sqlite,
                                                                           workers: Workers):

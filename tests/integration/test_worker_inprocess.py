@@ -59,6 +59,36 @@ def test_failures_retry_per_policy_and_keep_each_traceback(app):
     assert all("Traceback" in (e.traceback or "") for e in job.errors)
 
 
+def test_a_fenced_write_and_its_checkpoint_commit_together_or_not_at_all(app):
+    with app.store.transaction() as conn:
+        conn.execute("CREATE TABLE steps (step INTEGER NOT NULL)")
+    seen = []
+
+    @app.task(name="stepwise", retry=oncely.RetryPolicy(attempts=3, backoff="fixed", base_delay=0))
+    def stepwise(ctx):
+        seen.append(ctx.last_checkpoint)
+        if ctx.attempt == 1:
+            with ctx.fenced(checkpoint={"step": 1}) as conn:
+                conn.execute("INSERT INTO steps VALUES (1)")
+                raise RuntimeError("rolled back, and its checkpoint with it")
+        if ctx.attempt == 2:
+            with pytest.raises(oncely.ArgsNotJSON), ctx.fenced(checkpoint={"step": {2}}):
+                pass  # refused before the transaction begins
+            with ctx.fenced(checkpoint={"step": 2}) as conn:
+                conn.execute("INSERT INTO steps VALUES (2)")
+            seen.append(ctx.last_checkpoint)
+            raise RuntimeError("after the commit")
+        return "done"
+
+    handle = stepwise.enqueue()
+    with worker_running(app):
+        job = wait_until(lambda: finished(app, handle), message="stepwise finished")
+    assert job.state == JobState.SUCCEEDED and job.attempt == 3
+    assert seen == [None, None, {"step": 2}, {"step": 2}]
+    with app.store.transaction() as conn:
+        assert [tuple(row) for row in conn.execute("SELECT step FROM steps")] == [(2,)]
+
+
 def test_a_job_out_of_attempts_fails(app):
     @app.task(name="broken", retry=oncely.RetryPolicy(attempts=2, backoff="fixed", base_delay=0))
     def broken(ctx):

@@ -9,6 +9,14 @@ It carries the job's identity and its **fence**, and the means to act safely whi
       with ctx.fenced() as conn:
           conn.execute("UPDATE orgs SET usage = ? WHERE id = ?", (usage, org_id))
 
+  ``ctx.fenced(checkpoint=data)`` saves progress in that same transaction. An attempt cut short
+  after its writes committed (its worker killed before it finished) is given back and runs
+  again; the checkpoint is how the re-run learns the writes were done::
+
+      if ctx.last_checkpoint != "usage-written":
+          with ctx.fenced(checkpoint="usage-written") as conn:
+              conn.execute("UPDATE orgs SET usage = ? WHERE id = ?", (usage, org_id))
+
 * ``ctx.check_fence()`` — raises :class:`~oncely.errors.FenceRejected` if the fence is no longer
   current. For calls to other systems, check the fence right before the call *and* pass an
   idempotency key derived from the job (``f"{ctx.job.id}:{item}"`` or the slot), so a call that
@@ -45,6 +53,7 @@ log = logging.getLogger("oncely.job")
 
 
 _EVENT_LOCK = threading.Lock()
+_NO_CHECKPOINT = object()  # fenced() saves no checkpoint unless given one (None is a value)
 
 
 class JobContext:
@@ -125,16 +134,30 @@ class JobContext:
             self._rejected()
 
     @contextlib.contextmanager
-    def fenced(self) -> Iterator[Any]:
-        """A store transaction that commits only under the current fence (see module doc)."""
+    def fenced(self, checkpoint: Any = _NO_CHECKPOINT) -> Iterator[Any]:
+        """A store transaction that commits only under the current fence (see module doc).
+
+        With ``checkpoint``, that progress is saved in the same transaction: it commits with the
+        writes or not at all, so a later attempt (a retry, or a re-run after a rescue) that reads
+        it in ``last_checkpoint`` knows those writes are done."""
+        saving = checkpoint is not _NO_CHECKPOINT
+        if saving:
+            checkpoint = checked_checkpoint(checkpoint, self.job.id)
         if self.lease_lost.is_set():
             self._rejected()
         try:
             store = self.runtime.store
-            with store.fenced_transaction(self.job.id, self.job.fence, self.now()) as conn:
+            now = self.now()
+            with store.fenced_transaction(self.job.id, self.job.fence, now) as conn:
+                # Joins the fenced transaction (the store's calls run on its connection).
+                if saving and not store.job_checkpoint(self.job.id, self.job.fence, checkpoint,
+                                                       now):
+                    raise FenceRejected(self.job.id, self.job.fence)
                 yield conn
         except FenceRejected:
             self._rejected()
+        if saving:
+            self._checkpoint = checkpoint
 
     def _rejected(self) -> None:
         self.runtime.events.emit(
