@@ -16,7 +16,7 @@ from oncely.store.observability import (
     ExecutionWindow,
     FleetEventInsert,
 )
-from oncely.store.params import SlotEnqueue
+from oncely.store.params import PruneParams, SlotEnqueue
 from oncely.types import ErrorKind, JobState, SlotOutcome
 
 if TYPE_CHECKING:
@@ -51,6 +51,37 @@ def test_every_started_attempt_is_recorded_with_its_end(kit: Kit) -> None:
     assert (runs[1].ended_at - runs[1].started_at).total_seconds() == pytest.approx(2, abs=0.01)
     assert runs[0].task == "report" and runs[0].queue == "q" and runs[0].schedule is None
     assert kit.store.execution_durations("report") == [pytest.approx(5, abs=0.01)]
+
+
+def test_attempts_outlive_their_job_and_a_human_retry_keeps_the_finished_one(kit: Kit) -> None:
+    failed = kit.insert("report", max_attempts=1)
+    first = kit.claim_one("w1")
+    kit.clock.advance(2)
+    assert kit.finish(first, JobState.FAILED, error=kit.error(first))
+    kit.store.job_retry(failed.id, kit.now())  # a human's retry: one more attempt
+    second = kit.claim_one("w2")
+    kit.clock.advance(3)
+    assert kit.finish(second)
+    done = kit.insert("report")
+    third = kit.claim_one("w3")
+    assert kit.finish(third)
+
+    def runs() -> list[tuple[object, ...]]:
+        return [(r.id, r.job_id, r.attempt, r.fence, r.worker_id, r.outcome, r.error_kind,
+                 r.started_at, r.ended_at) for r in kit.store.execution_list(task="report")]
+
+    before = runs()
+    assert [(job_id, attempt, worker, outcome, kind)
+            for _, job_id, attempt, _, worker, outcome, kind, *_ in before] == [
+        (done.id, 1, "w3", "succeeded", None),
+        (failed.id, 2, "w2", "succeeded", None),
+        (failed.id, 1, "w1", "failed", "error"),
+    ]
+    assert len({row[0] for row in before}) == 3  # each attempt has an id of its own
+    kit.clock.advance(60)
+    assert kit.store.job_prune(PruneParams(JobState.SUCCEEDED, finished_before=kit.now())) == 2
+    assert kit.store.job_get(done.id) is None and kit.store.job_get(failed.id) is None
+    assert runs() == before  # the history of a pruned job stays (the observations' retention)
 
 
 def test_a_running_attempt_has_no_end_and_a_release_is_marked(kit: Kit) -> None:
@@ -246,6 +277,12 @@ def test_observation_prune_keeps_recent_and_running_rows(kit: Kit) -> None:
     kit.clock.advance(3600)
     kit.insert("t")
     kit.finish(kit.claim_one())
-    assert kit.store.observation_prune(kit.later(-60)) == 3
-    assert [r.outcome for r in kit.store.execution_list(task="t")] == ["succeeded", None]
+    pruned = kit.store.observation_prune(kit.later(-60))
+    outcomes = [r.outcome for r in kit.store.execution_list(task="t")]
+    if kit.store.dialect == "sqlite":
+        assert (pruned, outcomes) == (3, ["succeeded", None])
+    else:
+        # PostgreSQL records a job's latest attempt on the job's row: it stays as long as the
+        # job (job retention), and moves into the observations when the job is pruned.
+        assert (pruned, outcomes) == (2, ["succeeded", None, "succeeded"])
     assert kit.store.event_list() == [] and kit.store.anomaly_list(open_only=False) == []

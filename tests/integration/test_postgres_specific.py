@@ -603,3 +603,89 @@ def test_the_claim_gate_keeps_generic_plans_and_gives_them_back_on_rollback(open
     assert settings() == []
     store.migrate()
     assert settings() == ["plan_cache_mode=force_generic_plan"]
+
+
+# attempts on job rows (migration 0011) --------------------------------------------------------
+
+
+def _attempts(store: PostgresStore, relation: str = "oncely_attempts") -> list[tuple[Any, ...]]:
+    """Every recorded attempt: version 10 keeps them all in oncely_executions."""
+    with store.transaction() as conn:
+        return [tuple(row) for row in conn.execute(
+            "SELECT id, job_id, attempt, fence, worker_id, run_at, started_at, ended_at, outcome,"
+            f" error_kind FROM {relation} ORDER BY id")]
+
+
+def _history_rows(store: PostgresStore) -> int:
+    with store.transaction() as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM oncely_executions").fetchone()[0])
+
+
+def _start(store: PostgresStore, job_ids: list[int], owner: str, at: datetime) -> list[Any]:
+    """Start the jobs as any release's claim does (the columns every version has)."""
+    with store.transaction() as conn:
+        conn.execute("UPDATE oncely_jobs SET state = 'running', attempt = attempt + 1, "
+                     "fence = fence + 1, lease_owner = %s, lease_expires_at = %s, "
+                     "started_at = %s WHERE id = ANY(%s)",
+                     (owner, at + timedelta(seconds=30), at, job_ids))
+    return [store.job_get(job_id) for job_id in job_ids]
+
+
+def _work(store: PostgresStore) -> None:
+    """A job retried once, then succeeded; a failed one; one still running."""
+    retried, failed = insert(store, max_attempts=2), insert(store, max_attempts=1)
+    first, other = _start(store, [retried, failed], "w1", NOW)
+    later = NOW + timedelta(seconds=2)
+    assert store.job_finish(JobFinish(retried, first.fence, later, JobState.RETRYABLE,
+                                      retry_at=later))
+    assert store.job_finish(JobFinish(failed, other.fence, later, JobState.FAILED))
+    (again,) = _start(store, [retried], "w2", later)
+    assert store.job_finish(JobFinish(retried, again.fence, later + timedelta(seconds=1),
+                                      JobState.SUCCEEDED))
+    _start(store, [insert(store)], "w3", later)
+
+
+def test_the_migration_moves_latest_attempts_onto_job_rows_and_back(open_store) -> None:
+    """Attempts recorded by version 10's trigger keep their ids and fields through version 11
+    and back; on version 11 only the attempt that gave way is a row of oncely_executions."""
+    store = open_store()
+    store.migrate(to=10)
+    _work(store)
+    recorded = _attempts(store, "oncely_executions")
+    assert [row[8] for row in recorded] == ["retryable", "failed", "succeeded", None]
+    store.migrate(to=11)
+    assert _attempts(store) == recorded
+    assert [(e.id, e.outcome) for e in store.execution_list(limit=10)][-1] == (
+        recorded[0][0], "retryable")
+    assert _history_rows(store) == 1  # the retried job's first attempt
+    store.migrate(to=10)
+    assert _attempts(store, "oncely_executions") == recorded
+    store.migrate()
+    retried = insert(store, max_attempts=2)
+    (job,) = store.job_claim(JobClaimParams("w4", NOW, 1, 30.0)).jobs
+    assert store.job_finish(JobFinish(retried, job.fence, NOW, JobState.RETRYABLE, retry_at=NOW))
+    (job,) = store.job_claim(JobClaimParams("w5", NOW, 1, 30.0)).jobs
+    assert store.job_finish(JobFinish(retried, job.fence, NOW, JobState.SUCCEEDED))
+    assert [(row[4], row[8]) for row in _attempts(store)[4:]] == [
+        ("w4", "retryable"), ("w5", "succeeded")]
+
+
+def test_a_claim_that_does_not_number_its_attempt_still_records_it(open_store) -> None:
+    """An older release's claim sets no execution_id: the trigger numbers the attempt, so it is
+    recorded all the same (a rolling deploy)."""
+    store = open_store()
+    job_id = insert(store)
+    with store.transaction() as conn:
+        conn.execute("UPDATE oncely_jobs SET state = 'running', attempt = 1, fence = fence + 1, "
+                     "lease_owner = 'old-release', lease_expires_at = %s, started_at = %s "
+                     "WHERE id = %s", (NOW + timedelta(seconds=30), NOW, job_id))
+    (run,) = store.execution_list(job_id=job_id)
+    assert (run.worker_id, run.attempt, run.started_at, run.outcome) == (
+        "old-release", 1, NOW, None)
+    job = store.job_get(job_id)
+    assert job is not None
+    assert store.job_finish(JobFinish(job_id, job.fence, NOW + timedelta(seconds=1),
+                                      JobState.SUCCEEDED))
+    (done,) = store.execution_list(job_id=job_id)
+    assert (done.id, done.outcome, done.ended_at) == (run.id, "succeeded",
+                                                       NOW + timedelta(seconds=1))

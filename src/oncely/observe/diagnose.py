@@ -2,7 +2,8 @@
 
 For every schedule the number of executions a window should hold follows from its definition
 (:func:`oncely.schedules.expected_count`); the store records every attempt a worker started
-(``oncely_executions``) and every slot's outcome (the ledger). Four checks compare them:
+(``oncely_executions``; on PostgreSQL the view ``oncely_attempts``, which adds each job's latest
+attempt, recorded on its row) and every slot's outcome (the ledger). Four checks compare them:
 
 * **too many** — attempts of the schedule's task started in a window (slot runs, their retries,
   and runs of the same task not tied to a slot, e.g. an immediate enqueue at worker start-up)

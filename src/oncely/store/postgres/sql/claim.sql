@@ -70,6 +70,7 @@ WITH gate AS (
 ), started AS (
     UPDATE oncely_jobs AS j
     SET state = 'running', attempt = j.attempt + 1, lease_owner = %(owner)s,
+        worked_by = %(owner)s, execution_id = nextval('oncely_executions_id_seq'),
         lease_expires_at = %(lease_expires_at)s, fence = j.fence + 1, started_at = %(now)s
     FROM candidate AS c
     WHERE j.id = c.id
@@ -95,6 +96,7 @@ WITH gate AS (
 ), started AS (
     UPDATE oncely_jobs AS j
     SET state = 'running', attempt = j.attempt + 1, lease_owner = %(owner)s,
+        worked_by = %(owner)s, execution_id = nextval('oncely_executions_id_seq'),
         lease_expires_at = %(lease_expires_at)s, fence = j.fence + 1, started_at = %(now)s
     FROM candidate AS c
     WHERE j.id = c.id
@@ -129,6 +131,7 @@ WITH candidate AS (
 )
 UPDATE oncely_jobs AS j
 SET state = 'running', attempt = j.attempt + 1, lease_owner = %(owner)s,
+    worked_by = %(owner)s, execution_id = nextval('oncely_executions_id_seq'),
     lease_expires_at = %(lease_expires_at)s, fence = j.fence + 1, started_at = %(now)s
 FROM ranked AS r
 WHERE j.id = r.id AND r.place + r.ahead <= %(limit)s
@@ -157,6 +160,7 @@ WITH candidate AS (
 )
 UPDATE oncely_jobs AS j
 SET state = 'running', attempt = j.attempt + 1, lease_owner = %(owner)s,
+    worked_by = %(owner)s, execution_id = nextval('oncely_executions_id_seq'),
     lease_expires_at = %(lease_expires_at)s, fence = j.fence + 1, started_at = %(now)s
 FROM ranked AS r
 WHERE j.id = r.id AND r.place + r.ahead <= %(limit)s
@@ -203,6 +207,7 @@ WITH RECURSIVE waiting(queue) AS (
 )
 UPDATE oncely_jobs AS j
 SET state = 'running', attempt = j.attempt + 1, lease_owner = %(owner)s,
+    worked_by = %(owner)s, execution_id = nextval('oncely_executions_id_seq'),
     lease_expires_at = %(lease_expires_at)s, fence = j.fence + 1, started_at = %(now)s
 FROM ranked AS r
 WHERE j.id = r.id AND r.place + r.ahead <= %(limit)s
@@ -237,6 +242,7 @@ WITH wanted AS (
 )
 UPDATE oncely_jobs AS j
 SET state = 'running', attempt = j.attempt + 1, lease_owner = %(owner)s,
+    worked_by = %(owner)s, execution_id = nextval('oncely_executions_id_seq'),
     lease_expires_at = %(lease_expires_at)s, fence = g.fence, started_at = %(now)s
 FROM granted AS g
 WHERE j.id = g.job_id

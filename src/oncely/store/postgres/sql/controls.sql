@@ -166,6 +166,7 @@ FOR UPDATE OF j SKIP LOCKED;
 -- Limited jobs without a singleton key, admitted by the gate: each advances its own fence.
 UPDATE oncely_jobs AS j
 SET state = 'running', attempt = j.attempt + 1, lease_owner = %(owner)s,
+    worked_by = %(owner)s, execution_id = nextval('oncely_executions_id_seq'),
     lease_expires_at = %(lease_expires_at)s, fence = j.fence + 1, started_at = %(now)s
 WHERE j.id = ANY(%(job_ids)s::bigint[])
 RETURNING j.*;

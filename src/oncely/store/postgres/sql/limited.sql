@@ -183,6 +183,7 @@ WITH RECURSIVE control AS (
 ), started AS (
     UPDATE oncely_jobs AS j
     SET state = 'running', attempt = j.attempt + 1, lease_owner = %(owner)s,
+        worked_by = %(owner)s, execution_id = nextval('oncely_executions_id_seq'),
         lease_expires_at = %(lease_expires_at)s, fence = j.fence + 1, started_at = %(now)s
     FROM admitted AS a
     WHERE j.id = a.id

@@ -1,5 +1,6 @@
--- Observability: executions (written by triggers, see migration 0002), ledger and queue counts,
--- fleet events and anomalies.
+-- Observability: executions (oncely_attempts: a job's latest attempt on its row, earlier ones
+-- in oncely_executions, see migration 0011), ledger and queue counts, fleet events and
+-- anomalies.
 
 -- name: execution_count
 -- Bucket i holds [since + i * bucket, since + (i + 1) * bucket) (a timeline's cells).
@@ -16,7 +17,7 @@ SELECT task, queue, schedule,
        COALESCE(SUM(GREATEST(extract(epoch FROM started_at - run_at)::float8, 0)), 0)
            AS wait_seconds,
        COUNT(*) FILTER (WHERE outcome = 'released') AS lost
-FROM oncely_executions
+FROM oncely_attempts
 WHERE started_at > %(since)s AND started_at <= %(until)s
   AND (%(task)s::text IS NULL OR task = %(task)s::text)
 GROUP BY task, queue, schedule, 4
@@ -31,7 +32,7 @@ SELECT COUNT(*) AS overlaps FROM (
            MAX(COALESCE(ended_at, 'infinity'::timestamptz)) OVER (
                ORDER BY started_at, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
            ) AS busy_until
-    FROM oncely_executions
+    FROM oncely_attempts
     WHERE task = %(task)s
       AND started_at > %(since)s::timestamptz - (%(until)s::timestamptz - %(since)s::timestamptz)
       AND started_at <= %(until)s
@@ -39,14 +40,14 @@ SELECT COUNT(*) AS overlaps FROM (
 WHERE started_at > %(since)s AND busy_until > started_at;
 
 -- name: execution_list
-SELECT * FROM oncely_executions
+SELECT * FROM oncely_attempts
 WHERE (%(job_id)s::bigint IS NULL OR job_id = %(job_id)s::bigint)
   AND (%(task)s::text IS NULL OR task = %(task)s::text)
 ORDER BY started_at DESC, id DESC
 LIMIT %(limit)s;
 
 -- name: execution_list_durations
-SELECT extract(epoch FROM ended_at - started_at)::float8 AS seconds FROM oncely_executions
+SELECT extract(epoch FROM ended_at - started_at)::float8 AS seconds FROM oncely_attempts
 WHERE task = %(task)s AND outcome = 'succeeded' AND ended_at IS NOT NULL
 ORDER BY started_at DESC, id DESC
 LIMIT %(limit)s;

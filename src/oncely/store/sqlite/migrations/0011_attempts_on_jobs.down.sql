@@ -1,0 +1,1 @@
+-- Undoes version 11: nothing to undo (version 11 is a no-op on SQLite).

@@ -1,0 +1,4 @@
+-- oncely schema, version 11 (SQLite): no change.
+-- Version 11 records a job's latest attempt on its own row on PostgreSQL, where writing each
+-- attempt into oncely_executions was a third of the server's work per job. SQLite keeps its
+-- row triggers writing oncely_executions: its readers query that table as before.
