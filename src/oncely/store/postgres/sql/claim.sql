@@ -255,7 +255,7 @@ WITH skipped AS (
     UPDATE oncely_jobs AS j
     SET state = 'cancelled', finished_at = %(now)s, errors = j.errors || s.errors::jsonb
     FROM unnest(%(job_ids)s::bigint[], %(errors)s::text[]) AS s(job_id, errors)
-    WHERE j.id = s.job_id
+    WHERE j.id = s.job_id AND j.id = ANY(%(job_ids)s::bigint[])
     RETURNING j.*, s.errors::jsonb -> 0 ->> 'message' AS note
 ), ledger AS (
     UPDATE oncely_slots AS slot
@@ -317,9 +317,11 @@ FROM job;
 
 -- name: job_finish_plain_many
 -- Successes of jobs without a singleton key or a slot, in one statement, each under its own
--- fence; jobs it does not return go through job_finish one by one. The state test is written
--- "IS TRUE" so the planner looks the jobs up by id: right after a burst of claims its statistics
--- can count few running jobs, and a plain test made it scan every running job instead.
+-- fence; jobs it does not return go through job_finish one by one. The jobs are looked up by
+-- id (id = ANY, which the planner estimates exactly); the tests of each row are one "IS TRUE"
+-- filter of the join, which it cannot mistake for a selective scan: right after a burst of
+-- claims its statistics count few running jobs, and separate tests made it scan every running
+-- job, or the whole table once per job of the batch.
 -- With wake, the finished jobs that freed a place in a queue or task with max_running or
 -- max_per_key wake idle claimers of their queues (as notify_released does), in the same
 -- statement and commit.
@@ -332,8 +334,9 @@ WITH done AS (
     SET state = 'succeeded', finished_at = d.finished_at, result = d.result::jsonb,
         lease_owner = NULL, lease_expires_at = NULL
     FROM done AS d
-    WHERE j.id = d.job_id AND j.fence = d.fence AND (j.state = 'running') IS TRUE
-      AND j.singleton_key IS NULL AND j.schedule IS NULL
+    WHERE j.id = ANY(%(job_ids)s::bigint[]) AND j.id = d.job_id
+      AND (j.fence = d.fence AND j.state = 'running' AND j.singleton_key IS NULL
+           AND j.schedule IS NULL) IS TRUE
     RETURNING j.id, j.queue, j.task
 ), woke AS (
     SELECT COUNT(pg_notify('oncely_jobs', current_schema() || ':' || freed.queue)) AS count
@@ -352,7 +355,7 @@ SELECT f.id, (SELECT count FROM woke) AS woke FROM finished AS f;
 -- they count as recorded, not as refused by the fence.
 SELECT j.id FROM unnest(%(job_ids)s::bigint[], %(fences)s::bigint[]) AS d(job_id, fence)
 JOIN oncely_jobs AS j ON j.id = d.job_id
-WHERE j.fence = d.fence AND (j.state = 'succeeded') IS TRUE
+WHERE j.id = ANY(%(job_ids)s::bigint[]) AND j.fence = d.fence AND (j.state = 'succeeded') IS TRUE
   AND j.singleton_key IS NULL AND j.schedule IS NULL;
 
 -- name: lease_renew
@@ -364,7 +367,8 @@ WITH wanted AS (
 ), job AS (
     SELECT j.id, j.singleton_key, j.fence FROM oncely_jobs AS j
     JOIN wanted AS w ON w.job_id = j.id AND w.fence = j.fence
-    WHERE j.state = 'running' AND j.lease_owner = %(owner)s
+    WHERE j.id = ANY(%(job_ids)s::bigint[]) AND j.state = 'running'
+      AND j.lease_owner = %(owner)s
     ORDER BY j.id
     FOR UPDATE OF j
 ), lease AS (
