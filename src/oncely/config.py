@@ -9,7 +9,7 @@ database_url               sqlite:///oncely.db              store URL
 lease_ttl                  30                               seconds a lease lasts
 poll_interval              1.0                              longest idle wait
 concurrency                16                               handler threads
-prefetch                   128                              jobs claimed beyond free threads
+prefetch                   512                              jobs claimed beyond free threads
 prefetch_wait              1.0                              seconds a claimed job may wait
                                                             for a thread before it is
                                                             released to other workers
@@ -66,7 +66,7 @@ class Settings:
     lease_ttl: float = 30.0
     poll_interval: float = 1.0
     concurrency: int = 16
-    prefetch: int = 128
+    prefetch: int = 512  # at most: the claimer sizes the buffer to the handlers' pace
     prefetch_wait: float = 1.0
     shutdown_grace: float = 30.0
     leader_ttl: float = 15.0
