@@ -63,7 +63,7 @@ def schedules(ctx: click.Context) -> None:
         env: Env = ctx.obj
         app = env.reader()
         rows = readmodel.schedules_overview(app.store, app.clock.now(),
-                                            app.settings.lease_ttl * 3)
+                                            app.settings.lease_ttl * 3, app.tasks)
         env.emit(rows, None if env.as_json else COLUMNS)
 
 

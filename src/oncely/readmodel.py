@@ -5,10 +5,11 @@ table, a page or JSON (the dashboard's fleet metrics read it too)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from oncely.errors import InvalidSchedule, NotFound
+from oncely.errors import ConfigError, InvalidSchedule, NotFound
 from oncely.observe import diagnose
 from oncely.observe.notify import anomaly_to_dict
 from oncely.redaction import REDACTED as REDACTED
@@ -19,6 +20,9 @@ from oncely.store.base import LEADER_LEASE_KEY, JobFilter, Store, WorkerRow
 from oncely.store.controls import ClaimRoom, ControlKind, LimitWait, scope_of
 from oncely.store.observability import FENCE_REJECTED, LEASE_TAKEN_OVER, ExecutionWindow
 from oncely.types import WAITING_STATES, Job, JobState
+
+if TYPE_CHECKING:
+    from oncely.tasks import Task
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -137,12 +141,26 @@ def disagreeing_workers(
     return found
 
 
+def slots_refused(task: Task, spec: ScheduleSpec, now: datetime) -> str | None:
+    """Why ``task`` refuses the slots of ``spec`` (args its handler does not take or needs, its
+    key's arguments, queue or priority), or None: workers with this task skip such a schedule."""
+    try:
+        task.build_insert(spec.args, now, queue=spec.queue, priority=spec.priority or None,
+                          scheduled=True, overlap=spec.overlap)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 def schedules_overview(
-    store: Store, now: datetime, stale_after: float = 90.0
+    store: Store, now: datetime, stale_after: float = 90.0,
+    tasks: Mapping[str, Task] | None = None,
 ) -> list[dict[str, Any]]:
     """Every stored schedule with its state, revision, last and next slot. A stored definition
     that does not parse is listed with state ``invalid`` and the reason (``invalid``), never an
-    error: no worker fires it until it is updated, applied again or deleted."""
+    error: no worker fires it until it is updated, applied again or deleted. So is one whose
+    slots its task refuses, when the caller knows the app's ``tasks`` (workers with this code
+    skip it)."""
     rows = []
     disagreeing = disagreeing_workers(store, now, stale_after)
     for row in store.schedule_list():
@@ -156,6 +174,12 @@ def schedules_overview(
             enabled = spec.enabled
         except InvalidSchedule as exc:  # a stored row no worker can fire: shown, not fatal
             upcoming, trigger, enabled, invalid = None, f"invalid: {exc}", False, str(exc)
+        else:
+            task = (tasks or {}).get(spec.task)
+            refused = None if task is None else slots_refused(task, spec, now)
+            if refused is not None:
+                invalid = f"task {spec.task} refuses its slots: {refused}"
+                upcoming = None
         others = disagreeing.get(row.name, [])
         rows.append({
             "name": row.name,
@@ -335,9 +359,10 @@ def schedule_timeline(
 
 
 def schedule_detail(
-    store: Store, name: str, now: datetime, stale_after: float = 90.0
+    store: Store, name: str, now: datetime, stale_after: float = 90.0,
+    tasks: Mapping[str, Task] | None = None,
 ) -> dict[str, Any]:
-    overview = next((s for s in schedules_overview(store, now, stale_after)
+    overview = next((s for s in schedules_overview(store, now, stale_after, tasks)
                      if s["name"] == name), None)
     row = store.schedule_get(name)
     if overview is None or row is None:

@@ -237,7 +237,15 @@ def test_a_stored_schedule_no_worker_can_fire_stops_nothing_else(any_url: str) -
     for name in UNFIREABLE:
         assert rows[name]["state"] == "invalid" and rows[name]["next_slot"] is None
         assert rows[name]["trigger"].startswith("invalid: schedule ")
-    assert rows["good"]["state"] == rows["keyless"]["state"] == "active"
+    assert rows["good"]["state"] == rows["keyless"]["state"] == "active"  # tasks unknown here
+    # a reader that knows the app's tasks shows the schedules they refuse as invalid, and why
+    rows = {r["name"]: r for r in readmodel.schedules_overview(app.store, clock.now(),
+                                                               tasks=app.tasks)}
+    assert rows["good"]["state"] == "active"
+    for name, task in (("keyless", "per_org"), ("renamed-arg", "record")):
+        assert rows[name]["state"] == "invalid" and rows[name]["next_slot"] is None
+        assert rows[name]["invalid"].startswith(f"task {task} refuses its slots: ")
+    assert "argument 'n' missing" in rows["renamed-arg"]["invalid"]
     findings = {f.check: f for f in app.doctor().findings}
     for name in UNFIREABLE:
         assert findings[f"schedule:{name}"].severity == "problem"
@@ -260,6 +268,10 @@ def test_a_stored_schedule_no_worker_can_fire_stops_nothing_else(any_url: str) -
     page = web.get("/schedules/red-queue").text
     assert 'id="schedule-invalid"' in page and "\x1b" not in page
     assert web.get("/api/schedules/huge-every").json()["state"] == "invalid"
+    listed_web = {row["name"]: row["state"] for row in web.get("/api/schedules").json()}
+    assert listed_web["keyless"] == listed_web["renamed-arg"] == "invalid"
+    assert listed_web["good"] == "active"
+    assert web.get("/api/schedules/renamed-arg").json()["state"] == "invalid"
     assert web.get("/api/schedules/huge-every/timeline").json()["buckets"] == []
     doctor = web.get("/api/doctor").json()
     assert {f"schedule:{n}" for n in UNFIREABLE} <= {f["check"] for f in doctor["findings"]}
@@ -270,6 +282,7 @@ def test_a_stored_schedule_no_worker_can_fire_stops_nothing_else(any_url: str) -
     assert listed.returncode == 0, listed.stderr
     states = {r["name"]: r["state"] for r in json.loads(listed.stdout)}
     assert all(states[name] == "invalid" for name in UNFIREABLE)
+    assert states["renamed-arg"] == "invalid" and states["good"] == "active"  # APP has record
     shown = oncely(*cli, "schedules")
     assert shown.returncode == 0 and "\x1b" not in shown.stdout, shown.stderr
     one_line_error(oncely(*cli, "schedules", "trigger", "huge-every"), 2,

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from oncely import readmodel
-from oncely.errors import ConfigError, InvalidSchedule, SchemaMismatch
+from oncely.errors import InvalidSchedule, SchemaMismatch
 from oncely.observe.diagnose import Finding, WatchdogConfig, evaluate
 from oncely.observe.fmt import plural, span
 from oncely.runtime import Runtime
@@ -124,14 +124,12 @@ def _invalid_schedules(runtime: Runtime, now: datetime) -> list[DoctorFinding]:
         task = runtime.tasks.get(spec.task)
         if task is None:
             continue  # judged by the workers that have the task
-        try:
-            task.build_insert(spec.args, now, queue=spec.queue, priority=spec.priority or None,
-                              scheduled=True, overlap=spec.overlap)
-        except ConfigError as exc:
+        refused = readmodel.slots_refused(task, spec, now)
+        if refused is not None:
             found.append(DoctorFinding(
                 "problem", f"schedule:{row.name}",
                 f"schedule {row.name}: task {spec.task} refuses its slots (revision "
-                f"{row.revision}), so workers with this code do not fire it", [str(exc)],
+                f"{row.revision}), so workers with this code do not fire it", [refused],
                 fix + f", or `oncely schedules delete {row.name}`"))
     return found
 

@@ -116,7 +116,8 @@ def _cancel(d: Dashboard, r: Request) -> Any:
 
 
 def _schedule(d: Dashboard, r: Request) -> Any:
-    return readmodel.schedule_detail(d.store, path_name(r), d.now(), d.stale_after)
+    return readmodel.schedule_detail(d.store, path_name(r), d.now(), d.stale_after,
+                                    d.app.tasks)
 
 
 def _body(r: Request) -> dict[str, Any]:
@@ -149,7 +150,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("POST", "/api/jobs/{job_id}/cancel", "Cancel a waiting job or stop a running one",
              _cancel, action=True, tags=("action",)),
     Endpoint("GET", "/api/schedules", "Schedules with last and next slot",
-             lambda d, r: readmodel.schedules_overview(d.store, d.now(), d.stale_after)),
+             lambda d, r: readmodel.schedules_overview(d.store, d.now(), d.stale_after,
+                                                       d.app.tasks)),
     Endpoint("GET", "/api/schedules/rates", "Executions per schedule against expected (1 h)",
              lambda d, r: readmodel.schedule_rates(d.store, d.now())),
     Endpoint("GET", "/api/schedules/{name}", "One schedule: definition, rates, ledger",

@@ -53,14 +53,14 @@ def schedules_page(d: Dashboard, r: Request) -> dict[str, Any]:
     now = d.now()
     rates = {row["schedule"]: row for row in readmodel.schedule_rates(d.store, now)}
     return {"title": "Schedules",
-            "schedules": readmodel.schedules_overview(d.store, now, d.stale_after),
+            "schedules": readmodel.schedules_overview(d.store, now, d.stale_after, d.app.tasks),
             "rates": rates, "tasks": _tasks(d), "form": dict(DEFAULTS), "form_error": None}
 
 
 def schedule_page(d: Dashboard, r: Request) -> dict[str, Any]:
     name = path_name(r)
     now = d.now()
-    detail = readmodel.schedule_detail(d.store, name, now, d.stale_after)
+    detail = readmodel.schedule_detail(d.store, name, now, d.stale_after, d.app.tasks)
     timeline = readmodel.schedule_timeline(d.store, name, now)
     chart = timeline_svg(timeline) if timeline["buckets"] else None  # none for an invalid one
     return {"title": f"Schedule {name}", "schedule": detail, "timeline": timeline,
