@@ -38,7 +38,7 @@ BUSY_ATTEMPTS = 4  # a transaction lost to a deadlock or serialization failure i
 # the rest of the fleet needs. Our own transactions never idle; callers' transactions may not
 # idle longer either (override with options=-c idle_in_transaction_session_timeout=… in the URL).
 IDLE_IN_TRANSACTION_MS = 10_000
-RANDOM_PAGE_COST = 1.1
+RANDOM_PAGE_COST = 1.1  # the planner's cost of a page read out of order (see parse_url)
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _OWN_PARAMS = ("schema", "pool_max", "listen")
