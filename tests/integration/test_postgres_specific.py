@@ -713,3 +713,24 @@ def test_a_claim_that_does_not_number_its_attempt_still_records_it(open_store) -
     (done,) = store.execution_list(job_id=job_id)
     assert (done.id, done.outcome, done.ended_at) == (run.id, "succeeded",
                                                        NOW + timedelta(seconds=1))
+
+
+def test_the_newest_attempts_are_read_in_index_order(open_store) -> None:
+    """A task's newest attempts (the dashboard, the watchdog's durations) are read from each part
+    of the history in start order, never by sorting every job's attempt."""
+    from oncely.sql import load_queries
+
+    store = open_store()
+    store.job_insert_many([JobInsert(task="bulk") for _ in range(20_000)], NOW)
+    for second in range(100):  # claims of 200, a second apart
+        store.job_claim(JobClaimParams("w1", NOW + timedelta(seconds=second), 200, 30.0))
+    queries = load_queries("oncely.store.postgres", "sql")
+    with store.transaction() as conn:
+        conn.execute("ANALYZE oncely_jobs")
+        plans = {name: "\n".join(row[0] for row in conn.execute("EXPLAIN " + queries[name], params))
+                 for name, params in (
+                     ("execution_list", {"job_id": None, "task": "bulk", "limit": 50}),
+                     ("execution_list_durations", {"task": "bulk", "limit": 50}))}
+    for name, plan in plans.items():
+        assert "Seq Scan on oncely_jobs" not in plan, (name, plan)
+    assert len(store.execution_list(task="bulk", limit=50)) == 50

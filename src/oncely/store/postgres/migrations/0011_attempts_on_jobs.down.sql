@@ -2,6 +2,7 @@
 -- statement trigger (its body as version 10 wrote it). The attempts on job rows move there
 -- first, with their ids; nothing is lost.
 DROP VIEW oncely_attempts;
+DROP VIEW oncely_attempts_latest;
 DROP TRIGGER oncely_attempts_deleted ON oncely_jobs;
 DROP FUNCTION oncely_attempts_deleted();
 DROP TRIGGER oncely_attempt_moved ON oncely_jobs;
@@ -18,7 +19,7 @@ FROM oncely_jobs
 WHERE execution_id IS NOT NULL
 ORDER BY execution_id;
 
-DROP INDEX oncely_jobs_attempt_started;
+DROP INDEX oncely_jobs_attempt_task;
 ALTER TABLE oncely_jobs DROP COLUMN execution_id, DROP COLUMN worked_by;
 DROP FUNCTION oncely_attempt_error_kind(TEXT, INTEGER, JSONB);
 ALTER TABLE oncely_executions SET (fillfactor = 70);

@@ -40,15 +40,38 @@ SELECT COUNT(*) AS overlaps FROM (
 WHERE started_at > %(since)s AND busy_until > started_at;
 
 -- name: execution_list
-SELECT * FROM oncely_attempts
-WHERE (%(job_id)s::bigint IS NULL OR job_id = %(job_id)s::bigint)
-  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+-- The newest of each part, then the newest of both: each part is read in index order and stops
+-- after LIMIT rows (through the union view the planner sorted every job's attempt).
+SELECT * FROM (
+    (SELECT * FROM oncely_executions
+     WHERE (%(job_id)s::bigint IS NULL OR job_id = %(job_id)s::bigint)
+       AND (%(task)s::text IS NULL OR task = %(task)s::text)
+     ORDER BY started_at DESC, id DESC
+     LIMIT %(limit)s)
+    UNION ALL
+    (SELECT * FROM oncely_attempts_latest
+     WHERE (%(job_id)s::bigint IS NULL OR job_id = %(job_id)s::bigint)
+       AND (%(task)s::text IS NULL OR task = %(task)s::text)
+     ORDER BY started_at DESC, id DESC
+     LIMIT %(limit)s)
+) AS attempts
 ORDER BY started_at DESC, id DESC
 LIMIT %(limit)s;
 
 -- name: execution_list_durations
-SELECT extract(epoch FROM ended_at - started_at)::float8 AS seconds FROM oncely_attempts
-WHERE task = %(task)s AND outcome = 'succeeded' AND ended_at IS NOT NULL
+SELECT seconds FROM (
+    (SELECT started_at, id, extract(epoch FROM ended_at - started_at)::float8 AS seconds
+     FROM oncely_executions
+     WHERE task = %(task)s AND outcome = 'succeeded' AND ended_at IS NOT NULL
+     ORDER BY started_at DESC, id DESC
+     LIMIT %(limit)s)
+    UNION ALL
+    (SELECT started_at, id, extract(epoch FROM ended_at - started_at)::float8 AS seconds
+     FROM oncely_attempts_latest
+     WHERE task = %(task)s AND outcome = 'succeeded' AND ended_at IS NOT NULL
+     ORDER BY started_at DESC, id DESC
+     LIMIT %(limit)s)
+) AS runs
 ORDER BY started_at DESC, id DESC
 LIMIT %(limit)s;
 
