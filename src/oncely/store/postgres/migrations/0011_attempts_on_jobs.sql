@@ -19,6 +19,12 @@ RETURNS TEXT LANGUAGE sql IMMUTABLE AS $$
                 THEN errors -> -1 ->> 'kind' END
 $$;
 
+-- Version 10's trigger goes first, so the move below does not feed it every job row.
+DROP TRIGGER oncely_executions_record ON oncely_jobs;
+DROP FUNCTION oncely_executions_record();
+-- Its rows are now written once, complete, and never updated: no room kept for updates.
+ALTER TABLE oncely_executions RESET (fillfactor);
+
 -- The latest attempts recorded by version 10's trigger move onto their job rows.
 UPDATE oncely_jobs AS j SET execution_id = e.id, worked_by = e.worker_id
 FROM oncely_executions AS e
@@ -26,11 +32,6 @@ WHERE e.job_id = j.id AND e.attempt = j.attempt AND e.fence = j.fence
   AND ((j.state = 'running' AND e.ended_at IS NULL)
        OR (j.state IN ('succeeded', 'failed', 'cancelled') AND e.outcome = j.state));
 DELETE FROM oncely_executions AS e USING oncely_jobs AS j WHERE e.id = j.execution_id;
-
-DROP TRIGGER oncely_executions_record ON oncely_jobs;
-DROP FUNCTION oncely_executions_record();
--- Its rows are now written once, complete, and never updated: no room kept for updates.
-ALTER TABLE oncely_executions RESET (fillfactor);
 
 -- Fires only where an attempt changes hands (its WHEN clause is tested in place, without a
 -- function call, on every other update): the attempt on the row ends into a wait or gives way
