@@ -145,8 +145,7 @@ def slots_refused(task: Task, spec: ScheduleSpec, now: datetime) -> str | None:
     """Why ``task`` refuses the slots of ``spec`` (args its handler does not take or needs, its
     key's arguments, queue or priority), or None: workers with this task skip such a schedule."""
     try:
-        task.build_insert(spec.args, now, queue=spec.queue, priority=spec.priority or None,
-                          scheduled=True, overlap=spec.overlap)
+        task.slot_insert(spec, now)
     except ConfigError as exc:
         return str(exc)
     return None

@@ -176,9 +176,7 @@ class ScheduleActions:
         recorded paused or missed."""
         now = self.clock.now()
         task = self.get_task(spec.task)
-        job = task.build_insert(spec.args, now, run_at=now, queue=spec.queue,
-                                priority=spec.priority or None, scheduled=True,
-                                overlap=overlap or spec.overlap)
+        job = task.slot_insert(spec, now, run_at=now, overlap=overlap)
         params = SlotEnqueue(spec.name, slot, now, job=job, note=note)
         result = self.store.slot_enqueue(params)
         if not result.created:

@@ -226,6 +226,14 @@ class Task:
             args_json=text,
         )
 
+    def slot_insert(self, spec: ScheduleSpec, now: datetime, *, run_at: datetime | None = None,
+                    overlap: Overlap | None = None) -> JobInsert:
+        """The job of one slot of ``spec``: its args, queue and priority, keyed as a scheduled
+        job under the schedule's overlap policy (or ``overlap``), checked as every job is."""
+        return self.build_insert(spec.args, now, run_at=run_at, queue=spec.queue,
+                                 priority=spec.priority or None, scheduled=True,
+                                 overlap=spec.overlap if overlap is None else overlap)
+
     def build_inserts(
         self, args_list: Iterable[Any], now: datetime, **options: Any
     ) -> list[JobInsert]:

@@ -251,9 +251,7 @@ class SlotEnqueuer:
             job = None
             if outcome == SlotOutcome.ENQUEUED:
                 run_at = slot + timedelta(seconds=jitter_for(spec, slot))
-                job = task.build_insert(spec.args, now, run_at=run_at, queue=spec.queue,
-                                        priority=spec.priority or None, scheduled=True,
-                                        overlap=spec.overlap)
+                job = task.slot_insert(spec, now, run_at=run_at)
                 job = replace(job, catch_up=spec.catch_up,  # judged again at claim
                               misfire_grace=spec.effective_misfire_grace)
             recorded = runtime.store.slot_enqueue(SlotEnqueue(
